@@ -1,0 +1,1 @@
+"""Execution agents: the processes that run user commands in warm bash sessions."""

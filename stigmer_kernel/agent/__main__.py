@@ -1,0 +1,58 @@
+"""Entry point of an execution agent: ``python -m stigmer_kernel.agent``.
+
+The broker's provisioners start it; the signing key comes in ``STIGMER_AGENT_KEY`` (removed
+from the environment before any user command runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from ..config import EnvVar
+from .agent import Agent, AgentOptions
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stigmer_kernel.agent")
+    parser.add_argument("--endpoint", required=True, help="broker agent endpoint")
+    parser.add_argument("--kernel-id", required=True)
+    parser.add_argument("--cwd", default=os.getcwd(), help="initial working directory")
+    parser.add_argument("--workdir", required=True, help="private directory for session files")
+    parser.add_argument("--shell", default="bash")
+    parser.add_argument("--heartbeat-interval", type=float, default=1.0)
+    parser.add_argument("--orphan-timeout", type=float, default=60.0)
+    parser.add_argument("--timeout", type=float, default=0.0, help="default command timeout")
+    parser.add_argument("--output-limit", type=int, default=32 * 1024 * 1024)
+    args = parser.parse_args(argv)
+    key = os.environ.pop(EnvVar.AGENT_KEY.value, "").encode()
+    if not key:
+        print(f"agent: {EnvVar.AGENT_KEY.value} is not set", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s agent[%(process)d] %(levelname)s %(message)s"
+    )
+    # The broker interrupts commands by message; a stray Ctrl-C must not kill the agent. A
+    # handler (not SIG_IGN) so that bash, after exec, starts with SIGINT at its default.
+    signal.signal(signal.SIGINT, lambda *_: None)
+    opts = AgentOptions(
+        endpoint=args.endpoint,
+        kernel_id=args.kernel_id,
+        key=key,
+        cwd=args.cwd,
+        workdir=Path(args.workdir),
+        shell=args.shell,
+        heartbeat_interval=args.heartbeat_interval,
+        orphan_timeout=args.orphan_timeout,
+        command_timeout=args.timeout or None,
+        output_limit=args.output_limit,
+    )
+    return Agent(opts).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

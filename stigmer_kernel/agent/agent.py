@@ -1,0 +1,461 @@
+"""The execution agent: the only code that runs user commands.
+
+One agent serves one kernel. It connects a DEALER to the broker's agent endpoint, registers with
+its kernel id (signed with the kernel's own key), then runs execute requests one at a time in its
+warm :class:`~stigmer_kernel.agent.shell.BashSession`, streaming output as it is written.
+Heartbeats come from a separate thread on a separate socket, so a busy agent still beats; the
+broker answers each beat, and an agent that hears nothing for ``orphan_timeout`` exits.
+
+The same module runs on the host (local mode) and inside sandbox containers.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from .._version import __version__
+from ..errors import ProtocolError
+from ..protocol import ExecStatus, Message, MsgType, Session
+from ..protocol.constants import EXIT_INTERRUPTED, EXIT_TIMEOUT, StreamName
+from . import procs
+from .shell import BashSession, CommandEnd
+
+log = logging.getLogger("stigmer.agent")
+
+#: Interrupt escalation: seconds after the interrupt at which each step happens.
+_TERM_AFTER = 0.5  # SIGTERM the command's processes, SIGINT bash again
+_KILL_AFTER = 1.5  # SIGKILL the command's processes
+_RESET_AFTER = 3.0  # SIGKILL bash itself: the session is reset
+_STARTUP_TIMEOUT = 10.0
+
+
+@dataclass
+class Run:
+    """One execute request in progress."""
+
+    msg: Message
+    code: str
+    started: float
+    started_ticks: int
+    deadline: float | None
+    output_limit: int
+    execution_count: int
+    sent: int = 0
+    dropped: int = 0
+    stop_reason: str | None = None  # "timeout" | "interrupted"
+    stop_started: float = 0.0
+    stop_stage: int = 0
+    eof: set[int] = field(default_factory=set)
+
+
+@dataclass
+class AgentOptions:
+    endpoint: str
+    kernel_id: str
+    key: bytes
+    cwd: str
+    workdir: Path
+    shell: str = "bash"
+    heartbeat_interval: float = 1.0
+    orphan_timeout: float = 60.0
+    command_timeout: float | None = None
+    output_limit: int = 32 * 1024 * 1024
+
+
+class Heartbeat(threading.Thread):
+    """Sends a beat every interval on its own socket and notes the broker's answers."""
+
+    def __init__(self, ctx: zmq.Context[Any], opts: AgentOptions, identity: bytes) -> None:
+        super().__init__(name="stigmer-heartbeat", daemon=True)
+        self.ctx = ctx
+        self.opts = opts
+        self.identity = identity + b":hb"
+        self.stop_event = threading.Event()
+        self.last_ack = time.monotonic()
+        self.busy = False
+        self.shell_pgid = -1
+
+    def run(self) -> None:
+        session = Session(self.opts.key, check_replay=False)
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IDENTITY, self.identity)
+        sock.setsockopt(zmq.SNDHWM, 10)
+        sock.connect(self.opts.endpoint)
+        try:
+            while not self.stop_event.is_set():
+                beat = session.msg(
+                    MsgType.AGENT_HEARTBEAT.value,
+                    {
+                        "kernel_id": self.opts.kernel_id,
+                        "pid": os.getpid(),
+                        "shell_pgid": self.shell_pgid,
+                        "busy": self.busy,
+                    },
+                )
+                try:
+                    sock.send_multipart(session.serialize(beat), flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
+                deadline = time.monotonic() + self.opts.heartbeat_interval
+                while (left := deadline - time.monotonic()) > 0 and not self.stop_event.is_set():
+                    if sock.poll(min(left, 0.2) * 1000):
+                        sock.recv_multipart()
+                        self.last_ack = time.monotonic()
+        finally:
+            sock.close(0)
+
+
+class Agent:
+    def __init__(self, opts: AgentOptions) -> None:
+        self.opts = opts
+        self.session = Session(opts.key)
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        self.identity = f"{opts.kernel_id}:{os.getpid()}:{os.urandom(4).hex()}".encode()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.setsockopt(zmq.IDENTITY, self.identity)
+        self.sock.setsockopt(zmq.SNDHWM, 100000)
+        self.shell = BashSession(opts.workdir, opts.cwd, opts.shell, env=_clean_env())
+        self.queue: collections.deque[Message] = collections.deque()
+        self.run_state: Run | None = None
+        self.execution_count = 0
+        self.heartbeat = Heartbeat(self.ctx, opts, self.identity)
+        self.stopping = False
+        self.subreaper = False
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def send(self, msg_type: MsgType, content: dict[str, Any], parent: Message | None = None,
+             metadata: dict[str, Any] | None = None) -> None:
+        msg = self.session.msg(msg_type.value, content, parent, metadata)
+        self.sock.send_multipart(self.session.serialize(msg), copy=False)
+
+    def start_shell(self) -> None:
+        """Spawn bash and read until its first prompt (discarding its start-up chatter)."""
+        self.shell.spawn()
+        deadline = time.monotonic() + _STARTUP_TIMEOUT
+        poller = zmq.Poller()
+        poller.register(self.shell.stdout_fd, zmq.POLLIN)
+        poller.register(self.shell.stderr_fd, zmq.POLLIN)
+        while self.shell.finished() is None:
+            if time.monotonic() > deadline or self.shell.reap():
+                raise RuntimeError(f"bash ({self.opts.shell}) did not start")
+            for fd, _ in poller.poll(200):
+                self.shell.read(fd)
+        self.heartbeat.shell_pgid = self.shell.pid
+
+    # -- main loop --------------------------------------------------------------------------
+    def run(self) -> int:
+        self.subreaper = procs.set_child_subreaper()
+        self.start_shell()
+        self.sock.connect(self.opts.endpoint)
+        self.send(
+            MsgType.AGENT_REGISTER,
+            {
+                "kernel_id": self.opts.kernel_id,
+                "pid": os.getpid(),
+                "shell_pgid": self.shell.pid,
+                "hostname": socket.gethostname(),
+                "version": __version__,
+                "cwd": self.shell.cwd,
+            },
+        )
+        self.heartbeat.start()
+        try:
+            self._loop()
+        finally:
+            self.heartbeat.stop_event.set()
+            self.shell.close()
+            self.heartbeat.join(timeout=2)
+            self.sock.close(linger=2000)
+            self.ctx.term()
+        return 0
+
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        registered_fds: tuple[int, int] = (-1, -1)
+        while not self.stopping:
+            fds = (self.shell.stdout_fd, self.shell.stderr_fd)
+            if fds != registered_fds:
+                for fd in registered_fds:
+                    if fd >= 0:
+                        poller.unregister(fd)
+                for fd in fds:
+                    poller.register(fd, zmq.POLLIN)
+                registered_fds = fds
+            timeout_ms = self._next_timer_ms()
+            for sock_or_fd, _ in poller.poll(timeout_ms):
+                if sock_or_fd is self.sock:
+                    self._drain_socket()
+                else:
+                    self._on_output(int(sock_or_fd))  # type: ignore[call-overload]
+            self._tick()
+            if time.monotonic() - self.heartbeat.last_ack > self.opts.orphan_timeout:
+                log.warning("no answer from the broker for %.0fs; exiting", self.opts.orphan_timeout)
+                self.stopping = True
+
+    def _next_timer_ms(self) -> int:
+        run = self.run_state
+        if run is None:
+            return 1000
+        now = time.monotonic()
+        waits = [1.0]
+        if run.stop_reason is not None:
+            waits.append(0.1)
+        elif run.deadline is not None:
+            waits.append(run.deadline - now)
+        return max(0, int(min(waits) * 1000))
+
+    def _drain_socket(self) -> None:
+        while True:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                _, msg = self.session.deserialize(frames)
+            except ProtocolError as exc:
+                log.warning("dropped a bad message from the broker: %s", exc)
+                continue
+            self._on_message(msg)
+
+    def _on_message(self, msg: Message) -> None:
+        mtype = msg.msg_type
+        if mtype == MsgType.EXECUTE_REQUEST.value:
+            self.queue.append(msg)
+            if self.run_state is None:
+                self._start_next()
+        elif mtype == MsgType.INTERRUPT_REQUEST.value:
+            if self.run_state is not None and self.run_state.stop_reason is None:
+                self._begin_stop(self.run_state, "interrupted")
+        elif mtype == MsgType.AGENT_SHUTDOWN.value:
+            self.stopping = True
+            if self.run_state is not None:
+                self._begin_stop(self.run_state, "interrupted")
+                self._finish(self.run_state, CommandEnd(EXIT_INTERRUPTED, None))
+            for queued in self.queue:
+                self._reply_aborted(queued, "the kernel is shutting down")
+            self.queue.clear()
+            self.send(MsgType.AGENT_GOODBYE, {"kernel_id": self.opts.kernel_id})
+        elif mtype == MsgType.AGENT_WELCOME.value:
+            self.heartbeat.last_ack = time.monotonic()
+        else:
+            log.warning("ignored message of unknown type %r", mtype)
+
+    # -- commands ---------------------------------------------------------------------------
+    def _start_next(self) -> None:
+        while self.queue and self.run_state is None:
+            msg = self.queue.popleft()
+            content = msg.content
+            code = content.get("code")
+            if not isinstance(code, str):
+                self._reply_aborted(msg, "execute_request content needs a string 'code'")
+                continue
+            stdin = content.get("stdin")
+            if isinstance(stdin, str):
+                stdin = stdin.encode()
+            elif not isinstance(stdin, bytes):
+                stdin = None
+            timeout = content.get("timeout", None)
+            if not isinstance(timeout, (int, float)) or timeout <= 0:
+                timeout = self.opts.command_timeout
+            limit = content.get("output_limit")
+            if not isinstance(limit, int) or limit <= 0:
+                limit = self.opts.output_limit
+            self.execution_count += 1
+            now = time.monotonic()
+            self.run_state = Run(
+                msg=msg,
+                code=code,
+                started=now,
+                started_ticks=procs.boot_ticks(),
+                deadline=now + timeout if timeout else None,
+                output_limit=limit,
+                execution_count=self.execution_count,
+            )
+            self.heartbeat.busy = True
+            self.shell.begin(code, stdin)
+
+    def _on_output(self, fd: int) -> None:
+        data, eof = self.shell.read(fd)
+        run = self.run_state
+        name = StreamName.STDOUT if fd == self.shell.stdout_fd else StreamName.STDERR
+        if data:
+            if run is not None:
+                self._forward(run, name, data)
+            else:
+                log.debug("output between commands kept for the next one (%d bytes)", len(data))
+        if eof and run is not None:
+            run.eof.add(fd)
+        self._check_done()
+
+    def _forward(self, run: Run, name: StreamName, data: bytes) -> None:
+        room = run.output_limit - run.sent
+        if room <= 0:
+            run.dropped += len(data)
+            return
+        if len(data) > room:
+            run.dropped += len(data) - room
+            data = data[:room]
+        run.sent += len(data)
+        self.send(MsgType.STREAM, {"name": name.value, "data": data}, parent=run.msg)
+
+    def _check_done(self) -> None:
+        run = self.run_state
+        if run is None:
+            return
+        end = self.shell.finished()
+        if end is None and (self.shell.reap() or len(run.eof) == 2):
+            # bash itself is gone: forward what it left, then restart the session.
+            for fd in (self.shell.stdout_fd, self.shell.stderr_fd):
+                while True:
+                    data, eof = self.shell.read(fd)
+                    if data:
+                        name = StreamName.STDOUT if fd == self.shell.stdout_fd else StreamName.STDERR
+                        self._forward(run, name, data)
+                    if eof or not data:
+                        break
+            self.shell.reap(block=True)
+            status = self.shell.exit_status if self.shell.exit_status is not None else -1
+            code = 128 - status if status < 0 else status
+            end = CommandEnd(exit_code=code, cwd=self.shell.cwd, session_ended=True)
+        if end is not None:
+            self._finish(run, end)
+
+    def _finish(self, run: Run, end: CommandEnd) -> None:
+        # Whatever the command started and left behind ends with it if it was stopped.
+        if run.stop_reason is not None:
+            procs.signal_pids(
+                procs.started_since(os.getpid(), run.started_ticks, {self.shell.pid}),
+                signal.SIGKILL,
+            )
+        if end.session_ended:
+            self.shell.close()
+        if run.dropped:
+            notice = (
+                f"\n[stigmer] output truncated: {run.dropped} bytes past the limit of "
+                f"{run.output_limit} bytes were discarded\n"
+            ).encode()
+            self.send(MsgType.STREAM, {"name": "stderr", "data": notice}, parent=run.msg)
+        exit_code = end.exit_code
+        if run.stop_reason == "timeout":
+            status = ExecStatus.TIMEOUT
+            exit_code = EXIT_TIMEOUT
+        elif run.stop_reason == "interrupted":
+            status = ExecStatus.INTERRUPTED
+            exit_code = EXIT_INTERRUPTED
+        else:
+            status = ExecStatus.OK if exit_code == 0 else ExecStatus.ERROR
+        content: dict[str, Any] = {
+            "status": status.value,
+            "exit_code": exit_code,
+            "duration": round(time.monotonic() - run.started, 6),
+            "execution_count": run.execution_count,
+            "cwd": self.shell.cwd,
+            "truncated": bool(run.dropped),
+            "session_reset": end.session_ended,
+        }
+        if status is ExecStatus.TIMEOUT:
+            assert run.deadline is not None
+            content["ename"] = "Timeout"
+            content["evalue"] = (
+                f"command timed out after {run.deadline - run.started:g}s and was ended"
+            )
+        elif status is ExecStatus.INTERRUPTED:
+            content["ename"] = "Interrupted"
+            content["evalue"] = "command interrupted"
+        elif status is ExecStatus.ERROR:
+            content["ename"] = "CommandFailed"
+            content["evalue"] = f"exit code {exit_code}"
+        if end.session_ended and not self.stopping:
+            content["evalue"] = (
+                content.get("evalue", "") + "; the shell exited, so a fresh session was started "
+                "(variables and functions were reset)"
+            ).lstrip("; ")
+        self.send(MsgType.EXECUTE_REPLY, content, parent=run.msg)
+        self.run_state = None
+        self.heartbeat.busy = False
+        if end.session_ended and not self.stopping:
+            self.start_shell()
+        if not self.stopping:
+            self._start_next()
+
+    def _reply_aborted(self, msg: Message, reason: str) -> None:
+        self.send(
+            MsgType.EXECUTE_REPLY,
+            {"status": ExecStatus.ABORTED.value, "exit_code": None, "duration": 0.0,
+             "ename": "Aborted", "evalue": reason},
+            parent=msg,
+        )
+
+    def _begin_stop(self, run: Run, reason: str) -> None:
+        run.stop_reason = reason
+        run.stop_started = time.monotonic()
+        run.stop_stage = 0
+        self.shell.interrupt()
+
+    def _tick(self) -> None:
+        self._reap_orphans()
+        run = self.run_state
+        if run is None:
+            return
+        now = time.monotonic()
+        if run.stop_reason is None:
+            if run.deadline is not None and now >= run.deadline:
+                self._begin_stop(run, "timeout")
+            return
+        elapsed = now - run.stop_started
+        mine = {self.shell.pid}
+        if run.stop_stage == 0 and elapsed >= _TERM_AFTER:
+            run.stop_stage = 1
+            procs.signal_pids(
+                procs.started_since(os.getpid(), run.started_ticks, mine), signal.SIGTERM
+            )
+            self.shell.signal_shell(signal.SIGINT)
+        elif run.stop_stage == 1 and elapsed >= _KILL_AFTER:
+            run.stop_stage = 2
+            procs.signal_pids(
+                procs.started_since(os.getpid(), run.started_ticks, mine), signal.SIGKILL
+            )
+            self.shell.signal_shell(signal.SIGINT)
+        elif run.stop_stage == 2 and elapsed >= _RESET_AFTER:
+            run.stop_stage = 3
+            self.shell.signal_shell(signal.SIGKILL)
+        self._check_done()
+
+    def _reap_orphans(self) -> None:
+        """Collect exited children other than bash (orphans reparented to us)."""
+        if not self.subreaper:
+            return
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None or info.si_pid == 0 or info.si_pid == self.shell.pid:
+                return
+            try:
+                os.waitpid(info.si_pid, os.WNOHANG)
+            except ChildProcessError:
+                return
+
+
+def _clean_env() -> dict[str, str]:
+    """The agent's environment minus what must not reach user commands."""
+    env = dict(os.environ)
+    for name in list(env):
+        if name.startswith("STIGMER_AGENT_"):
+            del env[name]
+    return env

@@ -1,0 +1,1 @@
+"""The ``stigmer`` command-line interface."""

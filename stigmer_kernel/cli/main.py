@@ -1,0 +1,342 @@
+"""The ``stigmer`` command. It parses arguments, builds a Config, and calls the client.
+
+Exit codes: a command's own exit code for ``stigmer run``; 124 when it timed out; 130 when it
+was interrupted; 125 when stigmer itself failed (one line on stderr says why); 2 for usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shlex
+import signal
+import sys
+import time
+from typing import Any
+
+from .._version import __version__
+from ..config import (
+    FIELDS,
+    USER_KEYS,
+    Config,
+    default_config_path,
+    load_config,
+    parse_value,
+    read_config_file,
+    write_config_file,
+)
+from ..errors import ServerNotRunning, StigmerError
+from ..protocol.constants import EXIT_INTERRUPTED, EXIT_STIGMER_ERROR, EXIT_TIMEOUT
+from ..runtime import RuntimeDir
+
+EXIT_NOT_RUNNING = 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stigmer",
+        description="Run shell commands in warm kernels, locally or in sandboxes.",
+    )
+    parser.add_argument("--version", action="version", version=f"stigmer-kernel {__version__}")
+    parser.add_argument("--runtime-dir", help="server runtime directory (STIGMER_RUNTIME_DIR)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a shell command and exit with its exit code")
+    run.add_argument("--mode", choices=["local", "sandbox", "auto"],
+                     help="execution mode (STIGMER_EXECUTION_MODE; default local)")
+    run.add_argument("--kernel", "-k", default="default", help="kernel name (default: default)")
+    run.add_argument("--timeout", "-t", type=float, help="end the command after S seconds")
+    run.add_argument("--cwd", help="working directory if this creates the kernel")
+    run.add_argument("--stdin", action="store_true",
+                     help="pass this process's stdin to the command (default: /dev/null)")
+    run.add_argument("--json", action="store_true",
+                     help="print one JSON result instead of streaming output")
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND...",
+                     help="the command; one argument is shell code, several are quoted")
+
+    server = sub.add_parser("server", help="start, stop or inspect the broker")
+    ssub = server.add_subparsers(dest="action", metavar="ACTION")
+    start = ssub.add_parser("start", help="start the server (in the background by default)")
+    start.add_argument("--foreground", action="store_true", help="run in this process")
+    start.add_argument("--execution-mode", choices=["local", "sandbox", "auto"])
+    start.add_argument("--kernel-ttl", type=float, help="idle seconds before a kernel expires")
+    ssub.add_parser("stop", help="stop the server and every kernel it runs")
+    status = ssub.add_parser("status", help="is a server running? (exit 3 if not)")
+    status.add_argument("--json", action="store_true")
+
+    kernels = sub.add_parser("kernels", help="list, inspect, interrupt or shut down kernels")
+    ksub = kernels.add_subparsers(dest="action", metavar="ACTION")
+    klist = ksub.add_parser("list", help="list kernels")
+    klist.add_argument("--json", action="store_true")
+    for name, text in (("shutdown", "end a kernel"), ("interrupt", "interrupt its command"),
+                       ("info", "show one kernel as JSON")):
+        one = ksub.add_parser(name, help=text)
+        one.add_argument("name")
+
+    config = sub.add_parser("config", help="read or change saved preferences")
+    csub = config.add_subparsers(dest="action", metavar="ACTION")
+    get = csub.add_parser("get", help="print the effective value of a setting")
+    get.add_argument("key")
+    cset = csub.add_parser("set", help="save a setting in the config file")
+    cset.add_argument("key")
+    cset.add_argument("value")
+    unset = csub.add_parser("unset", help="remove a setting from the config file")
+    unset.add_argument("key")
+    csub.add_parser("list", help="every setting with its value and where it comes from")
+    csub.add_parser("path", help="print the config file path")
+    return parser
+
+
+def _fail(message: str, code: int = EXIT_STIGMER_ERROR) -> int:
+    print(f"stigmer: error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "config":
+            return _config(args, parser)
+        overrides: dict[str, Any] = {"runtime_dir": args.runtime_dir}
+        if args.command == "server" and args.action == "start":
+            overrides["execution_mode"] = args.execution_mode
+            overrides["kernel_ttl"] = args.kernel_ttl
+        config = load_config(overrides)
+        if args.command == "run":
+            return _run(args, config)
+        if args.command == "server":
+            return _server(args, config, parser)
+        if args.command == "kernels":
+            return _kernels(args, config, parser)
+    except StigmerError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    parser.print_help()
+    return 2
+
+
+# -- run ------------------------------------------------------------------------------------------
+def _command_text(argv: list[str]) -> str:
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise StigmerError("no command given — usage: stigmer run [OPTIONS] -- COMMAND...")
+    return argv[0] if len(argv) == 1 else shlex.join(argv)
+
+
+def _run(args: argparse.Namespace, config: Config) -> int:
+    code = _command_text(args.argv)
+    stdin = sys.stdin.buffer.read() if args.stdin else None
+    return asyncio.run(_run_async(args, config, code, stdin))
+
+
+async def _run_async(args: argparse.Namespace, config: Config, code: str,
+                     stdin: bytes | None) -> int:
+    from ..client import AsyncClient
+
+    out = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
+
+    def write(name: str, data: bytes) -> None:
+        stream = out[name]
+        stream.write(data)
+        stream.flush()
+
+    async with AsyncClient(config) as client:
+        loop = asyncio.get_running_loop()
+        interrupted = asyncio.Event()
+
+        def on_sigint() -> None:
+            if interrupted.is_set():  # second Ctrl-C: stop waiting
+                raise KeyboardInterrupt
+            interrupted.set()
+            loop.create_task(client.interrupt(args.kernel))
+
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+        result = await client.execute(
+            code,
+            kernel=args.kernel,
+            mode=args.mode,
+            timeout=args.timeout,
+            cwd=os.path.abspath(args.cwd) if args.cwd else None,
+            stdin=stdin,
+            on_output=None if args.json else write,
+        )
+        loop.remove_signal_handler(signal.SIGINT)
+    for event in result.events:
+        print(f"stigmer: kernel {event.get('kernel')!r} {event.get('event')}: "
+              f"{event.get('reason')}", file=sys.stderr)
+    if args.json:
+        payload = {
+            "kernel": result.kernel, "mode": result.mode, "status": result.status,
+            "exit_code": result.exit_code, "duration": result.duration, "cwd": result.cwd,
+            "stdout": result.stdout, "stderr": result.stderr, "truncated": result.truncated,
+            "ename": result.ename, "evalue": result.evalue, "events": result.events,
+        }
+        print(json.dumps(payload))
+    if result.status == "timeout":
+        print(f"stigmer: {result.evalue}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    if result.status == "interrupted":
+        return EXIT_INTERRUPTED
+    if result.exit_code is None:
+        return _fail(f"{result.ename}: {result.evalue}")
+    if result.session_reset and not args.json:
+        print(f"stigmer: {result.evalue}", file=sys.stderr)
+    return result.exit_code
+
+
+# -- server ---------------------------------------------------------------------------------------
+def _server(args: argparse.Namespace, config: Config, parser: argparse.ArgumentParser) -> int:
+    from ..client import Client
+    from ..client.discovery import find_server, start_background_server
+
+    runtime = RuntimeDir(config.runtime_dir)
+    if args.action == "start":
+        if args.foreground:
+            from ..broker import run_foreground
+
+            return run_foreground(config)
+        if runtime.server_running():
+            address = find_server(config, autostart=False)
+            print(f"stigmer server already running (pid {address.pid}) in {runtime.path}")
+            return 0
+        address = start_background_server(config)
+        print(f"stigmer server started (pid {address.pid}) in {runtime.path}")
+        return 0
+    if args.action == "stop":
+        if not runtime.server_running():
+            print(f"no stigmer server runs in {runtime.path}")
+            return 0
+        info = runtime.read_info() or {}
+        try:
+            with Client(config, autostart=False) as client:
+                client.shutdown_server()
+        except StigmerError:
+            pid = info.get("pid")
+            if isinstance(pid, int):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while runtime.server_running():
+            if time.monotonic() > deadline:
+                return _fail(f"the server (pid {info.get('pid')}) did not stop within 15s")
+            time.sleep(0.05)
+        print(f"stigmer server stopped (pid {info.get('pid')})")
+        return 0
+    if args.action == "status":
+        if not runtime.server_running():
+            if args.json:
+                print(json.dumps({"running": False, "runtime_dir": str(runtime.path)}))
+            else:
+                print(f"no stigmer server runs in {runtime.path}")
+            return EXIT_NOT_RUNNING
+        with Client(config, autostart=False) as client:
+            info = client.server_info()
+        info.pop("status", None)
+        if args.json:
+            print(json.dumps({"running": True, **info}))
+        else:
+            print(f"stigmer server {info['version']} running (pid {info['pid']})")
+            print(f"  runtime dir:    {info['runtime_dir']}")
+            print(f"  clients:        {info['client_endpoint']}")
+            print(f"  mode:           {info['execution_mode']}")
+            print(f"  kernels:        {info['kernels']}")
+            print(f"  uptime:         {info['uptime']:.0f}s")
+        return 0
+    parser.parse_args(["server", "--help"])
+    return 2
+
+
+# -- kernels --------------------------------------------------------------------------------------
+def _kernels(args: argparse.Namespace, config: Config, parser: argparse.ArgumentParser) -> int:
+    from ..client import Client
+
+    if args.action is None:
+        parser.parse_args(["kernels", "--help"])
+        return 2
+    runtime = RuntimeDir(config.runtime_dir)
+    if not runtime.server_running():
+        if args.action == "list":
+            print("[]" if args.json else f"no stigmer server runs in {runtime.path}")
+            return 0
+        raise ServerNotRunning(
+            f"no stigmer server runs in {runtime.path} — start one with `stigmer server start`"
+        )
+    with Client(config, autostart=False) as client:
+        if args.action == "list":
+            kernels = client.list_kernels()
+            if args.json:
+                print(json.dumps(kernels, indent=2))
+            else:
+                _print_table(kernels)
+        elif args.action == "shutdown":
+            client.shutdown_kernel(args.name)
+            print(f"kernel {args.name!r} shut down")
+        elif args.action == "interrupt":
+            reply = client.interrupt(args.name)
+            print(f"kernel {args.name!r} interrupted" if reply.get("was_busy")
+                  else f"kernel {args.name!r} was idle")
+        elif args.action == "info":
+            info = client.kernel_info(args.name)
+            info.pop("status", None)
+            print(json.dumps(info, indent=2))
+    return 0
+
+
+def _print_table(kernels: list[dict[str, Any]]) -> None:
+    if not kernels:
+        print("no kernels")
+        return
+    headers = ["NAME", "MODE", "STATE", "IDLE", "TTL", "CLIENTS", "PID", "CWD"]
+    rows = [
+        [
+            str(k["name"]), str(k["mode"]), str(k["state"]), f"{k['idle_seconds']:.0f}s",
+            f"{k['ttl']:g}s", str(k["clients"]), str(k.get("pid") or "-"), str(k.get("cwd", "")),
+        ]
+        for k in kernels
+    ]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    for row in [headers, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+# -- config ---------------------------------------------------------------------------------------
+def _config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    path = default_config_path()
+    if args.action == "path":
+        print(path)
+        return 0
+    if args.action in ("get", "set", "unset") and args.key not in USER_KEYS:
+        return _fail(f"unknown setting {args.key!r}; known settings: {', '.join(USER_KEYS)}")
+    stored = read_config_file(path)
+    if args.action == "set":
+        value = parse_value(args.key, args.value)
+        stored[args.key] = str(value) if not isinstance(value, (bool, int, float)) else value
+        if hasattr(value, "value"):
+            stored[args.key] = value.value
+        write_config_file(path, stored)
+        print(f"{args.key} = {stored[args.key]}  (saved in {path})")
+        return 0
+    if args.action == "unset":
+        stored.pop(args.key, None)
+        write_config_file(path, stored)
+        return 0
+    config = load_config().to_dict()
+    if args.action == "get":
+        value = config[args.key]
+        print("" if value is None else value)
+        return 0
+    if args.action == "list":
+        for key in USER_KEYS:
+            var = FIELDS[key].metadata["env"]
+            source = "env" if os.environ.get(var) else "file" if key in stored else "default"
+            print(f"{key} = {config[key]!r}  ({source}; {var})")
+        return 0
+    parser.parse_args(["config", "--help"])
+    return 2

@@ -1,0 +1,9 @@
+"""Clients for agent runners: :class:`AsyncClient` and the blocking :class:`Client`."""
+
+from __future__ import annotations
+
+from ._async import AsyncClient
+from ._sync import Client
+from .result import ExecResult
+
+__all__ = ["AsyncClient", "Client", "ExecResult"]

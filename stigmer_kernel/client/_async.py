@@ -1,0 +1,338 @@
+"""The asyncio client for agent runners.
+
+One DEALER socket to the broker; a reader task routes each incoming message to the request it
+answers (by ``parent_header.msg_id``), so any number of tasks can use one client at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import collections
+import contextlib
+import os
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from ..config import Config, load_config
+from ..errors import (
+    ClientTimeout,
+    KernelError,
+    ModeUnavailable,
+    ProtocolError,
+    RequestError,
+    ServerNotRunning,
+    StigmerError,
+)
+from ..protocol import Message, MsgType, Session
+from ..runtime import RuntimeDir
+from .discovery import ServerAddress, find_server
+from .result import ExecResult
+
+OutputCallback = Callable[[str], Any]
+RawOutputCallback = Callable[[str, bytes], Any]
+EventCallback = Callable[[dict[str, Any]], Any]
+
+#: How often a waiting request checks that the server process still exists.
+_LIVENESS_PERIOD = 1.0
+_REQUEST_ERRORS = {
+    "ModeUnavailable": ModeUnavailable,
+    "NoSuchKernel": KernelError,
+}
+
+
+class _Call:
+    """A request in flight: collects outputs until its reply arrives."""
+
+    def __init__(
+        self,
+        on_stdout: OutputCallback | None,
+        on_stderr: OutputCallback | None,
+        on_output: RawOutputCallback | None = None,
+    ) -> None:
+        self.on_output = on_output
+        self.future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self.on = {"stdout": on_stdout, "stderr": on_stderr}
+        self.decoders = {
+            "stdout": codecs.getincrementaldecoder("utf-8")("replace"),
+            "stderr": codecs.getincrementaldecoder("utf-8")("replace"),
+        }
+        self.chunks: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+        self.events: list[dict[str, Any]] = []
+
+    def stream(self, name: str, data: bytes) -> None:
+        if name not in self.chunks:
+            return
+        self.chunks[name].append(data)
+        if self.on_output is not None:
+            self.on_output(name, data)
+        callback = self.on[name]
+        if callback is not None:
+            text = self.decoders[name].decode(data)
+            if text:
+                callback(text)
+
+    def flush(self) -> None:
+        for name, callback in self.on.items():
+            if callback is not None:
+                text = self.decoders[name].decode(b"", final=True)
+                if text:
+                    callback(text)
+
+
+class AsyncClient:
+    """Asyncio client. ``async with AsyncClient() as c: r = await c.execute("ls")``.
+
+    It finds the server of ``STIGMER_RUNTIME_DIR`` (or ``config.runtime_dir``) and, unless
+    ``autostart`` is false, starts one in the background when none runs.
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        runtime_dir: str | os.PathLike[str] | None = None,
+        autostart: bool = True,
+        on_event: EventCallback | None = None,
+    ) -> None:
+        overrides = {"runtime_dir": str(runtime_dir)} if runtime_dir is not None else None
+        self.config = config or load_config(overrides)
+        self.autostart = autostart
+        self.on_event = on_event
+        self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
+        self.address: ServerAddress | None = None
+        self._ctx: zmq.asyncio.Context | None = None
+        self._sock: zmq.asyncio.Socket | None = None
+        self._session: Session | None = None
+        self._calls: dict[str, _Call] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # -- life cycle ---------------------------------------------------------------------------
+    async def connect(self) -> AsyncClient:
+        if self._sock is not None:
+            return self
+        loop = asyncio.get_running_loop()
+        self.address = await loop.run_in_executor(
+            None, lambda: find_server(self.config, self.autostart)
+        )
+        self._session = Session(self.address.key)
+        self._ctx = zmq.asyncio.Context()
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 500)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.IDENTITY, f"c:{os.getpid()}:{os.urandom(6).hex()}".encode())
+        sock.connect(self.address.endpoint)
+        self._sock = sock
+        self._reader = asyncio.create_task(self._read_loop(), name="stigmer-client-reader")
+        return self
+
+    async def __aenter__(self) -> AsyncClient:
+        return await self.connect()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._sock is not None and self._session is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                bye = self._session.msg(MsgType.DETACH_REQUEST.value, {})
+                await self._sock.send_multipart(self._session.serialize(bye))
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        for call in self._calls.values():
+            if not call.future.done():
+                call.future.set_exception(StigmerError("client closed"))
+        self._calls.clear()
+        if self._sock is not None:
+            self._sock.close(linger=200)
+        if self._ctx is not None:
+            self._ctx.term()
+
+    # -- plumbing -----------------------------------------------------------------------------
+    async def _read_loop(self) -> None:
+        assert self._sock is not None and self._session is not None
+        while True:
+            frames = await self._sock.recv_multipart()
+            try:
+                _, msg = self._session.deserialize(frames)
+            except ProtocolError:
+                continue
+            mtype = msg.msg_type
+            call = self._calls.get(msg.parent_id or "")
+            if mtype == MsgType.STREAM.value:
+                if call is not None:
+                    data = msg.content.get("data", b"")
+                    if isinstance(data, str):
+                        data = data.encode()
+                    call.stream(str(msg.content.get("name")), data)
+            elif mtype == MsgType.KERNEL_EVENT.value:
+                if call is not None:
+                    call.events.append(msg.content)
+                self.events.append(msg.content)
+                if self.on_event is not None:
+                    self.on_event(msg.content)
+            elif call is not None and not call.future.done():
+                call.future.set_result(msg)
+
+    async def _request(
+        self,
+        msg_type: MsgType,
+        content: dict[str, Any],
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        timeout: float | None = None,
+        on_output: RawOutputCallback | None = None,
+    ) -> tuple[Message, _Call]:
+        if self._closed:
+            raise StigmerError("this client is closed")
+        await self.connect()
+        assert self._sock is not None and self._session is not None and self.address
+        msg = self._session.msg(msg_type.value, content)
+        call = _Call(on_stdout, on_stderr, on_output)
+        self._calls[msg.msg_id] = call
+        try:
+            await self._sock.send_multipart(self._session.serialize(msg), copy=False)
+            loop = asyncio.get_running_loop()
+            deadline = None if timeout is None else loop.time() + timeout
+            runtime: RuntimeDir = self.address.runtime
+            while True:
+                wait = _LIVENESS_PERIOD
+                if deadline is not None:
+                    wait = min(wait, max(0.0, deadline - loop.time()))
+                done, _ = await asyncio.wait({call.future}, timeout=wait)
+                if done:
+                    reply = call.future.result()
+                    call.flush()
+                    return reply, call
+                if deadline is not None and loop.time() >= deadline:
+                    raise ClientTimeout(f"no reply to {msg_type.value} within {timeout:g}s")
+                if not runtime.server_running():
+                    raise ServerNotRunning(
+                        f"the stigmer server of {runtime.path} stopped before answering"
+                    )
+        finally:
+            self._calls.pop(msg.msg_id, None)
+
+    @staticmethod
+    def _raise_for(reply: Message) -> None:
+        content = reply.content
+        if content.get("status") == "error":
+            ename = str(content.get("ename", "RequestError"))
+            error = _REQUEST_ERRORS.get(ename, RequestError)
+            raise error(str(content.get("evalue", "request failed")), ename)
+
+    # -- API ----------------------------------------------------------------------------------
+    async def execute(
+        self,
+        code: str,
+        *,
+        kernel: str = "default",
+        mode: str | None = None,
+        timeout: float | None = None,
+        cwd: str | None = None,
+        stdin: str | bytes | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        output_limit: int | None = None,
+        ttl: float | None = None,
+        on_output: RawOutputCallback | None = None,
+    ) -> ExecResult:
+        """Run shell ``code`` on ``kernel`` (created on first use) and return its result.
+
+        ``timeout`` ends the command (and everything it started) after that many seconds;
+        ``stdin`` becomes the command's standard input (otherwise it reads /dev/null);
+        ``cwd`` is the working directory of a kernel this call creates (default: ours).
+        ``on_stdout``/``on_stderr`` get decoded text as it is written; ``on_output`` gets
+        ``(stream_name, raw_bytes)``.
+        Request problems (bad kernel name, unavailable mode) raise :class:`RequestError`;
+        everything about the command itself, including its kernel dying, is in the result.
+        """
+        content: dict[str, Any] = {
+            "code": code,
+            "kernel": kernel,
+            "mode": mode or self.config.execution_mode.value,
+            "cwd": cwd or _cwd(),
+            "silent": False,
+            "store_history": True,
+            "allow_stdin": False,
+        }
+        if timeout is not None:
+            content["timeout"] = timeout
+        if stdin is not None:
+            content["stdin"] = stdin.encode() if isinstance(stdin, str) else stdin
+        if output_limit is not None:
+            content["output_limit"] = output_limit
+        if ttl is not None:
+            content["ttl"] = ttl
+        reply, call = await self._request(
+            MsgType.EXECUTE_REQUEST, content, on_stdout, on_stderr, on_output=on_output
+        )
+        c = reply.content
+        if c.get("status") == "error" and c.get("ename") in (
+            "BadRequest", "ModeUnavailable", "ModeMismatch", "KernelBusy"
+        ):
+            self._raise_for(reply)
+        exit_code = c.get("exit_code")
+        return ExecResult(
+            kernel=kernel,
+            mode=content["mode"],
+            status=str(c.get("status", "error")),
+            exit_code=exit_code if isinstance(exit_code, int) else None,
+            stdout_bytes=b"".join(call.chunks["stdout"]),
+            stderr_bytes=b"".join(call.chunks["stderr"]),
+            duration=float(c.get("duration") or 0.0),
+            execution_count=c.get("execution_count"),
+            cwd=c.get("cwd"),
+            truncated=bool(c.get("truncated")),
+            session_reset=bool(c.get("session_reset")),
+            ename=c.get("ename"),
+            evalue=c.get("evalue"),
+            events=call.events,
+        )
+
+    async def interrupt(self, kernel: str = "default") -> dict[str, Any]:
+        """Interrupt the command running on ``kernel`` (like Ctrl-C)."""
+        reply, _ = await self._request(MsgType.INTERRUPT_REQUEST, {"kernel": kernel}, timeout=10)
+        self._raise_for(reply)
+        return reply.content
+
+    async def list_kernels(self) -> list[dict[str, Any]]:
+        reply, _ = await self._request(MsgType.KERNEL_LIST_REQUEST, {}, timeout=10)
+        self._raise_for(reply)
+        return list(reply.content.get("kernels", []))
+
+    async def kernel_info(self, kernel: str = "default") -> dict[str, Any]:
+        reply, _ = await self._request(MsgType.KERNEL_INFO_REQUEST, {"kernel": kernel}, timeout=10)
+        self._raise_for(reply)
+        return reply.content
+
+    async def shutdown_kernel(self, kernel: str) -> None:
+        reply, _ = await self._request(
+            MsgType.KERNEL_SHUTDOWN_REQUEST, {"kernel": kernel}, timeout=10
+        )
+        self._raise_for(reply)
+
+    async def server_info(self) -> dict[str, Any]:
+        reply, _ = await self._request(MsgType.SERVER_INFO_REQUEST, {}, timeout=10)
+        self._raise_for(reply)
+        return reply.content
+
+    async def shutdown_server(self) -> None:
+        reply, _ = await self._request(MsgType.SERVER_SHUTDOWN_REQUEST, {}, timeout=10)
+        self._raise_for(reply)
+
+
+def _cwd() -> str | None:
+    try:
+        return os.getcwd()
+    except FileNotFoundError:
+        return None

@@ -1,0 +1,115 @@
+"""The blocking client: an :class:`AsyncClient` driven by its own event-loop thread.
+
+Any number of threads may call one ``Client`` at once; callbacks (``on_stdout``...) run on the
+client's loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from ..config import Config
+from ._async import AsyncClient, EventCallback, OutputCallback
+from .result import ExecResult
+
+T = TypeVar("T")
+
+
+class Client:
+    """Blocking client. ``with Client() as c: r = c.execute("ls", kernel="build")``."""
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        runtime_dir: str | os.PathLike[str] | None = None,
+        autostart: bool = True,
+        on_event: EventCallback | None = None,
+    ) -> None:
+        self._async = AsyncClient(
+            config, runtime_dir=runtime_dir, autostart=autostart, on_event=on_event
+        )
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="stigmer-client-loop", daemon=True
+        )
+        self._thread.start()
+        self._closed = False
+        try:
+            self._call(self._async.connect())
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def config(self) -> Config:
+        return self._async.config
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return list(self._async.events)
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return future.result()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._call(self._async.aclose())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+            self._loop.close()
+
+    def execute(
+        self,
+        code: str,
+        *,
+        kernel: str = "default",
+        mode: str | None = None,
+        timeout: float | None = None,
+        cwd: str | None = None,
+        stdin: str | bytes | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        output_limit: int | None = None,
+        ttl: float | None = None,
+    ) -> ExecResult:
+        """See :meth:`AsyncClient.execute`."""
+        return self._call(
+            self._async.execute(
+                code, kernel=kernel, mode=mode, timeout=timeout, cwd=cwd, stdin=stdin,
+                on_stdout=on_stdout, on_stderr=on_stderr, output_limit=output_limit, ttl=ttl,
+            )
+        )
+
+    def interrupt(self, kernel: str = "default") -> dict[str, Any]:
+        return self._call(self._async.interrupt(kernel))
+
+    def list_kernels(self) -> list[dict[str, Any]]:
+        return self._call(self._async.list_kernels())
+
+    def kernel_info(self, kernel: str = "default") -> dict[str, Any]:
+        return self._call(self._async.kernel_info(kernel))
+
+    def shutdown_kernel(self, kernel: str) -> None:
+        self._call(self._async.shutdown_kernel(kernel))
+
+    def server_info(self) -> dict[str, Any]:
+        return self._call(self._async.server_info())
+
+    def shutdown_server(self) -> None:
+        self._call(self._async.shutdown_server())

@@ -1,0 +1,117 @@
+"""Finding the server of a runtime directory, and starting one in the background if needed."""
+
+from __future__ import annotations
+
+import enum
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import FIELDS, USER_KEYS, Config
+from ..errors import RuntimeDirError, ServerNotRunning, ServerStartError
+from ..runtime import RuntimeDir
+
+@dataclass(frozen=True)
+class ServerAddress:
+    endpoint: str
+    key: bytes
+    pid: int
+    runtime: RuntimeDir
+
+def package_root() -> str:
+    """Directory holding the ``stigmer_kernel`` package (for child processes' PYTHONPATH)."""
+    return str(Path(__file__).resolve().parent.parent.parent)
+
+def child_env(config: Config) -> dict[str, str]:
+    """Environment for a child process so that it builds exactly ``config``."""
+    env = dict(os.environ)
+    for key in USER_KEYS:
+        value = getattr(config, key)
+        var = FIELDS[key].metadata["env"]
+        if value is None:
+            env.pop(var, None)
+            continue
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, enum.Enum):
+            text = str(value.value)
+        else:
+            text = str(value)
+        env[var] = text
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root(), env.get("PYTHONPATH")) if p)
+    return env
+
+def _read_address(runtime: RuntimeDir) -> ServerAddress | None:
+    info = runtime.read_info()
+    if not info or not runtime.key_path.exists():
+        return None
+    try:
+        key = runtime.read_key()
+    except RuntimeDirError:
+        return None
+    return ServerAddress(str(info["client_endpoint"]), key, int(info.get("pid", 0)), runtime)
+
+def wait_for_server(runtime: RuntimeDir, timeout: float, proc: subprocess.Popen[bytes] | None = None
+                    ) -> ServerAddress:
+    deadline = time.monotonic() + timeout
+    while True:
+        if runtime.server_running():
+            address = _read_address(runtime)
+            if address is not None and (
+                proc is None or address.pid == proc.pid or proc.poll() is not None
+            ):
+                return address
+        elif proc is not None and proc.poll() is not None:
+            raise ServerStartError(
+                f"the stigmer server exited with code {proc.returncode} while starting"
+                f"{_log_tail(runtime)}"
+            )
+        if time.monotonic() > deadline:
+            raise ServerStartError(
+                f"no stigmer server became ready in {runtime.path} within {timeout:g}s"
+                f"{_log_tail(runtime)}"
+            )
+        time.sleep(0.01)
+
+def _log_tail(runtime: RuntimeDir) -> str:
+    try:
+        lines = runtime.log_path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return f": {lines[-1]} (see {runtime.log_path})" if lines else ""
+
+def start_background_server(config: Config, timeout: float = 20.0) -> ServerAddress:
+    """Start ``stigmer server start --foreground`` detached, logging to server.log."""
+    runtime = RuntimeDir(config.runtime_dir)
+    runtime.ensure()
+    with open(runtime.log_path, "ab") as log:
+        os.chmod(runtime.log_path, 0o600)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stigmer_kernel", "server", "start", "--foreground"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=child_env(config),
+            cwd="/",
+            start_new_session=True,
+            close_fds=True,
+        )
+    # Whoever wins a start race, a server that holds the lock is what we wait for.
+    return wait_for_server(runtime, timeout, proc)
+
+def find_server(config: Config, autostart: bool = True, timeout: float = 20.0) -> ServerAddress:
+    """The address of the server of ``config.runtime_dir``, starting one if allowed."""
+    runtime = RuntimeDir(config.runtime_dir)
+    if runtime.server_running():
+        return wait_for_server(runtime, timeout)
+    if not autostart:
+        raise ServerNotRunning(
+            f"no stigmer server runs in {runtime.path} — start one with `stigmer server start`"
+        )
+    return start_background_server(config, timeout)
+
+
+__all__ = ["ServerAddress", "child_env", "find_server", "start_background_server"]

@@ -1,0 +1,277 @@
+"""Configuration: one frozen dataclass, built in one place.
+
+Precedence, lowest to highest: defaults < config file < environment < explicit overrides
+(CLI flags or keyword arguments). :func:`load_config` is the only function that builds a
+:class:`Config`; the CLI only parses its arguments into ``overrides``.
+
+The config file is TOML with flat ``key = value`` pairs named like the fields below. Its path is
+``$STIGMER_CONFIG``, else ``$XDG_CONFIG_HOME/stigmer/config.toml``, else
+``~/.config/stigmer/config.toml``. ``stigmer config set KEY VALUE`` writes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+
+class ExecutionMode(str, enum.Enum):
+    """Where commands run."""
+
+    LOCAL = "local"
+    SANDBOX = "sandbox"
+    AUTO = "auto"
+
+
+class EnvVar(str, enum.Enum):
+    """Every environment variable stigmer-kernel reads."""
+
+    CONFIG = "STIGMER_CONFIG"
+    RUNTIME_DIR = "STIGMER_RUNTIME_DIR"
+    EXECUTION_MODE = "STIGMER_EXECUTION_MODE"
+    KERNEL_TTL = "STIGMER_KERNEL_TTL"
+    HEARTBEAT_INTERVAL = "STIGMER_HEARTBEAT_INTERVAL"
+    HEARTBEAT_MISSES = "STIGMER_HEARTBEAT_MISSES"
+    TIMEOUT = "STIGMER_TIMEOUT"
+    OUTPUT_LIMIT = "STIGMER_OUTPUT_LIMIT"
+    WORKDIR = "STIGMER_WORKDIR"
+    CLIENT_ENDPOINT = "STIGMER_CLIENT_ENDPOINT"
+    AGENT_ENDPOINT = "STIGMER_AGENT_ENDPOINT"
+    LOG_LEVEL = "STIGMER_LOG_LEVEL"
+    SHELL = "STIGMER_SHELL"
+    SANDBOX_IMAGE = "STIGMER_SANDBOX_IMAGE"
+    SANDBOX_AUTO_PULL = "STIGMER_SANDBOX_AUTO_PULL"
+    SANDBOX_CLEANUP = "STIGMER_SANDBOX_CLEANUP"
+    SANDBOX_TTL = "STIGMER_SANDBOX_TTL"
+    # Set by the broker for the agents it spawns; never read from user config.
+    AGENT_KEY = "STIGMER_AGENT_KEY"
+
+
+def default_runtime_dir() -> Path:
+    """``$XDG_RUNTIME_DIR/stigmer`` when that directory exists, else ``/tmp/stigmer-<uid>``."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isdir(xdg):
+        return Path(xdg) / "stigmer"
+    return Path("/tmp") / f"stigmer-{os.getuid()}"
+
+
+def default_config_path(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    explicit = env.get(EnvVar.CONFIG.value)
+    if explicit:
+        return Path(explicit).expanduser()
+    base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "stigmer" / "config.toml"
+
+
+def _env(var: EnvVar) -> dict[str, Any]:
+    return {"env": var.value}
+
+
+@dataclass(frozen=True)
+class Config:
+    """All settings of a server, an agent or a client. Build it with :func:`load_config`."""
+
+    runtime_dir: Path = field(default_factory=default_runtime_dir, metadata=_env(EnvVar.RUNTIME_DIR))
+    """Private directory (mode 0700) holding the server's sockets, key, lock and log. Two
+    servers with different runtime directories are fully independent."""
+
+    execution_mode: ExecutionMode = field(
+        default=ExecutionMode.LOCAL, metadata=_env(EnvVar.EXECUTION_MODE)
+    )
+    """Default mode for requests that do not name one: local, sandbox or auto."""
+
+    kernel_ttl: float = field(default=3600.0, metadata=_env(EnvVar.KERNEL_TTL))
+    """Seconds without execute activity after which an idle kernel is shut down."""
+
+    heartbeat_interval: float = field(default=1.0, metadata=_env(EnvVar.HEARTBEAT_INTERVAL))
+    """Seconds between agent heartbeats."""
+
+    heartbeat_misses: int = field(default=3, metadata=_env(EnvVar.HEARTBEAT_MISSES))
+    """Missed heartbeats after which an agent is declared dead."""
+
+    command_timeout: float | None = field(default=None, metadata=_env(EnvVar.TIMEOUT))
+    """Default per-command timeout in seconds for new kernels (none: no limit)."""
+
+    output_limit: int = field(default=32 * 1024 * 1024, metadata=_env(EnvVar.OUTPUT_LIMIT))
+    """Bytes of stdout+stderr forwarded per command; the rest is discarded with a notice."""
+
+    kernel_cwd: str | None = field(default=None, metadata=_env(EnvVar.WORKDIR))
+    """Working directory of new kernels (none: the directory the client asked from)."""
+
+    client_endpoint: str | None = field(default=None, metadata=_env(EnvVar.CLIENT_ENDPOINT))
+    """Extra endpoint (e.g. tcp://127.0.0.1:5700) for clients, besides the ipc socket."""
+
+    agent_endpoint: str | None = field(default=None, metadata=_env(EnvVar.AGENT_ENDPOINT))
+    """Extra endpoint for agents on other hosts, besides the ipc socket."""
+
+    log_level: str = field(default="INFO", metadata=_env(EnvVar.LOG_LEVEL))
+    """Log level of the server log (DEBUG, INFO, WARNING, ERROR)."""
+
+    shell: str = field(default="bash", metadata=_env(EnvVar.SHELL))
+    """The bash executable agents run (a name on PATH or a path)."""
+
+    sandbox_image: str = field(
+        default="ghcr.io/stigmer/agent-sandbox-basic:latest", metadata=_env(EnvVar.SANDBOX_IMAGE)
+    )
+    """Image of sandbox kernels (sandbox mode)."""
+
+    sandbox_auto_pull: bool = field(default=True, metadata=_env(EnvVar.SANDBOX_AUTO_PULL))
+    """Pull the sandbox image when it is missing locally (sandbox mode)."""
+
+    sandbox_cleanup: bool = field(default=True, metadata=_env(EnvVar.SANDBOX_CLEANUP))
+    """Remove (true) or only stop (false) expired sandbox containers (sandbox mode)."""
+
+    sandbox_ttl: float = field(default=3600.0, metadata=_env(EnvVar.SANDBOX_TTL))
+    """Idle seconds after which a sandbox kernel and its container expire (sandbox mode)."""
+
+    max_message_bytes: int = 64 * 1024 * 1024
+    """Largest message the broker accepts; bigger ones are dropped by ZeroMQ."""
+
+    @property
+    def dead_after(self) -> float:
+        """Seconds of agent silence after which it is declared dead."""
+        return self.heartbeat_interval * self.heartbeat_misses
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, enum.Enum):
+                value = value.value
+            out[f.name] = value
+        return out
+
+
+FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(Config)}
+USER_KEYS = tuple(name for name, f in FIELDS.items() if "env" in f.metadata)
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def parse_value(key: str, raw: Any) -> Any:
+    """Convert ``raw`` (a string from the environment or CLI, or a TOML value) for ``key``."""
+    if key not in FIELDS:
+        known = ", ".join(USER_KEYS)
+        raise ConfigError(f"unknown setting {key!r}; known settings: {known}")
+    typ = str(FIELDS[key].type)
+    text = raw.strip() if isinstance(raw, str) else raw
+    try:
+        if typ == "Path":
+            return Path(str(text)).expanduser()
+        if typ == "ExecutionMode":
+            return ExecutionMode(str(text).lower())
+        if typ == "bool":
+            if isinstance(text, bool):
+                return text
+            low = str(text).lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise ValueError(text)
+        if typ == "int":
+            value = int(text)
+            if value <= 0:
+                raise ValueError(text)
+            return value
+        if typ in ("float", "float | None"):
+            if typ.endswith("None") and (text is None or str(text).lower() in ("", "none", "0")):
+                return None
+            number = float(text)
+            if number <= 0:
+                raise ValueError(text)
+            return number
+        if typ == "str | None":
+            return None if text in (None, "", "none") else str(text)
+        return str(text)
+    except (TypeError, ValueError):
+        hint = {
+            "ExecutionMode": "one of local, sandbox, auto",
+            "bool": "true or false",
+            "int": "a positive integer",
+            "float": "a positive number of seconds",
+            "float | None": "a positive number of seconds, or none",
+        }.get(typ, "a string")
+        raise ConfigError(f"invalid value {raw!r} for {key}: expected {hint}") from None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read the TOML config file; a missing file is an empty config."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        parsed = tomllib.loads(data.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return dict(parsed)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    text = str(value.value if isinstance(value, enum.Enum) else value)
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def write_config_file(path: Path, values: Mapping[str, Any]) -> None:
+    """Write ``values`` as flat TOML, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["# stigmer-kernel settings; see `stigmer config list`"]
+    for key in sorted(values):
+        value = values[key]
+        if value is None:
+            continue
+        lines.append(f"{key} = {_toml_value(value)}")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def load_config(
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_path: Path | None = None,
+) -> Config:
+    """Build the configuration: defaults < config file < environment < ``overrides``."""
+    env = os.environ if env is None else env
+    path = config_path or default_config_path(env)
+    values: dict[str, Any] = {}
+    for key, raw in read_config_file(path).items():
+        if key not in USER_KEYS:
+            raise ConfigError(f"unknown setting {key!r} in {path}; known: {', '.join(USER_KEYS)}")
+        values[key] = parse_value(key, raw)
+    for key in USER_KEYS:
+        var = FIELDS[key].metadata["env"]
+        if var in env and env[var] != "":
+            try:
+                values[key] = parse_value(key, env[var])
+            except ConfigError as exc:
+                raise ConfigError(f"{var}: {exc}") from None
+    for key, raw in (overrides or {}).items():
+        if raw is not None:
+            values[key] = parse_value(key, raw) if isinstance(raw, str) else raw
+    return Config(**values)

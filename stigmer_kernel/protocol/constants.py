@@ -1,0 +1,107 @@
+"""Protocol constants: message types, frame markers, states, statuses.
+
+Every message on every socket uses the Jupyter wire layout (see docs/protocol.md)::
+
+    [routing ids...] DELIM signature header parent_header metadata content [buffers...]
+"""
+
+from __future__ import annotations
+
+import enum
+
+#: Separates routing identities from the message frames (the Jupyter delimiter).
+DELIM = b"<IDS|MSG>"
+#: Jupyter messaging protocol version our headers declare.
+PROTOCOL_VERSION = "5.3"
+#: Version of the native (client <-> broker <-> agent) extensions.
+NATIVE_VERSION = 1
+#: How many message frames follow the delimiter at least (signature + four dicts).
+MIN_FRAMES = 5
+#: Cap on the number of buffers a message may carry.
+MAX_BUFFERS = 16
+
+
+class MsgType(str, enum.Enum):
+    """Every message type on the native protocol."""
+
+    # client -> broker
+    EXECUTE_REQUEST = "execute_request"
+    INTERRUPT_REQUEST = "interrupt_request"
+    KERNEL_INFO_REQUEST = "kernel_info_request"
+    KERNEL_LIST_REQUEST = "kernel_list_request"
+    KERNEL_SHUTDOWN_REQUEST = "kernel_shutdown_request"
+    SERVER_INFO_REQUEST = "server_info_request"
+    SERVER_SHUTDOWN_REQUEST = "server_shutdown_request"
+    DETACH_REQUEST = "detach_request"
+    # broker -> client
+    EXECUTE_REPLY = "execute_reply"
+    INTERRUPT_REPLY = "interrupt_reply"
+    KERNEL_INFO_REPLY = "kernel_info_reply"
+    KERNEL_LIST_REPLY = "kernel_list_reply"
+    KERNEL_SHUTDOWN_REPLY = "kernel_shutdown_reply"
+    SERVER_INFO_REPLY = "server_info_reply"
+    SERVER_SHUTDOWN_REPLY = "server_shutdown_reply"
+    ERROR_REPLY = "error_reply"
+    KERNEL_EVENT = "kernel_event"
+    # agent -> broker (and forwarded to clients where they concern them)
+    AGENT_REGISTER = "agent_register"
+    AGENT_HEARTBEAT = "agent_heartbeat"
+    AGENT_GOODBYE = "agent_goodbye"
+    STREAM = "stream"
+    STATUS = "status"
+    # broker -> agent
+    AGENT_WELCOME = "agent_welcome"
+    AGENT_SHUTDOWN = "agent_shutdown"
+
+
+#: Requests a client may send and the reply type each gets.
+REPLY_FOR: dict[MsgType, MsgType] = {
+    MsgType.EXECUTE_REQUEST: MsgType.EXECUTE_REPLY,
+    MsgType.INTERRUPT_REQUEST: MsgType.INTERRUPT_REPLY,
+    MsgType.KERNEL_INFO_REQUEST: MsgType.KERNEL_INFO_REPLY,
+    MsgType.KERNEL_LIST_REQUEST: MsgType.KERNEL_LIST_REPLY,
+    MsgType.KERNEL_SHUTDOWN_REQUEST: MsgType.KERNEL_SHUTDOWN_REPLY,
+    MsgType.SERVER_INFO_REQUEST: MsgType.SERVER_INFO_REPLY,
+    MsgType.SERVER_SHUTDOWN_REQUEST: MsgType.SERVER_SHUTDOWN_REPLY,
+}
+
+
+class KernelState(str, enum.Enum):
+    """Life cycle of a kernel in the broker's registry."""
+
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    DEAD = "dead"
+
+
+class ExecStatus(str, enum.Enum):
+    """``status`` of an execute_reply."""
+
+    OK = "ok"  # the command ran and exited 0
+    ERROR = "error"  # the command exited non-zero, or the kernel could not run it
+    TIMEOUT = "timeout"  # the command ran past its timeout and was ended
+    INTERRUPTED = "interrupted"  # an interrupt_request ended it
+    ABORTED = "aborted"  # never started: the kernel died or shut down first
+
+
+class KernelEvent(str, enum.Enum):
+    """``event`` of a kernel_event message sent to attached clients."""
+
+    STARTED = "started"
+    RESTARTED = "restarted"
+    DIED = "died"
+    EXPIRED = "expired"
+    SHUTDOWN = "shutdown"
+    SESSION_RESET = "session_reset"
+
+
+class StreamName(str, enum.Enum):
+    STDOUT = "stdout"
+    STDERR = "stderr"
+
+
+#: Exit codes the CLI and replies use for endings that are not the command's own.
+EXIT_TIMEOUT = 124
+EXIT_INTERRUPTED = 130
+EXIT_STIGMER_ERROR = 125

@@ -1,0 +1,246 @@
+"""Building, signing, serializing and verifying messages: the one place that does it.
+
+A :class:`Session` turns a :class:`Message` into ZeroMQ frames and back::
+
+    [ids...] <IDS|MSG> hmac-hex header parent_header metadata content [buffers...]
+
+The four dict frames are msgpack (native protocol) or JSON (Jupyter channels). The signature is
+HMAC-SHA256 over the four dict frames, hex-encoded, as in the Jupyter messaging spec. Every
+signature a session accepts is remembered in a bounded window, so a replayed message is refused.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import hmac
+import itertools
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import msgpack
+
+from ..errors import ProtocolError, SignatureError
+from .constants import DELIM, MAX_BUFFERS, MIN_FRAMES, PROTOCOL_VERSION
+
+Packing = Literal["msgpack", "json"]
+
+_REQUIRED_HEADER = ("msg_id", "msg_type", "session")
+
+
+@dataclass(slots=True)
+class Message:
+    """One protocol message: the Jupyter envelope plus optional binary buffers."""
+
+    header: dict[str, Any]
+    parent_header: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    content: dict[str, Any] = field(default_factory=dict)
+    buffers: list[bytes] = field(default_factory=list)
+
+    @property
+    def msg_type(self) -> str:
+        return str(self.header["msg_type"])
+
+    @property
+    def msg_id(self) -> str:
+        return str(self.header["msg_id"])
+
+    @property
+    def parent_id(self) -> str | None:
+        value = self.parent_header.get("msg_id")
+        return value if isinstance(value, str) else None
+
+
+def _msgpack_dumps(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _msgpack_loads(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=True)
+
+
+def _json_dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def _json_loads(data: bytes) -> Any:
+    return json.loads(data)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def new_key() -> bytes:
+    """A fresh random signing key (hex text, as Jupyter connection files carry it)."""
+    return os.urandom(32).hex().encode()
+
+
+class Signer:
+    """HMAC-SHA256 over the four dict frames; a key of ``b""`` disables signing."""
+
+    __slots__ = ("_base", "key")
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        self._base = hmac.new(key, digestmod=hashlib.sha256) if key else None
+
+    def sign(self, parts: Sequence[bytes]) -> bytes:
+        if self._base is None:
+            return b""
+        mac = self._base.copy()
+        for part in parts:
+            mac.update(part)
+        return mac.hexdigest().encode()
+
+    def verify(self, signature: bytes, parts: Sequence[bytes]) -> bool:
+        if self._base is None:
+            return True
+        return hmac.compare_digest(signature, self.sign(parts))
+
+
+class ReplayWindow:
+    """Remembers the last ``size`` signatures; a second sighting is a replay."""
+
+    __slots__ = ("_order", "_seen", "size")
+
+    def __init__(self, size: int = 65536) -> None:
+        self.size = size
+        self._seen: set[bytes] = set()
+        self._order: collections.deque[bytes] = collections.deque()
+
+    def check_and_add(self, signature: bytes) -> bool:
+        """True if ``signature`` is new (and now remembered)."""
+        if signature in self._seen:
+            return False
+        self._seen.add(signature)
+        self._order.append(signature)
+        if len(self._order) > self.size:
+            self._seen.discard(self._order.popleft())
+        return True
+
+
+def split_ids(frames: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """Split raw frames at the delimiter into (routing ids, message frames)."""
+    for index, frame in enumerate(frames):
+        if frame == DELIM:
+            return list(frames[:index]), list(frames[index + 1 :])
+    raise ProtocolError("no <IDS|MSG> delimiter in message")
+
+
+class Session:
+    """Builds and parses messages for one peer identity and one key.
+
+    ``packing`` chooses msgpack (native protocol) or JSON (Jupyter channels).
+    ``check_replay`` makes :meth:`deserialize` refuse a signature it has already accepted.
+    """
+
+    def __init__(
+        self,
+        key: bytes,
+        *,
+        packing: Packing = "msgpack",
+        session_id: str | None = None,
+        username: str = "stigmer",
+        check_replay: bool = True,
+    ) -> None:
+        self.signer = Signer(key)
+        self.packing: Packing = packing
+        self.session_id = session_id or os.urandom(16).hex()
+        self.username = username
+        self._dumps = _msgpack_dumps if packing == "msgpack" else _json_dumps
+        self._loads = _msgpack_loads if packing == "msgpack" else _json_loads
+        self._counter = itertools.count(1)
+        self._id_prefix = os.urandom(8).hex()
+        self.replay = ReplayWindow() if check_replay and key else None
+
+    @property
+    def key(self) -> bytes:
+        return self.signer.key
+
+    # -- building ---------------------------------------------------------------------------
+    def new_msg_id(self) -> str:
+        return f"{self._id_prefix}-{next(self._counter)}"
+
+    def header(self, msg_type: str) -> dict[str, Any]:
+        return {
+            "msg_id": self.new_msg_id(),
+            "msg_type": msg_type,
+            "session": self.session_id,
+            "username": self.username,
+            "date": now_iso(),
+            "version": PROTOCOL_VERSION,
+        }
+
+    def msg(
+        self,
+        msg_type: str,
+        content: dict[str, Any] | None = None,
+        parent: Message | dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        buffers: list[bytes] | None = None,
+    ) -> Message:
+        parent_header = parent.header if isinstance(parent, Message) else (parent or {})
+        return Message(
+            header=self.header(msg_type),
+            parent_header=dict(parent_header),
+            metadata=metadata or {},
+            content=content or {},
+            buffers=buffers or [],
+        )
+
+    # -- wire format ------------------------------------------------------------------------
+    def serialize(self, msg: Message, ids: Sequence[bytes] = ()) -> list[bytes]:
+        """Frames for ``msg``, preceded by routing ``ids``."""
+        dumps = self._dumps
+        parts = [
+            dumps(msg.header),
+            dumps(msg.parent_header),
+            dumps(msg.metadata),
+            dumps(msg.content),
+        ]
+        return [*ids, DELIM, self.signer.sign(parts), *parts, *msg.buffers]
+
+    def resign(self, msg_frames: Sequence[bytes]) -> list[bytes]:
+        """Re-sign already serialized message frames (after the delimiter) with our key."""
+        parts = list(msg_frames[1:5])
+        return [DELIM, self.signer.sign(parts), *parts, *msg_frames[5:]]
+
+    def verify_frames(self, msg_frames: Sequence[bytes]) -> None:
+        """Check frame count and signature (and replay) of frames after the delimiter."""
+        if len(msg_frames) < MIN_FRAMES:
+            raise ProtocolError(f"expected at least {MIN_FRAMES} frames, got {len(msg_frames)}")
+        if len(msg_frames) > MIN_FRAMES + MAX_BUFFERS:
+            raise ProtocolError(f"too many frames ({len(msg_frames)})")
+        signature = bytes(msg_frames[0])
+        if not self.signer.verify(signature, msg_frames[1:5]):
+            raise SignatureError("invalid message signature")
+        if self.replay is not None and not self.replay.check_and_add(signature):
+            raise SignatureError("replayed message (signature already seen)")
+
+    def decode(self, msg_frames: Sequence[bytes]) -> Message:
+        """Parse frames after the delimiter into a Message, without checking the signature."""
+        try:
+            header, parent, metadata, content = (self._loads(bytes(f)) for f in msg_frames[1:5])
+        except Exception as exc:  # msgpack and json raise many kinds; all mean "malformed"
+            raise ProtocolError(f"undecodable message frame: {type(exc).__name__}") from None
+        if not isinstance(header, dict) or any(
+            not isinstance(header.get(k), str) for k in _REQUIRED_HEADER
+        ):
+            raise ProtocolError("header must be a map with string msg_id, msg_type and session")
+        if not (isinstance(parent, dict) and isinstance(metadata, dict)):
+            raise ProtocolError("parent_header and metadata must be maps")
+        if not isinstance(content, dict):
+            raise ProtocolError("content must be a map")
+        return Message(header, parent, metadata, content, [bytes(b) for b in msg_frames[5:]])
+
+    def deserialize(self, frames: Sequence[bytes]) -> tuple[list[bytes], Message]:
+        """Verify and parse raw frames: returns (routing ids, message)."""
+        ids, msg_frames = split_ids(frames)
+        self.verify_frames(msg_frames)
+        return ids, self.decode(msg_frames)

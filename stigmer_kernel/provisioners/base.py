@@ -1,0 +1,64 @@
+"""How an execution agent comes to exist: the provisioner interface.
+
+The broker asks a provisioner to start an agent for a kernel and gets an :class:`AgentHandle`
+it can poll and kill. Local processes, Docker containers (and later Kubernetes pods or cloud
+sandboxes) all fit behind this interface; the broker never knows which one it is talking to.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """Everything an agent needs to start and find its broker."""
+
+    kernel_id: str
+    kernel_name: str
+    key: bytes
+    endpoint: str
+    cwd: str
+    workdir: Path
+    shell: str
+    heartbeat_interval: float
+    orphan_timeout: float
+    command_timeout: float | None
+    output_limit: int
+
+
+class AgentHandle(abc.ABC):
+    """A started agent, owned by the broker's kernel record."""
+
+    @property
+    @abc.abstractmethod
+    def pid(self) -> int | None:
+        """Process id on the host, if the agent is a host process."""
+
+    @abc.abstractmethod
+    def poll(self) -> str | None:
+        """None while the agent runs, else how it ended (for error messages)."""
+
+    @abc.abstractmethod
+    def kill(self) -> None:
+        """End the agent and everything it started, at once."""
+
+    def describe(self) -> dict[str, Any]:
+        """Extra fields for ``stigmer kernels list --json``."""
+        return {"pid": self.pid}
+
+
+class Provisioner(abc.ABC):
+    """Starts agents of one execution mode."""
+
+    mode: str
+
+    @abc.abstractmethod
+    def start(self, spec: AgentSpec) -> AgentHandle:
+        """Start an agent; it registers with the broker on its own."""
+
+    def close(self) -> None:
+        """Release what the provisioner holds (called once at broker shutdown)."""

@@ -1,0 +1,175 @@
+"""The runtime directory: where a server keeps its sockets, key, lock, info and log.
+
+Layout (all owner-only)::
+
+    RUNTIME_DIR/            0700
+        server.lock         flock held by the running server for its whole life
+        server.json         pid, endpoints, version of the running server
+        key                 0600, HMAC key of this server's clients (new at every start)
+        server.log          log of a server started in the background
+        clients.sock        ipc ROUTER for clients
+        agents/             0700, the only directory a sandbox container gets mounted
+            agents.sock     ipc ROUTER for execution agents
+
+Clients find their server through this directory alone: ``STIGMER_RUNTIME_DIR`` picks it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import RuntimeDirError
+
+#: Longest path an ipc:// endpoint may have (sun_path is 108 bytes with the NUL).
+MAX_IPC_PATH = 107
+
+
+@dataclass(frozen=True)
+class RuntimeDir:
+    path: Path
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / "server.lock"
+
+    @property
+    def info_path(self) -> Path:
+        return self.path / "server.json"
+
+    @property
+    def key_path(self) -> Path:
+        return self.path / "key"
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / "server.log"
+
+    @property
+    def agents_dir(self) -> Path:
+        return self.path / "agents"
+
+    @property
+    def client_socket(self) -> Path:
+        return self.path / "clients.sock"
+
+    @property
+    def agent_socket(self) -> Path:
+        return self.agents_dir / "agents.sock"
+
+    @property
+    def client_endpoint(self) -> str:
+        return f"ipc://{self.client_socket}"
+
+    @property
+    def agent_endpoint(self) -> str:
+        return f"ipc://{self.agent_socket}"
+
+    # -- creation and checks ------------------------------------------------------------------
+    def ensure(self) -> None:
+        """Create the directory tree owner-only, or refuse one that is not ours."""
+        for directory in (self.path, self.agents_dir):
+            try:
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as exc:
+                raise RuntimeDirError(
+                    f"cannot create runtime directory {directory}: {exc.strerror} — "
+                    "set STIGMER_RUNTIME_DIR to a writable directory"
+                ) from None
+            info = directory.lstat()
+            if not stat.S_ISDIR(info.st_mode):
+                raise RuntimeDirError(f"runtime path {directory} is not a directory")
+            if info.st_uid != os.getuid():
+                raise RuntimeDirError(
+                    f"runtime directory {directory} belongs to uid {info.st_uid}, not to you — "
+                    "set STIGMER_RUNTIME_DIR to a directory of your own"
+                )
+            if info.st_mode & 0o077:
+                os.chmod(directory, 0o700)
+        longest = max(len(str(self.client_socket)), len(str(self.agent_socket)))
+        if longest > MAX_IPC_PATH:
+            raise RuntimeDirError(
+                f"runtime directory {self.path} is too long for ipc sockets "
+                f"({longest} > {MAX_IPC_PATH} characters) — choose a shorter STIGMER_RUNTIME_DIR"
+            )
+
+    def write_key(self, key: bytes) -> None:
+        """Store a new server key, readable by the owner only."""
+        tmp = self.key_path.with_suffix(".tmp")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(key)
+        os.replace(tmp, self.key_path)
+
+    def read_key(self) -> bytes:
+        try:
+            info = self.key_path.stat()
+            if info.st_mode & 0o077:
+                raise RuntimeDirError(f"key file {self.key_path} is readable by others; refusing it")
+            return self.key_path.read_bytes().strip()
+        except FileNotFoundError:
+            raise RuntimeDirError(f"no key file in {self.path}: is a server running?") from None
+
+    def write_info(self, info: dict[str, Any]) -> None:
+        tmp = self.info_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info, indent=2), encoding="utf-8")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self.info_path)
+
+    def read_info(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.info_path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def server_running(self) -> bool:
+        """True while some process holds this directory's server lock."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            os.close(fd)
+
+
+class ServerLock:
+    """The exclusive flock a server holds on its runtime directory for its whole life."""
+
+    def __init__(self, runtime: RuntimeDir) -> None:
+        self.runtime = runtime
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock; False if another process holds it."""
+        fd = os.open(self.runtime.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

@@ -85,7 +85,9 @@ def _env(var: EnvVar) -> dict[str, Any]:
 class Config:
     """All settings of a server, an agent or a client. Build it with :func:`load_config`."""
 
-    runtime_dir: Path = field(default_factory=default_runtime_dir, metadata=_env(EnvVar.RUNTIME_DIR))
+    runtime_dir: Path = field(
+        default_factory=default_runtime_dir, metadata=_env(EnvVar.RUNTIME_DIR)
+    )
     """Private directory (mode 0700) holding the server's sockets, key, lock and log. Two
     servers with different runtime directories are fully independent."""
 

@@ -113,7 +113,9 @@ class RuntimeDir:
         try:
             info = self.key_path.stat()
             if info.st_mode & 0o077:
-                raise RuntimeDirError(f"key file {self.key_path} is readable by others; refusing it")
+                raise RuntimeDirError(
+                    f"key file {self.key_path} is readable by others; refusing it"
+                )
             return self.key_path.read_bytes().strip()
         except FileNotFoundError:
             raise RuntimeDirError(f"no key file in {self.path}: is a server running?") from None

@@ -12,6 +12,7 @@ The same module runs on the host (local mode) and inside sandbox containers.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import signal
@@ -104,10 +105,8 @@ class Heartbeat(threading.Thread):
                         "busy": self.busy,
                     },
                 )
-                try:
+                with contextlib.suppress(zmq.Again):
                     sock.send_multipart(session.serialize(beat), flags=zmq.NOBLOCK)
-                except zmq.Again:
-                    pass
                 deadline = time.monotonic() + self.opts.heartbeat_interval
                 while (left := deadline - time.monotonic()) > 0 and not self.stop_event.is_set():
                     if sock.poll(min(left, 0.2) * 1000):
@@ -126,7 +125,9 @@ class Agent:
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 2000)
         self.sock.setsockopt(zmq.IDENTITY, self.identity)
-        self.sock.setsockopt(zmq.SNDHWM, 100000)
+        # A small queue: when the broker falls behind, sends block, output stops being read
+        # and the command itself waits on its pipe. Backpressure instead of unbounded memory.
+        self.sock.setsockopt(zmq.SNDHWM, 1000)
         self.shell = BashSession(opts.workdir, opts.cwd, opts.shell, env=_clean_env())
         self.queue: collections.deque[Message] = collections.deque()
         self.run_state: Run | None = None
@@ -136,8 +137,13 @@ class Agent:
         self.subreaper = False
 
     # -- plumbing ---------------------------------------------------------------------------
-    def send(self, msg_type: MsgType, content: dict[str, Any], parent: Message | None = None,
-             metadata: dict[str, Any] | None = None) -> None:
+    def send(
+        self,
+        msg_type: MsgType,
+        content: dict[str, Any],
+        parent: Message | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
         msg = self.session.msg(msg_type.value, content, parent, metadata)
         self.sock.send_multipart(self.session.serialize(msg), copy=False)
 
@@ -200,10 +206,12 @@ class Agent:
                 if sock_or_fd is self.sock:
                     self._drain_socket()
                 else:
-                    self._on_output(int(sock_or_fd))  # type: ignore[call-overload]
+                    self._on_output(int(sock_or_fd))
             self._tick()
             if time.monotonic() - self.heartbeat.last_ack > self.opts.orphan_timeout:
-                log.warning("no answer from the broker for %.0fs; exiting", self.opts.orphan_timeout)
+                log.warning(
+                    "no answer from the broker for %.0fs; exiting", self.opts.orphan_timeout
+                )
                 self.stopping = True
 
     def _next_timer_ms(self) -> int:
@@ -323,7 +331,9 @@ class Agent:
                 while True:
                     data, eof = self.shell.read(fd)
                     if data:
-                        name = StreamName.STDOUT if fd == self.shell.stdout_fd else StreamName.STDERR
+                        name = (
+                            StreamName.STDOUT if fd == self.shell.stdout_fd else StreamName.STDERR
+                        )
                         self._forward(run, name, data)
                     if eof or not data:
                         break
@@ -395,8 +405,13 @@ class Agent:
     def _reply_aborted(self, msg: Message, reason: str) -> None:
         self.send(
             MsgType.EXECUTE_REPLY,
-            {"status": ExecStatus.ABORTED.value, "exit_code": None, "duration": 0.0,
-             "ename": "Aborted", "evalue": reason},
+            {
+                "status": ExecStatus.ABORTED.value,
+                "exit_code": None,
+                "duration": 0.0,
+                "ename": "Aborted",
+                "evalue": reason,
+            },
             parent=msg,
         )
 

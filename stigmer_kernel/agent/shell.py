@@ -247,7 +247,7 @@ class BashSession:
             line = b'. "$__stg_f" </dev/null\n'
         else:
             self.stdin_path.write_bytes(stdin)
-            line = b". \"$__stg_f\" <" + shlex.quote(str(self.stdin_path)).encode() + b"\n"
+            line = b'. "$__stg_f" <' + shlex.quote(str(self.stdin_path)).encode() + b"\n"
         os.write(self._stdin_fd, line)
 
     def read(self, fd: int) -> tuple[bytes, bool]:

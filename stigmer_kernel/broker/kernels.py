@@ -30,6 +30,7 @@ class Pending:
     header: dict[str, Any]  # the request's header, parent of any reply the broker makes
     frames: list[bytes]  # message frames after the delimiter, signed for the agent
     forwarded: bool = False
+    lost: int = 0  # output messages dropped because the client was not reading
 
 
 @dataclass
@@ -49,9 +50,7 @@ class Kernel:
     created_wall: float = field(default_factory=time.time)
     last_activity: float = field(default_factory=time.monotonic)
     last_beat: float = field(default_factory=time.monotonic)
-    pending: collections.OrderedDict[str, Pending] = field(
-        default_factory=collections.OrderedDict
-    )
+    pending: collections.OrderedDict[str, Pending] = field(default_factory=collections.OrderedDict)
     clients: dict[bytes, float] = field(default_factory=dict)
     restarts: int = 0
     executions: int = 0

@@ -13,6 +13,7 @@ non-blocking: a client that stops reading loses messages (counted), it never sta
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import logging
@@ -40,7 +41,7 @@ _START_TIMEOUT = 30.0  # seconds an agent may take to register
 _STOP_GRACE = 2.0  # seconds an agent gets to exit after agent_shutdown
 _MAX_PENDING = 10000  # requests queued on one kernel
 _MAX_CODE = 1024 * 1024  # bytes of shell code in one request
-_CLIENT_HWM = 2000  # messages queued for one client before it counts as not reading
+_CLIENT_HWM = 1000  # messages (<= 64 KiB each) queued for one client before drops start
 
 
 class _DropLog:
@@ -86,6 +87,8 @@ class Broker:
         self.stats = {"client_msgs": 0, "agent_msgs": 0, "dropped_bad": 0, "dropped_slow": 0}
         self._pump_scheduled = False
         self._reaping: list[AgentHandle] = []
+        # Replies that met a full client queue; retried, never dropped while the client lives.
+        self._deferred: dict[bytes, collections.deque[list[bytes]]] = {}
         self._maintenance: asyncio.Task[None] | None = None
 
     # -- start and stop -----------------------------------------------------------------------
@@ -121,11 +124,11 @@ class Broker:
         )
 
     def _router(self, endpoint: str, extra: str | None) -> zmq.Socket[Any]:
-        sock = self.ctx.socket(zmq.ROUTER)
+        sock: zmq.Socket[Any] = self.ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, _CLIENT_HWM)
-        sock.setsockopt(zmq.RCVHWM, 10000)
+        sock.setsockopt(zmq.RCVHWM, 1000)
         sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
         sock.bind(endpoint)
         if extra:
@@ -145,12 +148,14 @@ class Broker:
             self.bind()
         assert self.client_sock is not None and self.agent_sock is not None
         self.loop = asyncio.get_running_loop()
-        self.loop.add_reader(self.client_sock.getsockopt(zmq.FD), self._schedule_pump)
-        self.loop.add_reader(self.agent_sock.getsockopt(zmq.FD), self._schedule_pump)
+        self.loop.add_reader(self.client_sock.fileno(), self._schedule_pump)
+        self.loop.add_reader(self.agent_sock.fileno(), self._schedule_pump)
         self._schedule_pump()
         self._maintenance = asyncio.create_task(self._maintain(), name="stigmer-maintenance")
         log.info(
-            "stigmer server %s ready (pid %d) on %s", __version__, os.getpid(),
+            "stigmer server %s ready (pid %d) on %s",
+            __version__,
+            os.getpid(),
             self.runtime.client_endpoint,
         )
         try:
@@ -181,7 +186,7 @@ class Broker:
         assert self.loop is not None
         for sock in (self.client_sock, self.agent_sock):
             if sock is not None:
-                self.loop.remove_reader(sock.getsockopt(zmq.FD))
+                self.loop.remove_reader(sock.fileno())
                 sock.close(0)
         self.ctx.term()
         for path in (
@@ -228,15 +233,25 @@ class Broker:
                 self._schedule_pump()
                 return
 
-    def _send(self, sock: zmq.Socket[Any] | None, frames: list[bytes]) -> bool:
-        """Non-blocking send; False if the peer is gone or not reading."""
+    def _send(
+        self, sock: zmq.Socket[Any] | None, frames: list[bytes], must_arrive: bool = False
+    ) -> bool:
+        """Non-blocking send; False if the peer is gone or not reading.
+
+        With ``must_arrive`` (final replies), a full queue defers the message for a retry
+        instead of dropping it.
+        """
         if sock is None or sock.closed:
             return False
         try:
             sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
             return True
         except zmq.Again:
-            self.stats["dropped_slow"] += 1
+            if must_arrive and sock is self.client_sock:
+                queue = self._deferred.setdefault(frames[0], collections.deque(maxlen=10000))
+                queue.append(frames)
+            else:
+                self.stats["dropped_slow"] += 1
             return False
         except zmq.ZMQError as exc:
             if exc.errno == errno.EHOSTUNREACH:
@@ -263,15 +278,22 @@ class Broker:
         client = ids[0]
         handler = self._client_handlers.get(msg.msg_type)
         if handler is None:
-            self._error_reply(client, msg, "UnknownMessageType",
-                              f"unknown message type {msg.msg_type!r}")
+            self._error_reply(
+                client, msg, "UnknownMessageType", f"unknown message type {msg.msg_type!r}"
+            )
             return
         handler(self, client, msg, msg_frames)
 
-    def _reply(self, client: bytes, parent: Message, msg_type: MsgType, content: dict[str, Any],
-               metadata: dict[str, Any] | None = None) -> None:
+    def _reply(
+        self,
+        client: bytes,
+        parent: Message,
+        msg_type: MsgType,
+        content: dict[str, Any],
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
         reply = self.clients.msg(msg_type.value, content, parent, metadata)
-        self._send(self.client_sock, self.clients.serialize(reply, [client]))
+        self._send(self.client_sock, self.clients.serialize(reply, [client]), must_arrive=True)
 
     def _error_reply(self, client: bytes, request: Message, ename: str, evalue: str) -> None:
         from ..protocol.constants import REPLY_FOR
@@ -280,20 +302,43 @@ class Broker:
             reply_type = REPLY_FOR[MsgType(request.msg_type)]
         except (ValueError, KeyError):
             reply_type = MsgType.ERROR_REPLY
-        content: dict[str, Any] = {"status": ExecStatus.ERROR.value, "ename": ename,
-                                   "evalue": evalue}
+        content: dict[str, Any] = {
+            "status": ExecStatus.ERROR.value,
+            "ename": ename,
+            "evalue": evalue,
+        }
         if reply_type is MsgType.EXECUTE_REPLY:
             content["exit_code"] = None
         self._reply(client, request, reply_type, content)
 
     def _client_gone(self, client: bytes) -> None:
+        self._deferred.pop(client, None)
         for kernel in self.registry:
             kernel.clients.pop(client, None)
 
-    def _kernel_event(self, kernel: Kernel, event: KernelEvent, reason: str,
-                      only: bytes | None = None, parent: Message | None = None) -> None:
-        content = {"kernel": kernel.name, "event": event.value, "reason": reason,
-                   "kernel_id": kernel.id}
+    def _retry_deferred(self) -> None:
+        for client, queue in list(self._deferred.items()):
+            while queue:
+                if not self._send(self.client_sock, queue[0]):
+                    break
+                queue.popleft()
+            if not queue:
+                self._deferred.pop(client, None)
+
+    def _kernel_event(
+        self,
+        kernel: Kernel,
+        event: KernelEvent,
+        reason: str,
+        only: bytes | None = None,
+        parent: Message | None = None,
+    ) -> None:
+        content = {
+            "kernel": kernel.name,
+            "event": event.value,
+            "reason": reason,
+            "kernel_id": kernel.id,
+        }
         targets = [only] if only is not None else list(kernel.clients)
         for client in targets:
             msg = self.clients.msg(MsgType.KERNEL_EVENT.value, content, parent)
@@ -306,7 +351,9 @@ class Broker:
         mode = content.get("mode") or self.config.execution_mode.value
         problem = None
         if not isinstance(name, str) or not NAME_RE.match(name):
-            problem = "kernel names are 1-64 letters, digits, '.', '_' or '-', not starting with a symbol"
+            problem = (
+                "kernel names are 1-64 letters, digits, '.', '_' or '-', not starting with a symbol"
+            )
         elif not isinstance(code, str):
             problem = "execute_request needs a string 'code'"
         elif len(code) > _MAX_CODE:
@@ -318,34 +365,49 @@ class Broker:
             return
         kernel = self.registry.by_name.get(name)
         if kernel is not None and kernel.mode != mode:
-            self._error_reply(client, msg, "ModeMismatch",
-                              f"kernel {name!r} runs in {kernel.mode} mode, not {mode}; "
-                              "use another kernel name or the same mode")
+            self._error_reply(
+                client,
+                msg,
+                "ModeMismatch",
+                f"kernel {name!r} runs in {kernel.mode} mode, not {mode}; "
+                "use another kernel name or the same mode",
+            )
             return
         if kernel is None:
             provisioner = self.provisioners.get(mode)
             if provisioner is None:
                 self._error_reply(
-                    client, msg, "ModeUnavailable",
+                    client,
+                    msg,
+                    "ModeUnavailable",
                     f"{mode} mode is not available in this version of stigmer-kernel "
                     "(only local mode is) — run with --mode local",
                 )
                 return
             cwd = self.config.kernel_cwd or content.get("cwd") or os.path.expanduser("~")
             if not isinstance(cwd, str) or not os.path.isabs(cwd) or not os.path.isdir(cwd):
-                self._error_reply(client, msg, "BadRequest",
-                                  f"working directory {cwd!r} does not exist")
+                self._error_reply(
+                    client, msg, "BadRequest", f"working directory {cwd!r} does not exist"
+                )
                 return
             ttl = content.get("ttl")
             kernel = Kernel(
-                name=name, mode=mode, cwd=cwd,
-                ttl=float(ttl) if isinstance(ttl, (int, float)) and ttl > 0
+                name=name,
+                mode=mode,
+                cwd=cwd,
+                ttl=float(ttl)
+                if isinstance(ttl, (int, float)) and ttl > 0
                 else self.config.kernel_ttl,
             )
-            self.registry.add(kernel)
-            gone = self.registry.gone.pop(name, None)
+            gone = self.registry.gone.get(name)
             if gone is not None:
-                kernel.notices.append(gone)
+                kernel.notices.append(
+                    {
+                        "event": gone["event"],
+                        "reason": f"{gone['reason']}; a new kernel was started",
+                    }
+                )
+            self.registry.add(kernel)
             self._start_agent(kernel)
         elif kernel.state is KernelState.DEAD:
             kernel.restarts += 1
@@ -356,8 +418,12 @@ class Broker:
                 if other != client:
                     self._kernel_event(kernel, KernelEvent.RESTARTED, reason, only=other)
         if len(kernel.pending) >= _MAX_PENDING:
-            self._error_reply(client, msg, "KernelBusy",
-                              f"kernel {name!r} has {_MAX_PENDING} requests queued; try later")
+            self._error_reply(
+                client,
+                msg,
+                "KernelBusy",
+                f"kernel {name!r} has {_MAX_PENDING} requests queued; try later",
+            )
             return
         if msg.msg_id in kernel.pending:
             self._error_reply(client, msg, "BadRequest", "duplicate msg_id")
@@ -367,8 +433,9 @@ class Broker:
         kernel.last_activity = now
         kernel.executions += 1
         for notice in kernel.notices:
-            self._kernel_event(kernel, KernelEvent(notice["event"]), notice["reason"],
-                               only=client, parent=msg)
+            self._kernel_event(
+                kernel, KernelEvent(notice["event"]), notice["reason"], only=client, parent=msg
+            )
         kernel.notices.clear()
         if kernel.state is KernelState.DEAD:  # the agent could not even be started
             self._error_reply(client, msg, "KernelDied", kernel.death_reason or "agent failed")
@@ -387,14 +454,22 @@ class Broker:
         if kernel.agent_identity is not None and kernel.session is not None:
             note = kernel.session.msg(MsgType.INTERRUPT_REQUEST.value, {}, msg)
             self._send(self.agent_sock, kernel.session.serialize(note, [kernel.agent_identity]))
-        self._reply(client, msg, MsgType.INTERRUPT_REPLY,
-                    {"status": "ok", "kernel": kernel.name, "was_busy": kernel.busy})
+        self._reply(
+            client,
+            msg,
+            MsgType.INTERRUPT_REPLY,
+            {"status": "ok", "kernel": kernel.name, "was_busy": kernel.busy},
+        )
 
     def _handle_kernel_info(self, client: bytes, msg: Message, _: list[bytes]) -> None:
         kernel = self._named_kernel(client, msg)
         if kernel is not None:
-            self._reply(client, msg, MsgType.KERNEL_INFO_REPLY,
-                        {"status": "ok", **kernel.to_json(time.monotonic())})
+            self._reply(
+                client,
+                msg,
+                MsgType.KERNEL_INFO_REPLY,
+                {"status": "ok", **kernel.to_json(time.monotonic())},
+            )
 
     def _handle_list(self, client: bytes, msg: Message, _: list[bytes]) -> None:
         now = time.monotonic()
@@ -405,23 +480,29 @@ class Broker:
         kernel = self._named_kernel(client, msg)
         if kernel is not None:
             self._remove_kernel(kernel, KernelEvent.SHUTDOWN, "shut down by request")
-            self._reply(client, msg, MsgType.KERNEL_SHUTDOWN_REPLY,
-                        {"status": "ok", "kernel": kernel.name})
+            self._reply(
+                client, msg, MsgType.KERNEL_SHUTDOWN_REPLY, {"status": "ok", "kernel": kernel.name}
+            )
 
     def _handle_server_info(self, client: bytes, msg: Message, _: list[bytes]) -> None:
-        self._reply(client, msg, MsgType.SERVER_INFO_REPLY, {
-            "status": "ok",
-            "pid": os.getpid(),
-            "version": __version__,
-            "runtime_dir": str(self.runtime.path),
-            "client_endpoint": self.runtime.client_endpoint,
-            "agent_endpoint": self.runtime.agent_endpoint,
-            "execution_mode": self.config.execution_mode.value,
-            "kernel_ttl": self.config.kernel_ttl,
-            "kernels": len(self.registry),
-            "uptime": round(time.time() - self.started_wall, 3),
-            "stats": dict(self.stats),
-        })
+        self._reply(
+            client,
+            msg,
+            MsgType.SERVER_INFO_REPLY,
+            {
+                "status": "ok",
+                "pid": os.getpid(),
+                "version": __version__,
+                "runtime_dir": str(self.runtime.path),
+                "client_endpoint": self.runtime.client_endpoint,
+                "agent_endpoint": self.runtime.agent_endpoint,
+                "execution_mode": self.config.execution_mode.value,
+                "kernel_ttl": self.config.kernel_ttl,
+                "kernels": len(self.registry),
+                "uptime": round(time.time() - self.started_wall, 3),
+                "stats": dict(self.stats),
+            },
+        )
 
     def _handle_server_shutdown(self, client: bytes, msg: Message, _: list[bytes]) -> None:
         self._reply(client, msg, MsgType.SERVER_SHUTDOWN_REPLY, {"status": "ok"})
@@ -499,28 +580,47 @@ class Broker:
             if kernel is None or kernel.session is None:
                 raise ProtocolError(f"message from an unknown agent {identity[:80]!r}")
             kernel.session.verify_frames(msg_frames)
-            msg = kernel.session.decode(msg_frames)
+            mtype, parent_id = kernel.session.decode_routing(msg_frames)
         except ProtocolError as exc:
             self.stats["dropped_bad"] += 1
             self.drop_log("an agent", exc)
             return
-        mtype = msg.msg_type
+        kernel.last_beat = time.monotonic()
         if mtype == MsgType.STREAM.value or mtype == MsgType.EXECUTE_REPLY.value:
             if identity != kernel.agent_identity:
                 self.drop_log("an agent", "output from an identity that did not register")
                 return
-            kernel.last_beat = time.monotonic()
-            parent_id = msg.parent_id
             pending = kernel.pending.get(parent_id) if parent_id else None
             if pending is None:
                 return  # output of a request already answered (e.g. after a shutdown)
-            self._send(self.client_sock, [pending.client, *self.clients.resign(msg_frames)])
-            if mtype == MsgType.EXECUTE_REPLY.value:
-                del kernel.pending[pending.msg_id]
-                kernel.last_activity = time.monotonic()
-                kernel.refresh_state()
-        elif mtype == MsgType.AGENT_HEARTBEAT.value:
-            kernel.last_beat = time.monotonic()
+            if mtype == MsgType.STREAM.value:
+                out = [pending.client, *self.clients.resign(msg_frames)]
+                if not self._send(self.client_sock, out):
+                    pending.lost += 1
+                return
+            del kernel.pending[pending.msg_id]
+            kernel.last_activity = time.monotonic()
+            kernel.refresh_state()
+            reply = kernel.session.decode(msg_frames)
+            cwd = reply.content.get("cwd")
+            if isinstance(cwd, str):
+                kernel.cwd = cwd
+            if pending.lost:
+                reply.content["lost_messages"] = pending.lost
+                fresh = self.clients.msg(
+                    reply.msg_type, reply.content, pending.header, reply.metadata
+                )
+                out = self.clients.serialize(fresh, [pending.client])
+            else:
+                out = [pending.client, *self.clients.resign(msg_frames)]
+            self._send(self.client_sock, out, must_arrive=True)
+            return
+        try:
+            msg = kernel.session.decode(msg_frames)
+        except ProtocolError as exc:
+            self.drop_log("an agent", exc)
+            return
+        if mtype == MsgType.AGENT_HEARTBEAT.value:
             pgid = msg.content.get("shell_pgid")
             if isinstance(pgid, int) and pgid > 0:
                 self._set_shell_pgid(kernel, pgid)
@@ -529,7 +629,7 @@ class Broker:
         elif mtype == MsgType.AGENT_REGISTER.value:
             self._on_register(kernel, identity, msg)
         elif mtype == MsgType.AGENT_GOODBYE.value:
-            kernel.last_beat = time.monotonic()
+            pass
         else:
             self.drop_log("an agent", f"unknown message type {mtype!r}")
 
@@ -553,8 +653,12 @@ class Broker:
         kernel.last_beat = time.monotonic()
         welcome = kernel.session.msg(MsgType.AGENT_WELCOME.value, {"kernel": kernel.name}, msg)
         self._send(self.agent_sock, kernel.session.serialize(welcome, [identity]))
-        log.info("kernel %s ready (agent pid %s, %.0f ms)", kernel.name, pid,
-                 (time.monotonic() - kernel.started_at) * 1000)
+        log.info(
+            "kernel %s ready (agent pid %s, %.0f ms)",
+            kernel.name,
+            pid,
+            (time.monotonic() - kernel.started_at) * 1000,
+        )
         for pending in list(kernel.pending.values()):
             if not pending.forwarded:
                 self._forward(kernel, pending)
@@ -565,11 +669,18 @@ class Broker:
         for pending in list(kernel.pending.values()):
             reply = self.clients.msg(
                 MsgType.EXECUTE_REPLY.value,
-                {"status": status.value, "exit_code": None, "ename": ename, "evalue": reason,
-                 "kernel": kernel.name},
+                {
+                    "status": status.value,
+                    "exit_code": None,
+                    "ename": ename,
+                    "evalue": reason,
+                    "kernel": kernel.name,
+                },
                 pending.header,
             )
-            self._send(self.client_sock, self.clients.serialize(reply, [pending.client]))
+            self._send(
+                self.client_sock, self.clients.serialize(reply, [pending.client]), must_arrive=True
+            )
         kernel.pending.clear()
 
     def _kernel_died(self, kernel: Kernel, reason: str) -> None:
@@ -582,18 +693,22 @@ class Broker:
             kernel.handle.kill()
             self._reaping.append(kernel.handle)
         self.registry.unindex(kernel)
-        self._fail_pending(kernel, ExecStatus.ERROR, "KernelDied",
-                           f"kernel {kernel.name!r} died: {reason}")
+        self._fail_pending(
+            kernel, ExecStatus.ERROR, "KernelDied", f"kernel {kernel.name!r} died: {reason}"
+        )
         self._kernel_event(kernel, KernelEvent.DIED, reason)
 
     def _remove_kernel(self, kernel: Kernel, event: KernelEvent, reason: str) -> None:
         log.info("kernel %s %s: %s", kernel.name, event.value, reason)
-        self._fail_pending(kernel, ExecStatus.ABORTED, "KernelShutdown",
-                           f"kernel {kernel.name!r} was {event.value}: {reason}")
+        self._fail_pending(
+            kernel,
+            ExecStatus.ABORTED,
+            "KernelShutdown",
+            f"kernel {kernel.name!r} was {event.value}: {reason}",
+        )
         self._kernel_event(kernel, event, reason)
         self._stop_agent(kernel)
-        self.registry.remove(kernel, {"event": event.value, "reason": reason,
-                                      "at": time.time()})
+        self.registry.remove(kernel, {"event": event.value, "reason": reason, "at": time.time()})
         kernel.state = KernelState.DEAD
 
     def _stop_agent(self, kernel: Kernel) -> None:
@@ -625,6 +740,7 @@ class Broker:
             try:
                 self._check_kernels()
                 self._reap_handles()
+                self._retry_deferred()
             except Exception:
                 log.exception("error in maintenance")
 
@@ -640,8 +756,8 @@ class Broker:
                         self._kernel_died(kernel, f"agent did not register in {_START_TIMEOUT:g}s")
                 elif now - kernel.last_beat > self.config.dead_after:
                     self._kernel_died(
-                        kernel, f"agent stopped answering: no heartbeat for "
-                        f"{now - kernel.last_beat:.1f}s",
+                        kernel,
+                        f"agent stopped answering: no heartbeat for {now - kernel.last_beat:.1f}s",
                     )
             if (
                 not kernel.busy
@@ -649,7 +765,8 @@ class Broker:
                 and now - kernel.last_activity > kernel.ttl
             ):
                 self._remove_kernel(
-                    kernel, KernelEvent.EXPIRED,
+                    kernel,
+                    KernelEvent.EXPIRED,
                     f"idle for {now - kernel.last_activity:.0f}s (ttl {kernel.ttl:g}s)",
                 )
 
@@ -671,4 +788,3 @@ def run_foreground(config: Config) -> int:
 
     asyncio.run(main())
     return 0
-

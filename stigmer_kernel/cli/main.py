@@ -44,17 +44,28 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a shell command and exit with its exit code")
-    run.add_argument("--mode", choices=["local", "sandbox", "auto"],
-                     help="execution mode (STIGMER_EXECUTION_MODE; default local)")
+    run.add_argument(
+        "--mode",
+        choices=["local", "sandbox", "auto"],
+        help="execution mode (STIGMER_EXECUTION_MODE; default local)",
+    )
     run.add_argument("--kernel", "-k", default="default", help="kernel name (default: default)")
     run.add_argument("--timeout", "-t", type=float, help="end the command after S seconds")
     run.add_argument("--cwd", help="working directory if this creates the kernel")
-    run.add_argument("--stdin", action="store_true",
-                     help="pass this process's stdin to the command (default: /dev/null)")
-    run.add_argument("--json", action="store_true",
-                     help="print one JSON result instead of streaming output")
-    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND...",
-                     help="the command; one argument is shell code, several are quoted")
+    run.add_argument(
+        "--stdin",
+        action="store_true",
+        help="pass this process's stdin to the command (default: /dev/null)",
+    )
+    run.add_argument(
+        "--json", action="store_true", help="print one JSON result instead of streaming output"
+    )
+    run.add_argument(
+        "argv",
+        nargs=argparse.REMAINDER,
+        metavar="-- COMMAND...",
+        help="the command; one argument is shell code, several are quoted",
+    )
 
     server = sub.add_parser("server", help="start, stop or inspect the broker")
     ssub = server.add_subparsers(dest="action", metavar="ACTION")
@@ -70,8 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     ksub = kernels.add_subparsers(dest="action", metavar="ACTION")
     klist = ksub.add_parser("list", help="list kernels")
     klist.add_argument("--json", action="store_true")
-    for name, text in (("shutdown", "end a kernel"), ("interrupt", "interrupt its command"),
-                       ("info", "show one kernel as JSON")):
+    for name, text in (
+        ("shutdown", "end a kernel"),
+        ("interrupt", "interrupt its command"),
+        ("info", "show one kernel as JSON"),
+    ):
         one = ksub.add_parser(name, help=text)
         one.add_argument("name")
 
@@ -137,8 +151,9 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     return asyncio.run(_run_async(args, config, code, stdin))
 
 
-async def _run_async(args: argparse.Namespace, config: Config, code: str,
-                     stdin: bytes | None) -> int:
+async def _run_async(
+    args: argparse.Namespace, config: Config, code: str, stdin: bytes | None
+) -> int:
     from ..client import AsyncClient
 
     out = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
@@ -151,12 +166,15 @@ async def _run_async(args: argparse.Namespace, config: Config, code: str,
     async with AsyncClient(config) as client:
         loop = asyncio.get_running_loop()
         interrupted = asyncio.Event()
+        tasks: set[asyncio.Task[Any]] = set()
 
         def on_sigint() -> None:
             if interrupted.is_set():  # second Ctrl-C: stop waiting
                 raise KeyboardInterrupt
             interrupted.set()
-            loop.create_task(client.interrupt(args.kernel))
+            task = loop.create_task(client.interrupt(args.kernel))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
         loop.add_signal_handler(signal.SIGINT, on_sigint)
         result = await client.execute(
@@ -170,14 +188,24 @@ async def _run_async(args: argparse.Namespace, config: Config, code: str,
         )
         loop.remove_signal_handler(signal.SIGINT)
     for event in result.events:
-        print(f"stigmer: kernel {event.get('kernel')!r} {event.get('event')}: "
-              f"{event.get('reason')}", file=sys.stderr)
+        print(
+            f"stigmer: kernel {event.get('kernel')!r} {event.get('event')}: {event.get('reason')}",
+            file=sys.stderr,
+        )
     if args.json:
         payload = {
-            "kernel": result.kernel, "mode": result.mode, "status": result.status,
-            "exit_code": result.exit_code, "duration": result.duration, "cwd": result.cwd,
-            "stdout": result.stdout, "stderr": result.stderr, "truncated": result.truncated,
-            "ename": result.ename, "evalue": result.evalue, "events": result.events,
+            "kernel": result.kernel,
+            "mode": result.mode,
+            "status": result.status,
+            "exit_code": result.exit_code,
+            "duration": result.duration,
+            "cwd": result.cwd,
+            "stdout": result.stdout,
+            "stderr": result.stderr,
+            "truncated": result.truncated,
+            "ename": result.ename,
+            "evalue": result.evalue,
+            "events": result.events,
         }
         print(json.dumps(payload))
     if result.status == "timeout":
@@ -280,8 +308,11 @@ def _kernels(args: argparse.Namespace, config: Config, parser: argparse.Argument
             print(f"kernel {args.name!r} shut down")
         elif args.action == "interrupt":
             reply = client.interrupt(args.name)
-            print(f"kernel {args.name!r} interrupted" if reply.get("was_busy")
-                  else f"kernel {args.name!r} was idle")
+            print(
+                f"kernel {args.name!r} interrupted"
+                if reply.get("was_busy")
+                else f"kernel {args.name!r} was idle"
+            )
         elif args.action == "info":
             info = client.kernel_info(args.name)
             info.pop("status", None)
@@ -296,14 +327,21 @@ def _print_table(kernels: list[dict[str, Any]]) -> None:
     headers = ["NAME", "MODE", "STATE", "IDLE", "TTL", "CLIENTS", "PID", "CWD"]
     rows = [
         [
-            str(k["name"]), str(k["mode"]), str(k["state"]), f"{k['idle_seconds']:.0f}s",
-            f"{k['ttl']:g}s", str(k["clients"]), str(k.get("pid") or "-"), str(k.get("cwd", "")),
+            str(k["name"]),
+            str(k["mode"]),
+            str(k["state"]),
+            f"{k['idle_seconds']:.0f}s",
+            f"{k['ttl']:g}s",
+            str(k["clients"]),
+            str(k.get("pid") or "-"),
+            str(k.get("cwd", "")),
         ]
         for k in kernels
     ]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     for row in [headers, *rows]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        print("  ".join(cells).rstrip())
 
 
 # -- config ---------------------------------------------------------------------------------------

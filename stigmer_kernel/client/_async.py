@@ -278,7 +278,10 @@ class AsyncClient:
         )
         c = reply.content
         if c.get("status") == "error" and c.get("ename") in (
-            "BadRequest", "ModeUnavailable", "ModeMismatch", "KernelBusy"
+            "BadRequest",
+            "ModeUnavailable",
+            "ModeMismatch",
+            "KernelBusy",
         ):
             self._raise_for(reply)
         exit_code = c.get("exit_code")
@@ -293,6 +296,7 @@ class AsyncClient:
             execution_count=c.get("execution_count"),
             cwd=c.get("cwd"),
             truncated=bool(c.get("truncated")),
+            lost_messages=int(c.get("lost_messages") or 0),
             session_reset=bool(c.get("session_reset")),
             ename=c.get("ename"),
             evalue=c.get("evalue"),

@@ -91,8 +91,16 @@ class Client:
         """See :meth:`AsyncClient.execute`."""
         return self._call(
             self._async.execute(
-                code, kernel=kernel, mode=mode, timeout=timeout, cwd=cwd, stdin=stdin,
-                on_stdout=on_stdout, on_stderr=on_stderr, output_limit=output_limit, ttl=ttl,
+                code,
+                kernel=kernel,
+                mode=mode,
+                timeout=timeout,
+                cwd=cwd,
+                stdin=stdin,
+                on_stdout=on_stdout,
+                on_stderr=on_stderr,
+                output_limit=output_limit,
+                ttl=ttl,
             )
         )
 

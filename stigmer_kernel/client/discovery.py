@@ -14,6 +14,7 @@ from ..config import FIELDS, USER_KEYS, Config
 from ..errors import RuntimeDirError, ServerNotRunning, ServerStartError
 from ..runtime import RuntimeDir
 
+
 @dataclass(frozen=True)
 class ServerAddress:
     endpoint: str
@@ -21,9 +22,11 @@ class ServerAddress:
     pid: int
     runtime: RuntimeDir
 
+
 def package_root() -> str:
     """Directory holding the ``stigmer_kernel`` package (for child processes' PYTHONPATH)."""
     return str(Path(__file__).resolve().parent.parent.parent)
+
 
 def child_env(config: Config) -> dict[str, str]:
     """Environment for a child process so that it builds exactly ``config``."""
@@ -44,6 +47,7 @@ def child_env(config: Config) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root(), env.get("PYTHONPATH")) if p)
     return env
 
+
 def _read_address(runtime: RuntimeDir) -> ServerAddress | None:
     info = runtime.read_info()
     if not info or not runtime.key_path.exists():
@@ -54,8 +58,10 @@ def _read_address(runtime: RuntimeDir) -> ServerAddress | None:
         return None
     return ServerAddress(str(info["client_endpoint"]), key, int(info.get("pid", 0)), runtime)
 
-def wait_for_server(runtime: RuntimeDir, timeout: float, proc: subprocess.Popen[bytes] | None = None
-                    ) -> ServerAddress:
+
+def wait_for_server(
+    runtime: RuntimeDir, timeout: float, proc: subprocess.Popen[bytes] | None = None
+) -> ServerAddress:
     deadline = time.monotonic() + timeout
     while True:
         if runtime.server_running():
@@ -76,12 +82,14 @@ def wait_for_server(runtime: RuntimeDir, timeout: float, proc: subprocess.Popen[
             )
         time.sleep(0.01)
 
+
 def _log_tail(runtime: RuntimeDir) -> str:
     try:
         lines = runtime.log_path.read_text(errors="replace").strip().splitlines()
     except OSError:
         return ""
     return f": {lines[-1]} (see {runtime.log_path})" if lines else ""
+
 
 def start_background_server(config: Config, timeout: float = 20.0) -> ServerAddress:
     """Start ``stigmer server start --foreground`` detached, logging to server.log."""
@@ -101,6 +109,7 @@ def start_background_server(config: Config, timeout: float = 20.0) -> ServerAddr
         )
     # Whoever wins a start race, a server that holds the lock is what we wait for.
     return wait_for_server(runtime, timeout, proc)
+
 
 def find_server(config: Config, autostart: bool = True, timeout: float = 20.0) -> ServerAddress:
     """The address of the server of ``config.runtime_dir``, starting one if allowed."""

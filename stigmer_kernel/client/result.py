@@ -21,6 +21,7 @@ class ExecResult:
     execution_count: int | None = None
     cwd: str | None = None
     truncated: bool = False
+    lost_messages: int = 0  # output chunks the broker dropped because we read too slowly
     session_reset: bool = False
     ename: str | None = None
     evalue: str | None = None

@@ -239,6 +239,22 @@ class Session:
             raise ProtocolError("content must be a map")
         return Message(header, parent, metadata, content, [bytes(b) for b in msg_frames[5:]])
 
+    def decode_routing(self, msg_frames: Sequence[bytes]) -> tuple[str, str | None]:
+        """(msg_type, parent msg_id) of verified frames, without decoding the content.
+
+        The broker's hot path: routing an output chunk needs no more than this.
+        """
+        try:
+            header = self._loads(bytes(msg_frames[1]))
+            parent = self._loads(bytes(msg_frames[2]))
+            msg_type = header["msg_type"]
+            parent_id = parent.get("msg_id") if isinstance(parent, dict) else None
+        except Exception:
+            raise ProtocolError("undecodable header or parent_header") from None
+        if not isinstance(msg_type, str):
+            raise ProtocolError("header.msg_type must be a string")
+        return msg_type, parent_id if isinstance(parent_id, str) else None
+
     def deserialize(self, frames: Sequence[bytes]) -> tuple[list[bytes], Message]:
         """Verify and parse raw frames: returns (routing ids, message)."""
         ids, msg_frames = split_ids(frames)

@@ -60,5 +60,5 @@ class Provisioner(abc.ABC):
     def start(self, spec: AgentSpec) -> AgentHandle:
         """Start an agent; it registers with the broker on its own."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the provisioner holds (called once at broker shutdown)."""

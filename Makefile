@@ -1,0 +1,46 @@
+# stigmer-kernel developer tasks. `make help` lists them.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test lint format bench server stop clean
+
+help: ## List every target with what it does
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install stigmer-kernel with its dev tools
+	@echo "installed: $(BIN)/stigmer ($$($(BIN)/stigmer --version))"
+
+run: install ## Set up, then run commands through a local kernel (starts a server if none runs)
+	$(BIN)/python examples/quickstart.py
+
+test: install ## Set up, then run the whole test suite
+	$(BIN)/pytest
+
+lint: install ## ruff (lint + format check) and mypy --strict, as CI runs them
+	PATH="$(abspath $(BIN)):$$PATH" bash scripts/lint.sh
+
+format: install ## Rewrite code with ruff's formatter and safe fixes
+	$(BIN)/ruff format stigmer_kernel tests examples scripts
+	$(BIN)/ruff check --fix stigmer_kernel tests examples scripts
+
+bench: install ## Round-trip latency of `true` vs subprocess.run baseline (p50, p99, ratio)
+	$(BIN)/python scripts/bench_roundtrip.py
+
+server: install ## Start a server in the background (stigmer server start)
+	$(BIN)/stigmer server start
+
+stop: install ## Stop the background server and its kernels
+	$(BIN)/stigmer server stop
+
+clean: ## Remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,184 @@
+"""The stigmer command as a newcomer uses it: real processes, no server started by hand."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import short_tempdir, stigmer_env
+
+
+def stigmer(
+    env: dict[str, str],
+    *args: str,
+    input: bytes | None = None,
+    cwd: str | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "stigmer_kernel", *args],
+        env=env,
+        input=input,
+        capture_output=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
+
+
+@pytest.fixture
+def env() -> Iterator[dict[str, str]]:
+    runtime = short_tempdir()
+    environment = stigmer_env(runtime)
+    yield environment
+    stigmer(environment, "server", "stop")
+    shutil.rmtree(runtime, ignore_errors=True)
+
+
+def test_run_with_no_server_started(env: dict[str, str]) -> None:
+    status = stigmer(env, "server", "status")
+    assert status.returncode == 3
+    r = stigmer(env, "run", "--", "echo", "hi")
+    assert (r.returncode, r.stdout, r.stderr) == (0, b"hi\n", b"")
+    assert stigmer(env, "server", "status").returncode == 0
+
+
+def test_streams_and_exit_code(env: dict[str, str]) -> None:
+    r = stigmer(env, "run", "--", "sh", "-c", "echo out; echo err >&2; exit 7")
+    assert (r.returncode, r.stdout, r.stderr) == (7, b"out\n", b"err\n")
+
+
+def test_cd_persists_in_a_named_kernel(env: dict[str, str]) -> None:
+    assert stigmer(env, "run", "--kernel", "k1", "--", "cd", "/tmp").returncode == 0
+    assert stigmer(env, "run", "--kernel", "k1", "--", "pwd").stdout == b"/tmp\n"
+
+
+def test_single_argument_is_shell_code(env: dict[str, str]) -> None:
+    r = stigmer(env, "run", "--", "x=3; echo $((x * 2)) | tr 6 S")
+    assert r.stdout == b"S\n"
+    quoted = stigmer(env, "run", "--", "echo", "$HOME", "a b")
+    assert quoted.stdout == b"$HOME a b\n"
+
+
+def test_timeout_exit_code_and_message(env: dict[str, str]) -> None:
+    r = stigmer(env, "run", "--timeout", "0.5", "--", "echo start; sleep 10")
+    assert r.returncode == 124
+    assert r.stdout == b"start\n"
+    assert b"timed out after 0.5s" in r.stderr
+
+
+def test_stdin_is_forwarded_only_when_asked(env: dict[str, str]) -> None:
+    assert stigmer(env, "run", "--", "wc -c", input=b"abc").stdout.strip() == b"0"
+    assert stigmer(env, "run", "--stdin", "--", "wc -c", input=b"abc").stdout.strip() == b"3"
+
+
+def test_new_kernel_starts_in_the_callers_directory(env: dict[str, str]) -> None:
+    where = os.path.realpath(short_tempdir("stg-cwd-"))
+    r = stigmer(env, "run", "--kernel", "here", "--", "pwd", cwd=where)
+    assert r.stdout.decode().strip() == where
+
+
+def test_kernels_list_and_shutdown(env: dict[str, str]) -> None:
+    stigmer(env, "run", "--kernel", "listed", "--", "true")
+    out = stigmer(env, "kernels", "list", "--json")
+    kernels = json.loads(out.stdout)
+    (k,) = [k for k in kernels if k["name"] == "listed"]
+    for field in ("name", "mode", "state", "idle_seconds", "ttl", "clients", "pid"):
+        assert field in k
+    assert (k["mode"], k["state"], k["ttl"]) == ("local", "idle", 3600.0)
+    table = stigmer(env, "kernels", "list").stdout.decode()
+    assert "listed" in table and "NAME" in table
+    assert stigmer(env, "kernels", "shutdown", "listed").returncode == 0
+    assert "listed" not in stigmer(env, "kernels", "list").stdout.decode()
+    missing = stigmer(env, "kernels", "shutdown", "listed")
+    assert missing.returncode == 125
+    assert missing.stderr.decode().count("\n") == 1
+    assert "no kernel named 'listed'" in missing.stderr.decode()
+
+
+def test_server_start_stop_status(env: dict[str, str]) -> None:
+    start = stigmer(env, "server", "start")
+    assert start.returncode == 0 and b"started" in start.stdout
+    again = stigmer(env, "server", "start")
+    assert b"already running" in again.stdout
+    status = json.loads(stigmer(env, "server", "status", "--json").stdout)
+    assert status["running"] is True and status["execution_mode"] == "local"
+    stop = stigmer(env, "server", "stop")
+    assert stop.returncode == 0 and b"stopped" in stop.stdout
+    assert stigmer(env, "server", "status").returncode == 3
+
+
+def test_config_precedence(env: dict[str, str]) -> None:
+    assert stigmer(env, "config", "get", "kernel_ttl").stdout == b"3600.0\n"
+    assert stigmer(env, "config", "set", "kernel_ttl", "120").returncode == 0
+    assert stigmer(env, "config", "get", "kernel_ttl").stdout == b"120.0\n"
+    with_env = dict(env, STIGMER_KERNEL_TTL="60")
+    assert stigmer(with_env, "config", "get", "kernel_ttl").stdout == b"60.0\n"
+    # Flags beat the environment: the server started with --kernel-ttl uses it.
+    assert stigmer(with_env, "server", "start", "--kernel-ttl", "30").returncode == 0
+    stigmer(env, "run", "--kernel", "t", "--", "true")
+    (k,) = json.loads(stigmer(env, "kernels", "list", "--json").stdout)
+    assert k["ttl"] == 30.0
+    bad = stigmer(env, "config", "set", "kernel_ttl", "soon")
+    assert bad.returncode == 125
+    assert (
+        bad.stderr == b"stigmer: error: invalid value 'soon' for kernel_ttl: "
+        b"expected a positive number of seconds\n"
+    )
+    unknown = stigmer(env, "config", "set", "colour", "blue")
+    assert unknown.returncode == 125 and b"unknown setting 'colour'" in unknown.stderr
+
+
+def test_seed_environment_variables_are_honoured(env: dict[str, str]) -> None:
+    sandbox = dict(env, STIGMER_EXECUTION_MODE="sandbox")
+    assert stigmer(sandbox, "config", "get", "execution_mode").stdout == b"sandbox\n"
+    bad = dict(env, STIGMER_EXECUTION_MODE="cloud")
+    r = stigmer(bad, "run", "--", "true")
+    assert r.returncode == 125
+    assert r.stderr == (
+        b"stigmer: error: STIGMER_EXECUTION_MODE: invalid value 'cloud' for "
+        b"execution_mode: expected one of local, sandbox, auto\n"
+    )
+
+
+def test_errors_are_one_line(env: dict[str, str]) -> None:
+    r = stigmer(env, "run")
+    assert r.returncode == 125
+    assert r.stderr.decode().startswith("stigmer: error: no command given")
+    long_dir = "/tmp/" + "x" * 120
+    r = stigmer(dict(env, STIGMER_RUNTIME_DIR=long_dir), "run", "--", "true")
+    assert r.returncode == 125 and r.stderr.count(b"\n") == 1
+    assert b"too long for ipc sockets" in r.stderr
+    shutil.rmtree(long_dir, ignore_errors=True)
+
+
+def test_interrupt_from_ctrl_c(env: dict[str, str]) -> None:
+    import signal
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stigmer_kernel",
+            "run",
+            "--kernel",
+            "cc",
+            "--",
+            "echo waiting; sleep 30; echo never",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"waiting\n"
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=15)
+    assert proc.returncode == 130
+    assert b"never" not in out
+    assert stigmer(env, "run", "--kernel", "cc", "--", "echo ok").stdout == b"ok\n"

@@ -1,0 +1,146 @@
+"""Shared fixtures: a real broker process on a private ipc runtime directory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from stigmer_kernel import Client
+from stigmer_kernel.config import Config, load_config
+from stigmer_kernel.runtime import RuntimeDir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def short_tempdir(prefix: str = "stg-") -> str:
+    """A temp dir short enough for ipc socket paths (pytest's tmp_path can be too long)."""
+    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+
+
+def stigmer_env(runtime_dir: str, **settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STIGMER_")}
+    env["STIGMER_RUNTIME_DIR"] = runtime_dir
+    env["STIGMER_CONFIG"] = os.path.join(runtime_dir, "no-config.toml")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    env.update(settings)
+    return env
+
+
+@dataclass
+class Server:
+    """A broker running as a real process, as `stigmer server start --foreground` runs it."""
+
+    runtime_dir: str
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    clients: list[Client] = field(default_factory=list)
+
+    @property
+    def runtime(self) -> RuntimeDir:
+        return RuntimeDir(Path(self.runtime_dir))
+
+    @property
+    def config(self) -> Config:
+        return load_config(env=self.env)
+
+    def start(self) -> Server:
+        log = open(os.path.join(self.runtime_dir, "test-server.log"), "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stigmer_kernel", "server", "start", "--foreground"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + 15
+        while not (
+            self.runtime.server_running()
+            and self.runtime.read_info()
+            and self.runtime.key_path.exists()
+        ):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"test server did not start: {self.log()}")
+            time.sleep(0.02)
+        return self
+
+    def client(self, **kwargs: object) -> Client:
+        c = Client(self.config, autostart=False, **kwargs)  # type: ignore[arg-type]
+        self.clients.append(c)
+        return c
+
+    def log(self) -> str:
+        with contextlib.suppress(OSError):
+            return Path(self.runtime_dir, "test-server.log").read_text(errors="replace")
+        return ""
+
+    def stop(self) -> None:
+        for c in self.clients:
+            with contextlib.suppress(Exception):
+                c.close()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def make_server(**settings: str) -> Server:
+    runtime_dir = short_tempdir()
+    return Server(runtime_dir, stigmer_env(runtime_dir, **settings))
+
+
+@pytest.fixture
+def server_factory() -> Iterator[object]:
+    """Start servers with custom settings: ``server_factory(STIGMER_KERNEL_TTL="1")``."""
+    servers: list[Server] = []
+
+    def factory(**settings: str) -> Server:
+        srv = make_server(**settings).start()
+        servers.append(srv)
+        return srv
+
+    yield factory
+    for srv in servers:
+        srv.stop()
+        shutil.rmtree(srv.runtime_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def server(server_factory: object) -> Server:
+    """A running broker with short heartbeats, so liveness tests are quick."""
+    return server_factory(STIGMER_HEARTBEAT_INTERVAL="0.3")  # type: ignore[operator, no-any-return]
+
+
+@pytest.fixture
+def client(server: Server) -> Client:
+    return server.client()
+
+
+def processes_matching(text: str) -> list[int]:
+    """PIDs whose command line contains ``text`` (to prove nothing was left running)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            cmdline = Path("/proc", name, "cmdline").read_bytes().replace(b"\0", b" ")
+            stat = Path("/proc", name, "stat").read_text()
+        except OSError:
+            continue
+        if text.encode() in cmdline and ") Z " not in stat:
+            found.append(int(name))
+    return found

@@ -1,0 +1,98 @@
+"""Signing, serialization and verification of the wire format."""
+
+from __future__ import annotations
+
+import json
+
+import msgpack
+import pytest
+
+from stigmer_kernel.errors import ProtocolError, SignatureError
+from stigmer_kernel.protocol import DELIM, Session
+
+
+def test_round_trip_with_buffers_and_ids() -> None:
+    a, b = Session(b"k"), Session(b"k")
+    msg = a.msg(
+        "execute_request", {"code": "ls", "data": b"\x00\xff"}, metadata={"m": 1}, buffers=[b"buf"]
+    )
+    frames = a.serialize(msg, [b"id1", b"id2"])
+    assert frames[2] == DELIM
+    ids, got = b.deserialize(frames)
+    assert ids == [b"id1", b"id2"]
+    assert got.header == msg.header
+    assert got.content == {"code": "ls", "data": b"\x00\xff"}
+    assert got.metadata == {"m": 1} and got.buffers == [b"buf"]
+    assert got.header["version"] == "5.3"
+    assert msgpack.unpackb(frames[4])["msg_type"] == "execute_request"
+
+
+def test_json_packing_is_jupyter_wire_format() -> None:
+    s = Session(b"secret", packing="json")
+    frames = s.serialize(s.msg("kernel_info_request", {}))
+    header = json.loads(frames[2])
+    assert header["msg_type"] == "kernel_info_request"
+    import hashlib
+    import hmac
+
+    expected = hmac.new(b"secret", b"".join(frames[2:6]), hashlib.sha256).hexdigest()
+    assert frames[1] == expected.encode()
+
+
+def test_wrong_key_missing_signature_and_replay_are_refused() -> None:
+    sender, receiver = Session(b"right"), Session(b"right")
+    frames = sender.serialize(sender.msg("x", {}))
+    receiver.deserialize(frames)
+    with pytest.raises(SignatureError, match="replayed"):
+        receiver.deserialize(frames)
+    forged = Session(b"wrong").serialize(Session(b"wrong").msg("x", {}))
+    with pytest.raises(SignatureError, match="invalid"):
+        receiver.deserialize(forged)
+    unsigned = [DELIM, b"", *frames[2:]]
+    with pytest.raises(SignatureError):
+        Session(b"right").deserialize(unsigned)
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [b"no delimiter"],
+        [DELIM],
+        [DELIM, b"sig", b"h"],
+        [DELIM, *([b""] * 30)],
+    ],
+)
+def test_malformed_frames(frames: list[bytes]) -> None:
+    with pytest.raises(ProtocolError):
+        Session(b"").deserialize(frames)
+
+
+def test_bad_dicts_are_protocol_errors() -> None:
+    s = Session(b"k", check_replay=False)
+    for parts in (
+        [b"\xc1", b"\x80", b"\x80", b"\x80"],
+        [msgpack.packb({"msg_id": 1}), b"\x80", b"\x80", b"\x80"],
+        [
+            msgpack.packb({"msg_id": "a", "msg_type": "t", "session": "s"}),
+            b"\x80",
+            b"\x80",
+            msgpack.packb([1]),
+        ],
+    ):
+        with pytest.raises(ProtocolError):
+            s.deserialize([DELIM, s.signer.sign(parts), *parts])
+
+
+def test_resign_changes_only_the_signature() -> None:
+    a, b = Session(b"one"), Session(b"two")
+    frames = a.serialize(a.msg("stream", {"name": "stdout", "data": b"x"}))
+    resigned = b.resign(frames[1:])
+    assert resigned[2:] == frames[2:]
+    _, msg = Session(b"two").deserialize(resigned)
+    assert msg.content["data"] == b"x"
+
+
+def test_message_ids_are_unique() -> None:
+    s = Session(b"k")
+    ids = {s.msg("x").msg_id for _ in range(10000)}
+    assert len(ids) == 10000

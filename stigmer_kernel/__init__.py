@@ -8,24 +8,50 @@ the Jupyter message protocol::
     with Client() as c:
         r = c.execute("pip --version", kernel="build", timeout=60)
         print(r.exit_code, r.stdout)
+
+Names are imported lazily, so an execution agent (``python -m stigmer_kernel.agent``) does not
+pay for the client and asyncio machinery it never uses.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .client import AsyncClient, Client, ExecResult
-from .config import Config, ExecutionMode, load_config
-from .errors import (
-    ClientTimeout,
-    ConfigError,
-    KernelError,
-    ModeUnavailable,
-    ProtocolError,
-    RequestError,
-    ServerError,
-    ServerNotRunning,
-    StigmerError,
-)
+
+if TYPE_CHECKING:
+    from .client import AsyncClient, Client, ExecResult
+    from .config import Config, ExecutionMode, load_config
+    from .errors import (
+        ClientTimeout,
+        ConfigError,
+        KernelError,
+        ModeUnavailable,
+        ProtocolError,
+        RequestError,
+        ServerError,
+        ServerNotRunning,
+        StigmerError,
+    )
+
+_LAZY = {
+    "AsyncClient": ".client",
+    "Client": ".client",
+    "ExecResult": ".client",
+    "Config": ".config",
+    "ExecutionMode": ".config",
+    "load_config": ".config",
+    "ClientTimeout": ".errors",
+    "ConfigError": ".errors",
+    "KernelError": ".errors",
+    "ModeUnavailable": ".errors",
+    "ProtocolError": ".errors",
+    "RequestError": ".errors",
+    "ServerError": ".errors",
+    "ServerNotRunning": ".errors",
+    "StigmerError": ".errors",
+}
 
 __all__ = [
     "AsyncClient",
@@ -45,3 +71,12 @@ __all__ = [
     "__version__",
     "load_config",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'stigmer_kernel' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

@@ -454,6 +454,16 @@ class Broker:
         if kernel.agent_identity is not None and kernel.session is not None:
             note = kernel.session.msg(MsgType.INTERRUPT_REQUEST.value, {}, msg)
             self._send(self.agent_sock, kernel.session.serialize(note, [kernel.agent_identity]))
+        else:
+            # The agent is still starting: nothing runs yet, so what waits is cancelled.
+            waiting = [p for p in kernel.pending.values() if not p.forwarded]
+            self._fail_pending(
+                kernel,
+                ExecStatus.INTERRUPTED,
+                "Interrupted",
+                "interrupted before the kernel had started",
+                only=waiting,
+            )
         self._reply(
             client,
             msg,
@@ -665,8 +675,17 @@ class Broker:
         kernel.refresh_state()
 
     # -- liveness, expiry, removal --------------------------------------------------------------
-    def _fail_pending(self, kernel: Kernel, status: ExecStatus, ename: str, reason: str) -> None:
-        for pending in list(kernel.pending.values()):
+    def _fail_pending(
+        self,
+        kernel: Kernel,
+        status: ExecStatus,
+        ename: str,
+        reason: str,
+        only: list[Pending] | None = None,
+    ) -> None:
+        """Answer pending requests (all, or ``only`` these) with an error reply."""
+        for pending in list(kernel.pending.values()) if only is None else only:
+            kernel.pending.pop(pending.msg_id, None)
             reply = self.clients.msg(
                 MsgType.EXECUTE_REPLY.value,
                 {
@@ -681,7 +700,7 @@ class Broker:
             self._send(
                 self.client_sock, self.clients.serialize(reply, [pending.client]), must_arrive=True
             )
-        kernel.pending.clear()
+        kernel.refresh_state()
 
     def _kernel_died(self, kernel: Kernel, reason: str) -> None:
         if kernel.state is KernelState.DEAD:

@@ -126,3 +126,14 @@ def test_shutdown_kernel_ends_its_processes(server: Server) -> None:
     client.shutdown_kernel("gone")
     assert all(k["name"] != "gone" for k in client.list_kernels())
     _wait_for(lambda: not processes_matching(f"bg-{tag}") and not os.path.exists(f"/proc/{pid}"))
+
+
+def test_agent_that_cannot_start_gives_a_clear_error(server_factory) -> None:  # type: ignore[no-untyped-def]
+    srv = server_factory(STIGMER_SHELL="/nonexistent/bash")
+    client = srv.client()
+    start = time.monotonic()
+    r = client.execute("echo hi", kernel="broken")
+    assert time.monotonic() - start < 10
+    assert r.status == "error" and r.ename == "KernelDied"
+    assert "exited with code" in (r.evalue or "")
+    assert "/nonexistent/bash" in (r.evalue or "")

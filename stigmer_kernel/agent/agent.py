@@ -395,6 +395,8 @@ class Agent:
                 "(variables and functions were reset)"
             ).lstrip("; ")
         self.send(MsgType.EXECUTE_REPLY, content, parent=run.msg)
+        with contextlib.suppress(FileNotFoundError):
+            self.shell.stdin_path.unlink()
         self.run_state = None
         self.heartbeat.busy = False
         if end.session_ended and not self.stopping:

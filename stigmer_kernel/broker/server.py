@@ -749,7 +749,13 @@ class Broker:
         self._reap_handles()
 
     def _reap_handles(self) -> None:
-        self._reaping = [h for h in self._reaping if h.poll() is None]
+        running = []
+        for handle in self._reaping:
+            if handle.poll() is None:
+                running.append(handle)
+            else:
+                handle.cleanup()
+        self._reaping = running
 
     async def _maintain(self) -> None:
         """Liveness and idle expiry, a few times per heartbeat interval."""

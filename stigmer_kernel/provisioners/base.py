@@ -46,6 +46,9 @@ class AgentHandle(abc.ABC):
     def kill(self) -> None:
         """End the agent and everything it started, at once."""
 
+    def cleanup(self) -> None:  # noqa: B027 - optional hook
+        """Remove what the agent left behind once it has ended (files, containers)."""
+
     def describe(self) -> dict[str, Any]:
         """Extra fields for ``stigmer kernels list --json``."""
         return {"pid": self.pid}

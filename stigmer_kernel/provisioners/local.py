@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from ..agent import procs
@@ -15,9 +17,10 @@ from .base import AgentHandle, AgentSpec, Provisioner
 
 
 class LocalAgent(AgentHandle):
-    def __init__(self, proc: subprocess.Popen[bytes], log_path: str) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], workdir: Path) -> None:
         self.proc = proc
-        self.log_path = log_path
+        self.workdir = workdir
+        self.log_path = str(workdir / "agent.log")
         self.shell_pgid: int | None = None
 
     @property
@@ -55,6 +58,9 @@ class LocalAgent(AgentHandle):
             procs.kill_session(self.shell_pgid)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=2)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def describe(self) -> dict[str, Any]:
         return {"pid": self.proc.pid}
@@ -98,4 +104,4 @@ class LocalProvisioner(Provisioner):
                 start_new_session=True,
                 close_fds=True,
             )
-        return LocalAgent(proc, str(log_path))
+        return LocalAgent(proc, spec.workdir)

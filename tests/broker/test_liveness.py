@@ -123,9 +123,13 @@ def test_shutdown_kernel_ends_its_processes(server: Server) -> None:
     client.execute(f"bash -c 'exec -a bg-{tag} sleep 300' &", kernel="gone")
     _wait_for(lambda: bool(processes_matching(f"bg-{tag}")))
     pid = _agent_pid(client, "gone")
+    (info,) = [k for k in client.list_kernels() if k["name"] == "gone"]
+    workdir = server.runtime.path / "kernels" / info["id"]
+    assert workdir.is_dir()
     client.shutdown_kernel("gone")
     assert all(k["name"] != "gone" for k in client.list_kernels())
     _wait_for(lambda: not processes_matching(f"bg-{tag}") and not os.path.exists(f"/proc/{pid}"))
+    _wait_for(lambda: not workdir.exists())
 
 
 def test_agent_that_cannot_start_gives_a_clear_error(server_factory) -> None:  # type: ignore[no-untyped-def]

@@ -141,7 +141,8 @@ class Config:
     """Idle seconds after which a sandbox kernel and its container expire (sandbox mode)."""
 
     max_message_bytes: int = 64 * 1024 * 1024
-    """Largest message the broker accepts; bigger ones are dropped by ZeroMQ."""
+    """Largest frame the broker accepts (ZeroMQ's MAXMSGSIZE, per frame): a peer that sends a
+    bigger one is disconnected by ZeroMQ before the broker sees it."""
 
     @property
     def dead_after(self) -> float:

@@ -1,12 +1,13 @@
 """Entry point of an execution agent: ``python -m stigmer_kernel.agent``.
 
-The broker's provisioners start it; the signing key comes in ``STIGMER_AGENT_KEY`` (removed
-from the environment before any user command runs).
+The broker's provisioners start it; the signing key comes as the first line of stdin (or in
+``STIGMER_AGENT_KEY``, which is removed from the environment before any user command runs).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -29,9 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=0.0, help="default command timeout")
     parser.add_argument("--output-limit", type=int, default=32 * 1024 * 1024)
     args = parser.parse_args(argv)
+    # The key comes as the first line of stdin (or, for containers, STIGMER_AGENT_KEY).
     key = os.environ.pop(EnvVar.AGENT_KEY.value, "").encode()
     if not key:
-        print(f"agent: {EnvVar.AGENT_KEY.value} is not set", file=sys.stderr)
+        key = sys.stdin.buffer.readline().strip()
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)
+            os.close(devnull)
+    if not key:
+        print(f"agent: no key on stdin nor in {EnvVar.AGENT_KEY.value}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s agent[%(process)d] %(levelname)s %(message)s"

@@ -28,9 +28,10 @@ import zmq
 from .._version import __version__
 from ..errors import ProtocolError
 from ..protocol import ExecStatus, Message, MsgType, Session
-from ..protocol.constants import EXIT_INTERRUPTED, EXIT_TIMEOUT, StreamName
-from . import procs
+from ..protocol.constants import EXIT_INTERRUPTED, EXIT_TIMEOUT, REPLY_FOR, StreamName
+from . import introspect, procs
 from .shell import BashSession, CommandEnd
+from .stdin import StdinPipe
 
 log = logging.getLogger("stigmer.agent")
 
@@ -39,6 +40,13 @@ _TERM_AFTER = 0.5  # SIGTERM the command's processes, SIGINT bash again
 _KILL_AFTER = 1.5  # SIGKILL the command's processes
 _RESET_AFTER = 3.0  # SIGKILL bash itself: the session is reset
 _STARTUP_TIMEOUT = 10.0
+_STDIN_POLL = 0.1  # seconds between checks for a command waiting on interactive stdin
+#: Requests that need the session and so wait their turn.
+_QUEUED = {
+    MsgType.EXECUTE_REQUEST.value,
+    MsgType.COMPLETE_REQUEST.value,
+    MsgType.INSPECT_REQUEST.value,
+}
 
 
 @dataclass
@@ -47,6 +55,7 @@ class Run:
 
     msg: Message
     code: str
+    kind: MsgType  # EXECUTE_REQUEST, or a hidden COMPLETE_REQUEST / INSPECT_REQUEST
     started: float
     started_ticks: int
     deadline: float | None
@@ -58,6 +67,15 @@ class Run:
     stop_started: float = 0.0
     stop_stage: int = 0
     eof: set[int] = field(default_factory=set)
+    captured: list[bytes] = field(default_factory=list)  # output of hidden runs
+    query: introspect.CompletionQuery | None = None
+    allow_stdin: bool = False
+    waiting_input: bool = False
+    next_stdin_check: float = 0.0
+
+    @property
+    def hidden(self) -> bool:
+        return self.kind is not MsgType.EXECUTE_REQUEST
 
 
 @dataclass
@@ -110,7 +128,10 @@ class Heartbeat(threading.Thread):
                 deadline = time.monotonic() + self.opts.heartbeat_interval
                 while (left := deadline - time.monotonic()) > 0 and not self.stop_event.is_set():
                     if sock.poll(min(left, 0.2) * 1000):
-                        sock.recv_multipart()
+                        try:
+                            session.deserialize(sock.recv_multipart())
+                        except ProtocolError:
+                            continue  # only a signed answer proves the broker is there
                         self.last_ack = time.monotonic()
         finally:
             sock.close(0)
@@ -132,6 +153,8 @@ class Agent:
         self.queue: collections.deque[Message] = collections.deque()
         self.run_state: Run | None = None
         self.execution_count = 0
+        self.last_status = 0  # exit status of the last user command; hidden runs restore it
+        self.stdin_pipe = StdinPipe(opts.workdir / "stdin.fifo")
         self.heartbeat = Heartbeat(self.ctx, opts, self.identity)
         self.stopping = False
         self.subreaper = False
@@ -175,6 +198,7 @@ class Agent:
                 "hostname": socket.gethostname(),
                 "version": __version__,
                 "cwd": self.shell.cwd,
+                "bash_version": self.shell.version(),
             },
         )
         self.heartbeat.start()
@@ -220,6 +244,8 @@ class Agent:
             return 1000
         now = time.monotonic()
         waits = [1.0]
+        if run.allow_stdin:
+            waits.append(run.next_stdin_check - now)
         if run.stop_reason is not None:
             waits.append(0.1)
         elif run.deadline is not None:
@@ -241,10 +267,23 @@ class Agent:
 
     def _on_message(self, msg: Message) -> None:
         mtype = msg.msg_type
-        if mtype == MsgType.EXECUTE_REQUEST.value:
+        if mtype in _QUEUED:
             self.queue.append(msg)
             if self.run_state is None:
                 self._start_next()
+        elif mtype == MsgType.IS_COMPLETE_REQUEST.value:
+            code = msg.content.get("code")
+            status = introspect.is_complete(code if isinstance(code, str) else "", self.opts.shell)
+            reply: dict[str, Any] = {"status": status}
+            if status == "incomplete":
+                reply["indent"] = ""
+            self.send(MsgType.IS_COMPLETE_REPLY, reply, parent=msg)
+        elif mtype == MsgType.INPUT_REPLY.value:
+            run = self.run_state
+            value = msg.content.get("value")
+            if run is not None and run.allow_stdin and isinstance(value, str):
+                run.waiting_input = False
+                self.stdin_pipe.write(value.encode("utf-8", "surrogateescape") + b"\n")
         elif mtype == MsgType.INTERRUPT_REQUEST.value:
             if self.run_state is not None and self.run_state.stop_reason is None:
                 self._begin_stop(self.run_state, "interrupted")
@@ -267,49 +306,76 @@ class Agent:
         while self.queue and self.run_state is None:
             msg = self.queue.popleft()
             content = msg.content
+            kind = MsgType(msg.msg_type)
             code = content.get("code")
             if not isinstance(code, str):
-                self._reply_aborted(msg, "execute_request content needs a string 'code'")
+                self._reply_aborted(msg, f"{kind.value} content needs a string 'code'")
                 continue
+            cursor = content.get("cursor_pos")
+            cursor = cursor if isinstance(cursor, int) else None
+            query = None
+            if kind is MsgType.COMPLETE_REQUEST:
+                query = introspect.completion_query(code, cursor)
+                script = introspect.completion_code(query, self.last_status)
+            elif kind is MsgType.INSPECT_REQUEST:
+                script = introspect.inspect_code(introspect.word_at(code, cursor), self.last_status)
+            else:
+                script = code
             stdin = content.get("stdin")
             if isinstance(stdin, str):
                 stdin = stdin.encode()
             elif not isinstance(stdin, bytes):
                 stdin = None
+            allow_stdin = kind is MsgType.EXECUTE_REQUEST and content.get("allow_stdin") is True
             timeout = content.get("timeout", None)
             if not isinstance(timeout, (int, float)) or timeout <= 0:
                 timeout = self.opts.command_timeout
             limit = content.get("output_limit")
             if not isinstance(limit, int) or limit <= 0:
                 limit = self.opts.output_limit
-            self.execution_count += 1
+            count = content.get("execution_count")
+            if kind is MsgType.EXECUTE_REQUEST:
+                if isinstance(count, int):
+                    self.execution_count = count
+                elif not content.get("silent") and content.get("store_history", True):
+                    self.execution_count += 1
             now = time.monotonic()
-            self.run_state = Run(
+            self.run_state = run = Run(
                 msg=msg,
                 code=code,
+                kind=kind,
                 started=now,
                 started_ticks=procs.boot_ticks(),
-                deadline=now + timeout if timeout else None,
+                deadline=now + timeout if timeout and kind is MsgType.EXECUTE_REQUEST else None,
                 output_limit=limit,
                 execution_count=self.execution_count,
+                query=query,
+                allow_stdin=allow_stdin and stdin is None,
+                next_stdin_check=now + _STDIN_POLL,
             )
             self.heartbeat.busy = True
-            self.shell.begin(code, stdin)
+            if run.allow_stdin:
+                self.stdin_pipe.open()
+                self.shell.begin(script, stdin_file=self.stdin_pipe.path)
+            else:
+                self.shell.begin(script, stdin)
 
     def _on_output(self, fd: int) -> None:
         data, eof = self.shell.read(fd)
         run = self.run_state
         name = StreamName.STDOUT if fd == self.shell.stdout_fd else StreamName.STDERR
-        if data:
-            if run is not None:
-                self._forward(run, name, data)
-            else:
-                log.debug("output between commands kept for the next one (%d bytes)", len(data))
+        if data and run is not None:
+            self._forward(run, name, data)
         if eof and run is not None:
             run.eof.add(fd)
         self._check_done()
 
     def _forward(self, run: Run, name: StreamName, data: bytes) -> None:
+        if run.hidden:
+            if name is StreamName.STDOUT and run.sent < 4 * 1024 * 1024:
+                run.captured.append(data)
+                run.sent += len(data)
+            return
         room = run.output_limit - run.sent
         if room <= 0:
             run.dropped += len(data)
@@ -353,6 +419,12 @@ class Agent:
             )
         if end.session_ended:
             self.shell.close()
+        if run.allow_stdin:
+            self.stdin_pipe.close()
+        if run.hidden:
+            self._finish_hidden(run, end)
+            return
+        self.last_status = end.exit_code
         if run.dropped:
             notice = (
                 f"\n[stigmer] output truncated: {run.dropped} bytes past the limit of "
@@ -397,6 +469,9 @@ class Agent:
         self.send(MsgType.EXECUTE_REPLY, content, parent=run.msg)
         with contextlib.suppress(FileNotFoundError):
             self.shell.stdin_path.unlink()
+        self._next(end)
+
+    def _next(self, end: CommandEnd) -> None:
         self.run_state = None
         self.heartbeat.busy = False
         if end.session_ended and not self.stopping:
@@ -404,9 +479,35 @@ class Agent:
         if not self.stopping:
             self._start_next()
 
+    def _finish_hidden(self, run: Run, end: CommandEnd) -> None:
+        output = b"".join(run.captured).decode("utf-8", "replace")
+        content: dict[str, Any]
+        if run.kind is MsgType.COMPLETE_REQUEST:
+            assert run.query is not None
+            content = {
+                "status": "ok",
+                "matches": introspect.completion_matches(run.query, output),
+                "cursor_start": run.query.cursor_start,
+                "cursor_end": run.query.cursor_end,
+                "metadata": {},
+            }
+            reply_type = MsgType.COMPLETE_REPLY
+        else:
+            found, text = introspect.inspect_result(output)
+            content = {
+                "status": "ok",
+                "found": found,
+                "data": {"text/plain": text} if found else {},
+                "metadata": {},
+            }
+            reply_type = MsgType.INSPECT_REPLY
+        self.send(reply_type, content, parent=run.msg)
+        self._next(end)
+
     def _reply_aborted(self, msg: Message, reason: str) -> None:
+        reply_type = REPLY_FOR.get(MsgType(msg.msg_type), MsgType.EXECUTE_REPLY)
         self.send(
-            MsgType.EXECUTE_REPLY,
+            reply_type,
             {
                 "status": ExecStatus.ABORTED.value,
                 "exit_code": None,
@@ -432,6 +533,8 @@ class Agent:
         if run.stop_reason is None:
             if run.deadline is not None and now >= run.deadline:
                 self._begin_stop(run, "timeout")
+            elif run.allow_stdin and now >= run.next_stdin_check:
+                self._check_stdin(run, now)
             return
         elapsed = now - run.stop_started
         mine = {self.shell.pid}
@@ -451,6 +554,17 @@ class Agent:
             run.stop_stage = 3
             self.shell.signal_shell(signal.SIGKILL)
         self._check_done()
+
+    def _check_stdin(self, run: Run, now: float) -> None:
+        """Ask the client for a line when the command sits waiting on an empty stdin."""
+        run.next_stdin_check = now + _STDIN_POLL
+        self.stdin_pipe.flush()
+        if run.waiting_input:
+            return
+        pids = [self.shell.pid, *procs.started_since(os.getpid(), run.started_ticks, set())]
+        if self.stdin_pipe.reader_waiting(pids):
+            run.waiting_input = True
+            self.send(MsgType.INPUT_REQUEST, {"prompt": "", "password": False}, parent=run.msg)
 
     def _reap_orphans(self) -> None:
         """Collect exited children other than bash (orphans reparented to us)."""

@@ -227,9 +227,9 @@ class BashSession:
             return True
         try:
             pid, status = os.waitpid(self.proc.pid, 0 if block else os.WNOHANG)
-        except ChildProcessError:
-            self.exit_status = -1
-            self.proc.returncode = -1
+        except ChildProcessError:  # reaped elsewhere: the status is unknown
+            self.exit_status = 255
+            self.proc.returncode = 255
             return True
         if pid == 0:
             return False
@@ -238,16 +238,21 @@ class BashSession:
         return True
 
     # -- commands -----------------------------------------------------------------------------
-    def begin(self, code: str, stdin: bytes | None = None) -> None:
-        """Start running ``code``; its end shows as both markers arriving."""
+    def begin(self, code: str, stdin: bytes | None = None, stdin_file: Path | None = None) -> None:
+        """Start running ``code``; its end shows as both markers arriving.
+
+        Its stdin is /dev/null, or the bytes ``stdin``, or the file (FIFO) ``stdin_file``.
+        """
         self.out_scan.reset()
         self.err_scan.reset()
         self.cmd_path.write_bytes(code.encode("utf-8", "surrogateescape") + b"\n")
-        if stdin is None:
+        if stdin is not None:
+            self.stdin_path.write_bytes(stdin)
+            stdin_file = self.stdin_path
+        if stdin_file is None:
             line = b'. "$__stg_f" </dev/null\n'
         else:
-            self.stdin_path.write_bytes(stdin)
-            line = b'. "$__stg_f" <' + shlex.quote(str(self.stdin_path)).encode() + b"\n"
+            line = b'. "$__stg_f" <' + shlex.quote(str(stdin_file)).encode() + b"\n"
         os.write(self._stdin_fd, line)
 
     def read(self, fd: int) -> tuple[bytes, bool]:
@@ -276,6 +281,19 @@ class BashSession:
         if cwd:
             self.cwd = cwd
         return CommandEnd(exit_code=code, cwd=cwd or None)
+
+    def version(self) -> str:
+        """The shell's version (e.g. ``5.2.15(1)-release``), or "" if it cannot tell."""
+        try:
+            out = subprocess.run(
+                [self.shell, "-c", "echo $BASH_VERSION"],
+                capture_output=True,
+                timeout=5,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return out.stdout.decode(errors="replace").strip()
 
     def interrupt(self) -> None:
         """Like Ctrl-C at a terminal: SIGINT to bash and its foreground processes."""

@@ -1,8 +1,12 @@
 """The kernel registry: which kernels exist, who serves them, who uses them.
 
 A *kernel* is a named, warm shell session. Its *incarnation* (``kernel.id``) changes each time a
-fresh agent is started for it (after the previous one died); the name stays. Each incarnation has
-its own signing key, so an agent can only ever speak for the kernel it was started for.
+fresh agent is started for it (after the previous one died, or on a restart); the name stays.
+Each incarnation has its own signing key, so an agent can only ever speak for the kernel it was
+started for.
+
+Requests that need the session wait in the kernel's queue and go to the agent one at a time, so
+the broker always knows what runs, can abort what waits, and numbers executions in order.
 """
 
 from __future__ import annotations
@@ -12,25 +16,63 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..protocol import KernelState, Session
+from ..protocol import KernelState, Message, MsgType, Session
 from ..provisioners import AgentHandle
+
+if TYPE_CHECKING:
+    from .jupyter import JupyterChannels
 
 #: Kernel names: safe as file names and labels, short enough to type.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: Executed code remembered per kernel for Jupyter history requests.
+HISTORY_LIMIT = 10000
+
+
+class Sink(Protocol):
+    """Where a request's outputs and reply go: the client that asked, in its own protocol."""
+
+    kind: str  # "native" | "jupyter"
+
+    def stream(self, kernel: Kernel, pending: Pending, frames: list[bytes]) -> bool:
+        """Deliver one output chunk (agent frames after the delimiter); False if dropped."""
+
+    def reply(
+        self, kernel: Kernel, pending: Pending, content: dict[str, Any], frames: list[bytes] | None
+    ) -> None:
+        """Deliver the final reply (``frames`` are the agent's, when it sent one)."""
+
+    def input_request(self, kernel: Kernel, pending: Pending, msg: Message) -> None:
+        """Ask the client for a line of stdin."""
 
 
 @dataclass
 class Pending:
-    """A request forwarded (or about to be forwarded) to a kernel's agent."""
+    """A request for a kernel's agent: waiting, running, or answered out of turn."""
 
-    client: bytes
-    msg_id: str
-    header: dict[str, Any]  # the request's header, parent of any reply the broker makes
-    frames: list[bytes]  # message frames after the delimiter, signed for the agent
+    sink: Sink
+    client: bytes  # routing id of the client that asked
+    header: dict[str, Any]  # the request's header: what the agent's outputs are parented to
+    kind: MsgType
+    content: dict[str, Any]  # what the agent gets
+    silent: bool = False
+    store_history: bool = True
+    stop_on_error: bool = False
+    channel: str = "shell"  # Jupyter channel the reply goes to
+    execution_count: int = 0
     forwarded: bool = False
     lost: int = 0  # output messages dropped because the client was not reading
+    decoders: dict[str, Any] = field(default_factory=dict)  # per-stream UTF-8 decoders (iopub)
+
+    @property
+    def msg_id(self) -> str:
+        return str(self.header["msg_id"])
+
+    @property
+    def code(self) -> str:
+        code = self.content.get("code")
+        return code if isinstance(code, str) else ""
 
 
 @dataclass
@@ -45,32 +87,48 @@ class Kernel:
     handle: AgentHandle | None = None
     agent_identity: bytes | None = None
     agent_pid: int | None = None
+    agent_info: dict[str, Any] = field(default_factory=dict)
     shell_pgid: int | None = None
     started_at: float = 0.0
     created_wall: float = field(default_factory=time.time)
     last_activity: float = field(default_factory=time.monotonic)
     last_beat: float = field(default_factory=time.monotonic)
-    pending: collections.OrderedDict[str, Pending] = field(default_factory=collections.OrderedDict)
+    queue: collections.deque[Pending] = field(default_factory=collections.deque)
+    running: Pending | None = None
+    pending: dict[str, Pending] = field(default_factory=dict)  # every request not yet answered
     clients: dict[bytes, float] = field(default_factory=dict)
     restarts: int = 0
     executions: int = 0
+    execution_count: int = 0
+    history: collections.deque[tuple[int, int, str]] = field(
+        default_factory=lambda: collections.deque(maxlen=HISTORY_LIMIT)
+    )
     death_reason: str | None = None
     notices: list[dict[str, Any]] = field(default_factory=list)  # for the next requester
+    channels: JupyterChannels | None = None  # Jupyter sockets, once someone asked for them
+    session_id: str = ""  # Jupyter session id of this incarnation (new at every restart)
 
     def new_incarnation(self, key: bytes) -> None:
         self.id = f"{self.name}-{os.urandom(4).hex()}"
         self.session = Session(key)
+        self.session_id = os.urandom(16).hex()
         self.state = KernelState.STARTING
         self.agent_identity = None
         self.agent_pid = None
+        self.agent_info = {}
         self.shell_pgid = None
         self.handle = None
         self.started_at = time.monotonic()
         self.last_beat = time.monotonic()
+        self.execution_count = 0  # a new session counts from 1 again, as Jupyter expects
 
     @property
     def busy(self) -> bool:
         return bool(self.pending)
+
+    @property
+    def ready(self) -> bool:
+        return self.agent_identity is not None and self.state is not KernelState.DEAD
 
     def refresh_state(self) -> None:
         if self.state in (KernelState.IDLE, KernelState.BUSY):
@@ -88,14 +146,15 @@ class Kernel:
             "pid": self.agent_pid,
             "cwd": self.cwd,
             "executions": self.executions,
+            "execution_count": self.execution_count,
             "pending": len(self.pending),
             "restarts": self.restarts,
             "created": self.created_wall,
+            "jupyter": self.channels.connection_file if self.channels else None,
         }
         if self.handle is not None:
             for key, value in self.handle.describe().items():
-                info.setdefault(key, value)
-                if info[key] is None:
+                if info.get(key) is None:
                     info[key] = value
         if self.death_reason:
             info["death_reason"] = self.death_reason
@@ -109,6 +168,8 @@ class Registry:
         self.by_name: dict[str, Kernel] = {}
         self.by_id: dict[str, Kernel] = {}
         self.gone: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        # Incarnation ids of agents we stopped: their last messages are expected, not suspect.
+        self.retired: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     def __iter__(self) -> Any:
         return iter(list(self.by_name.values()))
@@ -124,7 +185,10 @@ class Registry:
         self.by_id[kernel.id] = kernel
 
     def unindex(self, kernel: Kernel) -> None:
-        self.by_id.pop(kernel.id, None)
+        if self.by_id.pop(kernel.id, None) is not None:
+            self.retired[kernel.id] = None
+            while len(self.retired) > 10000:
+                self.retired.popitem(last=False)
 
     def remove(self, kernel: Kernel, event: dict[str, Any]) -> None:
         self.by_name.pop(kernel.name, None)

@@ -1,13 +1,15 @@
 """The broker: one asyncio process between clients and execution agents.
 
-It owns the kernel registry, routes requests to agents and outputs back to the client that asked,
-watches agents' heartbeats, expires idle kernels and tells clients the truth: a request on a dead
-kernel gets an error reply naming the cause, never silence. It never runs commands itself.
+It owns the kernel registry, queues requests per kernel and hands them to agents one at a time,
+routes outputs back to the client that asked (and to Jupyter iopub subscribers), watches agents'
+heartbeats, expires idle kernels and tells clients the truth: a request on a dead kernel gets an
+error reply naming the cause, never silence. It never runs commands itself.
 
-Socket discipline (see docs/architecture.md): both ROUTERs are plain ZeroMQ sockets read by
-:meth:`Broker._pump`, which drains them without blocking and is scheduled both by the sockets'
-file descriptors and after every send (ZeroMQ descriptors are edge-triggered). Every send is
-non-blocking: a client that stops reading loses messages (counted), it never stalls the broker.
+Socket discipline (see docs/architecture.md): every socket is a plain ZeroMQ socket drained by
+:meth:`Broker._pump` without blocking. A socket is pumped when its file descriptor fires *and*
+after every send on it, because ZeroMQ descriptors are edge-triggered and any operation may
+consume the edge. Every send is non-blocking: a client that stops reading loses output (counted),
+it never stalls the broker.
 """
 
 from __future__ import annotations
@@ -21,27 +23,30 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
 
 from .._version import __version__
 from ..config import Config, ExecutionMode
-from ..errors import ProtocolError, ServerAlreadyRunning, StigmerError
-from ..protocol import ExecStatus, KernelEvent, KernelState, Message, MsgType, Session, new_key
-from ..protocol.session import split_ids
+from ..errors import ProtocolError, RequestError, ServerAlreadyRunning, StigmerError
+from ..protocol import ExecStatus, KernelEvent, KernelState, Message, MsgType, new_key
+from ..protocol.session import Session, split_ids
 from ..provisioners import AgentHandle, AgentSpec, LocalProvisioner, Provisioner
 from ..runtime import RuntimeDir, ServerLock
 from .kernels import NAME_RE, Kernel, Pending, Registry
 
 log = logging.getLogger("stigmer.broker")
 
-_BATCH = 256  # messages handled per pump pass before yielding to the event loop
+_BATCH = 256  # messages handled per socket per pump pass
+_PASS_LIMIT = 1024  # messages per pump call before yielding to the event loop
 _START_TIMEOUT = 30.0  # seconds an agent may take to register
 _STOP_GRACE = 2.0  # seconds an agent gets to exit after agent_shutdown
 _MAX_PENDING = 10000  # requests queued on one kernel
-_MAX_CODE = 1024 * 1024  # bytes of shell code in one request
 _CLIENT_HWM = 1000  # messages (<= 64 KiB each) queued for one client before drops start
+
+Handler = Callable[[list[bytes]], None]
 
 
 class _DropLog:
@@ -68,10 +73,12 @@ class _DropLog:
 
 class Broker:
     def __init__(self, config: Config, provisioners: dict[str, Provisioner] | None = None) -> None:
+        from .jupyter import JupyterFrontend
+        from .native import NativeFrontend
+
         self.config = config
         self.runtime = RuntimeDir(config.runtime_dir)
         self.key = new_key()
-        self.clients = Session(self.key)  # verifies what clients send, signs what they get
         self.registry = Registry()
         self.provisioners: dict[str, Provisioner] = provisioners or {
             ExecutionMode.LOCAL.value: LocalProvisioner()
@@ -85,11 +92,20 @@ class Broker:
         self.started_wall = time.time()
         self.drop_log = _DropLog()
         self.stats = {"client_msgs": 0, "agent_msgs": 0, "dropped_bad": 0, "dropped_slow": 0}
+        self.native = NativeFrontend(self)
+        self.jupyter = JupyterFrontend(self)
+        self._handlers: dict[zmq.Socket[Any], Handler] = {}
+        self._ready: set[zmq.Socket[Any]] = set()
         self._pump_scheduled = False
         self._reaping: list[AgentHandle] = []
-        # Replies that met a full client queue; retried, never dropped while the client lives.
-        self._deferred: dict[bytes, collections.deque[list[bytes]]] = {}
+        # Replies that met a full queue: retried in order (up to 10000 per peer) until the peer
+        # reads or is gone, instead of being dropped.
+        self._deferred: dict[tuple[zmq.Socket[Any], bytes], collections.deque[list[bytes]]] = {}
         self._maintenance: asyncio.Task[None] | None = None
+
+    @property
+    def clients(self) -> Session:
+        return self.native.session
 
     # -- start and stop -----------------------------------------------------------------------
     def bind(self) -> None:
@@ -102,16 +118,20 @@ class Broker:
                 f"{self.runtime.path} — use it, stop it with `stigmer server stop`, or pick "
                 "another STIGMER_RUNTIME_DIR"
             )
-        # We hold the lock: any socket file left here belongs to a dead server.
+        # We hold the lock: anything left here belongs to a dead server.
         for path in (self.runtime.client_socket, self.runtime.agent_socket):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-        shutil.rmtree(self.runtime.path / "kernels", ignore_errors=True)
+        for directory in ("kernels", "jupyter"):
+            shutil.rmtree(self.runtime.path / directory, ignore_errors=True)
+            (self.runtime.path / directory).mkdir(mode=0o700)
         self.runtime.write_key(self.key)
         self.client_sock = self._router(self.runtime.client_endpoint, self.config.client_endpoint)
         self.agent_sock = self._router(self.runtime.agent_endpoint, self.config.agent_endpoint)
         for path in (self.runtime.client_socket, self.runtime.agent_socket):
             os.chmod(path, 0o600)
+        self.register(self.client_sock, self.native.on_frames)
+        self.register(self.agent_sock, self._on_agent_frames)
         self.runtime.write_info(
             {
                 "pid": os.getpid(),
@@ -126,6 +146,7 @@ class Broker:
     def _router(self, endpoint: str, extra: str | None) -> zmq.Socket[Any]:
         sock: zmq.Socket[Any] = self.ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, _CLIENT_HWM)
         sock.setsockopt(zmq.RCVHWM, 1000)
@@ -146,11 +167,10 @@ class Broker:
         """Run until :meth:`request_stop` (or a signal in the foreground)."""
         if self.client_sock is None:
             self.bind()
-        assert self.client_sock is not None and self.agent_sock is not None
         self.loop = asyncio.get_running_loop()
-        self.loop.add_reader(self.client_sock.fileno(), self._schedule_pump)
-        self.loop.add_reader(self.agent_sock.fileno(), self._schedule_pump)
-        self._schedule_pump()
+        for sock in self._handlers:
+            self.loop.add_reader(sock.fileno(), self._mark, sock)
+            self._mark(sock)
         self._maintenance = asyncio.create_task(self._maintain(), name="stigmer-maintenance")
         log.info(
             "stigmer server %s ready (pid %d) on %s",
@@ -173,21 +193,19 @@ class Broker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._maintenance
         for kernel in self.registry:
-            self._remove_kernel(kernel, KernelEvent.SHUTDOWN, "the server is shutting down")
+            self.remove_kernel(kernel, KernelEvent.SHUTDOWN, "the server is shutting down")
         deadline = time.monotonic() + _STOP_GRACE
         while self._reaping and time.monotonic() < deadline:
             self._reap_handles()
             await asyncio.sleep(0.05)
         for handle in self._reaping:
             handle.kill()
+            handle.cleanup()
         self._reaping.clear()
         for provisioner in self.provisioners.values():
             provisioner.close()
-        assert self.loop is not None
-        for sock in (self.client_sock, self.agent_sock):
-            if sock is not None:
-                self.loop.remove_reader(sock.fileno())
-                sock.close(0)
+        for sock in list(self._handlers):
+            self.unregister(sock)
         self.ctx.term()
         for path in (
             self.runtime.client_socket,
@@ -197,43 +215,63 @@ class Broker:
         ):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-        shutil.rmtree(self.runtime.path / "kernels", ignore_errors=True)
+        for directory in ("kernels", "jupyter"):
+            shutil.rmtree(self.runtime.path / directory, ignore_errors=True)
         self.lock.release()
         log.info("stopped")
 
-    # -- the pump -----------------------------------------------------------------------------
-    def _schedule_pump(self) -> None:
+    # -- sockets and the pump -------------------------------------------------------------------
+    def register(self, sock: zmq.Socket[Any], handler: Handler) -> None:
+        self._handlers[sock] = handler
+        if self.loop is not None:
+            self.loop.add_reader(sock.fileno(), self._mark, sock)
+            self._mark(sock)
+
+    def unregister(self, sock: zmq.Socket[Any]) -> None:
+        if self._handlers.pop(sock, None) is not None and self.loop is not None:
+            with contextlib.suppress(Exception):
+                self.loop.remove_reader(sock.fileno())
+        self._ready.discard(sock)
+        for key in [k for k in self._deferred if k[0] is sock]:
+            del self._deferred[key]
+        sock.close(0)
+
+    def _mark(self, sock: zmq.Socket[Any]) -> None:
+        self._ready.add(sock)
         if not self._pump_scheduled and self.loop is not None:
             self._pump_scheduled = True
             self.loop.call_soon(self._pump)
 
     def _pump(self) -> None:
         self._pump_scheduled = False
-        client, agent = self.client_sock, self.agent_sock
-        if client is None or agent is None or client.closed:
-            return
         handled = 0
-        progress = True
-        while progress:
-            progress = False
-            for sock, handler in ((agent, self._on_agent_frames), (client, self._on_client_frames)):
-                for _ in range(_BATCH):
-                    try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    progress = True
-                    handled += 1
-                    try:
-                        handler(frames)
-                    except Exception:  # a bug must not take the broker down
-                        log.exception("error while handling a message")
-            if handled >= 4 * _BATCH:
-                # Let timers run; the pump continues on the next loop iteration.
-                self._schedule_pump()
+        while self._ready:
+            sock = self._ready.pop()
+            handler = self._handlers.get(sock)
+            if handler is None or sock.closed:
+                continue
+            for _ in range(_BATCH):
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                except zmq.ZMQError as exc:  # e.g. a socket closed while handling
+                    log.debug("recv failed: %s", exc)
+                    break
+                handled += 1
+                try:
+                    handler(frames)
+                except Exception:  # a bug must not take the broker down
+                    log.exception("error while handling a message")
+            else:
+                self._ready.add(sock)  # more may be waiting: come back to it
+            if handled >= _PASS_LIMIT and self._ready:
+                self._pump_scheduled = True  # let timers run, then carry on
+                assert self.loop is not None
+                self.loop.call_soon(self._pump)
                 return
 
-    def _send(
+    def send(
         self, sock: zmq.Socket[Any] | None, frames: list[bytes], must_arrive: bool = False
     ) -> bool:
         """Non-blocking send; False if the peer is gone or not reading.
@@ -243,315 +281,115 @@ class Broker:
         """
         if sock is None or sock.closed:
             return False
+        key = (sock, frames[0])
+        if must_arrive and key in self._deferred:
+            self._deferred[key].append(frames)  # keep the order of what must arrive
+            return False
         try:
             sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
             return True
         except zmq.Again:
-            if must_arrive and sock is self.client_sock:
-                queue = self._deferred.setdefault(frames[0], collections.deque(maxlen=10000))
-                queue.append(frames)
+            if must_arrive and sock.type == zmq.ROUTER:
+                self._deferred.setdefault(key, collections.deque(maxlen=10000)).append(frames)
             else:
                 self.stats["dropped_slow"] += 1
             return False
         except zmq.ZMQError as exc:
             if exc.errno == errno.EHOSTUNREACH:
-                if sock is self.client_sock:
-                    self._client_gone(frames[0])
+                self.client_gone(frames[0])
                 return False
             raise
         finally:
-            self._schedule_pump()
+            self._mark(sock)
 
-    # -- clients ------------------------------------------------------------------------------
-    def _on_client_frames(self, frames: list[bytes]) -> None:
-        self.stats["client_msgs"] += 1
-        try:
-            ids, msg_frames = split_ids(frames)
-            if len(ids) != 1:
-                raise ProtocolError(f"expected one routing id, got {len(ids)}")
-            self.clients.verify_frames(msg_frames)
-            msg = self.clients.decode(msg_frames)
-        except ProtocolError as exc:
-            self.stats["dropped_bad"] += 1
-            self.drop_log("a client", exc)
-            return
-        client = ids[0]
-        handler = self._client_handlers.get(msg.msg_type)
-        if handler is None:
-            self._error_reply(
-                client, msg, "UnknownMessageType", f"unknown message type {msg.msg_type!r}"
-            )
-            return
-        handler(self, client, msg, msg_frames)
+    def _retry_deferred(self) -> None:
+        for key, queue in list(self._deferred.items()):
+            while queue:
+                sock = key[0]
+                try:
+                    sock.send_multipart(queue[0], flags=zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                except zmq.ZMQError:
+                    queue.clear()
+                    break
+                finally:
+                    self._mark(sock)
+                queue.popleft()
+            if not queue:
+                self._deferred.pop(key, None)
 
-    def _reply(
-        self,
-        client: bytes,
-        parent: Message,
-        msg_type: MsgType,
-        content: dict[str, Any],
-        metadata: dict[str, Any] | None = None,
-    ) -> None:
-        reply = self.clients.msg(msg_type.value, content, parent, metadata)
-        self._send(self.client_sock, self.clients.serialize(reply, [client]), must_arrive=True)
-
-    def _error_reply(self, client: bytes, request: Message, ename: str, evalue: str) -> None:
-        from ..protocol.constants import REPLY_FOR
-
-        try:
-            reply_type = REPLY_FOR[MsgType(request.msg_type)]
-        except (ValueError, KeyError):
-            reply_type = MsgType.ERROR_REPLY
-        content: dict[str, Any] = {
-            "status": ExecStatus.ERROR.value,
-            "ename": ename,
-            "evalue": evalue,
-        }
-        if reply_type is MsgType.EXECUTE_REPLY:
-            content["exit_code"] = None
-        self._reply(client, request, reply_type, content)
-
-    def _client_gone(self, client: bytes) -> None:
-        self._deferred.pop(client, None)
+    def client_gone(self, client: bytes) -> None:
+        for key in [k for k in self._deferred if k[1] == client]:
+            del self._deferred[key]
         for kernel in self.registry:
             kernel.clients.pop(client, None)
 
-    def _retry_deferred(self) -> None:
-        for client, queue in list(self._deferred.items()):
-            while queue:
-                if not self._send(self.client_sock, queue[0]):
-                    break
-                queue.popleft()
-            if not queue:
-                self._deferred.pop(client, None)
+    # -- kernels --------------------------------------------------------------------------------
+    def get_or_create(
+        self, name: Any, mode: Any, cwd: Any, ttl: Any = None, client: bytes | None = None
+    ) -> Kernel:
+        """The kernel called ``name``, created (and its agent started) if needed.
 
-    def _kernel_event(
-        self,
-        kernel: Kernel,
-        event: KernelEvent,
-        reason: str,
-        only: bytes | None = None,
-        parent: Message | None = None,
-    ) -> None:
-        content = {
-            "kernel": kernel.name,
-            "event": event.value,
-            "reason": reason,
-            "kernel_id": kernel.id,
-        }
-        targets = [only] if only is not None else list(kernel.clients)
-        for client in targets:
-            msg = self.clients.msg(MsgType.KERNEL_EVENT.value, content, parent)
-            self._send(self.client_sock, self.clients.serialize(msg, [client]))
-
-    def _handle_execute(self, client: bytes, msg: Message, msg_frames: list[bytes]) -> None:
-        content = msg.content
-        name = content.get("kernel") or "default"
-        code = content.get("code")
-        mode = content.get("mode") or self.config.execution_mode.value
-        problem = None
+        Raises :class:`RequestError` with a clear message for anything that cannot be served.
+        """
+        mode = mode or self.config.execution_mode.value
         if not isinstance(name, str) or not NAME_RE.match(name):
-            problem = (
-                "kernel names are 1-64 letters, digits, '.', '_' or '-', not starting with a symbol"
+            raise RequestError(
+                "kernel names are 1-64 letters, digits, '.', '_' or '-', "
+                "not starting with a symbol",
+                "BadRequest",
             )
-        elif not isinstance(code, str):
-            problem = "execute_request needs a string 'code'"
-        elif len(code) > _MAX_CODE:
-            problem = f"command is longer than {_MAX_CODE} bytes"
-        elif mode not in {m.value for m in ExecutionMode}:
-            problem = f"unknown mode {mode!r}: use local, sandbox or auto"
-        if problem:
-            self._error_reply(client, msg, "BadRequest", problem)
-            return
+        if mode not in {m.value for m in ExecutionMode}:
+            raise RequestError(f"unknown mode {mode!r}: use local, sandbox or auto", "BadRequest")
         kernel = self.registry.by_name.get(name)
-        if kernel is not None and kernel.mode != mode:
-            self._error_reply(
-                client,
-                msg,
-                "ModeMismatch",
-                f"kernel {name!r} runs in {kernel.mode} mode, not {mode}; "
-                "use another kernel name or the same mode",
-            )
-            return
-        if kernel is None:
-            provisioner = self.provisioners.get(mode)
-            if provisioner is None:
-                self._error_reply(
-                    client,
-                    msg,
-                    "ModeUnavailable",
-                    f"{mode} mode is not available in this version of stigmer-kernel "
-                    "(only local mode is) — run with --mode local",
-                )
-                return
-            cwd = self.config.kernel_cwd or content.get("cwd") or os.path.expanduser("~")
-            if not isinstance(cwd, str) or not os.path.isabs(cwd) or not os.path.isdir(cwd):
-                self._error_reply(
-                    client, msg, "BadRequest", f"working directory {cwd!r} does not exist"
-                )
-                return
-            ttl = content.get("ttl")
-            kernel = Kernel(
-                name=name,
-                mode=mode,
-                cwd=cwd,
-                ttl=float(ttl)
-                if isinstance(ttl, (int, float)) and ttl > 0
-                else self.config.kernel_ttl,
-            )
-            gone = self.registry.gone.get(name)
-            if gone is not None:
-                kernel.notices.append(
-                    {
-                        "event": gone["event"],
-                        "reason": f"{gone['reason']}; a new kernel was started",
-                    }
-                )
-            self.registry.add(kernel)
-            self._start_agent(kernel)
-        elif kernel.state is KernelState.DEAD:
-            kernel.restarts += 1
-            reason = f"the previous agent died ({kernel.death_reason}); session state was reset"
-            kernel.notices.append({"event": KernelEvent.RESTARTED.value, "reason": reason})
-            self._start_agent(kernel)
-            for other in kernel.clients:
-                if other != client:
-                    self._kernel_event(kernel, KernelEvent.RESTARTED, reason, only=other)
-        if len(kernel.pending) >= _MAX_PENDING:
-            self._error_reply(
-                client,
-                msg,
-                "KernelBusy",
-                f"kernel {name!r} has {_MAX_PENDING} requests queued; try later",
-            )
-            return
-        if msg.msg_id in kernel.pending:
-            self._error_reply(client, msg, "BadRequest", "duplicate msg_id")
-            return
-        now = time.monotonic()
-        kernel.clients[client] = now
-        kernel.last_activity = now
-        kernel.executions += 1
-        for notice in kernel.notices:
-            self._kernel_event(
-                kernel, KernelEvent(notice["event"]), notice["reason"], only=client, parent=msg
-            )
-        kernel.notices.clear()
-        if kernel.state is KernelState.DEAD:  # the agent could not even be started
-            self._error_reply(client, msg, "KernelDied", kernel.death_reason or "agent failed")
-            return
-        assert kernel.session is not None
-        pending = Pending(client, msg.msg_id, msg.header, kernel.session.resign(msg_frames))
-        kernel.pending[msg.msg_id] = pending
-        if kernel.agent_identity is not None:
-            self._forward(kernel, pending)
-        kernel.refresh_state()
-
-    def _handle_interrupt(self, client: bytes, msg: Message, _: list[bytes]) -> None:
-        kernel = self._named_kernel(client, msg)
-        if kernel is None:
-            return
-        if kernel.agent_identity is not None and kernel.session is not None:
-            note = kernel.session.msg(MsgType.INTERRUPT_REQUEST.value, {}, msg)
-            self._send(self.agent_sock, kernel.session.serialize(note, [kernel.agent_identity]))
-        else:
-            # The agent is still starting: nothing runs yet, so what waits is cancelled.
-            waiting = [p for p in kernel.pending.values() if not p.forwarded]
-            self._fail_pending(
-                kernel,
-                ExecStatus.INTERRUPTED,
-                "Interrupted",
-                "interrupted before the kernel had started",
-                only=waiting,
-            )
-        self._reply(
-            client,
-            msg,
-            MsgType.INTERRUPT_REPLY,
-            {"status": "ok", "kernel": kernel.name, "was_busy": kernel.busy},
-        )
-
-    def _handle_kernel_info(self, client: bytes, msg: Message, _: list[bytes]) -> None:
-        kernel = self._named_kernel(client, msg)
         if kernel is not None:
-            self._reply(
-                client,
-                msg,
-                MsgType.KERNEL_INFO_REPLY,
-                {"status": "ok", **kernel.to_json(time.monotonic())},
+            if kernel.mode != mode:
+                raise RequestError(
+                    f"kernel {name!r} runs in {kernel.mode} mode, not {mode}; "
+                    "use another kernel name or the same mode",
+                    "ModeMismatch",
+                )
+            if kernel.state is KernelState.DEAD:
+                self.restart_kernel(
+                    kernel,
+                    f"the previous agent died ({kernel.death_reason}); session state was reset",
+                    requester=client,
+                )
+            return kernel
+        if mode not in self.provisioners:
+            raise RequestError(
+                f"{mode} mode is not available in this version of stigmer-kernel "
+                "(only local mode is) — run with --mode local",
+                "ModeUnavailable",
             )
-
-    def _handle_list(self, client: bytes, msg: Message, _: list[bytes]) -> None:
-        now = time.monotonic()
-        kernels = [k.to_json(now) for k in self.registry]
-        self._reply(client, msg, MsgType.KERNEL_LIST_REPLY, {"status": "ok", "kernels": kernels})
-
-    def _handle_shutdown_kernel(self, client: bytes, msg: Message, _: list[bytes]) -> None:
-        kernel = self._named_kernel(client, msg)
-        if kernel is not None:
-            self._remove_kernel(kernel, KernelEvent.SHUTDOWN, "shut down by request")
-            self._reply(
-                client, msg, MsgType.KERNEL_SHUTDOWN_REPLY, {"status": "ok", "kernel": kernel.name}
-            )
-
-    def _handle_server_info(self, client: bytes, msg: Message, _: list[bytes]) -> None:
-        self._reply(
-            client,
-            msg,
-            MsgType.SERVER_INFO_REPLY,
-            {
-                "status": "ok",
-                "pid": os.getpid(),
-                "version": __version__,
-                "runtime_dir": str(self.runtime.path),
-                "client_endpoint": self.runtime.client_endpoint,
-                "agent_endpoint": self.runtime.agent_endpoint,
-                "execution_mode": self.config.execution_mode.value,
-                "kernel_ttl": self.config.kernel_ttl,
-                "kernels": len(self.registry),
-                "uptime": round(time.time() - self.started_wall, 3),
-                "stats": dict(self.stats),
-            },
+        cwd = self.config.kernel_cwd or cwd or os.path.expanduser("~")
+        if not isinstance(cwd, str) or not os.path.isabs(cwd) or not os.path.isdir(cwd):
+            raise RequestError(f"working directory {cwd!r} does not exist", "BadRequest")
+        kernel = Kernel(
+            name=name,
+            mode=mode,
+            cwd=cwd,
+            ttl=float(ttl) if isinstance(ttl, (int, float)) and ttl > 0 else self.config.kernel_ttl,
         )
-
-    def _handle_server_shutdown(self, client: bytes, msg: Message, _: list[bytes]) -> None:
-        self._reply(client, msg, MsgType.SERVER_SHUTDOWN_REPLY, {"status": "ok"})
-        self.request_stop()
-
-    def _handle_detach(self, client: bytes, msg: Message, _: list[bytes]) -> None:
-        self._client_gone(client)
-
-    def _named_kernel(self, client: bytes, msg: Message) -> Kernel | None:
-        name = msg.content.get("kernel") or "default"
-        kernel = self.registry.by_name.get(name) if isinstance(name, str) else None
-        if kernel is None:
-            gone = self.registry.gone.get(name) if isinstance(name, str) else None
-            detail = f" ({gone['event']}: {gone['reason']})" if gone else ""
-            self._error_reply(client, msg, "NoSuchKernel", f"no kernel named {name!r}{detail}")
-            return None
-        kernel.clients[client] = time.monotonic()
+        gone = self.registry.gone.get(name)
+        if gone is not None:
+            kernel.notices.append(
+                {"event": gone["event"], "reason": f"{gone['reason']}; a new kernel was started"}
+            )
+        self.registry.add(kernel)
+        self.start_agent(kernel)
         return kernel
 
-    _client_handlers: dict[str, Any] = {
-        MsgType.EXECUTE_REQUEST.value: _handle_execute,
-        MsgType.INTERRUPT_REQUEST.value: _handle_interrupt,
-        MsgType.KERNEL_INFO_REQUEST.value: _handle_kernel_info,
-        MsgType.KERNEL_LIST_REQUEST.value: _handle_list,
-        MsgType.KERNEL_SHUTDOWN_REQUEST.value: _handle_shutdown_kernel,
-        MsgType.SERVER_INFO_REQUEST.value: _handle_server_info,
-        MsgType.SERVER_SHUTDOWN_REQUEST.value: _handle_server_shutdown,
-        MsgType.DETACH_REQUEST.value: _handle_detach,
-    }
-
-    # -- agents -------------------------------------------------------------------------------
-    def _start_agent(self, kernel: Kernel) -> None:
+    def start_agent(self, kernel: Kernel) -> None:
         provisioner = self.provisioners[kernel.mode]
         kernel.new_incarnation(new_key())
         self.registry.index(kernel)
+        assert kernel.session is not None
         spec = AgentSpec(
             kernel_id=kernel.id,
             kernel_name=kernel.name,
-            key=kernel.session.key if kernel.session else b"",
+            key=kernel.session.key,
             endpoint=self.runtime.agent_endpoint,
             cwd=kernel.cwd,
             workdir=self.runtime.path / "kernels" / kernel.id,
@@ -565,19 +403,205 @@ class Broker:
             kernel.handle = provisioner.start(spec)
         except Exception as exc:  # OSError, docker errors...: the kernel cannot start
             log.error("could not start an agent for kernel %s: %s", kernel.name, exc)
-            kernel.state = KernelState.DEAD
-            kernel.death_reason = f"could not start an agent: {exc}"
-            self.registry.unindex(kernel)
+            self.kernel_died(kernel, f"could not start an agent: {exc}")
             return
         log.info("starting kernel %s (%s, %s mode)", kernel.name, kernel.id, kernel.mode)
+        if kernel.channels is not None:
+            kernel.channels.new_incarnation(kernel)
 
-    def _forward(self, kernel: Kernel, pending: Pending) -> None:
-        assert kernel.agent_identity is not None
-        if self._send(self.agent_sock, [kernel.agent_identity, *pending.frames]):
-            pending.forwarded = True
+    def restart_kernel(self, kernel: Kernel, reason: str, requester: bytes | None = None) -> None:
+        """A fresh agent (and session) for ``kernel``; everyone attached is told."""
+        if kernel.state is not KernelState.DEAD:
+            self.fail_all(kernel, ExecStatus.ABORTED, "KernelRestarted", reason)
+            self.stop_agent(kernel)
+        kernel.restarts += 1
+        self.start_agent(kernel)
+        kernel.notices.append({"event": KernelEvent.RESTARTED.value, "reason": reason})
+        self.native.kernel_event(kernel, KernelEvent.RESTARTED, reason, exclude=requester)
+
+    def kernel_died(self, kernel: Kernel, reason: str) -> None:
+        if kernel.state is KernelState.DEAD:
+            return
+        log.warning("kernel %s died: %s", kernel.name, reason)
+        kernel.state = KernelState.DEAD
+        kernel.death_reason = reason
+        if kernel.handle is not None:
+            kernel.handle.kill()
+            self._reaping.append(kernel.handle)
+            kernel.handle = None
+        kernel.agent_identity = None
+        self.registry.unindex(kernel)
+        self.fail_all(
+            kernel, ExecStatus.ERROR, "KernelDied", f"kernel {kernel.name!r} died: {reason}"
+        )
+        self.native.kernel_event(kernel, KernelEvent.DIED, reason)
+        if kernel.channels is not None:
+            kernel.channels.publish_status("dead", None)
+
+    def remove_kernel(self, kernel: Kernel, event: KernelEvent, reason: str) -> None:
+        log.info("kernel %s %s: %s", kernel.name, event.value, reason)
+        self.fail_all(
+            kernel,
+            ExecStatus.ABORTED,
+            "KernelShutdown",
+            f"kernel {kernel.name!r} was {event.value}: {reason}",
+        )
+        self.native.kernel_event(kernel, event, reason)
+        self.stop_agent(kernel)
+        self.registry.remove(kernel, {"event": event.value, "reason": reason, "at": time.time()})
+        kernel.state = KernelState.DEAD
+        if kernel.channels is not None:
+            self.jupyter.close_channels(kernel)
+
+    def stop_agent(self, kernel: Kernel) -> None:
+        if kernel.agent_identity is not None and kernel.session is not None:
+            bye = kernel.session.msg(MsgType.AGENT_SHUTDOWN.value, {})
+            self.send(self.agent_sock, kernel.session.serialize(bye, [kernel.agent_identity]))
+        self.registry.unindex(kernel)
+        if kernel.handle is not None:
+            handle = kernel.handle
+            kernel.handle = None
+            self._reaping.append(handle)
+            if self.loop is not None and not self.stopping.is_set():
+                self.loop.call_later(_STOP_GRACE, self._force_kill, handle)
+            elif kernel.agent_identity is None:
+                handle.kill()
+        kernel.agent_identity = None
+
+    def _force_kill(self, handle: AgentHandle) -> None:
+        if handle.poll() is None:
+            log.warning("agent %s did not exit in time; killing it", handle.pid)
+            handle.kill()
+        self._reap_handles()
+
+    def _reap_handles(self) -> None:
+        running = []
+        for handle in self._reaping:
+            if handle.poll() is None:
+                running.append(handle)
+            else:
+                handle.cleanup()
+        self._reaping = running
+
+    # -- requests -------------------------------------------------------------------------------
+    def submit(self, kernel: Kernel, pending: Pending) -> None:
+        """Queue a request for ``kernel``'s agent (is_complete goes at once: it needs no turn)."""
+        if len(kernel.pending) >= _MAX_PENDING:
+            raise RequestError(
+                f"kernel {kernel.name!r} has {_MAX_PENDING} requests queued; try later",
+                "KernelBusy",
+            )
+        if pending.msg_id in kernel.pending:
+            raise RequestError("duplicate msg_id", "BadRequest")
+        kernel.pending[pending.msg_id] = pending
+        if pending.kind is MsgType.IS_COMPLETE_REQUEST and kernel.ready:
+            self._forward(kernel, pending)
         else:
-            self._kernel_died(kernel, "the agent's connection is gone")
+            kernel.queue.append(pending)
+        self.advance(kernel)
+        kernel.refresh_state()
 
+    def advance(self, kernel: Kernel) -> None:
+        """Hand the next queued request to the agent if it is free."""
+        while kernel.ready and kernel.running is None and kernel.queue:
+            pending = kernel.queue.popleft()
+            if pending.kind is MsgType.IS_COMPLETE_REQUEST:
+                self._forward(kernel, pending)
+                continue
+            if pending.kind is MsgType.EXECUTE_REQUEST:
+                if not pending.silent and pending.store_history:
+                    kernel.execution_count += 1
+                    kernel.history.append(
+                        (kernel.restarts + 1, kernel.execution_count, pending.code)
+                    )
+                pending.execution_count = kernel.execution_count
+                pending.content["execution_count"] = kernel.execution_count
+                kernel.executions += 1
+                kernel.last_activity = time.monotonic()
+            kernel.running = pending
+            if kernel.channels is not None:
+                kernel.channels.started(kernel, pending)
+            if not self._forward(kernel, pending):
+                return
+
+    def _forward(self, kernel: Kernel, pending: Pending) -> bool:
+        assert kernel.session is not None and kernel.agent_identity is not None
+        msg = Message(header=pending.header, content=pending.content)
+        frames = kernel.session.serialize(msg, [kernel.agent_identity])
+        # A full queue defers the request; a vanished agent is found by the liveness check.
+        self.send(self.agent_sock, frames, must_arrive=True)
+        pending.forwarded = True
+        return True
+
+    def complete(
+        self,
+        kernel: Kernel,
+        pending: Pending,
+        content: dict[str, Any],
+        frames: list[bytes] | None = None,
+    ) -> None:
+        """``pending`` is answered: tell its client and observers, then move the queue on."""
+        kernel.pending.pop(pending.msg_id, None)
+        if kernel.running is pending:
+            kernel.running = None
+        with contextlib.suppress(ValueError):
+            kernel.queue.remove(pending)
+        pending.sink.reply(kernel, pending, content, frames)
+        if kernel.channels is not None:
+            kernel.channels.finished(kernel, pending, content)
+        if pending.kind is MsgType.EXECUTE_REQUEST:
+            kernel.last_activity = time.monotonic()
+            if content.get("status") != ExecStatus.OK.value and pending.stop_on_error:
+                self.abort_queued(kernel, pending.sink.kind)
+        kernel.refresh_state()
+        self.advance(kernel)
+
+    def fail_all(self, kernel: Kernel, status: ExecStatus, ename: str, reason: str) -> None:
+        for pending in list(kernel.pending.values()):
+            self.fail(kernel, pending, status, ename, reason)
+
+    def fail(
+        self, kernel: Kernel, pending: Pending, status: ExecStatus, ename: str, reason: str
+    ) -> None:
+        content = {
+            "status": status.value,
+            "exit_code": None,
+            "ename": ename,
+            "evalue": reason,
+            "kernel": kernel.name,
+        }
+        self.complete(kernel, pending, content)
+
+    def abort_queued(self, kernel: Kernel, sink_kind: str) -> None:
+        """After a failed execute with stop_on_error: abort what that kind of client queued."""
+        for pending in list(kernel.queue):
+            if pending.kind is MsgType.EXECUTE_REQUEST and pending.sink.kind == sink_kind:
+                self.fail(
+                    kernel,
+                    pending,
+                    ExecStatus.ABORTED,
+                    "Aborted",
+                    "aborted: an earlier command failed (stop_on_error)",
+                )
+
+    def interrupt(self, kernel: Kernel, parent: Message | None = None) -> bool:
+        """Interrupt what runs; if the agent is still starting, cancel what waits."""
+        if kernel.agent_identity is not None and kernel.session is not None:
+            note = kernel.session.msg(MsgType.INTERRUPT_REQUEST.value, {}, parent)
+            self.send(self.agent_sock, kernel.session.serialize(note, [kernel.agent_identity]))
+            return kernel.running is not None
+        waiting = [p for p in kernel.queue if p.kind is MsgType.EXECUTE_REQUEST]
+        for pending in waiting:
+            self.fail(
+                kernel,
+                pending,
+                ExecStatus.INTERRUPTED,
+                "Interrupted",
+                "interrupted before the kernel had started",
+            )
+        return bool(waiting)
+
+    # -- agents ---------------------------------------------------------------------------------
     def _on_agent_frames(self, frames: list[bytes]) -> None:
         self.stats["agent_msgs"] += 1
         try:
@@ -588,6 +612,8 @@ class Broker:
             kernel_id = identity.split(b":", 1)[0].decode("ascii", "replace")
             kernel = self.registry.by_id.get(kernel_id)
             if kernel is None or kernel.session is None:
+                if kernel_id in self.registry.retired:
+                    return  # last words of an agent we asked to stop
                 raise ProtocolError(f"message from an unknown agent {identity[:80]!r}")
             kernel.session.verify_frames(msg_frames)
             mtype, parent_id = kernel.session.decode_routing(msg_frames)
@@ -596,52 +622,49 @@ class Broker:
             self.drop_log("an agent", exc)
             return
         kernel.last_beat = time.monotonic()
-        if mtype == MsgType.STREAM.value or mtype == MsgType.EXECUTE_REPLY.value:
-            if identity != kernel.agent_identity:
-                self.drop_log("an agent", "output from an identity that did not register")
-                return
-            pending = kernel.pending.get(parent_id) if parent_id else None
-            if pending is None:
-                return  # output of a request already answered (e.g. after a shutdown)
-            if mtype == MsgType.STREAM.value:
-                out = [pending.client, *self.clients.resign(msg_frames)]
-                if not self._send(self.client_sock, out):
+        pending = kernel.pending.get(parent_id) if parent_id else None
+        if mtype == MsgType.STREAM.value:
+            if pending is not None and identity == kernel.agent_identity:
+                if not pending.sink.stream(kernel, pending, msg_frames):
                     pending.lost += 1
-                return
-            del kernel.pending[pending.msg_id]
-            kernel.last_activity = time.monotonic()
-            kernel.refresh_state()
-            reply = kernel.session.decode(msg_frames)
-            cwd = reply.content.get("cwd")
-            if isinstance(cwd, str):
-                kernel.cwd = cwd
-            if pending.lost:
-                reply.content["lost_messages"] = pending.lost
-                fresh = self.clients.msg(
-                    reply.msg_type, reply.content, pending.header, reply.metadata
-                )
-                out = self.clients.serialize(fresh, [pending.client])
-            else:
-                out = [pending.client, *self.clients.resign(msg_frames)]
-            self._send(self.client_sock, out, must_arrive=True)
+                if kernel.channels is not None and not pending.silent:
+                    kernel.channels.output(kernel, pending, kernel.session.decode(msg_frames))
             return
         try:
             msg = kernel.session.decode(msg_frames)
         except ProtocolError as exc:
             self.drop_log("an agent", exc)
             return
-        if mtype == MsgType.AGENT_HEARTBEAT.value:
+        if mtype in _REPLIES:
+            if pending is None or identity != kernel.agent_identity:
+                return  # a request already answered (e.g. failed when the kernel shut down)
+            cwd = msg.content.get("cwd")
+            if isinstance(cwd, str):
+                kernel.cwd = cwd
+            if pending.lost:
+                msg.content["lost_messages"] = pending.lost
+            self.complete(kernel, pending, msg.content, None if pending.lost else msg_frames)
+        elif mtype == MsgType.INPUT_REQUEST.value:
+            if pending is not None:
+                pending.sink.input_request(kernel, pending, msg)
+        elif mtype == MsgType.AGENT_HEARTBEAT.value:
             pgid = msg.content.get("shell_pgid")
             if isinstance(pgid, int) and pgid > 0:
                 self._set_shell_pgid(kernel, pgid)
             ack = kernel.session.msg(MsgType.AGENT_HEARTBEAT.value, {}, msg)
-            self._send(self.agent_sock, kernel.session.serialize(ack, [identity]))
+            self.send(self.agent_sock, kernel.session.serialize(ack, [identity]))
         elif mtype == MsgType.AGENT_REGISTER.value:
             self._on_register(kernel, identity, msg)
         elif mtype == MsgType.AGENT_GOODBYE.value:
             pass
         else:
             self.drop_log("an agent", f"unknown message type {mtype!r}")
+
+    def input_reply(self, kernel: Kernel, value: str, parent: Message) -> None:
+        if kernel.agent_identity is None or kernel.session is None or kernel.running is None:
+            return
+        msg = kernel.session.msg(MsgType.INPUT_REPLY.value, {"value": value}, parent)
+        self.send(self.agent_sock, kernel.session.serialize(msg, [kernel.agent_identity]))
 
     def _set_shell_pgid(self, kernel: Kernel, pgid: int) -> None:
         kernel.shell_pgid = pgid
@@ -654,6 +677,7 @@ class Broker:
             return
         assert kernel.session is not None
         kernel.agent_identity = identity
+        kernel.agent_info = dict(msg.content)
         pid = msg.content.get("pid")
         kernel.agent_pid = pid if isinstance(pid, int) else None
         pgid = msg.content.get("shell_pgid")
@@ -662,101 +686,19 @@ class Broker:
         kernel.state = KernelState.IDLE
         kernel.last_beat = time.monotonic()
         welcome = kernel.session.msg(MsgType.AGENT_WELCOME.value, {"kernel": kernel.name}, msg)
-        self._send(self.agent_sock, kernel.session.serialize(welcome, [identity]))
+        self.send(self.agent_sock, kernel.session.serialize(welcome, [identity]))
         log.info(
             "kernel %s ready (agent pid %s, %.0f ms)",
             kernel.name,
             pid,
             (time.monotonic() - kernel.started_at) * 1000,
         )
-        for pending in list(kernel.pending.values()):
-            if not pending.forwarded:
-                self._forward(kernel, pending)
+        if kernel.channels is not None:
+            kernel.channels.publish_status("idle", None)
+        self.advance(kernel)
         kernel.refresh_state()
 
-    # -- liveness, expiry, removal --------------------------------------------------------------
-    def _fail_pending(
-        self,
-        kernel: Kernel,
-        status: ExecStatus,
-        ename: str,
-        reason: str,
-        only: list[Pending] | None = None,
-    ) -> None:
-        """Answer pending requests (all, or ``only`` these) with an error reply."""
-        for pending in list(kernel.pending.values()) if only is None else only:
-            kernel.pending.pop(pending.msg_id, None)
-            reply = self.clients.msg(
-                MsgType.EXECUTE_REPLY.value,
-                {
-                    "status": status.value,
-                    "exit_code": None,
-                    "ename": ename,
-                    "evalue": reason,
-                    "kernel": kernel.name,
-                },
-                pending.header,
-            )
-            self._send(
-                self.client_sock, self.clients.serialize(reply, [pending.client]), must_arrive=True
-            )
-        kernel.refresh_state()
-
-    def _kernel_died(self, kernel: Kernel, reason: str) -> None:
-        if kernel.state is KernelState.DEAD:
-            return
-        log.warning("kernel %s died: %s", kernel.name, reason)
-        kernel.state = KernelState.DEAD
-        kernel.death_reason = reason
-        if kernel.handle is not None:
-            kernel.handle.kill()
-            self._reaping.append(kernel.handle)
-        self.registry.unindex(kernel)
-        self._fail_pending(
-            kernel, ExecStatus.ERROR, "KernelDied", f"kernel {kernel.name!r} died: {reason}"
-        )
-        self._kernel_event(kernel, KernelEvent.DIED, reason)
-
-    def _remove_kernel(self, kernel: Kernel, event: KernelEvent, reason: str) -> None:
-        log.info("kernel %s %s: %s", kernel.name, event.value, reason)
-        self._fail_pending(
-            kernel,
-            ExecStatus.ABORTED,
-            "KernelShutdown",
-            f"kernel {kernel.name!r} was {event.value}: {reason}",
-        )
-        self._kernel_event(kernel, event, reason)
-        self._stop_agent(kernel)
-        self.registry.remove(kernel, {"event": event.value, "reason": reason, "at": time.time()})
-        kernel.state = KernelState.DEAD
-
-    def _stop_agent(self, kernel: Kernel) -> None:
-        if kernel.agent_identity is not None and kernel.session is not None:
-            bye = kernel.session.msg(MsgType.AGENT_SHUTDOWN.value, {})
-            self._send(self.agent_sock, kernel.session.serialize(bye, [kernel.agent_identity]))
-        if kernel.handle is not None:
-            handle = kernel.handle
-            self._reaping.append(handle)
-            if self.loop is not None and not self.stopping.is_set():
-                self.loop.call_later(_STOP_GRACE, self._force_kill, handle)
-            elif kernel.agent_identity is None:
-                handle.kill()
-
-    def _force_kill(self, handle: AgentHandle) -> None:
-        if handle.poll() is None:
-            log.warning("agent %s did not exit in time; killing it", handle.pid)
-        handle.kill()
-        self._reap_handles()
-
-    def _reap_handles(self) -> None:
-        running = []
-        for handle in self._reaping:
-            if handle.poll() is None:
-                running.append(handle)
-            else:
-                handle.cleanup()
-        self._reaping = running
-
+    # -- liveness and expiry ----------------------------------------------------------------------
     async def _maintain(self) -> None:
         """Liveness and idle expiry, a few times per heartbeat interval."""
         period = min(0.25, self.config.heartbeat_interval / 4)
@@ -775,12 +717,12 @@ class Broker:
             if kernel.state is not KernelState.DEAD and kernel.handle is not None:
                 ended = kernel.handle.poll()
                 if ended is not None:
-                    self._kernel_died(kernel, ended)
+                    self.kernel_died(kernel, ended)
                 elif kernel.state is KernelState.STARTING:
                     if now - kernel.started_at > _START_TIMEOUT:
-                        self._kernel_died(kernel, f"agent did not register in {_START_TIMEOUT:g}s")
+                        self.kernel_died(kernel, f"agent did not register in {_START_TIMEOUT:g}s")
                 elif now - kernel.last_beat > self.config.dead_after:
-                    self._kernel_died(
+                    self.kernel_died(
                         kernel,
                         f"agent stopped answering: no heartbeat for {now - kernel.last_beat:.1f}s",
                     )
@@ -789,11 +731,19 @@ class Broker:
                 and kernel.state is not KernelState.STARTING
                 and now - kernel.last_activity > kernel.ttl
             ):
-                self._remove_kernel(
+                self.remove_kernel(
                     kernel,
                     KernelEvent.EXPIRED,
                     f"idle for {now - kernel.last_activity:.0f}s (ttl {kernel.ttl:g}s)",
                 )
+
+
+_REPLIES = {
+    MsgType.EXECUTE_REPLY.value,
+    MsgType.COMPLETE_REPLY.value,
+    MsgType.INSPECT_REPLY.value,
+    MsgType.IS_COMPLETE_REPLY.value,
+}
 
 
 def run_foreground(config: Config) -> int:

@@ -81,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     ksub = kernels.add_subparsers(dest="action", metavar="ACTION")
     klist = ksub.add_parser("list", help="list kernels")
     klist.add_argument("--json", action="store_true")
+    conn = ksub.add_parser(
+        "connection-file",
+        help="print the path of a Jupyter connection file for a kernel (created if needed)",
+    )
+    conn.add_argument("name")
+    conn.add_argument("--mode", choices=["local", "sandbox", "auto"])
     for name, text in (
         ("shutdown", "end a kernel"),
         ("interrupt", "interrupt its command"),
@@ -88,6 +94,15 @@ def _parser() -> argparse.ArgumentParser:
     ):
         one = ksub.add_parser(name, help=text)
         one.add_argument("name")
+
+    kspec = sub.add_parser("kernelspec", help="install Jupyter kernelspecs (stigmer-local)")
+    kssub = kspec.add_subparsers(dest="action", metavar="ACTION")
+    ksi = kssub.add_parser("install", help="install a kernelspec (default: for this user)")
+    where = ksi.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true", help="in the user's Jupyter data dir")
+    where.add_argument("--sys-prefix", action="store_true", help="in this Python's prefix")
+    where.add_argument("--prefix", help="under PREFIX/share/jupyter/kernels")
+    ksi.add_argument("--mode", default="local", choices=["local"], help="execution mode")
 
     config = sub.add_parser("config", help="read or change saved preferences")
     csub = config.add_subparsers(dest="action", metavar="ACTION")
@@ -117,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "config":
             return _config(args, parser)
+        if args.command == "kernelspec":
+            return _kernelspec(args, parser)
         overrides: dict[str, Any] = {"runtime_dir": args.runtime_dir}
         if args.command == "server" and args.action == "start":
             overrides["execution_mode"] = args.execution_mode
@@ -288,6 +305,11 @@ def _kernels(args: argparse.Namespace, config: Config, parser: argparse.Argument
     if args.action is None:
         parser.parse_args(["kernels", "--help"])
         return 2
+    if args.action == "connection-file":
+        with Client(config) as client:
+            reply = client.connect_jupyter(args.name, mode=args.mode)
+        print(reply["connection_file"])
+        return 0
     runtime = RuntimeDir(config.runtime_dir)
     if not runtime.server_running():
         if args.action == "list":
@@ -342,6 +364,18 @@ def _print_table(kernels: list[dict[str, Any]]) -> None:
     for row in [headers, *rows]:
         cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
         print("  ".join(cells).rstrip())
+
+
+# -- kernelspec ------------------------------------------------------------------------------------
+def _kernelspec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.action != "install":
+        parser.parse_args(["kernelspec", "--help"])
+        return 2
+    from ..jupyter.kernelspec import SPECS, install
+
+    path = install(args.mode, user=args.user, sys_prefix=args.sys_prefix, prefix=args.prefix)
+    print(f"installed kernelspec {SPECS[args.mode][0]!r} ({SPECS[args.mode][1]}) in {path}")
+    return 0
 
 
 # -- config ---------------------------------------------------------------------------------------

@@ -325,6 +325,30 @@ class AsyncClient:
         )
         self._raise_for(reply)
 
+    async def connect_jupyter(
+        self,
+        kernel: str = "default",
+        *,
+        mode: str | None = None,
+        cwd: str | None = None,
+        connection: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Give ``kernel`` (created if needed) Jupyter channels; returns ``connection_file``
+        (a standard Jupyter connection file) and ``connection`` (its contents).
+
+        ``connection`` asks for specific ports and key (what a kernelspec launcher was given).
+        """
+        content: dict[str, Any] = {
+            "kernel": kernel,
+            "mode": mode or self.config.execution_mode.value,
+            "cwd": cwd or _cwd(),
+        }
+        if connection is not None:
+            content["connection"] = connection
+        reply, _ = await self._request(MsgType.KERNEL_CONNECT_REQUEST, content, timeout=30)
+        self._raise_for(reply)
+        return reply.content
+
     async def server_info(self) -> dict[str, Any]:
         reply, _ = await self._request(MsgType.SERVER_INFO_REQUEST, {}, timeout=10)
         self._raise_for(reply)

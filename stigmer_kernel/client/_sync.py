@@ -116,6 +116,19 @@ class Client:
     def shutdown_kernel(self, kernel: str) -> None:
         self._call(self._async.shutdown_kernel(kernel))
 
+    def connect_jupyter(
+        self,
+        kernel: str = "default",
+        *,
+        mode: str | None = None,
+        cwd: str | None = None,
+        connection: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """See :meth:`AsyncClient.connect_jupyter`."""
+        return self._call(
+            self._async.connect_jupyter(kernel, mode=mode, cwd=cwd, connection=connection)
+        )
+
     def server_info(self) -> dict[str, Any]:
         return self._call(self._async.server_info())
 

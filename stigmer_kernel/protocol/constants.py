@@ -13,8 +13,6 @@ import enum
 DELIM = b"<IDS|MSG>"
 #: Jupyter messaging protocol version our headers declare.
 PROTOCOL_VERSION = "5.3"
-#: Version of the native (client <-> broker <-> agent) extensions.
-NATIVE_VERSION = 1
 #: How many message frames follow the delimiter at least (signature + four dicts).
 MIN_FRAMES = 5
 #: Cap on the number of buffers a message may carry.
@@ -33,6 +31,7 @@ class MsgType(str, enum.Enum):
     SERVER_INFO_REQUEST = "server_info_request"
     SERVER_SHUTDOWN_REQUEST = "server_shutdown_request"
     DETACH_REQUEST = "detach_request"
+    KERNEL_CONNECT_REQUEST = "kernel_connect_request"
     # broker -> client
     EXECUTE_REPLY = "execute_reply"
     INTERRUPT_REPLY = "interrupt_reply"
@@ -43,6 +42,25 @@ class MsgType(str, enum.Enum):
     SERVER_SHUTDOWN_REPLY = "server_shutdown_reply"
     ERROR_REPLY = "error_reply"
     KERNEL_EVENT = "kernel_event"
+    KERNEL_CONNECT_REPLY = "kernel_connect_reply"
+    # Jupyter requests the agent serves (from the broker) and their replies
+    COMPLETE_REQUEST = "complete_request"
+    COMPLETE_REPLY = "complete_reply"
+    INSPECT_REQUEST = "inspect_request"
+    INSPECT_REPLY = "inspect_reply"
+    IS_COMPLETE_REQUEST = "is_complete_request"
+    IS_COMPLETE_REPLY = "is_complete_reply"
+    INPUT_REQUEST = "input_request"
+    INPUT_REPLY = "input_reply"
+    # Jupyter-only (answered by the broker, or published on iopub)
+    HISTORY_REQUEST = "history_request"
+    HISTORY_REPLY = "history_reply"
+    COMM_INFO_REQUEST = "comm_info_request"
+    COMM_INFO_REPLY = "comm_info_reply"
+    SHUTDOWN_REQUEST = "shutdown_request"
+    SHUTDOWN_REPLY = "shutdown_reply"
+    EXECUTE_INPUT = "execute_input"
+    ERROR = "error"
     # agent -> broker (and forwarded to clients where they concern them)
     AGENT_REGISTER = "agent_register"
     AGENT_HEARTBEAT = "agent_heartbeat"
@@ -63,6 +81,13 @@ REPLY_FOR: dict[MsgType, MsgType] = {
     MsgType.KERNEL_SHUTDOWN_REQUEST: MsgType.KERNEL_SHUTDOWN_REPLY,
     MsgType.SERVER_INFO_REQUEST: MsgType.SERVER_INFO_REPLY,
     MsgType.SERVER_SHUTDOWN_REQUEST: MsgType.SERVER_SHUTDOWN_REPLY,
+    MsgType.KERNEL_CONNECT_REQUEST: MsgType.KERNEL_CONNECT_REPLY,
+    MsgType.COMPLETE_REQUEST: MsgType.COMPLETE_REPLY,
+    MsgType.INSPECT_REQUEST: MsgType.INSPECT_REPLY,
+    MsgType.IS_COMPLETE_REQUEST: MsgType.IS_COMPLETE_REPLY,
+    MsgType.HISTORY_REQUEST: MsgType.HISTORY_REPLY,
+    MsgType.COMM_INFO_REQUEST: MsgType.COMM_INFO_REPLY,
+    MsgType.SHUTDOWN_REQUEST: MsgType.SHUTDOWN_REPLY,
 }
 
 
@@ -88,12 +113,10 @@ class ExecStatus(str, enum.Enum):
 class KernelEvent(str, enum.Enum):
     """``event`` of a kernel_event message sent to attached clients."""
 
-    STARTED = "started"
     RESTARTED = "restarted"
     DIED = "died"
     EXPIRED = "expired"
     SHUTDOWN = "shutdown"
-    SESSION_RESET = "session_reset"
 
 
 class StreamName(str, enum.Enum):

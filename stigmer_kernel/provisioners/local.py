@@ -56,8 +56,7 @@ class LocalAgent(AgentHandle):
                 self.proc.kill()
         if self.shell_pgid and self.shell_pgid > 0:
             procs.kill_session(self.shell_pgid)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=2)
+        # No wait here (this runs in the broker's loop): poll() reaps it later.
 
     def cleanup(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -73,7 +72,7 @@ class LocalProvisioner(Provisioner):
         spec.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
         log_path = spec.workdir / "agent.log"
         env = dict(os.environ)
-        env[EnvVar.AGENT_KEY.value] = spec.key.decode()
+        env.pop(EnvVar.AGENT_KEY.value, None)
         # The agent must import this very package, wherever it was imported from.
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = os.pathsep.join(
@@ -96,7 +95,7 @@ class LocalProvisioner(Provisioner):
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 argv,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -104,4 +103,11 @@ class LocalProvisioner(Provisioner):
                 start_new_session=True,
                 close_fds=True,
             )
+        # The key goes through a pipe, not the environment: /proc/PID/environ would show it.
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(spec.key + b"\n")
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # the agent died at once; poll() will say how
         return LocalAgent(proc, spec.workdir)

@@ -1,0 +1,94 @@
+"""Interactive stdin for commands whose client allows it (Jupyter's input_request).
+
+The command's stdin is a FIFO the agent keeps open for writing. While the command runs, the
+agent looks (every 100 ms) for one of the command's processes blocked in ``read`` on that FIFO
+with nothing left to read: that is the moment a terminal would show a cursor, so the agent asks
+the client for a line (``input_request``) and writes the answer into the FIFO.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import fcntl
+import os
+import platform
+import stat
+import termios
+from pathlib import Path
+
+# read(2) and readv(2) syscall numbers by machine.
+_READ_SYSCALLS = {
+    "x86_64": {0, 19},
+    "amd64": {0, 19},
+    "aarch64": {63, 65},
+    "arm64": {63, 65},
+}.get(platform.machine().lower(), {0, 19})
+
+
+class StdinPipe:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = -1
+        self._ident: tuple[int, int] | None = None
+        self.pending = b""
+
+    def open(self) -> None:
+        """Create the FIFO if needed and hold it open (read-write, so nobody blocks on open)."""
+        if not self.path.exists():
+            os.mkfifo(self.path, 0o600)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK)
+        info = os.fstat(self.fd)
+        if not stat.S_ISFIFO(info.st_mode):
+            raise OSError(f"{self.path} is not a FIFO")
+        self._ident = (info.st_dev, info.st_ino)
+        self.pending = b""
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+        self.fd = -1
+
+    def unread(self) -> int:
+        """Bytes written to the FIFO and not yet read by the command."""
+        buf = array.array("i", [0])
+        try:
+            fcntl.ioctl(self.fd, termios.FIONREAD, buf, True)
+        except OSError:
+            return 0
+        return buf[0] + len(self.pending)
+
+    def write(self, data: bytes) -> None:
+        self.pending += data
+        self.flush()
+
+    def flush(self) -> None:
+        while self.pending and self.fd >= 0:
+            try:
+                written = os.write(self.fd, self.pending)
+            except BlockingIOError:
+                return
+            self.pending = self.pending[written:]
+
+    def reader_waiting(self, pids: list[int]) -> bool:
+        """True if one of ``pids`` is blocked reading this FIFO and nothing is left to read."""
+        if self._ident is None or self.unread():
+            return False
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/syscall").read_text().split()
+            except OSError:
+                continue
+            if len(fields) < 2 or not fields[0].isdigit():
+                continue  # "running", or no permission
+            if int(fields[0]) not in _READ_SYSCALLS:
+                continue
+            try:
+                fd = int(fields[1], 16)
+                info = os.stat(f"/proc/{pid}/fd/{fd}")
+            except (OSError, ValueError):
+                continue
+            if (info.st_dev, info.st_ino) == self._ident:
+                return True
+        return False

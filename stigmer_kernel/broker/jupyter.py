@@ -1,0 +1,469 @@
+"""The Jupyter front end: the five channels of the Jupyter messaging protocol (5.3), per kernel.
+
+A kernel gets Jupyter sockets when someone asks for them (``stigmer kernels connection-file``,
+or the kernelspec launcher): shell, control and stdin ROUTERs, an iopub PUB and a heartbeat
+ROUTER that echoes, bound on loopback (or ipc) with the kernel's own Jupyter key. Messages are
+JSON, signed with HMAC-SHA256, as ``jupyter_client`` expects.
+
+Everything that runs on the kernel — whoever asked, Jupyter or native client — is published on
+iopub (busy, execute_input, streams, error, idle), parented to the request that caused it; each
+reply goes only to the client that asked. Broker-answered requests (kernel_info, history,
+comm_info, shutdown, interrupt) never wait for the agent.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import fnmatch
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import zmq
+
+from .._version import __version__
+from ..errors import ProtocolError, RequestError
+from ..protocol import KernelEvent, KernelState, Message, MsgType, Session, new_key
+from ..protocol.constants import PROTOCOL_VERSION, REPLY_FOR
+from .kernels import Kernel, Pending
+
+if TYPE_CHECKING:
+    from .server import Broker
+
+log = logging.getLogger("stigmer.broker")
+
+CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+#: Replies for requests the agent serves, by request kind.
+_REPLY_TYPES = {
+    MsgType.EXECUTE_REQUEST: MsgType.EXECUTE_REPLY,
+    MsgType.COMPLETE_REQUEST: MsgType.COMPLETE_REPLY,
+    MsgType.INSPECT_REQUEST: MsgType.INSPECT_REPLY,
+    MsgType.IS_COMPLETE_REQUEST: MsgType.IS_COMPLETE_REPLY,
+}
+
+
+class JupyterChannels:
+    """The Jupyter sockets of one kernel, and the sink of the requests that come through them."""
+
+    kind = "jupyter"
+
+    def __init__(
+        self, frontend: JupyterFrontend, kernel: Kernel, connection: dict[str, Any] | None
+    ):
+        self.frontend = frontend
+        self.broker = frontend.broker
+        self.kernel = kernel
+        connection = connection or {}
+        scheme = connection.get("signature_scheme", "hmac-sha256")
+        if scheme != "hmac-sha256":
+            raise RequestError(f"unsupported signature_scheme {scheme!r}", "BadRequest")
+        key = connection.get("key")
+        self.key = key.encode() if isinstance(key, str) and key else new_key()
+        self.transport = str(connection.get("transport", "tcp"))
+        self.ip = str(connection.get("ip", "127.0.0.1"))
+        if self.transport == "tcp" and self.ip not in _LOOPBACK:
+            raise RequestError(
+                f"refusing to bind Jupyter channels on {self.ip}: only loopback is allowed",
+                "BadRequest",
+            )
+        if self.transport not in ("tcp", "ipc"):
+            raise RequestError(f"unsupported transport {self.transport!r}", "BadRequest")
+        self.session = Session(
+            self.key, packing="json", session_id=kernel.session_id, username="kernel"
+        )
+        self.sockets: dict[str, zmq.Socket[Any]] = {}
+        self.ports: dict[str, int] = {}
+        try:
+            for index, name in enumerate(CHANNELS, start=1):
+                wanted = connection.get(f"{name}_port") or 0
+                self.ports[name] = self._bind(name, int(wanted), index)
+        except (zmq.ZMQError, ValueError) as exc:
+            self.close()
+            raise RequestError(f"cannot bind the Jupyter channels: {exc}", "BadRequest") from None
+        self.connection_file = self._write_file()
+
+    def _bind(self, name: str, port: int, index: int) -> int:
+        sock: zmq.Socket[Any] = self.broker.ctx.socket(zmq.PUB if name == "iopub" else zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 500)
+        if name != "iopub":
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        sock.setsockopt(zmq.SNDHWM, 1000)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.broker.config.max_message_bytes)
+        self.sockets[name] = sock
+        if self.transport == "ipc":
+            port = port or index
+            sock.bind(f"ipc://{self.ip}-{port}")
+        elif port:
+            sock.bind(f"tcp://{self.ip}:{port}")
+        else:
+            port = sock.bind_to_random_port(f"tcp://{self.ip}")
+        if name != "iopub":
+            self.broker.register(sock, self._handler(name))
+        return port
+
+    def _handler(self, name: str) -> Any:
+        def handle(frames: list[bytes]) -> None:
+            self.frontend.on_frames(self, name, frames)
+
+        return handle
+
+    @property
+    def connection_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {f"{name}_port": self.ports[name] for name in CHANNELS}
+        info.update(
+            ip=self.ip,
+            key=self.key.decode(),
+            transport=self.transport,
+            signature_scheme="hmac-sha256",
+            kernel_name=f"stigmer-{self.kernel.mode}",
+        )
+        return info
+
+    def _write_file(self) -> str:
+        directory = self.broker.runtime.path / "jupyter"
+        directory.mkdir(mode=0o700, exist_ok=True)
+        path = directory / f"kernel-{self.kernel.name}.json"
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(self.connection_info, handle, indent=2)
+        os.replace(tmp, path)
+        return str(path)
+
+    def same_connection(self, connection: dict[str, Any]) -> bool:
+        mine = self.connection_info
+        return all(
+            str(connection.get(k)) == str(mine[k])
+            for k in ("key", "ip", "transport", *(f"{n}_port" for n in CHANNELS))
+        )
+
+    def close(self) -> None:
+        for sock in self.sockets.values():
+            if sock in self.broker._handlers:
+                self.broker.unregister(sock)
+            else:
+                sock.close(500)
+        self.sockets.clear()
+        with contextlib.suppress(FileNotFoundError, AttributeError):
+            Path(self.connection_file).unlink()
+
+    # -- sending --------------------------------------------------------------------------------
+    def send(
+        self,
+        channel: str,
+        client: bytes,
+        msg_type: MsgType,
+        content: dict[str, Any],
+        parent: dict[str, Any],
+    ) -> None:
+        msg = self.session.msg(msg_type.value, content, parent)
+        self.broker.send(
+            self.sockets.get(channel), self.session.serialize(msg, [client]), must_arrive=True
+        )
+
+    def publish(self, msg_type: MsgType | str, content: dict[str, Any], parent: Any) -> None:
+        sock = self.sockets.get("iopub")
+        if sock is None:
+            return
+        name = msg_type.value if isinstance(msg_type, MsgType) else msg_type
+        msg = self.session.msg(name, content, parent)
+        topic = f"kernel.{self.session.session_id[:8]}.{name}".encode()
+        with contextlib.suppress(zmq.Again):
+            sock.send_multipart(self.session.serialize(msg, [topic]), flags=zmq.NOBLOCK)
+
+    def publish_status(self, state: str, parent: Any) -> None:
+        self.publish(MsgType.STATUS, {"execution_state": state}, parent)
+
+    def new_incarnation(self, kernel: Kernel) -> None:
+        """A restart: a new session id, announced with ``starting``."""
+        self.session.session_id = kernel.session_id
+        self.publish_status("starting", None)
+
+    # -- iopub: everything that runs on the kernel ----------------------------------------------
+    def started(self, kernel: Kernel, pending: Pending) -> None:
+        self.publish_status("busy", pending.header)
+        if pending.kind is MsgType.EXECUTE_REQUEST and not pending.silent:
+            self.publish(
+                MsgType.EXECUTE_INPUT,
+                {"code": pending.code, "execution_count": pending.execution_count},
+                pending.header,
+            )
+
+    def output(self, kernel: Kernel, pending: Pending, msg: Message) -> None:
+        name = msg.content.get("name")
+        data = msg.content.get("data")
+        if name not in ("stdout", "stderr") or not isinstance(data, bytes):
+            return
+        decoder = pending.decoders.get(name)
+        if decoder is None:
+            decoder = pending.decoders[name] = codecs.getincrementaldecoder("utf-8")("replace")
+        text = decoder.decode(data)
+        if text:
+            self.publish(MsgType.STREAM, {"name": name, "text": text}, pending.header)
+
+    def finished(self, kernel: Kernel, pending: Pending, content: dict[str, Any]) -> None:
+        for name, decoder in pending.decoders.items():
+            text = decoder.decode(b"", final=True)
+            if text and not pending.silent:
+                self.publish(MsgType.STREAM, {"name": name, "text": text}, pending.header)
+        if (
+            pending.kind is MsgType.EXECUTE_REQUEST
+            and not pending.silent
+            and content.get("status") not in ("ok", "aborted")
+        ):
+            self.publish(MsgType.ERROR, _error_content(content), pending.header)
+        self.publish_status("idle", pending.header)
+
+    # -- the sink of Jupyter requests -----------------------------------------------------------
+    def stream(self, kernel: Kernel, pending: Pending, frames: list[bytes]) -> bool:
+        return True  # Jupyter clients get outputs on iopub (see output())
+
+    def reply(
+        self, kernel: Kernel, pending: Pending, content: dict[str, Any], frames: list[bytes] | None
+    ) -> None:
+        status = content.get("status")
+        reply: dict[str, Any]
+        if pending.kind is MsgType.EXECUTE_REQUEST:
+            reply = {"status": "ok", "execution_count": pending.execution_count}
+            if status == "ok":
+                reply.update(user_expressions={}, payload=[])
+            elif status == "aborted":
+                reply["status"] = "aborted"
+            else:
+                reply.update(status="error", **_error_content(content))
+            for key in ("exit_code", "duration", "cwd", "truncated", "session_reset"):
+                if key in content:
+                    reply[key] = content[key]
+        elif status in ("ok", "complete", "incomplete", "invalid", "unknown"):
+            reply = dict(content)
+        elif pending.kind is MsgType.IS_COMPLETE_REQUEST:
+            reply = {"status": "unknown"}
+        else:
+            reply = {"status": "error", **_error_content(content)}
+        self.send(
+            pending.channel, pending.client, _REPLY_TYPES[pending.kind], reply, pending.header
+        )
+
+    def input_request(self, kernel: Kernel, pending: Pending, msg: Message) -> None:
+        self.send("stdin", pending.client, MsgType.INPUT_REQUEST, dict(msg.content), pending.header)
+
+
+def _error_content(content: dict[str, Any]) -> dict[str, Any]:
+    ename = str(content.get("ename") or "CommandFailed")
+    evalue = str(content.get("evalue") or "")
+    return {"ename": ename, "evalue": evalue, "traceback": [f"\x1b[0;31m{ename}\x1b[0m: {evalue}"]}
+
+
+class JupyterFrontend:
+    """Handles what arrives on every kernel's Jupyter channels."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    def open_channels(self, kernel: Kernel, connection: dict[str, Any] | None) -> JupyterChannels:
+        if kernel.channels is not None:
+            if connection and not kernel.channels.same_connection(connection):
+                raise RequestError(
+                    f"kernel {kernel.name!r} already has Jupyter channels with another "
+                    f"connection ({kernel.channels.connection_file})",
+                    "BadRequest",
+                )
+            return kernel.channels
+        kernel.channels = JupyterChannels(self, kernel, connection)
+        log.info("kernel %s: Jupyter channels on %s", kernel.name, kernel.channels.connection_file)
+        if kernel.state is KernelState.IDLE:
+            kernel.channels.publish_status("idle", None)
+        return kernel.channels
+
+    def close_channels(self, kernel: Kernel) -> None:
+        if kernel.channels is not None:
+            kernel.channels.close()
+            kernel.channels = None
+
+    def on_frames(self, channels: JupyterChannels, channel: str, frames: list[bytes]) -> None:
+        broker = self.broker
+        if channel == "hb":
+            broker.send(channels.sockets.get("hb"), frames)
+            return
+        broker.stats["client_msgs"] += 1
+        try:
+            ids, msg = channels.session.deserialize(frames)
+            if not ids:
+                raise ProtocolError("no routing id")
+        except ProtocolError as exc:
+            broker.stats["dropped_bad"] += 1
+            broker.drop_log(f"a Jupyter client ({channel})", exc)
+            return
+        kernel = channels.kernel
+        client = ids[0]
+        kernel.clients[client] = time.monotonic()
+        mtype = msg.msg_type
+        try:
+            if channel == "stdin":
+                if mtype == MsgType.INPUT_REPLY.value:
+                    value = msg.content.get("value")
+                    broker.input_reply(kernel, value if isinstance(value, str) else "", msg)
+                return
+            if mtype == MsgType.EXECUTE_REQUEST.value and channel == "shell":
+                self._execute(channels, client, msg)
+            elif mtype in _AGENT_KINDS and channel == "shell":
+                self._agent_request(channels, client, msg, _AGENT_KINDS[mtype])
+            elif mtype in _IMMEDIATE:
+                channels.publish_status("busy", msg.header)
+                reply_type, content = _IMMEDIATE[mtype](self, kernel, msg)
+                channels.send(channel, client, reply_type, content, msg.header)
+                if mtype == MsgType.SHUTDOWN_REQUEST.value:
+                    channels.publish(MsgType.SHUTDOWN_REPLY, content, msg.header)
+                    self._shutdown(kernel, bool(msg.content.get("restart")))
+                    return
+                channels.publish_status("idle", msg.header)
+            else:
+                log.debug("ignored Jupyter %s on %s", mtype, channel)
+        except RequestError as exc:
+            try:
+                reply_type = REPLY_FOR[MsgType(mtype)]
+            except (ValueError, KeyError):
+                reply_type = MsgType.ERROR_REPLY
+            error = {"status": "error", "ename": exc.ename, "evalue": str(exc), "traceback": []}
+            channels.send(channel, client, reply_type, error, msg.header)
+
+    def _ensure_running(self, kernel: Kernel, client: bytes) -> None:
+        if kernel.state is KernelState.DEAD:
+            self.broker.restart_kernel(
+                kernel,
+                f"the previous agent died ({kernel.death_reason}); session state was reset",
+                requester=client,
+            )
+
+    def _execute(self, channels: JupyterChannels, client: bytes, msg: Message) -> None:
+        content = msg.content
+        code = content.get("code")
+        if not isinstance(code, str):
+            raise RequestError("execute_request needs a string 'code'", "BadRequest")
+        self._ensure_running(channels.kernel, client)
+        silent = bool(content.get("silent", False))
+        pending = Pending(
+            sink=channels,
+            client=client,
+            header=msg.header,
+            kind=MsgType.EXECUTE_REQUEST,
+            content={
+                "code": code,
+                "silent": silent,
+                "store_history": bool(content.get("store_history", not silent)),
+                "allow_stdin": bool(content.get("allow_stdin", False)),
+            },
+            silent=silent,
+            store_history=bool(content.get("store_history", not silent)),
+            stop_on_error=bool(content.get("stop_on_error", True)),
+        )
+        self.broker.submit(channels.kernel, pending)
+
+    def _agent_request(
+        self, channels: JupyterChannels, client: bytes, msg: Message, kind: MsgType
+    ) -> None:
+        self._ensure_running(channels.kernel, client)
+        code = msg.content.get("code")
+        content: dict[str, Any] = {"code": code if isinstance(code, str) else ""}
+        cursor = msg.content.get("cursor_pos")
+        if isinstance(cursor, int):
+            content["cursor_pos"] = cursor
+        pending = Pending(
+            sink=channels, client=client, header=msg.header, kind=kind, content=content
+        )
+        if kind is MsgType.IS_COMPLETE_REQUEST:
+            channels.publish_status("busy", msg.header)
+        self.broker.submit(channels.kernel, pending)
+
+    def _shutdown(self, kernel: Kernel, restart: bool) -> None:
+        if restart:
+            self.broker.restart_kernel(kernel, "restarted by a Jupyter client")
+        else:
+            self.broker.remove_kernel(kernel, KernelEvent.SHUTDOWN, "shut down by a Jupyter client")
+
+    # -- requests the broker answers itself -------------------------------------------------------
+    def _kernel_info(self, kernel: Kernel, msg: Message) -> tuple[MsgType, dict[str, Any]]:
+        version = str(kernel.agent_info.get("bash_version") or "")
+        return MsgType.KERNEL_INFO_REPLY, {
+            "status": "ok",
+            "protocol_version": PROTOCOL_VERSION,
+            "implementation": "stigmer",
+            "implementation_version": __version__,
+            "language_info": {
+                "name": "bash",
+                "version": version,
+                "mimetype": "text/x-sh",
+                "file_extension": ".sh",
+                "pygments_lexer": "bash",
+                "codemirror_mode": "shell",
+            },
+            "banner": (
+                f"stigmer-kernel {__version__}: a warm bash session ({kernel.mode} mode), "
+                f"kernel {kernel.name!r}"
+            ),
+            "help_links": [],
+            "debugger": False,
+        }
+
+    def _history(self, kernel: Kernel, msg: Message) -> tuple[MsgType, dict[str, Any]]:
+        content = msg.content
+        access = content.get("hist_access_type", "tail")
+        entries = list(kernel.history)
+        if access == "range":
+            session = content.get("session") or kernel.restarts + 1
+            if isinstance(session, int) and session <= 0:
+                session += kernel.restarts + 1  # relative: 0 is this session, -1 the one before
+            start = content.get("start") or 0
+            stop = content.get("stop")
+            entries = [
+                e
+                for e in entries
+                if e[0] == session and e[1] >= start and (stop is None or e[1] < stop)
+            ]
+        elif access == "search":
+            pattern = str(content.get("pattern") or "*")
+            entries = [e for e in entries if fnmatch.fnmatchcase(e[2], pattern)]
+            if content.get("unique"):
+                seen: dict[str, tuple[int, int, str]] = {}
+                for entry in entries:
+                    seen.pop(entry[2], None)
+                    seen[entry[2]] = entry
+                entries = list(seen.values())
+        n = content.get("n")
+        if access in ("tail", "search") and isinstance(n, int) and n > 0:
+            entries = entries[-n:]
+        if content.get("output"):
+            history: list[Any] = [(s, c, (code, None)) for s, c, code in entries]
+        else:
+            history = [list(e) for e in entries]
+        return MsgType.HISTORY_REPLY, {"status": "ok", "history": history}
+
+    def _comm_info(self, kernel: Kernel, msg: Message) -> tuple[MsgType, dict[str, Any]]:
+        return MsgType.COMM_INFO_REPLY, {"status": "ok", "comms": {}}
+
+    def _interrupt(self, kernel: Kernel, msg: Message) -> tuple[MsgType, dict[str, Any]]:
+        self.broker.interrupt(kernel)
+        return MsgType.INTERRUPT_REPLY, {"status": "ok"}
+
+    def _shutdown_reply(self, kernel: Kernel, msg: Message) -> tuple[MsgType, dict[str, Any]]:
+        return MsgType.SHUTDOWN_REPLY, {"status": "ok", "restart": bool(msg.content.get("restart"))}
+
+
+_AGENT_KINDS = {
+    MsgType.COMPLETE_REQUEST.value: MsgType.COMPLETE_REQUEST,
+    MsgType.INSPECT_REQUEST.value: MsgType.INSPECT_REQUEST,
+    MsgType.IS_COMPLETE_REQUEST.value: MsgType.IS_COMPLETE_REQUEST,
+}
+_IMMEDIATE: dict[str, Any] = {
+    MsgType.KERNEL_INFO_REQUEST.value: JupyterFrontend._kernel_info,
+    MsgType.HISTORY_REQUEST.value: JupyterFrontend._history,
+    MsgType.COMM_INFO_REQUEST.value: JupyterFrontend._comm_info,
+    MsgType.INTERRUPT_REQUEST.value: JupyterFrontend._interrupt,
+    MsgType.SHUTDOWN_REQUEST.value: JupyterFrontend._shutdown_reply,
+}

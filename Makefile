@@ -33,8 +33,9 @@ format: install ## Rewrite code with ruff's formatter and safe fixes
 	$(BIN)/ruff format stigmer_kernel tests examples scripts
 	$(BIN)/ruff check --fix stigmer_kernel tests examples scripts
 
-bench: install ## Round-trip latency of `true` vs subprocess.run baseline (p50, p99, ratio)
+bench: install ## Latency of `true`: native client vs subprocess.run; jupyter_client vs bash_kernel
 	$(BIN)/python scripts/bench_roundtrip.py
+	$(BIN)/python scripts/bench_jupyter.py
 
 server: install ## Start a server in the background (stigmer server start)
 	$(BIN)/stigmer server start

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint format bench server stop clean
+.PHONY: help install run test test-image lint format bench server stop clean
 
 help: ## List every target with what it does
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -23,8 +23,13 @@ install: $(STAMP) ## Create .venv and install stigmer-kernel with its dev tools
 run: install ## Set up, then run commands through a local kernel (starts a server if none runs)
 	$(BIN)/python examples/quickstart.py
 
-test: install ## Set up, then run the whole test suite
+test: install test-image ## Set up (venv, Docker engine, offline test image), run every test
 	$(BIN)/pytest
+
+test-image: ## Start a Docker engine and build the offline sandbox test image (needs root)
+	@if bash scripts/provision-docker.sh && bash scripts/build-test-image.sh; then :; \
+	elif [ -n "$$CI" ]; then echo "CI needs the Docker engine and the test image" >&2; exit 1; \
+	else echo "warning: no Docker engine here: the sandbox tests will be skipped" >&2; fi
 
 lint: install ## ruff (lint + format check) and mypy --strict, as CI runs them
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/lint.sh

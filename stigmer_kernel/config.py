@@ -22,11 +22,6 @@ from typing import Any
 
 from .errors import ConfigError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
-
 
 class ExecutionMode(str, enum.Enum):
     """Where commands run."""
@@ -56,6 +51,13 @@ class EnvVar(str, enum.Enum):
     SANDBOX_AUTO_PULL = "STIGMER_SANDBOX_AUTO_PULL"
     SANDBOX_CLEANUP = "STIGMER_SANDBOX_CLEANUP"
     SANDBOX_TTL = "STIGMER_SANDBOX_TTL"
+    SANDBOX_NETWORK = "STIGMER_SANDBOX_NETWORK"
+    SANDBOX_MEMORY = "STIGMER_SANDBOX_MEMORY"
+    SANDBOX_CPUS = "STIGMER_SANDBOX_CPUS"
+    SANDBOX_PIDS = "STIGMER_SANDBOX_PIDS"
+    SANDBOX_READ_ONLY = "STIGMER_SANDBOX_READ_ONLY"
+    SANDBOX_WORKSPACE = "STIGMER_SANDBOX_WORKSPACE"
+    SANDBOX_WARM = "STIGMER_SANDBOX_WARM"
     # Set by the broker for the agents it spawns; never read from user config.
     AGENT_KEY = "STIGMER_AGENT_KEY"
 
@@ -140,6 +142,27 @@ class Config:
     sandbox_ttl: float = field(default=3600.0, metadata=_env(EnvVar.SANDBOX_TTL))
     """Idle seconds after which a sandbox kernel and its container expire (sandbox mode)."""
 
+    sandbox_network: str = field(default="bridge", metadata=_env(EnvVar.SANDBOX_NETWORK))
+    """Docker network of sandbox containers: bridge (package installs work), none, or a name."""
+
+    sandbox_memory: str = field(default="2g", metadata=_env(EnvVar.SANDBOX_MEMORY))
+    """Memory limit of a sandbox container (Docker syntax: 512m, 2g)."""
+
+    sandbox_cpus: float = field(default=2.0, metadata=_env(EnvVar.SANDBOX_CPUS))
+    """CPU limit of a sandbox container, in CPUs."""
+
+    sandbox_pids: int = field(default=512, metadata=_env(EnvVar.SANDBOX_PIDS))
+    """Most processes a sandbox container may hold at once."""
+
+    sandbox_read_only: bool = field(default=False, metadata=_env(EnvVar.SANDBOX_READ_ONLY))
+    """Read-only root filesystem for sandboxes (with a writable tmpfs /tmp)."""
+
+    sandbox_workspace: str | None = field(default=None, metadata=_env(EnvVar.SANDBOX_WORKSPACE))
+    """Host directory mounted at /workspace in sandboxes (none: where the client asked from)."""
+
+    sandbox_warm: int = field(default=0, metadata={**_env(EnvVar.SANDBOX_WARM), "zero_ok": True})
+    """Started sandbox containers kept ready, so a new sandbox kernel skips container start."""
+
     max_message_bytes: int = 64 * 1024 * 1024
     """Largest frame the broker accepts (ZeroMQ's MAXMSGSIZE, per frame): a peer that sends a
     bigger one is disconnected by ZeroMQ before the broker sees it."""
@@ -191,7 +214,7 @@ def parse_value(key: str, raw: Any) -> Any:
             raise ValueError(text)
         if typ == "int":
             value = int(text)
-            if value <= 0:
+            if value < 0 or (value == 0 and not FIELDS[key].metadata.get("zero_ok")):
                 raise ValueError(text)
             return value
         if typ in ("float", "float | None"):
@@ -208,7 +231,9 @@ def parse_value(key: str, raw: Any) -> Any:
         hint = {
             "ExecutionMode": "one of local, sandbox, auto",
             "bool": "true or false",
-            "int": "a positive integer",
+            "int": "a non-negative integer"
+            if FIELDS[key].metadata.get("zero_ok")
+            else "a positive integer",
             "float": "a positive number of seconds",
             "float | None": "a positive number of seconds, or none",
         }.get(typ, "a string")
@@ -217,6 +242,10 @@ def parse_value(key: str, raw: Any) -> Any:
 
 def read_config_file(path: Path) -> dict[str, Any]:
     """Read the TOML config file; a missing file is an empty config."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.10 only
+        import tomli as tomllib
     try:
         data = path.read_bytes()
     except FileNotFoundError:

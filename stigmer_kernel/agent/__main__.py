@@ -29,9 +29,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orphan-timeout", type=float, default=60.0)
     parser.add_argument("--timeout", type=float, default=0.0, help="default command timeout")
     parser.add_argument("--output-limit", type=int, default=32 * 1024 * 1024)
+    parser.add_argument("--key-file", help="read the key from this file, then delete it")
     args = parser.parse_args(argv)
     # The key comes as the first line of stdin (or, for containers, STIGMER_AGENT_KEY).
     key = os.environ.pop(EnvVar.AGENT_KEY.value, "").encode()
+    if not key and args.key_file:
+        with contextlib.suppress(OSError):
+            with open(args.key_file, "rb") as handle:
+                key = handle.read().strip()
+            os.unlink(args.key_file)
     if not key:
         key = sys.stdin.buffer.readline().strip()
         with contextlib.suppress(OSError):
@@ -41,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     if not key:
         print(f"agent: no key on stdin nor in {EnvVar.AGENT_KEY.value}", file=sys.stderr)
         return 2
+    home = os.environ.get("HOME")
+    if home and not os.path.isdir(home):
+        with contextlib.suppress(OSError):
+            os.makedirs(home, mode=0o700)  # sandboxes run as a uid with no home of its own
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s agent[%(process)d] %(levelname)s %(message)s"
     )

@@ -106,6 +106,9 @@ class Kernel:
     death_reason: str | None = None
     notices: list[dict[str, Any]] = field(default_factory=list)  # for the next requester
     channels: JupyterChannels | None = None  # Jupyter sockets, once someone asked for them
+    image: str | None = None  # sandbox image asked for (None: the configured one)
+    requirements: str | None = None  # sandbox requirements file content
+    workspace: str | None = None  # sandbox workspace on the host
     session_id: str = ""  # Jupyter session id of this incarnation (new at every restart)
 
     def new_incarnation(self, key: bytes) -> None:
@@ -153,9 +156,7 @@ class Kernel:
             "jupyter": self.channels.connection_file if self.channels else None,
         }
         if self.handle is not None:
-            for key, value in self.handle.describe().items():
-                if info.get(key) is None:
-                    info[key] = value
+            info.update(self.handle.describe())
         if self.death_reason:
             info["death_reason"] = self.death_reason
         return info

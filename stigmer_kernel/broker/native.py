@@ -152,6 +152,7 @@ class NativeFrontend:
             content.get("cwd"),
             content.get("ttl"),
             client=client,
+            options=content,
         )
         self._attach(kernel, client, msg)
         agent_content = {k: v for k, v in content.items() if k in _AGENT_FIELDS}
@@ -218,6 +219,7 @@ class NativeFrontend:
             content.get("cwd"),
             content.get("ttl"),
             client=client,
+            options=content,
         )
         self._attach(kernel, client, msg)
         connection = content.get("connection")

@@ -34,6 +34,7 @@ from ..errors import ProtocolError, RequestError, ServerAlreadyRunning, StigmerE
 from ..protocol import ExecStatus, KernelEvent, KernelState, Message, MsgType, new_key
 from ..protocol.session import Session, split_ids
 from ..provisioners import AgentHandle, AgentSpec, LocalProvisioner, Provisioner
+from ..provisioners.docker import DockerProvisioner
 from ..runtime import RuntimeDir, ServerLock
 from .kernels import NAME_RE, Kernel, Pending, Registry
 
@@ -81,7 +82,8 @@ class Broker:
         self.key = new_key()
         self.registry = Registry()
         self.provisioners: dict[str, Provisioner] = provisioners or {
-            ExecutionMode.LOCAL.value: LocalProvisioner()
+            ExecutionMode.LOCAL.value: LocalProvisioner(),
+            ExecutionMode.SANDBOX.value: DockerProvisioner(config, self.runtime),
         }
         self.lock = ServerLock(self.runtime)
         self.ctx: zmq.Context[Any] = zmq.Context()
@@ -172,6 +174,10 @@ class Broker:
             self.loop.add_reader(sock.fileno(), self._mark, sock)
             self._mark(sock)
         self._maintenance = asyncio.create_task(self._maintain(), name="stigmer-maintenance")
+        sandbox = self.provisioners.get(ExecutionMode.SANDBOX.value)
+        if isinstance(sandbox, DockerProvisioner):
+            # Leftovers of dead servers go, without delaying start-up.
+            self.loop.run_in_executor(None, sandbox.reap_leftovers)
         log.info(
             "stigmer server %s ready (pid %d) on %s",
             __version__,
@@ -327,7 +333,13 @@ class Broker:
 
     # -- kernels --------------------------------------------------------------------------------
     def get_or_create(
-        self, name: Any, mode: Any, cwd: Any, ttl: Any = None, client: bytes | None = None
+        self,
+        name: Any,
+        mode: Any,
+        cwd: Any,
+        ttl: Any = None,
+        client: bytes | None = None,
+        options: dict[str, Any] | None = None,
     ) -> Kernel:
         """The kernel called ``name``, created (and its agent started) if needed.
 
@@ -357,21 +369,35 @@ class Broker:
                     requester=client,
                 )
             return kernel
-        if mode not in self.provisioners:
+        provisioner = self.provisioners.get(mode)
+        if provisioner is None:
             raise RequestError(
                 f"{mode} mode is not available in this version of stigmer-kernel "
-                "(only local mode is) — run with --mode local",
+                "— run with --mode local or --mode sandbox",
                 "ModeUnavailable",
             )
+        check = getattr(provisioner, "check_available", None)
+        if check is not None:
+            check()
         cwd = self.config.kernel_cwd or cwd or os.path.expanduser("~")
         if not isinstance(cwd, str) or not os.path.isabs(cwd) or not os.path.isdir(cwd):
             raise RequestError(f"working directory {cwd!r} does not exist", "BadRequest")
+        default_ttl = self.config.sandbox_ttl if mode == "sandbox" else self.config.kernel_ttl
         kernel = Kernel(
             name=name,
             mode=mode,
             cwd=cwd,
-            ttl=float(ttl) if isinstance(ttl, (int, float)) and ttl > 0 else self.config.kernel_ttl,
+            ttl=float(ttl) if isinstance(ttl, (int, float)) and ttl > 0 else default_ttl,
         )
+        options = options or {}
+        if mode == "sandbox":
+            image, requirements = options.get("sandbox_image"), options.get("requirements")
+            kernel.image = image if isinstance(image, str) and image else None
+            kernel.requirements = requirements if isinstance(requirements, str) else None
+            workspace = self.config.sandbox_workspace or options.get("workspace") or cwd
+            if not isinstance(workspace, str) or not os.path.isdir(workspace):
+                raise RequestError(f"workspace {workspace!r} does not exist", "BadRequest")
+            kernel.workspace = os.path.realpath(workspace)
         gone = self.registry.gone.get(name)
         if gone is not None:
             kernel.notices.append(
@@ -398,6 +424,10 @@ class Broker:
             orphan_timeout=max(60.0, 10 * self.config.dead_after),
             command_timeout=self.config.command_timeout,
             output_limit=self.config.output_limit,
+            image=kernel.image,
+            requirements=kernel.requirements,
+            workspace=kernel.workspace,
+            on_progress=self._progress_reporter(kernel),
         )
         try:
             kernel.handle = provisioner.start(spec)
@@ -408,6 +438,19 @@ class Broker:
         log.info("starting kernel %s (%s, %s mode)", kernel.name, kernel.id, kernel.mode)
         if kernel.channels is not None:
             kernel.channels.new_incarnation(kernel)
+
+    def _progress_reporter(self, kernel: Kernel) -> Any:
+        """A thread-safe callback telling attached clients how a sandbox start goes."""
+        loop = self.loop
+
+        def report(text: str) -> None:
+            log.info("kernel %s: %s", kernel.name, text)
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(
+                    self.native.kernel_event, kernel, KernelEvent.PROGRESS, text
+                )
+
+        return report
 
     def restart_kernel(self, kernel: Kernel, reason: str, requester: bytes | None = None) -> None:
         """A fresh agent (and session) for ``kernel``; everyone attached is told."""

@@ -52,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--kernel", "-k", default="default", help="kernel name (default: default)")
     run.add_argument("--timeout", "-t", type=float, help="end the command after S seconds")
     run.add_argument("--cwd", help="working directory if this creates the kernel")
+    run.add_argument("--sandbox-image", help="image of a sandbox kernel this creates")
+    run.add_argument(
+        "--requirements",
+        metavar="FILE",
+        help="pip requirements baked into a sandbox kernel this creates",
+    )
     run.add_argument(
         "--stdin",
         action="store_true",
@@ -102,7 +108,12 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--user", action="store_true", help="in the user's Jupyter data dir")
     where.add_argument("--sys-prefix", action="store_true", help="in this Python's prefix")
     where.add_argument("--prefix", help="under PREFIX/share/jupyter/kernels")
-    ksi.add_argument("--mode", default="local", choices=["local"], help="execution mode")
+    ksi.add_argument(
+        "--mode",
+        default="local",
+        choices=["local", "sandbox"],
+        help="execution mode of the kernelspec (stigmer-local, stigmer-sandbox)",
+    )
 
     config = sub.add_parser("config", help="read or change saved preferences")
     csub = config.add_subparsers(dest="action", metavar="ACTION")
@@ -165,6 +176,14 @@ def _command_text(argv: list[str]) -> str:
 def _run(args: argparse.Namespace, config: Config) -> int:
     code = _command_text(args.argv)
     stdin = sys.stdin.buffer.read() if args.stdin else None
+    if args.requirements:
+        try:
+            with open(args.requirements, encoding="utf-8") as handle:
+                args.requirements_text = handle.read()
+        except OSError as exc:
+            raise StigmerError(f"cannot read {args.requirements}: {exc.strerror}") from None
+    else:
+        args.requirements_text = None
     return asyncio.run(_run_async(args, config, code, stdin))
 
 
@@ -180,7 +199,11 @@ async def _run_async(
         stream.write(data)
         stream.flush()
 
-    async with AsyncClient(config) as client:
+    def on_event(event: dict[str, Any]) -> None:
+        if event.get("event") == "progress" and event.get("kernel") == args.kernel:
+            print(f"stigmer: {event.get('reason')}", file=sys.stderr, flush=True)
+
+    async with AsyncClient(config, on_event=on_event) as client:
         loop = asyncio.get_running_loop()
         interrupted = asyncio.Event()
         tasks: set[asyncio.Task[Any]] = set()
@@ -202,6 +225,8 @@ async def _run_async(
             cwd=os.path.abspath(args.cwd) if args.cwd else None,
             stdin=stdin,
             on_output=None if args.json else write,
+            sandbox_image=args.sandbox_image,
+            requirements=args.requirements_text,
         )
         loop.remove_signal_handler(signal.SIGINT)
     for event in result.events:

@@ -245,12 +245,18 @@ class AsyncClient:
         output_limit: int | None = None,
         ttl: float | None = None,
         on_output: RawOutputCallback | None = None,
+        sandbox_image: str | None = None,
+        requirements: str | None = None,
+        workspace: str | None = None,
     ) -> ExecResult:
         """Run shell ``code`` on ``kernel`` (created on first use) and return its result.
 
         ``timeout`` ends the command (and everything it started) after that many seconds;
         ``stdin`` becomes the command's standard input (otherwise it reads /dev/null);
         ``cwd`` is the working directory of a kernel this call creates (default: ours).
+        Sandbox kernels (``mode="sandbox"``) this call creates use ``sandbox_image``, bake in
+        ``requirements`` (the text of a pip requirements file) and mount ``workspace`` (default:
+        ``cwd``) at /workspace.
         ``on_stdout``/``on_stderr`` get decoded text as it is written; ``on_output`` gets
         ``(stream_name, raw_bytes)``.
         Request problems (bad kernel name, unavailable mode) raise :class:`RequestError`;
@@ -273,6 +279,12 @@ class AsyncClient:
             content["output_limit"] = output_limit
         if ttl is not None:
             content["ttl"] = ttl
+        if sandbox_image is not None:
+            content["sandbox_image"] = sandbox_image
+        if requirements is not None:
+            content["requirements"] = requirements
+        if workspace is not None:
+            content["workspace"] = workspace
         reply, call = await self._request(
             MsgType.EXECUTE_REQUEST, content, on_stdout, on_stderr, on_output=on_output
         )

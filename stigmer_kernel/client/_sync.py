@@ -87,11 +87,17 @@ class Client:
         on_stderr: OutputCallback | None = None,
         output_limit: int | None = None,
         ttl: float | None = None,
+        sandbox_image: str | None = None,
+        requirements: str | None = None,
+        workspace: str | None = None,
     ) -> ExecResult:
         """See :meth:`AsyncClient.execute`."""
         return self._call(
             self._async.execute(
                 code,
+                sandbox_image=sandbox_image,
+                requirements=requirements,
+                workspace=workspace,
                 kernel=kernel,
                 mode=mode,
                 timeout=timeout,

@@ -16,6 +16,7 @@ from typing import Any
 #: mode -> (kernelspec name, display name). Sandbox and auto join when those modes exist.
 SPECS: dict[str, tuple[str, str]] = {
     "local": ("stigmer-local", "Stigmer (local)"),
+    "sandbox": ("stigmer-sandbox", "Stigmer (sandbox)"),
 }
 
 

@@ -117,6 +117,7 @@ class KernelEvent(str, enum.Enum):
     DIED = "died"
     EXPIRED = "expired"
     SHUTDOWN = "shutdown"
+    PROGRESS = "progress"  # a sandbox being prepared: pulling or building its image
 
 
 class StreamName(str, enum.Enum):

@@ -8,6 +8,7 @@ sandboxes) all fit behind this interface; the broker never knows which one it is
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,10 @@ class AgentSpec:
     orphan_timeout: float
     command_timeout: float | None
     output_limit: int
+    image: str | None = None  # sandbox image (default: the configured one)
+    requirements: str | None = None  # pip requirements baked into a derived image
+    workspace: str | None = None  # host directory mounted at /workspace (default: cwd)
+    on_progress: Callable[[str], None] | None = None  # thread-safe progress reports
 
 
 class AgentHandle(abc.ABC):

@@ -267,3 +267,21 @@ def test_example_notebook_runs_under_nbclient(jupyter_env: Server) -> None:
     assert "No such file or directory" in text(code[4], "stderr")
     assert text(code[5]) == "step 1\nstep 2\nstep 3\n"
     assert [c.execution_count for c in code] == [1, 2, 3, 4, 5, 6]
+
+
+def test_sigint_to_the_launcher_interrupts(jupyter_env: Server) -> None:
+    import os
+    import signal
+
+    km, kc = start_new_kernel(kernel_name="stigmer-local")
+    try:
+        msg_id = kc.execute("echo start; sleep 60; echo never")
+        time.sleep(0.5)
+        os.kill(km.provisioner.pid, signal.SIGINT)  # what interrupt_mode "signal" does
+        reply = kc.get_shell_msg(timeout=10)
+        assert reply["parent_header"]["msg_id"] == msg_id
+        assert reply["content"]["ename"] == "Interrupted"
+        assert kc.execute("echo alive", reply=True, timeout=10)["content"]["status"] == "ok"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)

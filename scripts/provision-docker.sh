@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Make sure a Docker engine runs here: install Debian's engine if missing, start dockerd if it
+# is not running, wait until `docker info` answers. Idempotent; needs root for the install.
+set -euo pipefail
+
+log() { echo "[provision-docker] $*" >&2; }
+
+if docker info >/dev/null 2>&1; then
+  log "Docker engine already running"
+  exit 0
+fi
+
+if ! command -v dockerd >/dev/null 2>&1; then
+  log "installing docker.io (Debian's engine)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq docker.io >/dev/null
+fi
+
+if ! pgrep -x dockerd >/dev/null 2>&1; then
+  # A dockerd that was killed leaves its pid file, and a new one then refuses to start.
+  rm -f /var/run/docker.pid
+  log "starting dockerd (log: /tmp/dockerd.log)"
+  nohup dockerd >/tmp/dockerd.log 2>&1 &
+fi
+
+for _ in $(seq 1 60); do
+  if docker info >/dev/null 2>&1; then
+    log "Docker engine ready: $(docker version --format '{{.Server.Version}}')"
+    exit 0
+  fi
+  sleep 0.5
+done
+log "dockerd did not become ready; last lines of /tmp/dockerd.log:"
+tail -n 20 /tmp/dockerd.log >&2 || true
+exit 1

@@ -1,0 +1,316 @@
+"""Sandbox mode: the agent runs inside a Docker container, one container per kernel.
+
+The container runs the same agent module as local mode, from this very package (mounted
+read-only at /opt/stigmer), so the agent always matches the broker. It reaches the broker through
+the runtime directory's ``agents/`` folder mounted at /run/stigmer (a unix socket crosses a bind
+mount, so the container's network can be off). Its key comes in a file of its own per-kernel
+directory, read and deleted by the agent before any command runs.
+
+Hardened by default: runs as the host user's uid:gid, ``--cap-drop ALL``, no-new-privileges,
+pids/memory/CPU limits, an init as PID 1, a configurable network, optional read-only root with a
+tmpfs /tmp. Every container is labelled with its server and kernel; the server removes its
+containers when they expire and when it stops, and at start it removes those of dead servers.
+
+Nothing here blocks the broker's event loop: Docker calls run on a small thread pool.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..errors import ModeUnavailable
+from ..runtime import RuntimeDir
+from .base import AgentHandle, AgentSpec, Provisioner
+from .images import ImageResolver, Progress
+
+log = logging.getLogger("stigmer.sandbox")
+
+LABEL_SERVER = "stigmer.server"
+LABEL_RUNTIME = "stigmer.runtime_dir"
+LABEL_KERNEL = "stigmer.kernel"
+LABEL_KERNEL_ID = "stigmer.kernel_id"
+#: Where things are inside a sandbox container.
+AGENT_SOCKET_DIR = "/run/stigmer"
+KERNEL_DIR = "/run/stigmer-kernel"
+PACKAGE_DIR = "/opt/stigmer"
+WORKSPACE = "/workspace"
+HOME = "/tmp/home"
+
+
+def server_id(runtime: RuntimeDir) -> str:
+    return hashlib.sha256(str(runtime.path.resolve()).encode()).hexdigest()[:16]
+
+
+class DockerAgent(AgentHandle):
+    """A sandbox container (being) started for one kernel incarnation."""
+
+    def __init__(self, provisioner: DockerProvisioner, spec: AgentSpec) -> None:
+        self.provisioner = provisioner
+        self.spec = spec
+        self.image = spec.image or provisioner.config.sandbox_image
+        self.container_id: str | None = None
+        self.failure: str | None = None  # why it could not start, or how it ended
+        self.removed = False
+        self.future: concurrent.futures.Future[None] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None  # a process of another pid namespace: never signalled from the host
+
+    def poll(self) -> str | None:
+        return self.failure
+
+    def kill(self) -> None:
+        self.provisioner.submit(self._remove)
+
+    def cleanup(self) -> None:
+        self.provisioner.submit(self._remove)
+
+    def _remove(self) -> None:
+        if self.future is not None:
+            with contextlib.suppress(Exception):
+                self.future.result(timeout=120)  # let a start in flight finish first
+        if self.container_id and not self.removed:
+            self.removed = True
+            self.provisioner.remove_container(self.container_id)
+        shutil.rmtree(self.spec.workdir, ignore_errors=True)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "pid": None,
+            "container": self.container_id[:12] if self.container_id else None,
+            "image": self.image,
+        }
+
+
+class DockerProvisioner(Provisioner):
+    mode = "sandbox"
+
+    def __init__(self, config: Config, runtime: RuntimeDir) -> None:
+        self.config = config
+        self.runtime = runtime
+        self.server = server_id(runtime)
+        self._client: Any = None
+        self._client_lock = threading.Lock()
+        self._pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="stigmer-docker")
+        self._handles: dict[str, DockerAgent] = {}
+        self._events: Any = None
+        self._watcher: threading.Thread | None = None
+        self._checked_at = 0.0
+        self.images = ImageResolver(self.client, config.sandbox_image, runtime.path / "images.json")
+
+    # -- the engine -----------------------------------------------------------------------------
+    def client(self) -> Any:
+        with self._client_lock:
+            if self._client is None:
+                import docker
+
+                self._client = docker.from_env(timeout=120)
+            return self._client
+
+    def check_available(self) -> None:
+        """Raise :class:`ModeUnavailable` at once when no Docker engine answers."""
+        if time.monotonic() - self._checked_at < 2.0:
+            return
+        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        try:
+            import docker
+
+            probe = docker.from_env(timeout=3)
+            try:
+                probe.ping()
+            finally:
+                probe.close()
+        except Exception:  # DockerException, ConnectionError, FileNotFoundError...
+            raise ModeUnavailable(
+                f"Docker engine not reachable at {host} — start Docker or use --mode local",
+                "ModeUnavailable",
+            ) from None
+        self._checked_at = time.monotonic()
+        self._ensure_watcher()
+
+    def submit(self, fn: Any, *args: Any) -> concurrent.futures.Future[Any]:
+        return self._pool.submit(fn, *args)
+
+    # -- starting -------------------------------------------------------------------------------
+    def start(self, spec: AgentSpec) -> DockerAgent:
+        handle = DockerAgent(self, spec)
+        handle.future = self._pool.submit(self._start, handle)
+        return handle
+
+    def _start(self, handle: DockerAgent) -> None:
+        spec = handle.spec
+        progress: Progress = spec.on_progress or (lambda _text: None)
+        try:
+            runnable = self.images.resolve(
+                handle.image, self.config.sandbox_auto_pull, spec.requirements, progress
+            )
+            spec.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            key_file = spec.workdir / "key"
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(spec.key)
+            container = self.client().containers.create(**self._create_args(spec, runnable))
+            handle.container_id = container.id
+            self._handles[container.id] = handle
+            container.start()
+            log.info("sandbox %s: container %s (%s)", spec.kernel_name, container.id[:12], runnable)
+        except Exception as exc:
+            text = str(getattr(exc, "explanation", None) or exc).strip().splitlines()
+            handle.failure = f"could not start the sandbox: {text[-1] if text else exc}"
+            log.error("sandbox %s: %s", spec.kernel_name, handle.failure)
+
+    def _create_args(self, spec: AgentSpec, image: str) -> dict[str, Any]:
+        config = self.config
+        package = Path(__file__).resolve().parents[1]
+        workspace = spec.workspace or spec.cwd
+        args = [
+            "python3", "-m", "stigmer_kernel.agent",
+            "--endpoint", f"ipc://{AGENT_SOCKET_DIR}/{self.runtime.agent_socket.name}",
+            "--kernel-id", spec.kernel_id,
+            "--key-file", f"{KERNEL_DIR}/key",
+            "--cwd", WORKSPACE,
+            "--workdir", KERNEL_DIR,
+            "--shell", "bash",
+            "--heartbeat-interval", str(spec.heartbeat_interval),
+            "--orphan-timeout", str(spec.orphan_timeout),
+            "--timeout", str(spec.command_timeout or 0),
+            "--output-limit", str(spec.output_limit),
+        ]  # fmt: skip
+        create: dict[str, Any] = {
+            "image": image,
+            "command": args,
+            "entrypoint": [],
+            "user": f"{os.getuid()}:{os.getgid()}",
+            "environment": {
+                "PYTHONPATH": PACKAGE_DIR,
+                "PYTHONDONTWRITEBYTECODE": "1",
+                "HOME": HOME,
+                "USER": os.environ.get("USER", "stigmer"),
+                "STIGMER_SANDBOX": "1",
+            },
+            "volumes": {
+                str(self.runtime.agents_dir): {"bind": AGENT_SOCKET_DIR, "mode": "rw"},
+                str(spec.workdir): {"bind": KERNEL_DIR, "mode": "rw"},
+                str(package): {"bind": f"{PACKAGE_DIR}/stigmer_kernel", "mode": "ro"},
+                str(workspace): {"bind": WORKSPACE, "mode": "rw"},
+            },
+            "working_dir": WORKSPACE,
+            "labels": {
+                LABEL_SERVER: self.server,
+                LABEL_RUNTIME: str(self.runtime.path),
+                LABEL_KERNEL: spec.kernel_name,
+                LABEL_KERNEL_ID: spec.kernel_id,
+            },
+            "name": f"stigmer-{spec.kernel_id}",
+            "hostname": "sandbox",
+            "init": True,
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "pids_limit": config.sandbox_pids,
+            "mem_limit": config.sandbox_memory,
+            "nano_cpus": int(config.sandbox_cpus * 1e9),
+            "network_mode": config.sandbox_network,
+            "read_only": config.sandbox_read_only,
+            "tmpfs": {"/tmp": "rw,exec,nosuid,size=1g"} if config.sandbox_read_only else None,
+        }
+        return create
+
+    # -- removal and leftovers ------------------------------------------------------------------
+    def remove_container(self, container_id: str) -> None:
+        import docker.errors
+
+        try:
+            container = self.client().containers.get(container_id)
+            if self.config.sandbox_cleanup:
+                container.remove(force=True)
+            else:
+                container.stop(timeout=2)
+        except docker.errors.NotFound:
+            pass
+        except Exception as exc:
+            log.warning("could not remove container %s: %s", container_id[:12], exc)
+        self._handles.pop(container_id, None)
+
+    def reap_leftovers(self) -> int:
+        """Remove containers left by servers that are not running (this one's past included)."""
+        removed = 0
+        try:
+            containers = self.client().containers.list(all=True, filters={"label": LABEL_SERVER})
+        except Exception as exc:
+            log.info("no leftover check: %s", exc)
+            return 0
+        for container in containers:
+            labels = container.labels or {}
+            owner = labels.get(LABEL_RUNTIME)
+            if labels.get(LABEL_SERVER) == self.server:
+                alive = False  # we hold this runtime dir's lock: it is a dead server's container
+            else:
+                alive = isinstance(owner, str) and RuntimeDir(Path(owner)).server_running()
+            if not alive:
+                with contextlib.suppress(Exception):
+                    container.remove(force=True)
+                    removed += 1
+        if removed:
+            log.info("removed %d leftover sandbox container(s) of stopped servers", removed)
+        return removed
+
+    def _ensure_watcher(self) -> None:
+        if self._watcher is None or not self._watcher.is_alive():
+            self._watcher = threading.Thread(
+                target=self._watch, name="stigmer-docker-events", daemon=True
+            )
+            self._watcher.start()
+
+    def _watch(self) -> None:
+        """Container deaths (exit, OOM kill) from Docker's event stream."""
+        try:
+            self._events = self.client().events(
+                decode=True,
+                filters={
+                    "type": "container",
+                    "label": f"{LABEL_SERVER}={self.server}",
+                    "event": ["die", "oom"],
+                },
+            )
+            for event in self._events:
+                handle = self._handles.get(str(event.get("id", "")))
+                if handle is None:
+                    continue
+                attrs = (event.get("Actor") or {}).get("Attributes") or {}
+                if event.get("status") == "oom" or event.get("Action") == "oom":
+                    handle.failure = "the sandbox ran out of memory (OOM-killed)"
+                elif handle.failure is None:
+                    handle.failure = f"the sandbox container exited (code {attrs.get('exitCode')})"
+        except Exception as exc:  # the stream closes at shutdown, or the engine went away
+            log.debug("docker event stream ended: %s", exc)
+
+    def close(self) -> None:
+        """Remove every container of this server (at shutdown)."""
+        if self._client is None:
+            self._pool.shutdown(wait=False)
+            return
+        for handle in list(self._handles.values()):
+            with contextlib.suppress(Exception):
+                handle._remove()
+        with contextlib.suppress(Exception):
+            for container in self.client().containers.list(
+                all=True, filters={"label": f"{LABEL_SERVER}={self.server}"}
+            ):
+                container.remove(force=True)
+        if self._events is not None:
+            with contextlib.suppress(Exception):
+                self._events.close()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        with contextlib.suppress(Exception):
+            self._client.close()

@@ -1,0 +1,202 @@
+"""Sandbox kernels on a real Docker engine: isolation, state, lifecycle, hardening."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from stigmer_kernel import Client
+from tests.conftest import Server, short_tempdir
+from tests.sandbox.conftest import TEST_IMAGE, containers_of
+
+
+def wait_for(predicate: Any, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.1)
+
+
+def sandbox_info(client: Client, name: str) -> dict[str, Any]:
+    (info,) = [k for k in client.list_kernels() if k["name"] == name]
+    return info
+
+
+def test_runs_in_a_container_and_keeps_state(sandbox: Server, docker_client: Any) -> None:
+    c = sandbox.client()
+    r = c.execute("test -f /.dockerenv && echo in-container; pwd", kernel="s1", mode="sandbox")
+    assert (r.stdout, r.exit_code, r.mode) == ("in-container\n/workspace\n", 0, "sandbox")
+    c.execute("cd /tmp && export V=kept && f() { echo fn; }", kernel="s1", mode="sandbox")
+    r = c.execute("pwd; echo $V; f; echo err >&2; exit 3", kernel="s1", mode="sandbox")
+    assert (r.stdout, r.stderr, r.exit_code) == ("/tmp\nkept\nfn\n", "err\n", 3)
+    info = sandbox_info(c, "s1")
+    assert info["mode"] == "sandbox" and info["image"] == TEST_IMAGE and info["container"]
+    (container,) = containers_of(docker_client, sandbox)
+    assert container.id.startswith(info["container"])
+    assert container.labels["stigmer.kernel"] == "s1"
+
+
+def test_hardened_by_default(sandbox: Server, docker_client: Any) -> None:
+    c = sandbox.client()
+    c.execute("true", kernel="hard", mode="sandbox")
+    (container,) = containers_of(docker_client, sandbox)
+    host = container.attrs["HostConfig"]
+    assert host["CapDrop"] == ["ALL"]
+    assert "no-new-privileges" in host["SecurityOpt"]
+    assert host["Init"] is True
+    assert host["PidsLimit"] == 512 and host["Memory"] == 2 * 1024**3
+    assert container.attrs["Config"]["User"] == f"{os.getuid()}:{os.getgid()}"
+    r = c.execute("grep CapEff /proc/self/status; cat /proc/1/comm", kernel="hard", mode="sandbox")
+    assert "0000000000000000" in r.stdout and "docker-init" in r.stdout
+
+
+def test_files_in_the_workspace_belong_to_the_host_user(sandbox: Server) -> None:
+    workspace = short_tempdir("stg-ws-")
+    c = sandbox.client()
+    r = c.execute(
+        "touch made-inside && mkdir -p sub && echo $HOME && touch $HOME/ok",
+        kernel="ws",
+        mode="sandbox",
+        cwd=workspace,
+    )
+    assert r.exit_code == 0, r.stderr
+    made = Path(workspace, "made-inside")
+    assert made.exists() and made.stat().st_uid == os.getuid()
+    assert Path(workspace, "sub").stat().st_uid == os.getuid()
+
+
+def test_timeout_and_interrupt_end_processes_in_the_container(sandbox: Server) -> None:
+    c = sandbox.client()
+    r = c.execute("echo go; sleep 300 & sleep 301", kernel="stop", mode="sandbox", timeout=1)
+    assert (r.status, r.stdout) == ("timeout", "go\n")
+    left = c.execute("ps -eo comm | grep -c '^sleep' || true", kernel="stop", mode="sandbox")
+    assert left.stdout.strip() == "0"
+    results: list[Any] = []
+    worker = threading.Thread(
+        target=lambda: results.append(
+            c.execute("sleep 200; echo never", kernel="stop", mode="sandbox")
+        )
+    )
+    worker.start()
+    time.sleep(1.0)
+    c.interrupt("stop")
+    worker.join(timeout=15)
+    assert results[0].status == "interrupted"
+    left = c.execute("ps -eo comm | grep -c '^sleep' || true", kernel="stop", mode="sandbox")
+    assert left.stdout.strip() == "0"
+
+
+def test_two_clients_share_one_container(sandbox: Server, docker_client: Any) -> None:
+    a, b = sandbox.client(), sandbox.client()
+    a.execute("shared=yes", kernel="team", mode="sandbox")
+    assert b.execute("echo $shared", kernel="team", mode="sandbox").stdout == "yes\n"
+    assert len(containers_of(docker_client, sandbox)) == 1
+
+
+def test_idle_sandbox_expires_and_its_container_is_removed(
+    sandbox_factory: Any, docker_client: Any
+) -> None:
+    srv = sandbox_factory(STIGMER_SANDBOX_TTL="3")
+    c = srv.client()
+    c.execute("true", kernel="brief", mode="sandbox")
+    assert len(containers_of(docker_client, srv)) == 1
+    last = time.monotonic()
+    wait_for(lambda: not containers_of(docker_client, srv), timeout=20)
+    assert time.monotonic() - last < 15
+    assert any(e["event"] == "expired" for e in c.events)
+
+
+def test_server_stop_leaves_no_container(sandbox: Server, docker_client: Any) -> None:
+    c = sandbox.client()
+    for name in ("one", "two"):
+        c.execute("true", kernel=name, mode="sandbox")
+    assert len(containers_of(docker_client, sandbox)) == 2
+    sandbox.stop()
+    assert containers_of(docker_client, sandbox) == []
+
+
+def test_leftovers_of_a_dead_server_are_reaped_at_start(
+    sandbox: Server, docker_client: Any
+) -> None:
+    sandbox.client().execute("true", kernel="orphan", mode="sandbox")
+    assert sandbox.proc is not None
+    os.killpg(sandbox.proc.pid, signal.SIGKILL)  # no chance to clean up
+    sandbox.proc.wait()
+    assert len(containers_of(docker_client, sandbox)) == 1
+    sandbox.start()  # a new server on the same runtime directory
+    wait_for(lambda: not containers_of(docker_client, sandbox), timeout=20)
+
+
+def test_requirements_layer_is_reused_by_content_hash(sandbox: Server, docker_client: Any) -> None:
+    c = sandbox.client()
+    requirements = "six==1.16.0\n"
+    r = c.execute(
+        "python3 -c 'import six; print(six.__version__)'",
+        kernel="req1",
+        mode="sandbox",
+        requirements=requirements,
+    )
+    assert r.stdout == "1.16.0\n", r.stderr
+    image = sandbox_info(c, "req1")["container"]
+    assert image
+    tags = {t for i in docker_client.images.list("stigmer-requirements") for t in i.tags}
+    assert len(tags) >= 1
+    start = time.monotonic()
+    r = c.execute(
+        "python3 -c 'import six'", kernel="req2", mode="sandbox", requirements=requirements
+    )
+    assert r.exit_code == 0 and time.monotonic() - start < 10
+    assert {t for i in docker_client.images.list("stigmer-requirements") for t in i.tags} == tags
+
+
+def test_image_without_the_agents_python_gets_a_derived_layer(
+    sandbox_factory: Any, docker_client: Any
+) -> None:
+    bare = "stigmer-test-bare:latest"
+    try:
+        docker_client.images.get(bare)
+    except Exception:
+        docker_client.images.build(
+            fileobj=__import__("io").BytesIO(
+                f"FROM {TEST_IMAGE}\nRUN dpkg --purge python3-zmq\n".encode()
+            ),
+            tag=bare,
+            rm=True,
+        )
+    srv = sandbox_factory(STIGMER_SANDBOX_IMAGE=bare)
+    r = srv.client().execute("echo ok", kernel="bare", mode="sandbox", timeout=300)
+    assert r.stdout == "ok\n", (r.ename, r.evalue)
+    assert docker_client.images.list("stigmer-agent-layer")
+
+
+def test_missing_image_is_one_clear_error(sandbox_factory: Any) -> None:
+    srv = sandbox_factory(
+        STIGMER_SANDBOX_IMAGE="stigmer-no-such-image:1", STIGMER_SANDBOX_AUTO_PULL="false"
+    )
+    r = srv.client().execute("true", kernel="none", mode="sandbox")
+    assert r.ename == "KernelDied"
+    assert "stigmer-no-such-image:1" in (r.evalue or "")
+    assert "not found locally" in (r.evalue or "") and "auto-pull is off" in (r.evalue or "")
+
+
+def test_no_engine_fails_fast_and_local_is_unaffected(server_factory: Any) -> None:
+    srv = server_factory(DOCKER_HOST="unix:///nonexistent/docker.sock")
+    proc = subprocess.run(
+        [sys.executable, "-m", "stigmer_kernel", "run", "--mode", "sandbox", "--", "true"],
+        env=srv.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 125
+    assert proc.stderr == (
+        "stigmer: error: Docker engine not reachable at unix:///nonexistent/docker.sock "
+        "— start Docker or use --mode local\n"
+    )
+    assert srv.client().execute("echo local-ok").stdout == "local-ok\n"

@@ -38,9 +38,10 @@ format: install ## Rewrite code with ruff's formatter and safe fixes
 	$(BIN)/ruff format stigmer_kernel tests examples scripts
 	$(BIN)/ruff check --fix stigmer_kernel tests examples scripts
 
-bench: install ## Latency of `true`: native client vs subprocess.run; jupyter_client vs bash_kernel
+bench: install test-image ## Latency: native vs subprocess, Jupyter vs bash_kernel, sandbox vs docker exec
 	$(BIN)/python scripts/bench_roundtrip.py
 	$(BIN)/python scripts/bench_jupyter.py
+	$(BIN)/python scripts/bench_sandbox.py
 
 server: install ## Start a server in the background (stigmer server start)
 	$(BIN)/stigmer server start

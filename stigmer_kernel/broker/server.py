@@ -37,6 +37,7 @@ from ..provisioners import AgentHandle, AgentSpec, LocalProvisioner, Provisioner
 from ..provisioners.docker import DockerProvisioner
 from ..runtime import RuntimeDir, ServerLock
 from .kernels import NAME_RE, Kernel, Pending, Registry
+from .pool import WarmPool
 
 log = logging.getLogger("stigmer.broker")
 
@@ -96,6 +97,7 @@ class Broker:
         self.stats = {"client_msgs": 0, "agent_msgs": 0, "dropped_bad": 0, "dropped_slow": 0}
         self.native = NativeFrontend(self)
         self.jupyter = JupyterFrontend(self)
+        self.pool = WarmPool(self)
         self._handlers: dict[zmq.Socket[Any], Handler] = {}
         self._ready: set[zmq.Socket[Any]] = set()
         self._pump_scheduled = False
@@ -178,6 +180,10 @@ class Broker:
         if isinstance(sandbox, DockerProvisioner):
             # Leftovers of dead servers go, without delaying start-up.
             self.loop.run_in_executor(None, sandbox.reap_leftovers)
+            if self.pool.size and self.pool.workspace:
+                with contextlib.suppress(RequestError):
+                    sandbox.check_available()
+                    self.pool.refill()
         log.info(
             "stigmer server %s ready (pid %d) on %s",
             __version__,
@@ -198,6 +204,7 @@ class Broker:
             self._maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._maintenance
+        self.pool.drain()
         for kernel in self.registry:
             self.remove_kernel(kernel, KernelEvent.SHUTDOWN, "the server is shutting down")
         deadline = time.monotonic() + _STOP_GRACE
@@ -404,6 +411,15 @@ class Broker:
                 {"event": gone["event"], "reason": f"{gone['reason']}; a new kernel was started"}
             )
         self.registry.add(kernel)
+        if mode == "sandbox" and kernel.workspace:
+            pooled = self.pool.take(kernel.workspace, kernel.image, kernel.requirements)
+            if pooled is not None:
+                self.pool.adopt(kernel, pooled)
+                log.info("kernel %s took a warm sandbox (%s)", kernel.name, kernel.id)
+                return kernel
+            self.start_agent(kernel)
+            self.pool.note_workspace(kernel.workspace)
+            return kernel
         self.start_agent(kernel)
         return kernel
 
@@ -756,6 +772,16 @@ class Broker:
 
     def _check_kernels(self) -> None:
         now = time.monotonic()
+        for pooled in list(self.pool.kernels):
+            ended = pooled.handle.poll() if pooled.handle is not None else "no agent"
+            stale = pooled.agent_identity is not None and now - pooled.last_beat > (
+                self.config.dead_after
+            )
+            if ended is not None or stale:
+                log.warning("warm sandbox %s lost: %s", pooled.id, ended or "no heartbeat")
+                self.pool.forget(pooled, failed_to_start=pooled.agent_identity is None)
+                self.kernel_died(pooled, ended or "no heartbeat")
+                self.pool.refill()
         for kernel in self.registry:
             if kernel.state is not KernelState.DEAD and kernel.handle is not None:
                 ended = kernel.handle.poll()

@@ -200,3 +200,54 @@ def test_no_engine_fails_fast_and_local_is_unaffected(server_factory: Any) -> No
         "— start Docker or use --mode local\n"
     )
     assert srv.client().execute("echo local-ok").stdout == "local-ok\n"
+
+
+def test_warm_pool_serves_new_kernels_at_once(sandbox_factory: Any, docker_client: Any) -> None:
+    workspace = os.path.realpath(short_tempdir("stg-pool-"))
+    srv = sandbox_factory(STIGMER_SANDBOX_WARM="1", STIGMER_SANDBOX_WORKSPACE=workspace)
+    wait_for(lambda: len(containers_of(docker_client, srv)) == 1, timeout=20)
+    c = srv.client()
+    time.sleep(1.0)  # the pooled agent registers
+    start = time.monotonic()
+    r = c.execute("pwd", kernel="fast", mode="sandbox", cwd=workspace)
+    assert r.stdout == "/workspace\n" and time.monotonic() - start < 0.5
+    # The pool starts a replacement; the kernel keeps its container.
+    wait_for(lambda: len(containers_of(docker_client, srv)) == 2, timeout=20)
+    assert sandbox_info(c, "fast")["container"]
+
+
+def test_jupyter_clients_reach_a_sandbox_kernel(sandbox: Server) -> None:
+    from jupyter_client import BlockingKernelClient
+
+    c = sandbox.client()
+    path = c.connect_jupyter("nb", mode="sandbox")["connection_file"]
+    kc = BlockingKernelClient()
+    kc.load_connection_file(path)
+    kc.start_channels()
+    kc.wait_for_ready(timeout=20)
+    reply = kc.execute("test -f /.dockerenv && echo in-container", reply=True, timeout=20)
+    assert reply["content"]["status"] == "ok"
+    assert c.execute("echo $?", kernel="nb", mode="sandbox").stdout == "0\n"
+    kc.stop_channels()
+
+
+def test_sandbox_kernelspec_installs(sandbox: Server) -> None:
+    prefix = short_tempdir("stg-ks-")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stigmer_kernel",
+            "kernelspec",
+            "install",
+            "--mode",
+            "sandbox",
+            "--prefix",
+            prefix,
+        ],
+        env=sandbox.env,
+        check=True,
+        capture_output=True,
+    )
+    spec = Path(prefix, "share/jupyter/kernels/stigmer-sandbox/kernel.json").read_text()
+    assert '"Stigmer (sandbox)"' in spec and '"sandbox"' in spec

@@ -1,0 +1,137 @@
+"""Sandbox kernels: warm round trip against `docker exec` and local mode; cold and pooled start.
+
+    make bench            (or: python scripts/bench_sandbox.py --n 500)
+
+Needs a Docker engine (scripts/provision-docker.sh) and the image named by STIGMER_SANDBOX_IMAGE
+(default: the offline test image built by scripts/build-test-image.sh). Runs private servers in
+temporary runtime directories. Targets: warm sandbox round trip >= 10x faster than `docker exec`
+and <= 1.5x the local round trip; cold start (request for a new sandbox kernel to its first
+reply) <= 1 s; start from the warm pool <= 100 ms. Exit code 1 if a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import docker
+
+from stigmer_kernel import Client, load_config
+from stigmer_kernel.client.discovery import start_background_server
+
+IMAGE = os.environ.get("STIGMER_SANDBOX_IMAGE", "stigmer-test-base:bookworm")
+
+
+def p50_p99(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def timed(fn: Callable[[], object], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def server(**settings: str) -> tuple[Client, str]:
+    runtime = tempfile.mkdtemp(prefix="stg-bench-", dir="/tmp")
+    config = load_config({"runtime_dir": runtime, "sandbox_image": IMAGE, **settings})
+    start_background_server(config)
+    return Client(config, autostart=False), runtime
+
+
+def stop(client: Client, runtime: str) -> None:
+    client.shutdown_server()
+    client.close()
+    shutil.rmtree(runtime, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=500, help="warm round trips per kernel")
+    parser.add_argument("--starts", type=int, default=5, help="cold and pooled starts")
+    args = parser.parse_args()
+    engine = docker.from_env()
+    engine.images.get(IMAGE)
+    workspace = tempfile.mkdtemp(prefix="stg-bench-ws-", dir="/tmp")
+
+    # docker exec of `true` in a running container of the same image (the SDK, as agents would).
+    box = engine.containers.run(IMAGE, ["sleep", "infinity"], detach=True, init=True)
+    try:
+        timed(lambda: box.exec_run(["true"]), 5)
+        exec_ms = timed(lambda: box.exec_run(["true"]), 60)
+    finally:
+        box.remove(force=True)
+
+    c, runtime = server()
+    try:
+        c.execute("true", kernel="local")
+        c.execute("true", kernel="warm", mode="sandbox", cwd=workspace)
+        timed(lambda: c.execute("true", kernel="warm", mode="sandbox"), 50)
+        local: list[float] = []
+        sandbox: list[float] = []
+        for _ in range(5):  # interleaved, so drift hits both
+            local += timed(lambda: c.execute("true", kernel="local"), args.n // 5)
+            sandbox += timed(lambda: c.execute("true", kernel="warm", mode="sandbox"), args.n // 5)
+        cold = []
+        for i in range(args.starts):
+            t = time.perf_counter()
+            r = c.execute("true", kernel=f"cold{i}", mode="sandbox", cwd=workspace)
+            cold.append(time.perf_counter() - t)
+            assert r.exit_code == 0, (r.ename, r.evalue)
+    finally:
+        stop(c, runtime)
+
+    c, runtime = server(sandbox_warm=2, sandbox_workspace=workspace)
+    try:
+        pooled = []
+        for i in range(args.starts):
+            time.sleep(1.5)  # let the pool refill
+            t = time.perf_counter()
+            r = c.execute("true", kernel=f"pooled{i}", mode="sandbox", cwd=workspace)
+            pooled.append((time.perf_counter() - t) * 1000)
+            assert r.exit_code == 0, (r.ename, r.evalue)
+    finally:
+        stop(c, runtime)
+        shutil.rmtree(workspace, ignore_errors=True)
+
+    e50, e99 = p50_p99(exec_ms)
+    l50, l99 = p50_p99(local)
+    s50, s99 = p50_p99(sandbox)
+    cold_s = statistics.median(cold)
+    pool_ms = statistics.median(pooled)
+    print(f"sandbox kernels ({IMAGE}, {os.cpu_count()} cores)")
+    print(f"{'what':44} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'docker exec true (SDK, running container)':44} {e50:8.3f} {e99:8.3f}")
+    print(f"{'local kernel: true':44} {l50:8.3f} {l99:8.3f}")
+    print(f"{'warm sandbox kernel: true':44} {s50:8.3f} {s99:8.3f}")
+    print(
+        f"cold start (new sandbox kernel to first reply): median {cold_s * 1000:.0f} ms "
+        f"(all: {', '.join(f'{x * 1000:.0f}' for x in cold)})"
+    )
+    print(
+        f"start from the warm pool: median {pool_ms:.0f} ms "
+        f"(all: {', '.join(f'{x:.0f}' for x in pooled)})"
+    )
+    checks = [
+        (f"warm sandbox {e50 / s50:.0f}x faster than docker exec (target >= 10x)", e50 / s50 >= 10),
+        (f"warm sandbox {s50 / l50:.2f}x the local round trip (target <= 1.5x)", s50 / l50 <= 1.5),
+        (f"cold start {cold_s:.2f}s (target <= 1s)", cold_s <= 1.0),
+        (f"warm-pool start {pool_ms:.0f} ms (target <= 100 ms)", pool_ms <= 100),
+    ]
+    for text, ok in checks:
+        print(f"{text}: {'met' if ok else 'MISSED'}")
+    return 0 if all(ok for _, ok in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

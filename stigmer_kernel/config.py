@@ -58,6 +58,7 @@ class EnvVar(str, enum.Enum):
     SANDBOX_READ_ONLY = "STIGMER_SANDBOX_READ_ONLY"
     SANDBOX_WORKSPACE = "STIGMER_SANDBOX_WORKSPACE"
     SANDBOX_WARM = "STIGMER_SANDBOX_WARM"
+    AUTO_LOCAL_FALLBACK = "STIGMER_AUTO_LOCAL_FALLBACK"
     # Set by the broker for the agents it spawns; never read from user config.
     AGENT_KEY = "STIGMER_AGENT_KEY"
 
@@ -162,6 +163,10 @@ class Config:
 
     sandbox_warm: int = field(default=0, metadata={**_env(EnvVar.SANDBOX_WARM), "zero_ok": True})
     """Started sandbox containers kept ready, so a new sandbox kernel skips container start."""
+
+    auto_local_fallback: bool = field(default=False, metadata=_env(EnvVar.AUTO_LOCAL_FALLBACK))
+    """Auto mode: run sandbox-bound commands on the host when no Docker engine is reachable
+    (default: they fail with a clear error instead)."""
 
     max_message_bytes: int = 64 * 1024 * 1024
     """Largest frame the broker accepts (ZeroMQ's MAXMSGSIZE, per frame): a peer that sends a

@@ -15,6 +15,7 @@ import collections
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import socket
 import threading
@@ -321,6 +322,10 @@ class Agent:
                 script = introspect.inspect_code(introspect.word_at(code, cursor), self.last_status)
             else:
                 script = code
+                chdir = content.get("chdir")
+                if isinstance(chdir, str) and chdir:
+                    # Auto mode carries the cwd across sides: same line, so line numbers hold.
+                    script = f"builtin cd -- {shlex.quote(chdir)} 2>/dev/null; {code}"
             stdin = content.get("stdin")
             if isinstance(stdin, str):
                 stdin = stdin.encode()

@@ -64,6 +64,8 @@ class Pending:
     forwarded: bool = False
     lost: int = 0  # output messages dropped because the client was not reading
     decoders: dict[str, Any] = field(default_factory=dict)  # per-stream UTF-8 decoders (iopub)
+    decision: dict[str, str] | None = None  # auto mode: where it ran and why
+    started: bool = False  # busy was published for it (Jupyter iopub)
 
     @property
     def msg_id(self) -> str:
@@ -109,6 +111,9 @@ class Kernel:
     image: str | None = None  # sandbox image asked for (None: the configured one)
     requirements: str | None = None  # sandbox requirements file content
     workspace: str | None = None  # sandbox workspace on the host
+    parent: Kernel | None = None  # the auto kernel this one is a side of
+    children: dict[str, Kernel] = field(default_factory=dict)  # auto: "local"/"sandbox" sides
+    last_side: str | None = None  # auto: the side the previous command ran on
     session_id: str = ""  # Jupyter session id of this incarnation (new at every restart)
 
     def new_incarnation(self, key: bytes) -> None:
@@ -124,6 +129,7 @@ class Kernel:
         self.started_at = time.monotonic()
         self.last_beat = time.monotonic()
         self.execution_count = 0  # a new session counts from 1 again, as Jupyter expects
+        self.death_reason = None
 
     @property
     def busy(self) -> bool:
@@ -131,6 +137,7 @@ class Kernel:
 
     @property
     def ready(self) -> bool:
+        """An agent is registered and can take requests (auto kernels have none of their own)."""
         return self.agent_identity is not None and self.state is not KernelState.DEAD
 
     def refresh_state(self) -> None:
@@ -159,6 +166,10 @@ class Kernel:
             info.update(self.handle.describe())
         if self.death_reason:
             info["death_reason"] = self.death_reason
+        if self.children:
+            info["sides"] = {mode: child.name for mode, child in self.children.items()}
+        if self.parent is not None:
+            info["auto_parent"] = self.parent.name
         return info
 
 

@@ -38,6 +38,7 @@ from ..provisioners.docker import DockerProvisioner
 from ..runtime import RuntimeDir, ServerLock
 from .kernels import NAME_RE, Kernel, Pending, Registry
 from .pool import WarmPool
+from .routing import AutoRouter
 
 log = logging.getLogger("stigmer.broker")
 
@@ -98,6 +99,7 @@ class Broker:
         self.native = NativeFrontend(self)
         self.jupyter = JupyterFrontend(self)
         self.pool = WarmPool(self)
+        self.auto = AutoRouter(self)
         self._handlers: dict[zmq.Socket[Any], Handler] = {}
         self._ready: set[zmq.Socket[Any]] = set()
         self._pump_scheduled = False
@@ -376,6 +378,23 @@ class Broker:
                     requester=client,
                 )
             return kernel
+        cwd = self.config.kernel_cwd or cwd or os.path.expanduser("~")
+        if not isinstance(cwd, str) or not os.path.isabs(cwd) or not os.path.isdir(cwd):
+            raise RequestError(f"working directory {cwd!r} does not exist", "BadRequest")
+        return self.create_kernel(name, mode, cwd, ttl, options)
+
+    def create_kernel(
+        self,
+        name: str,
+        mode: str,
+        cwd: str,
+        ttl: Any = None,
+        options: dict[str, Any] | None = None,
+        parent: Kernel | None = None,
+    ) -> Kernel:
+        """A new kernel (name and cwd already checked); raises RequestError if it cannot be."""
+        if mode == ExecutionMode.AUTO.value:
+            return self.auto.create(name, cwd, ttl, options or {})
         provisioner = self.provisioners.get(mode)
         if provisioner is None:
             raise RequestError(
@@ -386,16 +405,16 @@ class Broker:
         check = getattr(provisioner, "check_available", None)
         if check is not None:
             check()
-        cwd = self.config.kernel_cwd or cwd or os.path.expanduser("~")
-        if not isinstance(cwd, str) or not os.path.isabs(cwd) or not os.path.isdir(cwd):
-            raise RequestError(f"working directory {cwd!r} does not exist", "BadRequest")
         default_ttl = self.config.sandbox_ttl if mode == "sandbox" else self.config.kernel_ttl
         kernel = Kernel(
             name=name,
             mode=mode,
             cwd=cwd,
             ttl=float(ttl) if isinstance(ttl, (int, float)) and ttl > 0 else default_ttl,
+            parent=parent,
         )
+        if parent is not None:
+            kernel.channels = parent.channels  # auto: the parent's Jupyter clients see it all
         options = options or {}
         if mode == "sandbox":
             image, requirements = options.get("sandbox_image"), options.get("requirements")
@@ -499,6 +518,10 @@ class Broker:
 
     def remove_kernel(self, kernel: Kernel, event: KernelEvent, reason: str) -> None:
         log.info("kernel %s %s: %s", kernel.name, event.value, reason)
+        for child in list(kernel.children.values()):
+            self.remove_kernel(child, event, reason)
+        if kernel.parent is not None:
+            kernel.parent.children.pop(kernel.mode, None)
         self.fail_all(
             kernel,
             ExecStatus.ABORTED,
@@ -509,7 +532,7 @@ class Broker:
         self.stop_agent(kernel)
         self.registry.remove(kernel, {"event": event.value, "reason": reason, "at": time.time()})
         kernel.state = KernelState.DEAD
-        if kernel.channels is not None:
+        if kernel.channels is not None and kernel.parent is None:
             self.jupyter.close_channels(kernel)
 
     def stop_agent(self, kernel: Kernel) -> None:
@@ -562,6 +585,10 @@ class Broker:
 
     def advance(self, kernel: Kernel) -> None:
         """Hand the next queued request to the agent if it is free."""
+        if kernel.mode == ExecutionMode.AUTO.value:
+            self.auto.advance(kernel)
+            return
+        counter = kernel.parent or kernel  # an auto kernel numbers the runs of both sides
         while kernel.ready and kernel.running is None and kernel.queue:
             pending = kernel.queue.popleft()
             if pending.kind is MsgType.IS_COMPLETE_REQUEST:
@@ -569,12 +596,12 @@ class Broker:
                 continue
             if pending.kind is MsgType.EXECUTE_REQUEST:
                 if not pending.silent and pending.store_history:
-                    kernel.execution_count += 1
-                    kernel.history.append(
-                        (kernel.restarts + 1, kernel.execution_count, pending.code)
+                    counter.execution_count += 1
+                    counter.history.append(
+                        (counter.restarts + 1, counter.execution_count, pending.code)
                     )
-                pending.execution_count = kernel.execution_count
-                pending.content["execution_count"] = kernel.execution_count
+                pending.execution_count = counter.execution_count
+                pending.content["execution_count"] = counter.execution_count
                 kernel.executions += 1
                 kernel.last_activity = time.monotonic()
             kernel.running = pending
@@ -605,6 +632,9 @@ class Broker:
             kernel.running = None
         with contextlib.suppress(ValueError):
             kernel.queue.remove(pending)
+        if pending.decision is not None:
+            content = {**content, "auto": pending.decision, "mode": pending.decision["mode"]}
+            frames = None  # the reply changes: it is built anew, not forwarded
         pending.sink.reply(kernel, pending, content, frames)
         if kernel.channels is not None:
             kernel.channels.finished(kernel, pending, content)
@@ -614,6 +644,13 @@ class Broker:
                 self.abort_queued(kernel, pending.sink.kind)
         kernel.refresh_state()
         self.advance(kernel)
+        parent = kernel.parent
+        if parent is not None and parent.pending.pop(pending.msg_id, None) is not None:
+            if parent.running is pending:
+                parent.running = None
+            parent.last_activity = time.monotonic()
+            parent.refresh_state()
+            self.advance(parent)
 
     def fail_all(self, kernel: Kernel, status: ExecStatus, ename: str, reason: str) -> None:
         for pending in list(kernel.pending.values()):
@@ -645,6 +682,8 @@ class Broker:
 
     def interrupt(self, kernel: Kernel, parent: Message | None = None) -> bool:
         """Interrupt what runs; if the agent is still starting, cancel what waits."""
+        if kernel.mode == ExecutionMode.AUTO.value:
+            return self.auto.interrupt(kernel, parent)
         if kernel.agent_identity is not None and kernel.session is not None:
             note = kernel.session.msg(MsgType.INTERRUPT_REQUEST.value, {}, parent)
             self.send(self.agent_sock, kernel.session.serialize(note, [kernel.agent_identity]))

@@ -64,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
         help="pass this process's stdin to the command (default: /dev/null)",
     )
     run.add_argument(
+        "--explain",
+        action="store_true",
+        help="print where auto mode would run the command, and why; do not run it",
+    )
+    run.add_argument(
         "--json", action="store_true", help="print one JSON result instead of streaming output"
     )
     run.add_argument(
@@ -111,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     ksi.add_argument(
         "--mode",
         default="local",
-        choices=["local", "sandbox"],
+        choices=["local", "sandbox", "auto"],
         help="execution mode of the kernelspec (stigmer-local, stigmer-sandbox)",
     )
 
@@ -175,6 +180,16 @@ def _command_text(argv: list[str]) -> str:
 
 def _run(args: argparse.Namespace, config: Config) -> int:
     code = _command_text(args.argv)
+    if args.explain:
+        from ..auto import decide
+
+        mode = args.mode or config.execution_mode.value
+        if mode != "auto":
+            print(f"{mode}: mode {mode} runs every command there (no auto decision)")
+            return 0
+        decision = decide(code, requirements=bool(args.requirements))
+        print(f"{decision.mode}: {decision.reason} (rule: {decision.rule})")
+        return 0
     stdin = sys.stdin.buffer.read() if args.stdin else None
     if args.requirements:
         try:
@@ -248,6 +263,7 @@ async def _run_async(
             "ename": result.ename,
             "evalue": result.evalue,
             "events": result.events,
+            "auto": result.auto,
         }
         print(json.dumps(payload))
     if result.status == "timeout":

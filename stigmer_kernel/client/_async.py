@@ -297,9 +297,11 @@ class AsyncClient:
         ):
             self._raise_for(reply)
         exit_code = c.get("exit_code")
+        auto = c.get("auto") if isinstance(c.get("auto"), dict) else None
         return ExecResult(
             kernel=kernel,
-            mode=content["mode"],
+            mode=str(auto["mode"]) if auto else content["mode"],
+            auto=auto,
             status=str(c.get("status", "error")),
             exit_code=exit_code if isinstance(exit_code, int) else None,
             stdout_bytes=b"".join(call.chunks["stdout"]),

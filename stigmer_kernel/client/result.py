@@ -26,6 +26,12 @@ class ExecResult:
     ename: str | None = None
     evalue: str | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
+    auto: dict[str, str] | None = None  # auto mode: {"mode", "rule", "reason"} of the decision
+
+    @property
+    def reason(self) -> str | None:
+        """Why an auto-mode command ran where it did."""
+        return self.auto.get("reason") if self.auto else None
 
     @property
     def stdout(self) -> str:

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -198,6 +199,8 @@ class DockerProvisioner(Provisioner):
                 "HOME": HOME,
                 "USER": os.environ.get("USER", "stigmer"),
                 "STIGMER_SANDBOX": "1",
+                # A disposable sandbox: let pip install into Debian-based Pythons (PEP 668).
+                "PIP_BREAK_SYSTEM_PACKAGES": "1",
             },
             "volumes": {
                 str(self.runtime.agents_dir): {"bind": AGENT_SOCKET_DIR, "mode": "rw"},
@@ -212,7 +215,7 @@ class DockerProvisioner(Provisioner):
                 LABEL_KERNEL: spec.kernel_name,
                 LABEL_KERNEL_ID: spec.kernel_id,
             },
-            "name": f"stigmer-{spec.kernel_id}",
+            "name": "stigmer-" + re.sub(r"[^a-zA-Z0-9_.-]", "_", spec.kernel_id),
             "hostname": "sandbox",
             "init": True,
             "cap_drop": ["ALL"],

@@ -1,0 +1,142 @@
+"""Auto kernels: one name, two warm sessions — a local one and a sandbox one.
+
+An auto kernel ``a1`` has no agent of its own. Its requests wait in its own queue (so they stay
+in order whichever side runs them) and each goes, when its turn comes, to the child kernel
+``a1~local`` or ``a1~sandbox`` chosen by :func:`stigmer_kernel.auto.decide`. The children are
+ordinary kernels (listed, expired, restarted like any other) created on first use.
+
+The workspace is the same directory on both sides (mounted at /workspace in the sandbox), so a
+``cd`` inside the workspace carries across: before a command runs on the other side than the
+previous one, that side changes to the translated directory. Variables, functions, aliases and
+background jobs do not carry across (two shells), nor do directories outside the workspace.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from ..auto import decide
+from ..errors import RequestError
+from ..protocol import ExecStatus, KernelState, Message, MsgType
+from ..provisioners.docker import WORKSPACE
+from .kernels import Kernel, Pending
+
+if TYPE_CHECKING:
+    from .server import Broker
+
+
+class AutoRouter:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    def create(self, name: str, cwd: str, ttl: Any, options: dict[str, Any]) -> Kernel:
+        config = self.broker.config
+        workspace = config.sandbox_workspace or options.get("workspace") or cwd
+        if not isinstance(workspace, str) or not os.path.isdir(workspace):
+            raise RequestError(f"workspace {workspace!r} does not exist", "BadRequest")
+        kernel = Kernel(
+            name=name,
+            mode="auto",
+            cwd=cwd,
+            ttl=float(ttl) if isinstance(ttl, (int, float)) and ttl > 0 else config.kernel_ttl,
+        )
+        image, requirements = options.get("sandbox_image"), options.get("requirements")
+        kernel.image = image if isinstance(image, str) and image else None
+        kernel.requirements = requirements if isinstance(requirements, str) else None
+        kernel.workspace = os.path.realpath(workspace)
+        kernel.state = KernelState.IDLE
+        kernel.id = f"{name}-auto"
+        kernel.session_id = os.urandom(16).hex()
+        self.broker.registry.add(kernel)
+        return kernel
+
+    # -- dispatch ---------------------------------------------------------------------------------
+    def advance(self, kernel: Kernel) -> None:
+        broker = self.broker
+        while kernel.running is None and kernel.queue:
+            pending = kernel.queue.popleft()
+            if pending.kind is not MsgType.EXECUTE_REQUEST:
+                side = kernel.last_side or "local"  # completion etc.: where the user last was
+            else:
+                decision = decide(pending.code, requirements=bool(kernel.requirements))
+                pending.decision = decision.to_dict()
+                side = decision.mode
+            try:
+                child = self._child(kernel, side, pending)
+            except RequestError as exc:
+                message = str(exc)
+                if pending.decision is not None and exc.ename == "ModeUnavailable":
+                    message = (
+                        f"this command needs the sandbox ({pending.decision['reason']}), but "
+                        f"{message.split(' — ')[0]} — start Docker, run it with --mode local, "
+                        "or let auto mode fall back to the host "
+                        "(stigmer config set auto_local_fallback true)"
+                    )
+                broker.fail(kernel, pending, ExecStatus.ERROR, exc.ename, message)
+                continue
+            self._carry_cwd(kernel, child, pending)
+            kernel.running = pending
+            kernel.last_side = child.mode
+            broker.submit(child, pending)
+            kernel.refresh_state()
+
+    def _child(self, kernel: Kernel, side: str, pending: Pending) -> Kernel:
+        broker = self.broker
+        child = kernel.children.get(side)
+        if child is not None and child.state is KernelState.DEAD:
+            broker.restart_kernel(child, f"the previous agent died ({child.death_reason})")
+        if child is not None:
+            return child
+        options = {
+            "sandbox_image": kernel.image,
+            "requirements": kernel.requirements,
+            "workspace": kernel.workspace,
+        }
+        try:
+            child = broker.create_kernel(
+                f"{kernel.name}~{side}", side, kernel.cwd, kernel.ttl, options, parent=kernel
+            )
+        except RequestError as exc:
+            if side != "sandbox" or not broker.config.auto_local_fallback:
+                raise
+            decision = pending.decision or {}
+            pending.decision = {
+                "mode": "local",
+                "rule": decision.get("rule", "default"),
+                "reason": f"{decision.get('reason')}; no sandbox ({exc}), so it ran locally "
+                "(auto_local_fallback)",
+            }
+            return self._child(kernel, "local", pending)
+        kernel.children[side] = child
+        return child
+
+    def _carry_cwd(self, kernel: Kernel, child: Kernel, pending: Pending) -> None:
+        """Going to the other side: start from the same place in the workspace."""
+        previous = kernel.children.get(kernel.last_side or "")
+        if previous is None or previous is child or not kernel.workspace:
+            return
+        target = translate(previous.cwd, previous.mode, child.mode, kernel.workspace)
+        if target is not None and pending.kind is MsgType.EXECUTE_REQUEST:
+            pending.content["chdir"] = target
+
+    def interrupt(self, kernel: Kernel, parent: Message | None) -> bool:
+        running = kernel.running
+        if running is None:
+            return False
+        for child in kernel.children.values():
+            if running.msg_id in child.pending:
+                return self.broker.interrupt(child, parent)
+        return False
+
+
+def translate(path: str, source: str, target: str, workspace: str) -> str | None:
+    """``path`` on the ``source`` side, as seen from the ``target`` side (None: no equivalent)."""
+    if source == target:
+        return path
+    inside, outside = (WORKSPACE, workspace) if source == "sandbox" else (workspace, WORKSPACE)
+    if path == inside:
+        return outside
+    if path.startswith(inside.rstrip("/") + "/"):
+        return outside.rstrip("/") + path[len(inside.rstrip("/")) :]
+    return None

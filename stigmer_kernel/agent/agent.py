@@ -155,6 +155,7 @@ class Agent:
         self.run_state: Run | None = None
         self.execution_count = 0
         self.last_status = 0  # exit status of the last user command; hidden runs restore it
+        self._held: tuple[bytes, bytes] = (b"", b"")  # between-command output kept aside
         self.stdin_pipe = StdinPipe(opts.workdir / "stdin.fifo")
         self.heartbeat = Heartbeat(self.ctx, opts, self.identity)
         self.stopping = False
@@ -359,6 +360,11 @@ class Agent:
                 next_stdin_check=now + _STDIN_POLL,
             )
             self.heartbeat.busy = True
+            if run.hidden:
+                # Output background jobs wrote between commands belongs to the next *command*,
+                # not to a completion: set it aside for the duration of this hidden run.
+                self._held = (self.shell.out_scan.after, self.shell.err_scan.after)
+                self.shell.out_scan.after = self.shell.err_scan.after = b""
             if run.allow_stdin:
                 self.stdin_pipe.open()
                 self.shell.begin(script, stdin_file=self.stdin_pipe.path)
@@ -485,6 +491,10 @@ class Agent:
             self._start_next()
 
     def _finish_hidden(self, run: Run, end: CommandEnd) -> None:
+        out_held, err_held = self._held
+        self.shell.out_scan.after = out_held + self.shell.out_scan.after
+        self.shell.err_scan.after = err_held + self.shell.err_scan.after
+        self._held = (b"", b"")
         output = b"".join(run.captured).decode("utf-8", "replace")
         content: dict[str, Any]
         if run.kind is MsgType.COMPLETE_REQUEST:

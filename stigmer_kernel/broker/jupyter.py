@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("stigmer.broker")
 
 CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
-_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+_LOOPBACK = {"127.0.0.1", "localhost"}
 #: Replies for requests the agent serves, by request kind.
 _REPLY_TYPES = {
     MsgType.EXECUTE_REQUEST: MsgType.EXECUTE_REPLY,
@@ -45,6 +45,21 @@ _REPLY_TYPES = {
     MsgType.INSPECT_REQUEST: MsgType.INSPECT_REPLY,
     MsgType.IS_COMPLETE_REQUEST: MsgType.IS_COMPLETE_REPLY,
 }
+
+
+def check_connection(connection: dict[str, Any]) -> None:
+    """Refuse a connection we would not bind, before anything is created for it."""
+    scheme = connection.get("signature_scheme", "hmac-sha256")
+    if scheme != "hmac-sha256":
+        raise RequestError(f"unsupported signature_scheme {scheme!r}", "BadRequest")
+    transport = str(connection.get("transport", "tcp"))
+    if transport not in ("tcp", "ipc"):
+        raise RequestError(f"unsupported transport {transport!r}", "BadRequest")
+    ip = str(connection.get("ip", "127.0.0.1"))
+    if transport == "tcp" and ip not in _LOOPBACK:
+        raise RequestError(
+            f"refusing to bind Jupyter channels on {ip}: only loopback is allowed", "BadRequest"
+        )
 
 
 class JupyterChannels:
@@ -59,20 +74,11 @@ class JupyterChannels:
         self.broker = frontend.broker
         self.kernel = kernel
         connection = connection or {}
-        scheme = connection.get("signature_scheme", "hmac-sha256")
-        if scheme != "hmac-sha256":
-            raise RequestError(f"unsupported signature_scheme {scheme!r}", "BadRequest")
+        check_connection(connection)
         key = connection.get("key")
         self.key = key.encode() if isinstance(key, str) and key else new_key()
         self.transport = str(connection.get("transport", "tcp"))
         self.ip = str(connection.get("ip", "127.0.0.1"))
-        if self.transport == "tcp" and self.ip not in _LOOPBACK:
-            raise RequestError(
-                f"refusing to bind Jupyter channels on {self.ip}: only loopback is allowed",
-                "BadRequest",
-            )
-        if self.transport not in ("tcp", "ipc"):
-            raise RequestError(f"unsupported transport {self.transport!r}", "BadRequest")
         self.session = Session(
             self.key, packing="json", session_id=kernel.session_id, username="kernel"
         )
@@ -187,6 +193,7 @@ class JupyterChannels:
 
     # -- iopub: everything that runs on the kernel ----------------------------------------------
     def started(self, kernel: Kernel, pending: Pending) -> None:
+        pending.started = True
         self.publish_status("busy", pending.header)
         if pending.kind is MsgType.EXECUTE_REQUEST and not pending.silent:
             self.publish(
@@ -218,6 +225,8 @@ class JupyterChannels:
             and content.get("status") not in ("ok", "aborted")
         ):
             self.publish(MsgType.ERROR, _error_content(content), pending.header)
+        if not pending.started and pending.kind is not MsgType.IS_COMPLETE_REQUEST:
+            self.publish_status("busy", pending.header)  # answered before it ever ran
         self.publish_status("idle", pending.header)
 
     # -- the sink of Jupyter requests -----------------------------------------------------------
@@ -302,7 +311,7 @@ class JupyterFrontend:
             return
         kernel = channels.kernel
         client = ids[0]
-        kernel.clients[client] = time.monotonic()
+        kernel.jupyter_clients[client] = time.monotonic()
         mtype = msg.msg_type
         try:
             if channel == "stdin":
@@ -346,6 +355,8 @@ class JupyterFrontend:
         code = content.get("code")
         if not isinstance(code, str):
             raise RequestError("execute_request needs a string 'code'", "BadRequest")
+        if len(code) > 1024 * 1024:
+            raise RequestError("code is longer than 1,048,576 characters", "BadRequest")
         self._ensure_running(channels.kernel, client)
         silent = bool(content.get("silent", False))
         pending = Pending(
@@ -383,7 +394,7 @@ class JupyterFrontend:
 
     def _shutdown(self, kernel: Kernel, restart: bool) -> None:
         if restart:
-            self.broker.restart_kernel(kernel, "restarted by a Jupyter client")
+            self.broker.restart_kernel(kernel, "restarted by a Jupyter client", requested=True)
         else:
             self.broker.remove_kernel(kernel, KernelEvent.SHUTDOWN, "shut down by a Jupyter client")
 

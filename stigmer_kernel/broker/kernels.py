@@ -98,7 +98,8 @@ class Kernel:
     queue: collections.deque[Pending] = field(default_factory=collections.deque)
     running: Pending | None = None
     pending: dict[str, Pending] = field(default_factory=dict)  # every request not yet answered
-    clients: dict[bytes, float] = field(default_factory=dict)
+    clients: dict[bytes, float] = field(default_factory=dict)  # native clients attached
+    jupyter_clients: dict[bytes, float] = field(default_factory=dict)
     restarts: int = 0
     executions: int = 0
     execution_count: int = 0
@@ -152,7 +153,7 @@ class Kernel:
             "state": self.state.value,
             "idle_seconds": 0.0 if self.busy else round(now - self.last_activity, 3),
             "ttl": self.ttl,
-            "clients": len(self.clients),
+            "clients": len(self.clients) + len(self.jupyter_clients),
             "pid": self.agent_pid,
             "cwd": self.cwd,
             "executions": self.executions,

@@ -17,6 +17,7 @@ from ..errors import ProtocolError, RequestError
 from ..protocol import KernelEvent, Message, MsgType, Session
 from ..protocol.constants import REPLY_FOR
 from ..protocol.session import split_ids
+from .jupyter import check_connection
 from .kernels import Kernel, Pending
 
 if TYPE_CHECKING:
@@ -100,12 +101,14 @@ class NativeFrontend:
         only: bytes | None = None,
         exclude: bytes | None = None,
         parent: Message | None = None,
+        requested: bool = False,
     ) -> None:
         content = {
             "kernel": kernel.name,
             "event": event.value,
             "reason": reason,
             "kernel_id": kernel.id,
+            "requested": requested,
         }
         targets = [only] if only is not None else [c for c in kernel.clients if c != exclude]
         for client in targets:
@@ -213,6 +216,9 @@ class NativeFrontend:
     def _connect(self, client: bytes, msg: Message) -> None:
         """Give a kernel Jupyter sockets (created if needed) and say how to reach them."""
         content = msg.content
+        connection = content.get("connection")
+        if isinstance(connection, dict):
+            check_connection(connection)
         kernel = self.broker.get_or_create(
             content.get("kernel") or "default",
             content.get("mode"),
@@ -222,7 +228,6 @@ class NativeFrontend:
             options=content,
         )
         self._attach(kernel, client, msg)
-        connection = content.get("connection")
         channels = self.broker.jupyter.open_channels(
             kernel, connection if isinstance(connection, dict) else None
         )

@@ -311,7 +311,7 @@ class Broker:
             return False
         except zmq.ZMQError as exc:
             if exc.errno == errno.EHOSTUNREACH:
-                self.client_gone(frames[0])
+                self.client_gone(frames[0], sock)
                 return False
             raise
         finally:
@@ -334,11 +334,13 @@ class Broker:
             if not queue:
                 self._deferred.pop(key, None)
 
-    def client_gone(self, client: bytes) -> None:
-        for key in [k for k in self._deferred if k[1] == client]:
-            del self._deferred[key]
-        for kernel in self.registry:
-            kernel.clients.pop(client, None)
+    def client_gone(self, client: bytes, sock: zmq.Socket[Any] | None = None) -> None:
+        """A peer of ``sock`` (default: the native client socket) is gone: forget it there."""
+        sock = sock or self.client_sock
+        self._deferred.pop((sock, client), None)  # type: ignore[arg-type]
+        if sock is self.client_sock:
+            for kernel in self.registry:
+                kernel.clients.pop(client, None)
 
     # -- kernels --------------------------------------------------------------------------------
     def get_or_create(
@@ -487,15 +489,27 @@ class Broker:
 
         return report
 
-    def restart_kernel(self, kernel: Kernel, reason: str, requester: bytes | None = None) -> None:
-        """A fresh agent (and session) for ``kernel``; everyone attached is told."""
+    def restart_kernel(
+        self,
+        kernel: Kernel,
+        reason: str,
+        requester: bytes | None = None,
+        requested: bool = False,
+    ) -> None:
+        """A fresh agent (and session) for ``kernel``; everyone attached is told.
+
+        ``requested``: a client asked for it (a Jupyter restart), rather than a dead agent
+        being replaced on the next request.
+        """
         if kernel.state is not KernelState.DEAD:
             self.fail_all(kernel, ExecStatus.ABORTED, "KernelRestarted", reason)
             self.stop_agent(kernel)
         kernel.restarts += 1
         self.start_agent(kernel)
         kernel.notices.append({"event": KernelEvent.RESTARTED.value, "reason": reason})
-        self.native.kernel_event(kernel, KernelEvent.RESTARTED, reason, exclude=requester)
+        self.native.kernel_event(
+            kernel, KernelEvent.RESTARTED, reason, exclude=requester, requested=requested
+        )
 
     def kernel_died(self, kernel: Kernel, reason: str) -> None:
         if kernel.state is KernelState.DEAD:

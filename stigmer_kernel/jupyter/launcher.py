@@ -49,7 +49,11 @@ async def run(connection_file: str, mode: str, name: str | None) -> int:
     def on_event(event: dict[str, Any]) -> None:
         if not attached:
             return
-        if event.get("kernel") == kernel and event.get("event") in _ENDING_EVENTS:
+        if event.get("kernel") != kernel or event.get("event") not in _ENDING_EVENTS:
+            return
+        # A dead agent replaced on the next request is the same kernel carrying on; a restart a
+        # client asked for (Jupyter's restart) ends this stand-in, as Jupyter expects.
+        if event.get("event") != "restarted" or event.get("requested"):
             reason.append(f"{event.get('event')}: {event.get('reason')}")
             ended.set()
 

@@ -285,3 +285,22 @@ def test_sigint_to_the_launcher_interrupts(jupyter_env: Server) -> None:
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=False)
+
+
+def test_background_output_is_not_mistaken_for_completions(shared: tuple[Client, str]) -> None:
+    _, path = shared
+    kc = connect(path)
+    kc.execute("(sleep 0.3; echo BGLINE) &", reply=True, timeout=10)
+    time.sleep(0.8)
+    matches = kc.complete("ech", reply=True, timeout=10)["content"]["matches"]
+    assert matches == ["echo"]
+    msg_id = kc.execute("echo next")
+    kc.get_shell_msg(timeout=10)
+    texts = "".join(
+        t
+        for kind, (name, t) in (
+            (k, d) for k, d in for_parent(drain_iopub(kc, msg_id), msg_id) if k == "stream"
+        )
+    )
+    assert "BGLINE" in texts and "next" in texts  # delivered with the next command, not lost
+    kc.stop_channels()

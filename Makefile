@@ -5,11 +5,21 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-image lint format bench server stop clean
+.PHONY: help install run test test-image test-local-mode test-sandbox-mode lint format bench \
+	server stop clean sandbox-build-basic sandbox-build-full sandbox-test sandbox-clean dev-full
+
+# Base image of the sandbox tiers. Empty: python:3.11-slim (the Dockerfiles' default). Where no
+# registry is reachable and the offline test image exists, that image is used instead.
+SANDBOX_BASE_IMAGE ?= $(shell docker image inspect python:3.11-slim >/dev/null 2>&1 || \
+	{ docker image inspect stigmer-test-base:bookworm >/dev/null 2>&1 && \
+	  echo stigmer-test-base:bookworm; })
+SANDBOX_BASIC_IMAGE ?= ghcr.io/stigmer/agent-sandbox-basic:latest
+SANDBOX_FULL_IMAGE ?= stigmer-sandbox-full:latest
+BASE_FLAG = $(if $(SANDBOX_BASE_IMAGE),--base-image $(SANDBOX_BASE_IMAGE))
 
 help: ## List every target with what it does
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
-	  awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
+	  awk 'BEGIN {FS = ":.*## "}; {printf "  make %-20s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +35,29 @@ run: install ## Set up, then run commands through a local kernel (starts a serve
 
 test: install test-image ## Set up (venv, Docker engine, offline test image), run every test
 	$(BIN)/pytest
+
+test-local-mode: install ## Run the tests that need no Docker engine
+	$(BIN)/pytest --ignore=tests/sandbox
+
+test-sandbox-mode: install test-image ## Run the sandbox and auto-mode tests (real Docker engine)
+	$(BIN)/pytest tests/sandbox
+
+sandbox-build-basic: install ## Build the basic sandbox tier (Python, Node, git; ~300 MB)
+	$(BIN)/stigmer sandbox build basic --tag $(SANDBOX_BASIC_IMAGE) $(BASE_FLAG)
+
+sandbox-build-full: install ## Build the full reference tier (cloud CLIs, kubectl, terraform...)
+	$(BIN)/stigmer sandbox build full --tag $(SANDBOX_FULL_IMAGE) $(BASE_FLAG)
+
+sandbox-test: install ## Check python, node and git in the basic tier image
+	$(BIN)/stigmer sandbox test $(SANDBOX_BASIC_IMAGE)
+
+sandbox-clean: install ## Remove stigmer's sandbox images and dead servers' containers
+	$(BIN)/stigmer sandbox clean
+
+dev-full: install test-image sandbox-build-basic ## Everything for development: venv, engine, images, kernelspecs
+	$(BIN)/stigmer kernelspec install --sys-prefix --mode local
+	$(BIN)/stigmer kernelspec install --sys-prefix --mode sandbox
+	$(BIN)/stigmer kernelspec install --sys-prefix --mode auto
 
 test-image: ## Start a Docker engine and build the offline sandbox test image (needs root)
 	@if bash scripts/provision-docker.sh && bash scripts/build-test-image.sh; then :; \

@@ -30,6 +30,7 @@ from ..config import (
 from ..errors import ServerNotRunning, StigmerError
 from ..protocol.constants import EXIT_INTERRUPTED, EXIT_STIGMER_ERROR, EXIT_TIMEOUT
 from ..runtime import RuntimeDir
+from . import sandbox as sandbox_cli
 
 EXIT_NOT_RUNNING = 3
 
@@ -106,6 +107,8 @@ def _parser() -> argparse.ArgumentParser:
         one = ksub.add_parser(name, help=text)
         one.add_argument("name")
 
+    sandbox_cli.add_parser(sub)
+
     kspec = sub.add_parser("kernelspec", help="install Jupyter kernelspecs (stigmer-local)")
     kssub = kspec.add_subparsers(dest="action", metavar="ACTION")
     ksi = kssub.add_parser("install", help="install a kernelspec (default: for this user)")
@@ -150,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             return _config(args, parser)
         if args.command == "kernelspec":
             return _kernelspec(args, parser)
+        if args.command == "sandbox":
+            return sandbox_cli.run(args, load_config({"runtime_dir": args.runtime_dir}))
         overrides: dict[str, Any] = {"runtime_dir": args.runtime_dir}
         if args.command == "server" and args.action == "start":
             overrides["execution_mode"] = args.execution_mode

@@ -60,7 +60,7 @@ RUN PIP_CERT=/opt/stigmer/ca-certificates.crt PIP_BREAK_SYSTEM_PACKAGES=1 \\
 """
 
 #: The host's CA bundle, lent to pip while it installs requirements (proxies, private CAs).
-_HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
 class ImageError(StigmerError):
@@ -238,7 +238,7 @@ class ImageResolver:
         except docker.errors.ImageNotFound:
             pass
         progress(f"installing requirements into {tag}")
-        ca = _HOST_CA.read_bytes() if _HOST_CA.is_file() else b""
+        ca = HOST_CA.read_bytes() if HOST_CA.is_file() else b""
         files = {"requirements.txt": requirements.encode(), "ca-certificates.crt": ca}
         dockerfile = _REQUIREMENTS_LAYER.format(base=base)
         self._build(client, None, "Dockerfile", tag, progress, _context(dockerfile, files))

@@ -1,0 +1,184 @@
+"""``stigmer sandbox build|pull|test|clean``: the sandbox tiers' images.
+
+* ``build basic|full`` builds ``sandbox/Dockerfile.sandbox.<tier>`` (``--base-image`` sets the
+  ``BASE_IMAGE`` build argument, e.g. an offline Debian image where no registry is reachable);
+* ``pull`` pulls ``STIGMER_SANDBOX_IMAGE`` with progress;
+* ``test`` runs ``python --version``, ``node --version`` and ``git --version`` in an image;
+* ``clean`` removes stigmer's images (tiers, agent layers, requirements layers) and containers
+  left by servers that are not running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..errors import StigmerError
+from ..provisioners.docker import LABEL_RUNTIME, LABEL_SERVER
+from ..provisioners.images import HOST_CA, sandbox_dir
+from ..runtime import RuntimeDir
+
+BASIC_TAG = "ghcr.io/stigmer/agent-sandbox-basic:latest"
+FULL_TAG = "stigmer-sandbox-full:latest"
+#: Images stigmer makes on its own (derived layers), removed by ``clean``.
+DERIVED = ("stigmer-agent-layer", "stigmer-requirements")
+TOOLS = (("python", "python --version"), ("node", "node --version"), ("git", "git --version"))
+
+
+def add_parser(sub: Any) -> None:
+    sandbox = sub.add_parser("sandbox", help="build, pull, test or clean sandbox images")
+    ssub = sandbox.add_subparsers(dest="action", metavar="ACTION")
+    build = ssub.add_parser("build", help="build a tier's image from sandbox/Dockerfile.sandbox.*")
+    build.add_argument("tier", choices=["basic", "full"])
+    build.add_argument("--tag", help=f"image tag (default: {BASIC_TAG} / {FULL_TAG})")
+    build.add_argument("--base-image", help="BASE_IMAGE build argument (default: python:3.11-slim)")
+    pull = ssub.add_parser("pull", help="pull the sandbox image (STIGMER_SANDBOX_IMAGE)")
+    pull.add_argument("image", nargs="?")
+    test = ssub.add_parser("test", help="check python, node and git in an image")
+    test.add_argument("image", nargs="?")
+    ssub.add_parser("clean", help="remove stigmer's images and dead servers' containers")
+
+
+def _client() -> Any:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=600)
+        client.ping()
+    except Exception:
+        raise StigmerError(
+            "Docker engine not reachable — start Docker (scripts/provision-docker.sh does it on "
+            "Debian)"
+        ) from None
+    return client
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    if args.action is None:
+        raise StigmerError("usage: stigmer sandbox {build,pull,test,clean} ...")
+    client = _client()
+    if args.action == "build":
+        return _build(client, args, config)
+    if args.action == "pull":
+        return _pull(client, args.image or config.sandbox_image)
+    if args.action == "test":
+        return _test(client, args.image or config.sandbox_image)
+    return _clean(client, config)
+
+
+def _say(text: str) -> None:
+    print(f"stigmer: {text}", file=sys.stderr, flush=True)
+
+
+def _build(client: Any, args: argparse.Namespace, config: Config) -> int:
+    directory = sandbox_dir()
+    if directory is None:
+        raise StigmerError("no sandbox/ directory with the tier Dockerfiles next to this package")
+    default = BASIC_TAG if args.tier == "basic" else FULL_TAG
+    if args.tier == "basic" and config.sandbox_image != BASIC_TAG:
+        default = config.sandbox_image  # what sandbox mode will look for
+    tag = args.tag or default
+    buildargs = {"BASE_IMAGE": args.base_image} if args.base_image else {}
+    _say(f"building {tag} from {directory}/Dockerfile.sandbox.{args.tier}")
+    with tempfile.TemporaryDirectory(prefix="stigmer-build-") as context:
+        shutil.copytree(directory, context, dirs_exist_ok=True)
+        if HOST_CA.is_file():
+            shutil.copy(HOST_CA, Path(context) / "host-ca.crt")  # for pip behind TLS proxies
+        _stream_build(client, context, f"Dockerfile.sandbox.{args.tier}", tag, buildargs)
+    size = client.images.get(tag).attrs["Size"]
+    print(f"built {tag} ({size / 1e6:.0f} MB)")
+    return 0
+
+
+def _stream_build(
+    client: Any, context: str, dockerfile: str, tag: str, buildargs: dict[str, str]
+) -> None:
+    import docker.errors
+
+    try:
+        for event in client.api.build(
+            path=context,
+            dockerfile=dockerfile,
+            tag=tag,
+            buildargs=buildargs,
+            rm=True,
+            forcerm=True,
+            decode=True,
+        ):
+            if "stream" in event and str(event["stream"]).strip():
+                sys.stderr.write(str(event["stream"]))
+            if "error" in event:
+                raise StigmerError(f"build of {tag} failed: {str(event['error']).strip()}")
+    except docker.errors.APIError as exc:
+        raise StigmerError(f"build of {tag} failed: {exc.explanation or exc}") from None
+
+
+def _pull(client: Any, image: str) -> int:
+    import docker.errors
+
+    repo, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "")
+    _say(f"pulling {image}")
+    try:
+        for event in client.api.pull(repo, tag=tag or "latest", stream=True, decode=True):
+            if "error" in event:
+                raise StigmerError(f"pull of {image} failed: {event['error']}")
+            status = event.get("status", "")
+            if status and not event.get("progressDetail"):
+                _say(f"{event.get('id', '')} {status}".strip())
+    except docker.errors.APIError as exc:
+        raise StigmerError(f"pull of {image} failed: {exc.explanation or exc}") from None
+    print(f"pulled {image}")
+    return 0
+
+
+def _test(client: Any, image: str) -> int:
+    import docker.errors
+
+    failed = 0
+    for name, command in TOOLS:
+        try:
+            out = client.containers.run(
+                image, ["sh", "-c", command], entrypoint=[], remove=True, network_mode="none"
+            )
+            print(f"{name}: {out.decode(errors='replace').strip()}")
+        except docker.errors.ImageNotFound:
+            raise StigmerError(
+                f"no image {image} — build it: stigmer sandbox build basic"
+            ) from None
+        except docker.errors.ContainerError as exc:
+            failed += 1
+            err = (exc.stderr or b"").decode(errors="replace").strip()
+            print(f"{name}: MISSING ({err or f'exit {exc.exit_status}'})")
+    print(f"{image}: {'ok' if not failed else f'{failed} tool(s) missing'}")
+    return 1 if failed else 0
+
+
+def _clean(client: Any, config: Config) -> int:
+    import docker.errors
+
+    removed_containers = 0
+    for container in client.containers.list(all=True, filters={"label": LABEL_SERVER}):
+        owner = (container.labels or {}).get(LABEL_RUNTIME)
+        if not (owner and RuntimeDir(Path(owner)).server_running()):
+            container.remove(force=True)
+            removed_containers += 1
+    removed_images = []
+    names = {*DERIVED, BASIC_TAG.rsplit(":", 1)[0], FULL_TAG.rsplit(":", 1)[0]}
+    for image in client.images.list():
+        for tag in image.tags:
+            if tag.rsplit(":", 1)[0] in names:
+                try:
+                    client.images.remove(tag, force=False)
+                    removed_images.append(tag)
+                except docker.errors.APIError as exc:
+                    _say(f"kept {tag}: {exc.explanation or exc}")
+    print(
+        f"removed {removed_containers} container(s) of stopped servers and "
+        f"{len(removed_images)} image(s): {', '.join(removed_images) or '-'}"
+    )
+    return 0

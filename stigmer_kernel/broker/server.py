@@ -219,8 +219,9 @@ class Broker:
         self._reaping.clear()
         for provisioner in self.provisioners.values():
             provisioner.close()
+        self._retry_deferred()
         for sock in list(self._handlers):
-            self.unregister(sock)
+            self.unregister(sock, linger=500)  # the last replies ("server is shutting down") go out
         self.ctx.term()
         for path in (
             self.runtime.client_socket,
@@ -242,14 +243,14 @@ class Broker:
             self.loop.add_reader(sock.fileno(), self._mark, sock)
             self._mark(sock)
 
-    def unregister(self, sock: zmq.Socket[Any]) -> None:
+    def unregister(self, sock: zmq.Socket[Any], linger: int = 0) -> None:
         if self._handlers.pop(sock, None) is not None and self.loop is not None:
             with contextlib.suppress(Exception):
                 self.loop.remove_reader(sock.fileno())
         self._ready.discard(sock)
         for key in [k for k in self._deferred if k[0] is sock]:
             del self._deferred[key]
-        sock.close(0)
+        sock.close(linger)
 
     def _mark(self, sock: zmq.Socket[Any]) -> None:
         self._ready.add(sock)
@@ -626,6 +627,7 @@ class Broker:
 
     def _forward(self, kernel: Kernel, pending: Pending) -> bool:
         assert kernel.session is not None and kernel.agent_identity is not None
+        pending.run_at = time.monotonic()
         msg = Message(header=pending.header, content=pending.content)
         frames = kernel.session.serialize(msg, [kernel.agent_identity])
         # A full queue defers the request; a vanished agent is found by the liveness check.
@@ -649,6 +651,11 @@ class Broker:
         if pending.decision is not None:
             content = {**content, "auto": pending.decision, "mode": pending.decision["mode"]}
             frames = None  # the reply changes: it is built anew, not forwarded
+        if content.get("exit_code") == 137 and kernel.handle is not None:
+            hint = kernel.handle.exit_hint(pending.run_at)
+            if hint:
+                content = {**content, "evalue": f"{content.get('evalue')}: {hint}"}
+                frames = None
         pending.sink.reply(kernel, pending, content, frames)
         if kernel.channels is not None:
             kernel.channels.finished(kernel, pending, content)

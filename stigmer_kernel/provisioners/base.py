@@ -51,6 +51,11 @@ class AgentHandle(abc.ABC):
     def kill(self) -> None:
         """End the agent and everything it started, at once."""
 
+    def exit_hint(self, since: float) -> str | None:
+        """Why a command that ended by SIGKILL after ``since`` (monotonic) was killed, if known
+        (e.g. the sandbox's memory limit)."""
+        return None
+
     def cleanup(self) -> None:  # noqa: B027 - optional hook
         """Remove what the agent left behind once it has ended (files, containers)."""
 

@@ -63,6 +63,7 @@ class DockerAgent(AgentHandle):
         self.failure: str | None = None  # why it could not start, or how it ended
         self.removed = False
         self.future: concurrent.futures.Future[None] | None = None
+        self.last_oom = 0.0  # monotonic time of the container's last out-of-memory event
 
     @property
     def pid(self) -> int | None:
@@ -73,6 +74,14 @@ class DockerAgent(AgentHandle):
 
     def kill(self) -> None:
         self.provisioner.submit(self._remove)
+
+    def exit_hint(self, since: float) -> str | None:
+        if self.last_oom >= since:
+            return (
+                f"killed by the out-of-memory killer: the sandbox's memory limit is "
+                f"{self.provisioner.config.sandbox_memory} (STIGMER_SANDBOX_MEMORY)"
+            )
+        return None
 
     def cleanup(self) -> None:
         self.provisioner.submit(self._remove)
@@ -291,10 +300,23 @@ class DockerProvisioner(Provisioner):
                 if handle is None:
                     continue
                 attrs = (event.get("Actor") or {}).get("Attributes") or {}
-                if event.get("status") == "oom" or event.get("Action") == "oom":
-                    handle.failure = "the sandbox ran out of memory (OOM-killed)"
-                elif handle.failure is None:
-                    handle.failure = f"the sandbox container exited (code {attrs.get('exitCode')})"
+                action = event.get("Action") or event.get("status")
+                if action == "oom":
+                    # A process of the sandbox hit the memory limit; the kernel may live on.
+                    handle.last_oom = time.monotonic()
+                    continue
+                if handle.failure is not None or handle.removed:
+                    continue
+                code = attrs.get("exitCode")
+                if time.monotonic() - handle.last_oom < 5:
+                    handle.failure = (
+                        f"the sandbox ran out of memory (limit {self.config.sandbox_memory}) "
+                        "and its container was killed"
+                    )
+                elif code == "137":
+                    handle.failure = "the sandbox container was killed (SIGKILL, e.g. docker kill)"
+                else:
+                    handle.failure = f"the sandbox container exited (code {code})"
         except Exception as exc:  # the stream closes at shutdown, or the engine went away
             log.debug("docker event stream ended: %s", exc)
 

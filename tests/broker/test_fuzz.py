@@ -32,7 +32,7 @@ TYPES = [
 
 
 def valid_client_message(session: Session, rng: random.Random) -> list[bytes]:
-    content: dict[str, Any] = {"code": "true", "kernel": rng.choice(NAMES + ["fuzzk"])}
+    content: dict[str, Any] = {"code": "true", "kernel": rng.choice([*NAMES, "fuzzk"])}
     if rng.random() < 0.3:
         content[rng.choice(["timeout", "mode", "cwd", "stdin", "ttl"])] = rng.choice(
             [-1, 0, 1e308, "x", None, b"\xff" * 100, {"a": 1}, [1, 2], "sandbox", "../../etc"]

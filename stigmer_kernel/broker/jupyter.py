@@ -286,6 +286,11 @@ class JupyterFrontend:
             return kernel.channels
         kernel.channels = JupyterChannels(self, kernel, connection)
         log.info("kernel %s: Jupyter channels on %s", kernel.name, kernel.channels.connection_file)
+        for child in kernel.children.values():
+            child.channels = kernel.channels
+        from .adoption import save
+
+        save(self.broker, kernel)
         if kernel.state is KernelState.IDLE:
             kernel.channels.publish_status("idle", None)
         return kernel.channels

@@ -116,6 +116,7 @@ class Kernel:
     parent: Kernel | None = None  # the auto kernel this one is a side of
     children: dict[str, Kernel] = field(default_factory=dict)  # auto: "local"/"sandbox" sides
     last_side: str | None = None  # auto: the side the previous command ran on
+    adopting: bool = False  # left by a dead broker: waiting for its agent to re-attach
     session_id: str = ""  # Jupyter session id of this incarnation (new at every restart)
 
     def new_incarnation(self, key: bytes) -> None:

@@ -30,12 +30,19 @@ import zmq
 
 from .._version import __version__
 from ..config import Config, ExecutionMode
-from ..errors import ProtocolError, RequestError, ServerAlreadyRunning, StigmerError
+from ..errors import (
+    ProtocolError,
+    RequestError,
+    RuntimeDirError,
+    ServerAlreadyRunning,
+    StigmerError,
+)
 from ..protocol import ExecStatus, KernelEvent, KernelState, Message, MsgType, new_key
 from ..protocol.session import Session, split_ids
 from ..provisioners import AgentHandle, AgentSpec, LocalProvisioner, Provisioner
 from ..provisioners.docker import DockerProvisioner
 from ..runtime import RuntimeDir, ServerLock
+from . import adoption
 from .kernels import NAME_RE, Kernel, Pending, Registry
 from .pool import WarmPool
 from .routing import AutoRouter
@@ -124,20 +131,31 @@ class Broker:
                 f"{self.runtime.path} — use it, stop it with `stigmer server stop`, or pick "
                 "another STIGMER_RUNTIME_DIR"
             )
-        # We hold the lock: anything left here belongs to a dead server.
+        # We hold the lock: anything left here belongs to a dead server. Its key stays, so its
+        # clients carry on; its kernels' records let their surviving agents be re-adopted.
         for path in (self.runtime.client_socket, self.runtime.agent_socket):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-        for directory in ("kernels", "jupyter"):
-            shutil.rmtree(self.runtime.path / directory, ignore_errors=True)
-            (self.runtime.path / directory).mkdir(mode=0o700)
-        self.runtime.write_key(self.key)
+        try:
+            self.key = self.runtime.read_key()
+            self.native.session = Session(self.key)
+        except RuntimeDirError:
+            self.runtime.write_key(self.key)
+        kernels_dir = self.runtime.path / "kernels"
+        kernels_dir.mkdir(mode=0o700, exist_ok=True)
+        records = adoption.load(kernels_dir)
+        shutil.rmtree(self.runtime.path / "jupyter", ignore_errors=True)
+        (self.runtime.path / "jupyter").mkdir(mode=0o700)
         self.client_sock = self._router(self.runtime.client_endpoint, self.config.client_endpoint)
         self.agent_sock = self._router(self.runtime.agent_endpoint, self.config.agent_endpoint)
+        # Per agent, at most ~200 chunks (<= 64 KiB) wait for the broker; beyond that the agent's
+        # sends block and its command waits on its pipe: backpressure, not memory.
+        self.agent_sock.setsockopt(zmq.RCVHWM, 200)
         for path in (self.runtime.client_socket, self.runtime.agent_socket):
             os.chmod(path, 0o600)
         self.register(self.client_sock, self.native.on_frames)
         self.register(self.agent_sock, self._on_agent_frames)
+        adoption.adopt_all(self, records)
         self.runtime.write_info(
             {
                 "pid": os.getpid(),
@@ -181,7 +199,8 @@ class Broker:
         sandbox = self.provisioners.get(ExecutionMode.SANDBOX.value)
         if isinstance(sandbox, DockerProvisioner):
             # Leftovers of dead servers go, without delaying start-up.
-            self.loop.run_in_executor(None, sandbox.reap_leftovers)
+            adoptable = {k.id for k in self.registry if k.adopting}
+            self.loop.run_in_executor(None, sandbox.reap_leftovers, adoptable)
             if self.pool.size and self.pool.workspace:
                 with contextlib.suppress(RequestError):
                     sandbox.check_available()
@@ -474,6 +493,7 @@ class Broker:
             self.kernel_died(kernel, f"could not start an agent: {exc}")
             return
         log.info("starting kernel %s (%s, %s mode)", kernel.name, kernel.id, kernel.mode)
+        adoption.save(self, kernel)
         if kernel.channels is not None:
             kernel.channels.new_incarnation(kernel)
 
@@ -767,6 +787,8 @@ class Broker:
             if pending is not None:
                 pending.sink.input_request(kernel, pending, msg)
         elif mtype == MsgType.AGENT_HEARTBEAT.value:
+            if kernel.adopting and kernel.agent_identity is None:
+                adoption.attach(self, kernel, identity, msg.content)
             pgid = msg.content.get("shell_pgid")
             if isinstance(pgid, int) and pgid > 0:
                 self._set_shell_pgid(kernel, pgid)
@@ -814,6 +836,7 @@ class Broker:
         )
         if kernel.channels is not None:
             kernel.channels.publish_status("idle", None)
+        adoption.save(self, kernel)
         self.advance(kernel)
         kernel.refresh_state()
 
@@ -845,7 +868,17 @@ class Broker:
         for kernel in self.registry:
             if kernel.state is not KernelState.DEAD and kernel.handle is not None:
                 ended = kernel.handle.poll()
-                if ended is not None:
+                if kernel.adopting:
+                    grace = max(5.0, 3 * self.config.dead_after)
+                    if ended is not None or now - kernel.started_at > grace:
+                        self.remove_kernel(
+                            kernel,
+                            KernelEvent.SHUTDOWN,
+                            f"it could not be re-adopted after the server restarted "
+                            f"({ended or f'its agent did not come back within {grace:g}s'})",
+                        )
+                        continue
+                elif ended is not None:
                     self.kernel_died(kernel, ended)
                 elif kernel.state is KernelState.STARTING:
                     if now - kernel.started_at > _START_TIMEOUT:

@@ -10,6 +10,7 @@ import asyncio
 import codecs
 import collections
 import contextlib
+import dataclasses
 import os
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,7 @@ from ..errors import (
     ModeUnavailable,
     ProtocolError,
     RequestError,
+    ServerError,
     ServerNotRunning,
     StigmerError,
 )
@@ -218,6 +220,15 @@ class AsyncClient:
                 if not runtime.server_running():
                     raise ServerNotRunning(
                         f"the stigmer server of {runtime.path} stopped before answering"
+                    )
+                info = runtime.read_info() or {}
+                if info.get("pid") and info["pid"] != self.address.pid:
+                    old = self.address.pid
+                    self.address = dataclasses.replace(self.address, pid=int(info["pid"]))
+                    raise ServerError(
+                        f"the stigmer server restarted (pid {old} -> {info['pid']}) while this "
+                        f"{msg_type.value} was in flight; it may or may not have run — check "
+                        "before retrying"
                     )
         finally:
             self._calls.pop(msg.msg_id, None)

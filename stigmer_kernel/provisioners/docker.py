@@ -223,6 +223,7 @@ class DockerProvisioner(Provisioner):
                 LABEL_RUNTIME: str(self.runtime.path),
                 LABEL_KERNEL: spec.kernel_name,
                 LABEL_KERNEL_ID: spec.kernel_id,
+                "stigmer.image": image,
             },
             "name": "stigmer-" + re.sub(r"[^a-zA-Z0-9_.-]", "_", spec.kernel_id),
             "hostname": "sandbox",
@@ -254,8 +255,41 @@ class DockerProvisioner(Provisioner):
             log.warning("could not remove container %s: %s", container_id[:12], exc)
         self._handles.pop(container_id, None)
 
-    def reap_leftovers(self) -> int:
-        """Remove containers left by servers that are not running (this one's past included)."""
+    def adopt(self, kernel_id: str, kernel_name: str, workdir: Path) -> DockerAgent:
+        """A handle on the container a previous broker started for ``kernel_id``."""
+        spec = AgentSpec(
+            kernel_id=kernel_id,
+            kernel_name=kernel_name,
+            key=b"",
+            endpoint="",
+            cwd=WORKSPACE,
+            workdir=workdir,
+            shell="bash",
+            heartbeat_interval=0,
+            orphan_timeout=0,
+            command_timeout=None,
+            output_limit=0,
+        )
+        handle = DockerAgent(self, spec)
+        try:
+            found = self.client().containers.list(
+                all=True, filters={"label": f"{LABEL_KERNEL_ID}={kernel_id}"}
+            )
+        except Exception as exc:
+            handle.failure = f"cannot find its container: {exc}"
+            return handle
+        if not found:
+            handle.failure = "its container is gone"
+            return handle
+        handle.container_id = found[0].id
+        handle.image = found[0].labels.get("stigmer.image", handle.image)
+        self._handles[found[0].id] = handle
+        self._ensure_watcher()
+        return handle
+
+    def reap_leftovers(self, keep: set[str] | None = None) -> int:
+        """Remove containers left by servers that are not running (this one's past included),
+        except those of kernels in ``keep`` (being re-adopted)."""
         removed = 0
         try:
             containers = self.client().containers.list(all=True, filters={"label": LABEL_SERVER})
@@ -264,6 +298,8 @@ class DockerProvisioner(Provisioner):
             return 0
         for container in containers:
             labels = container.labels or {}
+            if labels.get(LABEL_KERNEL_ID) in (keep or set()):
+                continue
             owner = labels.get(LABEL_RUNTIME)
             if labels.get(LABEL_SERVER) == self.server:
                 alive = False  # we hold this runtime dir's lock: it is a dead server's container

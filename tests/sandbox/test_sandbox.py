@@ -121,16 +121,43 @@ def test_server_stop_leaves_no_container(sandbox: Server, docker_client: Any) ->
     assert containers_of(docker_client, sandbox) == []
 
 
-def test_leftovers_of_a_dead_server_are_reaped_at_start(
+def test_leftovers_that_cannot_be_readopted_are_removed_at_start(
     sandbox: Server, docker_client: Any
 ) -> None:
-    sandbox.client().execute("true", kernel="orphan", mode="sandbox")
+    c = sandbox.client()
+    c.execute("true", kernel="orphan", mode="sandbox")
+    c.execute("cd /tmp && KEPT=yes", kernel="keeper", mode="sandbox")
     assert sandbox.proc is not None
     os.killpg(sandbox.proc.pid, signal.SIGKILL)  # no chance to clean up
     sandbox.proc.wait()
-    assert len(containers_of(docker_client, sandbox)) == 1
+    containers = {k.labels["stigmer.kernel"]: k for k in containers_of(docker_client, sandbox)}
+    assert set(containers) == {"orphan", "keeper"}
+    containers["orphan"].pause()  # its agent cannot answer the new server
+    # An unlabelled-kernel container of this runtime dir (no record) goes at once.
+    stray = docker_client.containers.create(
+        TEST_IMAGE,
+        ["sleep", "60"],
+        labels={
+            "stigmer.server": containers["keeper"].labels["stigmer.server"],
+            "stigmer.runtime_dir": sandbox.runtime_dir,
+            "stigmer.kernel_id": "gone-1",
+        },
+    )
     sandbox.start()  # a new server on the same runtime directory
-    wait_for(lambda: not containers_of(docker_client, sandbox), timeout=20)
+    wait_for(
+        lambda: (
+            {
+                k.labels["stigmer.kernel"]
+                for k in containers_of(docker_client, sandbox)
+                if k.labels.get("stigmer.kernel")
+            }
+            == {"keeper"}
+        ),
+        timeout=30,
+    )
+    assert stray.id not in {k.id for k in containers_of(docker_client, sandbox)}
+    # Re-adopted with its session state: cwd and variables survived the broker's death.
+    assert c.execute("pwd; echo $KEPT", kernel="keeper", mode="sandbox").stdout == "/tmp\nyes\n"
 
 
 def test_requirements_layer_is_reused_by_content_hash(sandbox: Server, docker_client: Any) -> None:

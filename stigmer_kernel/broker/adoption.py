@@ -1,0 +1,185 @@
+"""Re-adopting kernels after the broker itself died (SIGKILL, crash, power cut of the process).
+
+Agents outlive their broker for a while (they exit after ``orphan_timeout`` without an answer),
+and a broker restarted on the same runtime directory binds the same sockets, so they reconnect
+by themselves. What the new broker lacks is its predecessor's memory, so every kernel
+incarnation leaves a small record, ``kernels/<id>/meta.json`` (0600, in the 0700 runtime dir):
+name, mode, cwd, TTL, its agent's key and pid, its Jupyter connection. At start the broker
+re-creates those kernels in the starting state; the first heartbeat signed with a kernel's key
+re-attaches its agent, with the session state (cwd, variables, functions) it kept. Kernels whose
+agent does not show up within a few heartbeat intervals are removed — containers included.
+
+Requests in flight when the broker died are lost, never replayed: clients are told the server
+restarted and decide whether to retry (no command is ever executed twice by the broker).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..agent import procs
+from ..protocol import KernelState, Session
+from ..provisioners import AgentHandle
+from .kernels import Kernel
+
+if TYPE_CHECKING:
+    from .server import Broker
+
+log = logging.getLogger("stigmer.broker")
+
+META = "meta.json"
+
+
+def save(broker: Broker, kernel: Kernel) -> None:
+    """Write (or refresh) the record of ``kernel``'s current incarnation."""
+    if not kernel.id or kernel.session is None or kernel.mode == "auto":
+        return
+    directory = broker.runtime.path / "kernels" / kernel.id
+    if not directory.is_dir():
+        return  # removed already
+    record = {
+        "name": kernel.name,
+        "mode": kernel.mode,
+        "id": kernel.id,
+        "key": kernel.session.key.decode(),
+        "cwd": kernel.cwd,
+        "ttl": kernel.ttl,
+        "image": kernel.image,
+        "requirements": kernel.requirements,
+        "workspace": kernel.workspace,
+        "parent": kernel.parent.name if kernel.parent else None,
+        "parent_cwd": kernel.parent.cwd if kernel.parent else None,
+        "agent_pid": kernel.agent_pid if kernel.mode == "local" else None,
+        "shell_pgid": kernel.shell_pgid if kernel.mode == "local" else None,
+        "jupyter": kernel.channels.connection_info if kernel.channels else None,
+    }
+    tmp = directory / f"{META}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(record, handle)
+    os.replace(tmp, directory / META)
+
+
+def load(kernels_dir: Path) -> list[dict[str, Any]]:
+    """Records left by a previous broker; directories without one are removed."""
+    records = []
+    for directory in sorted(kernels_dir.glob("*")):
+        try:
+            record = json.loads((directory / META).read_text())
+            if not isinstance(record, dict) or not isinstance(record.get("key"), str):
+                raise ValueError("bad record")
+            records.append(record)
+        except (OSError, ValueError):
+            shutil.rmtree(directory, ignore_errors=True)
+    return records
+
+
+class AdoptedLocalAgent(AgentHandle):
+    """A local agent started by a previous broker: no longer our child, so watched by pid."""
+
+    def __init__(self, pid: int | None, shell_pgid: int | None, workdir: Path) -> None:
+        self._pid = pid
+        self.shell_pgid = shell_pgid
+        self.workdir = workdir
+        self.killed = False
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+    def poll(self) -> str | None:
+        if self.killed:
+            return "agent killed"
+        if not self._pid:
+            return None  # unknown pid: the heartbeats decide
+        try:
+            with open(f"/proc/{self._pid}/stat", "rb") as handle:
+                state = handle.read().rsplit(b")", 1)[-1].split()[0]
+        except OSError:
+            return f"agent process {self._pid} is gone"
+        if state == b"Z":  # a zombie nobody reaps (our predecessor was its parent)
+            return f"agent process {self._pid} has exited"
+        return None
+
+    def kill(self) -> None:
+        self.killed = True
+        if self._pid:
+            procs.signal_group(self._pid, signal.SIGKILL)
+        if self.shell_pgid:
+            procs.kill_session(self.shell_pgid)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def adopt_all(broker: Broker, records: list[dict[str, Any]]) -> None:
+    """Re-create the kernels of ``records``; their agents re-attach by heartbeat."""
+    from ..provisioners.docker import DockerProvisioner
+
+    for record in records:
+        name, mode = str(record["name"]), str(record["mode"])
+        workdir = broker.runtime.path / "kernels" / str(record["id"])
+        parent = None
+        if record.get("parent"):
+            parent = broker.registry.by_name.get(str(record["parent"]))
+            if parent is None:
+                parent = broker.auto.create(
+                    str(record["parent"]),
+                    str(record.get("parent_cwd") or record["cwd"]),
+                    record.get("ttl"),
+                    {"workspace": record.get("workspace")},
+                )
+        kernel = Kernel(
+            name=name, mode=mode, ttl=float(record["ttl"]), cwd=str(record["cwd"]), parent=parent
+        )
+        kernel.id = str(record["id"])
+        kernel.session = Session(str(record["key"]).encode())
+        kernel.session_id = os.urandom(16).hex()
+        kernel.image, kernel.requirements = record.get("image"), record.get("requirements")
+        kernel.workspace = record.get("workspace")
+        kernel.state = KernelState.STARTING
+        kernel.adopting = True
+        kernel.started_at = time.monotonic()
+        if mode == "local":
+            kernel.handle = AdoptedLocalAgent(
+                record.get("agent_pid"), record.get("shell_pgid"), workdir
+            )
+        else:
+            provisioner = broker.provisioners.get(mode)
+            if not isinstance(provisioner, DockerProvisioner):
+                shutil.rmtree(workdir, ignore_errors=True)
+                continue
+            kernel.handle = provisioner.adopt(kernel.id, name, workdir)
+        if parent is not None:
+            parent.children[mode] = kernel
+            kernel.channels = parent.channels
+        broker.registry.add(kernel)
+        broker.registry.index(kernel)
+        if record.get("jupyter") and parent is None:
+            with contextlib.suppress(Exception):
+                broker.jupyter.open_channels(kernel, record["jupyter"])
+        log.info("kernel %s (%s): waiting for its agent to re-attach", name, kernel.id)
+
+
+def attach(broker: Broker, kernel: Kernel, identity: bytes, content: dict[str, Any]) -> None:
+    """The first heartbeat of a surviving agent: it serves this kernel again."""
+    kernel.agent_identity = identity.removesuffix(b":hb")
+    kernel.adopting = False
+    pid = content.get("pid")
+    if kernel.mode == "local" and isinstance(pid, int):
+        kernel.agent_pid = pid
+    kernel.state = KernelState.IDLE
+    kernel.last_activity = time.monotonic()
+    log.info("kernel %s re-adopted with its session (agent %s)", kernel.name, pid)
+    if kernel.channels is not None:
+        kernel.channels.publish_status("idle", None)
+    save(broker, kernel)
+    broker.advance(kernel)

@@ -1,0 +1,81 @@
+"""The broker killed with SIGKILL and started again: kernels re-adopted with their state."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stigmer_kernel import ServerError, ServerNotRunning
+from tests.conftest import Server, short_tempdir
+
+
+def kill_broker(server: Server) -> None:
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGKILL)  # the broker only: its agents live on
+    server.proc.wait()
+
+
+def test_local_kernels_are_readopted_with_their_state(server: Server) -> None:
+    c = server.client()
+    c.execute("cd /usr && X=kept && f() { echo fn; }", kernel="state")
+    pid = next(k["pid"] for k in c.list_kernels() if k["name"] == "state")
+    kill_broker(server)
+    server.start()
+    r = c.execute("pwd; echo $X; f", kernel="state")  # the same client carries on
+    assert r.stdout == "/usr\nkept\nfn\n"
+    (info,) = [k for k in c.list_kernels() if k["name"] == "state"]
+    assert (info["pid"], info["restarts"]) == (pid, 0)
+
+
+def test_request_in_flight_is_not_replayed_and_the_client_is_told(server: Server) -> None:
+    c = server.client()
+    log = Path(short_tempdir("stg-restart-")) / "runs"
+    c.execute("true", kernel="once")
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(c.execute(f"echo run >> {log}; sleep 3", kernel="once"))
+        except (ServerError, ServerNotRunning) as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(1.0)
+    kill_broker(server)
+    server.start()
+    thread.join(timeout=30)
+    (result,) = outcome
+    assert isinstance(result, (ServerError, ServerNotRunning)), result
+    time.sleep(3)
+    assert log.read_text() == "run\n"  # executed exactly once
+    retry = c.execute("echo served", kernel="once")  # a client that retries gets served
+    assert retry.stdout == "served\n"
+
+
+def test_kernels_whose_agent_died_meanwhile_are_removed(server: Server) -> None:
+    c = server.client()
+    c.execute("true", kernel="lost")
+    pid = next(k["pid"] for k in c.list_kernels() if k["name"] == "lost")
+    kill_broker(server)
+    os.kill(pid, signal.SIGKILL)
+    server.start()
+    deadline = time.monotonic() + 15
+    while any(k["name"] == "lost" for k in c.list_kernels()):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert c.execute("echo new", kernel="lost").stdout == "new\n"
+
+
+@pytest.mark.usefixtures("server")
+def test_key_survives_a_restart(server: Server) -> None:
+    key = server.runtime.read_key()
+    kill_broker(server)
+    server.start()
+    assert server.runtime.read_key() == key

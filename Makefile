@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-image test-local-mode test-sandbox-mode lint format bench \
+.PHONY: load help install run test test-image test-local-mode test-sandbox-mode lint format bench \
 	server stop clean sandbox-build-basic sandbox-build-full sandbox-test sandbox-clean dev-full
 
 # Base image of the sandbox tiers. Empty: python:3.11-slim (the Dockerfiles' default). Where no
@@ -75,6 +75,9 @@ bench: install test-image ## Latency: native vs subprocess, Jupyter vs bash_kern
 	$(BIN)/python scripts/bench_roundtrip.py
 	$(BIN)/python scripts/bench_jupyter.py
 	$(BIN)/python scripts/bench_sandbox.py
+
+load: install test-image ## Load: 50 clients x 200 commands for 60 s, then 200 kernels alive at once
+	$(BIN)/python scripts/load.py
 
 server: install ## Start a server in the background (stigmer server start)
 	$(BIN)/stigmer server start

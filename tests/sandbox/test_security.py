@@ -1,0 +1,51 @@
+"""What code inside a sandbox cannot do: read the server key, reach the client endpoint,
+signal host processes, or pose as another kernel's agent."""
+
+from __future__ import annotations
+
+import os
+
+from tests.conftest import Server
+
+
+def test_sandbox_cannot_reach_server_secrets_or_host_processes(sandbox: Server) -> None:
+    c = sandbox.client()
+    box = lambda code: c.execute(code, kernel="jail", mode="sandbox")  # noqa: E731
+    key_path = sandbox.runtime.key_path
+    assert box(f"cat {key_path}").exit_code != 0  # the runtime dir is not in the container
+    assert box("ls -A /run/stigmer").stdout == "agents.sock\n"  # no clients.sock, no key
+    assert "key" not in box("ls -A /run/stigmer-kernel").stdout.split()  # read, then deleted
+    assert box("grep -rl STIGMER_AGENT_KEY /proc/*/environ 2>/dev/null | wc -l").stdout == "0\n"
+    broker_pid = sandbox.runtime.read_info()["pid"]  # type: ignore[index]
+    r = box(f"kill -0 {broker_pid} 2>&1 || echo no-such-process")
+    assert "no-such-process" in r.stdout  # another pid namespace
+    assert os.path.exists(f"/proc/{broker_pid}")
+
+
+def test_sandbox_cannot_pose_as_another_kernels_agent(sandbox: Server) -> None:
+    c = sandbox.client()
+    c.execute("echo victim-state > /dev/null; V=mine", kernel="victim", mode="sandbox")
+    victim_id = next(k["id"] for k in c.list_kernels() if k["name"] == "victim")
+    attack = f"""python3 - <<'EOF'
+import os, zmq, sys
+sys.path.insert(0, "/opt/stigmer")
+from stigmer_kernel.protocol import Session
+ctx = zmq.Context()
+for attempt in range(50):
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.IDENTITY, b"{victim_id}:1:" + os.urandom(4).hex().encode())
+    s.setsockopt(zmq.LINGER, 100)
+    s.connect("ipc:///run/stigmer/agents.sock")
+    guess = Session(os.urandom(32).hex().encode())
+    for kind in ("agent_register", "agent_heartbeat", "execute_reply", "stream"):
+        s.send_multipart(guess.serialize(guess.msg(kind, {{"kernel_id": "{victim_id}", "pid": 1}})))
+    s.close()
+ctx.term()
+print("attack sent")
+EOF"""
+    r = c.execute(attack, kernel="attacker", mode="sandbox")
+    assert r.stdout == "attack sent\n", r.stderr
+    assert c.execute("echo $V", kernel="victim", mode="sandbox").stdout == "mine\n"
+    (victim,) = [k for k in c.list_kernels() if k["name"] == "victim"]
+    assert (victim["id"], victim["restarts"], victim["state"]) == (victim_id, 0, "idle")
+    assert "invalid message signature" in sandbox.log()

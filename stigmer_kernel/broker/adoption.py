@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ..agent import procs
 from ..protocol import KernelState, Session
 from ..provisioners import AgentHandle
-from .kernels import Kernel
+from .kernels import AGENT_REPLAY_WINDOW, Kernel
 
 if TYPE_CHECKING:
     from .server import Broker
@@ -141,7 +141,7 @@ def adopt_all(broker: Broker, records: list[dict[str, Any]]) -> None:
             name=name, mode=mode, ttl=float(record["ttl"]), cwd=str(record["cwd"]), parent=parent
         )
         kernel.id = str(record["id"])
-        kernel.session = Session(str(record["key"]).encode())
+        kernel.session = Session(str(record["key"]).encode(), replay_window=AGENT_REPLAY_WINDOW)
         kernel.session_id = os.urandom(16).hex()
         kernel.image, kernel.requirements = record.get("image"), record.get("requirements")
         kernel.workspace = record.get("workspace")

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 #: Kernel names: safe as file names and labels, short enough to type.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: Signatures remembered per agent against replays: one agent's traffic, so a smaller window
+#: than the clients' (memory stays ~1 MB per kernel however long it runs).
+AGENT_REPLAY_WINDOW = 8192
 #: Executed code remembered per kernel for Jupyter history requests.
 HISTORY_LIMIT = 10000
 
@@ -121,7 +124,7 @@ class Kernel:
 
     def new_incarnation(self, key: bytes) -> None:
         self.id = f"{self.name}-{os.urandom(4).hex()}"
-        self.session = Session(key)
+        self.session = Session(key, replay_window=AGENT_REPLAY_WINDOW)
         self.session_id = os.urandom(16).hex()
         self.state = KernelState.STARTING
         self.agent_identity = None

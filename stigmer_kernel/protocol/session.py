@@ -137,7 +137,8 @@ class Session:
     """Builds and parses messages for one peer identity and one key.
 
     ``packing`` chooses msgpack (native protocol) or JSON (Jupyter channels).
-    ``check_replay`` makes :meth:`deserialize` refuse a signature it has already accepted.
+    ``check_replay`` makes :meth:`deserialize` refuse a signature it has already accepted, among
+    the last ``replay_window`` ones.
     """
 
     def __init__(
@@ -148,6 +149,7 @@ class Session:
         session_id: str | None = None,
         username: str = "stigmer",
         check_replay: bool = True,
+        replay_window: int = 65536,
     ) -> None:
         self.signer = Signer(key)
         self.packing: Packing = packing
@@ -157,7 +159,7 @@ class Session:
         self._loads = _msgpack_loads if packing == "msgpack" else _json_loads
         self._counter = itertools.count(1)
         self._id_prefix = os.urandom(8).hex()
-        self.replay = ReplayWindow() if check_replay and key else None
+        self.replay = ReplayWindow(replay_window) if check_replay and key else None
 
     @property
     def key(self) -> bytes:

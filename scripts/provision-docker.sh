@@ -17,19 +17,28 @@ if ! command -v dockerd >/dev/null 2>&1; then
   apt-get install -y -qq docker.io >/dev/null
 fi
 
-if ! pgrep -x dockerd >/dev/null 2>&1; then
+start_dockerd() {
   # A dockerd that was killed leaves its pid file, and a new one then refuses to start.
   rm -f /var/run/docker.pid
   log "starting dockerd (log: /tmp/dockerd.log)"
   nohup dockerd >/tmp/dockerd.log 2>&1 &
-fi
+}
 
-for _ in $(seq 1 60); do
-  if docker info >/dev/null 2>&1; then
-    log "Docker engine ready: $(docker version --format '{{.Server.Version}}')"
-    exit 0
+for attempt in 1 2 3; do
+  # A dockerd still shutting down (or its containerd) can make a new one fail: wait, retry.
+  if ! pgrep -x dockerd >/dev/null 2>&1; then
+    start_dockerd
   fi
-  sleep 0.5
+  for _ in $(seq 1 40); do
+    if docker info >/dev/null 2>&1; then
+      log "Docker engine ready: $(docker version --format '{{.Server.Version}}')"
+      exit 0
+    fi
+    sleep 0.5
+  done
+  log "dockerd not ready (attempt $attempt)"
+  pkill -x dockerd 2>/dev/null || true
+  sleep 2
 done
 log "dockerd did not become ready; last lines of /tmp/dockerd.log:"
 tail -n 20 /tmp/dockerd.log >&2 || true

@@ -522,6 +522,9 @@ class Broker:
         ``requested``: a client asked for it (a Jupyter restart), rather than a dead agent
         being replaced on the next request.
         """
+        check = getattr(self.provisioners.get(kernel.mode), "check_available", None)
+        if check is not None:
+            check()  # no engine: say so now, rather than fail to start a container later
         if kernel.state is not KernelState.DEAD:
             self.fail_all(kernel, ExecStatus.ABORTED, "KernelRestarted", reason)
             self.stop_agent(kernel)

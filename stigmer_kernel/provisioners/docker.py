@@ -177,7 +177,11 @@ class DockerProvisioner(Provisioner):
             log.info("sandbox %s: container %s (%s)", spec.kernel_name, container.id[:12], runnable)
         except Exception as exc:
             text = str(getattr(exc, "explanation", None) or exc).strip().splitlines()
-            handle.failure = f"could not start the sandbox: {text[-1] if text else exc}"
+            detail = text[-1] if text else type(exc).__name__
+            if "Connection aborted" in detail or "connect" in detail.lower():
+                host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+                detail = f"Docker engine not reachable at {host} — start Docker or use --mode local"
+            handle.failure = f"could not start the sandbox: {detail}"
             log.error("sandbox %s: %s", spec.kernel_name, handle.failure)
 
     def _create_args(self, spec: AgentSpec, image: str) -> dict[str, Any]:

@@ -112,6 +112,7 @@ _INTERPRETERS = {
     ".",
 }
 _DOWNLOADERS = {"curl", "wget", "fetch", "aria2c"}
+_SHELLS = {"sh", "bash", "zsh", "dash", "ksh"}
 _WRITERS = {
     "cp",
     "mv",
@@ -182,14 +183,44 @@ def _first_word(code: str) -> str:
 
 
 def _tokens(code: str) -> list[str]:
-    lexer = shlex.shlex(code, posix=True, punctuation_chars=";&|()<>")
+    lexer = shlex.shlex(_strip_comments(code), posix=True, punctuation_chars=";&|()<>")
     lexer.whitespace = " \t\r"
     lexer.whitespace_split = True
-    lexer.commenters = "#"
+    lexer.commenters = ""
     out: list[str] = []
     for token in lexer:
         out.extend(_split_newlines(token))
     return out
+
+
+def _strip_comments(code: str) -> str:
+    """``code`` without shell comments: a ``#`` that starts a word, outside quotes, to the end
+    of its line (``x.sh#v1`` and ``"#"`` are not comments)."""
+    out: list[str] = []
+    quote = ""
+    i = 0
+    while i < len(code):
+        ch = code[i]
+        if quote:
+            if ch == "\\" and quote == '"' and i + 1 < len(code):
+                out.append(code[i : i + 2])
+                i += 2
+                continue
+            if ch == quote:
+                quote = ""
+        elif ch == "\\" and i + 1 < len(code):
+            out.append(code[i : i + 2])
+            i += 2
+            continue
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and (i == 0 or code[i - 1] in " \t\n;&|()"):
+            end = code.find("\n", i)
+            i = len(code) if end < 0 else end
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
 
 
 def _split_newlines(token: str) -> list[str]:
@@ -317,6 +348,10 @@ def _check_command(words: list[str]) -> Decision | None:
         target = next((a for a in args if _is_system(a)), None)
         if target:
             return Decision("sandbox", "system-write", f"{name} writes to the system path {target}")
+    if name in _SHELLS and "-c" in args and args.index("-c") + 1 < len(args):
+        inner = decide(args[args.index("-c") + 1])  # sh -c "pip install x"
+        if inner.mode == "sandbox":
+            return Decision("sandbox", inner.rule, f"{inner.reason} (in {name} -c)")
     if name in _INTERPRETERS and any(s.startswith("<(") for s in args):
         return Decision("sandbox", "download-exec", f"{name} runs a process substitution")
     return None

@@ -59,6 +59,7 @@ class EnvVar(str, enum.Enum):
     SANDBOX_WORKSPACE = "STIGMER_SANDBOX_WORKSPACE"
     SANDBOX_WARM = "STIGMER_SANDBOX_WARM"
     AUTO_LOCAL_FALLBACK = "STIGMER_AUTO_LOCAL_FALLBACK"
+    ALLOW_PLAIN_TCP = "STIGMER_ALLOW_PLAIN_TCP"
     # Set by the broker for the agents it spawns; never read from user config.
     AGENT_KEY = "STIGMER_AGENT_KEY"
 
@@ -118,10 +119,14 @@ class Config:
     """Working directory of new kernels (none: the directory the client asked from)."""
 
     client_endpoint: str | None = field(default=None, metadata=_env(EnvVar.CLIENT_ENDPOINT))
-    """Extra endpoint (e.g. tcp://127.0.0.1:5700) for clients, besides the ipc socket."""
+    """TCP endpoint (e.g. tcp://0.0.0.0:5700) for clients on other hosts, besides the ipc
+    socket: CurveZMQ-encrypted, keys authorized in RUNTIME_DIR/curve/authorized/."""
 
     agent_endpoint: str | None = field(default=None, metadata=_env(EnvVar.AGENT_ENDPOINT))
-    """Extra endpoint for agents on other hosts, besides the ipc socket."""
+    """TCP endpoint for agents on other hosts (``--join``), CurveZMQ like client_endpoint."""
+
+    allow_plain_tcp: bool = field(default=False, metadata=_env(EnvVar.ALLOW_PLAIN_TCP))
+    """Serve the TCP endpoints without CurveZMQ — refused unless they are on loopback."""
 
     log_level: str = field(default="INFO", metadata=_env(EnvVar.LOG_LEVEL))
     """Log level of the server log (DEBUG, INFO, WARNING, ERROR)."""

@@ -139,6 +139,8 @@ class RuntimeDir:
             fd = os.open(self.lock_path, os.O_RDONLY)
         except FileNotFoundError:
             return False
+        except OSError:
+            return True  # someone else's directory: assume its server lives, touch nothing
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -3,7 +3,8 @@
 Agents outlive their broker for a while (they exit after ``orphan_timeout`` without an answer),
 and a broker restarted on the same runtime directory binds the same sockets, so they reconnect
 by themselves. What the new broker lacks is its predecessor's memory, so every kernel
-incarnation leaves a small record, ``kernels/<id>/meta.json`` (0600, in the 0700 runtime dir):
+incarnation leaves a small record, ``records/<id>.json`` (0600, in the 0700 runtime dir; never
+in the kernel's own directory, which a sandbox container mounts):
 name, mode, cwd, TTL, its agent's key and pid, its Jupyter connection. At start the broker
 re-creates those kernels in the starting state; the first heartbeat signed with a kernel's key
 re-attaches its agent, with the session state (cwd, variables, functions) it kept. Kernels whose
@@ -35,16 +36,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stigmer.broker")
 
-META = "meta.json"
+RECORDS = "records"
 
 
 def save(broker: Broker, kernel: Kernel) -> None:
     """Write (or refresh) the record of ``kernel``'s current incarnation."""
     if not kernel.id or kernel.session is None or kernel.mode == "auto":
         return
-    directory = broker.runtime.path / "kernels" / kernel.id
-    if not directory.is_dir():
+    if not (broker.runtime.path / "kernels" / kernel.id).is_dir():
         return  # removed already
+    directory = broker.runtime.path / RECORDS
+    directory.mkdir(mode=0o700, exist_ok=True)
     record = {
         "name": kernel.name,
         "mode": kernel.mode,
@@ -61,23 +63,33 @@ def save(broker: Broker, kernel: Kernel) -> None:
         "shell_pgid": kernel.shell_pgid if kernel.mode == "local" else None,
         "jupyter": kernel.channels.connection_info if kernel.channels else None,
     }
-    tmp = directory / f"{META}.tmp"
+    tmp = directory / f"{kernel.id}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         json.dump(record, handle)
-    os.replace(tmp, directory / META)
+    os.replace(tmp, directory / f"{kernel.id}.json")
 
 
-def load(kernels_dir: Path) -> list[dict[str, Any]]:
-    """Records left by a previous broker; directories without one are removed."""
+def forget(runtime_path: Path, kernel_id: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (runtime_path / RECORDS / f"{kernel_id}.json").unlink()
+
+
+def load(runtime_path: Path) -> list[dict[str, Any]]:
+    """Records left by a previous broker; kernel directories without one are removed."""
     records = []
-    for directory in sorted(kernels_dir.glob("*")):
+    known = set()
+    for path in sorted((runtime_path / RECORDS).glob("*.json")):
         try:
-            record = json.loads((directory / META).read_text())
+            record = json.loads(path.read_text())
             if not isinstance(record, dict) or not isinstance(record.get("key"), str):
                 raise ValueError("bad record")
             records.append(record)
+            known.add(str(record["id"]))
         except (OSError, ValueError):
+            path.unlink(missing_ok=True)
+    for directory in (runtime_path / "kernels").glob("*"):
+        if directory.name not in known:
             shutil.rmtree(directory, ignore_errors=True)
     return records
 

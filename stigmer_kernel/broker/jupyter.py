@@ -215,6 +215,9 @@ class JupyterChannels:
             self.publish(MsgType.STREAM, {"name": name, "text": text}, pending.header)
 
     def finished(self, kernel: Kernel, pending: Pending, content: dict[str, Any]) -> None:
+        if not pending.started and pending.kind is not MsgType.IS_COMPLETE_REQUEST:
+            pending.started = True
+            self.publish_status("busy", pending.header)  # answered before it ever ran
         for name, decoder in pending.decoders.items():
             text = decoder.decode(b"", final=True)
             if text and not pending.silent:
@@ -225,8 +228,6 @@ class JupyterChannels:
             and content.get("status") not in ("ok", "aborted")
         ):
             self.publish(MsgType.ERROR, _error_content(content), pending.header)
-        if not pending.started and pending.kind is not MsgType.IS_COMPLETE_REQUEST:
-            self.publish_status("busy", pending.header)  # answered before it ever ran
         self.publish_status("idle", pending.header)
 
     # -- the sink of Jupyter requests -----------------------------------------------------------

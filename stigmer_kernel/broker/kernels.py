@@ -102,7 +102,7 @@ class Kernel:
     queue: collections.deque[Pending] = field(default_factory=collections.deque)
     running: Pending | None = None
     pending: dict[str, Pending] = field(default_factory=dict)  # every request not yet answered
-    clients: dict[bytes, float] = field(default_factory=dict)  # native clients attached
+    clients: dict[bytes, Any] = field(default_factory=dict)  # native clients -> their frontend
     jupyter_clients: dict[bytes, float] = field(default_factory=dict)
     restarts: int = 0
     executions: int = 0
@@ -120,6 +120,7 @@ class Kernel:
     children: dict[str, Kernel] = field(default_factory=dict)  # auto: "local"/"sandbox" sides
     last_side: str | None = None  # auto: the side the previous command ran on
     adopting: bool = False  # left by a dead broker: waiting for its agent to re-attach
+    agent_sock: Any = None  # the socket its agent speaks on (None: the ipc agent socket)
     session_id: str = ""  # Jupyter session id of this incarnation (new at every restart)
 
     def new_incarnation(self, key: bytes) -> None:
@@ -188,6 +189,7 @@ class Registry:
         self.gone: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
         # Incarnation ids of agents we stopped: their last messages are expected, not suspect.
         self.retired: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.on_unindex: Any = None  # called with an incarnation id that is over
 
     def __iter__(self) -> Any:
         return iter(list(self.by_name.values()))
@@ -203,6 +205,8 @@ class Registry:
         self.by_id[kernel.id] = kernel
 
     def unindex(self, kernel: Kernel) -> None:
+        if self.on_unindex is not None:
+            self.on_unindex(kernel.id)
         if self.by_id.pop(kernel.id, None) is not None:
             self.retired[kernel.id] = None
             while len(self.retired) > 10000:

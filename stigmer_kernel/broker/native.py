@@ -29,8 +29,9 @@ log = logging.getLogger("stigmer.broker")
 class NativeFrontend:
     kind = "native"
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, sock_attr: str = "client_sock") -> None:
         self.broker = broker
+        self.sock_attr = sock_attr  # the broker socket these clients use (ipc, or tcp+CURVE)
         self.session = Session(broker.key)
         self._handlers = {
             MsgType.EXECUTE_REQUEST.value: self._execute,
@@ -43,6 +44,10 @@ class NativeFrontend:
             MsgType.SERVER_SHUTDOWN_REQUEST.value: self._server_shutdown,
             MsgType.DETACH_REQUEST.value: self._detach,
         }
+
+    @property
+    def sock(self) -> Any:
+        return getattr(self.broker, self.sock_attr)
 
     # -- receiving ------------------------------------------------------------------------------
     def on_frames(self, frames: list[bytes]) -> None:
@@ -79,9 +84,7 @@ class NativeFrontend:
         content: dict[str, Any],
     ) -> None:
         reply = self.session.msg(msg_type.value, content, parent)
-        self.broker.send(
-            self.broker.client_sock, self.session.serialize(reply, [client]), must_arrive=True
-        )
+        self.broker.send(self.sock, self.session.serialize(reply, [client]), must_arrive=True)
 
     def error_reply(self, client: bytes, request: Message, ename: str, evalue: str) -> None:
         try:
@@ -110,23 +113,23 @@ class NativeFrontend:
             "kernel_id": kernel.id,
             "requested": requested,
         }
-        targets = [only] if only is not None else [c for c in kernel.clients if c != exclude]
+        mine = [c for c, frontend in kernel.clients.items() if frontend is self]
+        targets = ([only] if only in mine else []) if only is not None else mine
+        targets = [c for c in targets if c != exclude]
         for client in targets:
             msg = self.session.msg(MsgType.KERNEL_EVENT.value, content, parent)
-            self.broker.send(self.broker.client_sock, self.session.serialize(msg, [client]))
+            self.broker.send(self.sock, self.session.serialize(msg, [client]))
 
     # -- the sink of native requests --------------------------------------------------------------
     def stream(self, kernel: Kernel, pending: Pending, frames: list[bytes]) -> bool:
-        return self.broker.send(
-            self.broker.client_sock, [pending.client, *self.session.resign(frames)]
-        )
+        return self.broker.send(self.sock, [pending.client, *self.session.resign(frames)])
 
     def reply(
         self, kernel: Kernel, pending: Pending, content: dict[str, Any], frames: list[bytes] | None
     ) -> None:
         if frames is not None:
             out = [pending.client, *self.session.resign(frames)]
-            self.broker.send(self.broker.client_sock, out, must_arrive=True)
+            self.broker.send(self.sock, out, must_arrive=True)
         else:
             self.reply_to(pending.client, pending.header, REPLY_FOR[pending.kind], content)
 
@@ -135,7 +138,7 @@ class NativeFrontend:
 
     # -- handlers -------------------------------------------------------------------------------
     def _attach(self, kernel: Kernel, client: bytes, request: Message) -> None:
-        kernel.clients[client] = time.monotonic()
+        kernel.clients[client] = self
         for notice in kernel.notices:
             self.kernel_event(
                 kernel, KernelEvent(notice["event"]), notice["reason"], only=client, parent=request
@@ -179,7 +182,7 @@ class NativeFrontend:
             gone = self.broker.registry.gone.get(name) if isinstance(name, str) else None
             detail = f" ({gone['event']}: {gone['reason']})" if gone else ""
             raise RequestError(f"no kernel named {name!r}{detail}", "NoSuchKernel")
-        kernel.clients[client] = time.monotonic()
+        kernel.clients[client] = self
         return kernel
 
     def _interrupt(self, client: bytes, msg: Message) -> None:

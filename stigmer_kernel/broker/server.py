@@ -35,7 +35,6 @@ from ..errors import (
     RequestError,
     RuntimeDirError,
     ServerAlreadyRunning,
-    StigmerError,
 )
 from ..protocol import ExecStatus, KernelEvent, KernelState, Message, MsgType, new_key
 from ..protocol.session import Session, split_ids
@@ -44,7 +43,9 @@ from ..provisioners.docker import DockerProvisioner
 from ..runtime import RuntimeDir, ServerLock
 from . import adoption
 from .kernels import NAME_RE, Kernel, Pending, Registry
+from .native import NativeFrontend
 from .pool import WarmPool
+from .remote import RemoteEndpoints
 from .routing import AutoRouter
 
 log = logging.getLogger("stigmer.broker")
@@ -84,12 +85,12 @@ class _DropLog:
 class Broker:
     def __init__(self, config: Config, provisioners: dict[str, Provisioner] | None = None) -> None:
         from .jupyter import JupyterFrontend
-        from .native import NativeFrontend
 
         self.config = config
         self.runtime = RuntimeDir(config.runtime_dir)
         self.key = new_key()
         self.registry = Registry()
+        self.registry.on_unindex = lambda kernel_id: adoption.forget(self.runtime.path, kernel_id)
         self.provisioners: dict[str, Provisioner] = provisioners or {
             ExecutionMode.LOCAL.value: LocalProvisioner(),
             ExecutionMode.SANDBOX.value: DockerProvisioner(config, self.runtime),
@@ -104,6 +105,10 @@ class Broker:
         self.drop_log = _DropLog()
         self.stats = {"client_msgs": 0, "agent_msgs": 0, "dropped_bad": 0, "dropped_slow": 0}
         self.native = NativeFrontend(self)
+        self.frontends: list[NativeFrontend] = [self.native]
+        self.client_tcp_sock: zmq.Socket[Any] | None = None
+        self.agent_tcp_sock: zmq.Socket[Any] | None = None
+        self.remote = RemoteEndpoints(self)
         self.jupyter = JupyterFrontend(self)
         self.pool = WarmPool(self)
         self.auto = AutoRouter(self)
@@ -143,11 +148,11 @@ class Broker:
             self.runtime.write_key(self.key)
         kernels_dir = self.runtime.path / "kernels"
         kernels_dir.mkdir(mode=0o700, exist_ok=True)
-        records = adoption.load(kernels_dir)
+        records = adoption.load(self.runtime.path)
         shutil.rmtree(self.runtime.path / "jupyter", ignore_errors=True)
         (self.runtime.path / "jupyter").mkdir(mode=0o700)
-        self.client_sock = self._router(self.runtime.client_endpoint, self.config.client_endpoint)
-        self.agent_sock = self._router(self.runtime.agent_endpoint, self.config.agent_endpoint)
+        self.client_sock = self._router(self.runtime.client_endpoint)
+        self.agent_sock = self._router(self.runtime.agent_endpoint)
         # Per agent, at most ~200 chunks (<= 64 KiB) wait for the broker; beyond that the agent's
         # sends block and its command waits on its pipe: backpressure, not memory.
         self.agent_sock.setsockopt(zmq.RCVHWM, 200)
@@ -155,6 +160,16 @@ class Broker:
             os.chmod(path, 0o600)
         self.register(self.client_sock, self.native.on_frames)
         self.register(self.agent_sock, self._on_agent_frames)
+        if self.config.client_endpoint:
+            self.client_tcp_sock = self.remote.tcp_router(self.config.client_endpoint)
+            self.native_tcp = NativeFrontend(self, "client_tcp_sock")
+            self.native_tcp.session = Session(self.key)
+            self.frontends.append(self.native_tcp)
+            self.register(self.client_tcp_sock, self.native_tcp.on_frames)
+        if self.config.agent_endpoint:
+            tcp = self.agent_tcp_sock = self.remote.tcp_router(self.config.agent_endpoint)
+            tcp.setsockopt(zmq.RCVHWM, 200)
+            self.register(tcp, lambda frames: self._on_agent_frames(frames, tcp))
         adoption.adopt_all(self, records)
         self.runtime.write_info(
             {
@@ -167,7 +182,7 @@ class Broker:
             }
         )
 
-    def _router(self, endpoint: str, extra: str | None) -> zmq.Socket[Any]:
+    def _router(self, endpoint: str) -> zmq.Socket[Any]:
         sock: zmq.Socket[Any] = self.ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -176,15 +191,6 @@ class Broker:
         sock.setsockopt(zmq.RCVHWM, 1000)
         sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
         sock.bind(endpoint)
-        if extra:
-            host = extra.split("://", 1)[-1].rsplit(":", 1)[0]
-            if host not in ("127.0.0.1", "localhost", "[::1]"):
-                sock.close(0)
-                raise StigmerError(
-                    f"refusing to bind {extra}: only loopback TCP endpoints are allowed until "
-                    "CurveZMQ encryption is configured"
-                )
-            sock.bind(extra)
         return sock
 
     async def serve(self) -> None:
@@ -200,7 +206,7 @@ class Broker:
         if isinstance(sandbox, DockerProvisioner):
             # Leftovers of dead servers go, without delaying start-up.
             adoptable = {k.id for k in self.registry if k.adopting}
-            self.loop.run_in_executor(None, sandbox.reap_leftovers, adoptable)
+            self.loop.run_in_executor(None, sandbox.reap_leftovers, adoptable, self.started_wall)
             if self.pool.size and self.pool.workspace:
                 with contextlib.suppress(RequestError):
                     sandbox.check_available()
@@ -241,6 +247,7 @@ class Broker:
         self._retry_deferred()
         for sock in list(self._handlers):
             self.unregister(sock, linger=500)  # the last replies ("server is shutting down") go out
+        self.remote.close()
         self.ctx.term()
         for path in (
             self.runtime.client_socket,
@@ -358,9 +365,18 @@ class Broker:
         """A peer of ``sock`` (default: the native client socket) is gone: forget it there."""
         sock = sock or self.client_sock
         self._deferred.pop((sock, client), None)  # type: ignore[arg-type]
-        if sock is self.client_sock:
-            for kernel in self.registry:
-                kernel.clients.pop(client, None)
+        for kernel in self.registry:
+            frontend = kernel.clients.get(client)
+            if frontend is not None and frontend.sock is sock:
+                del kernel.clients[client]
+
+    def kernel_event(self, kernel: Kernel, event: KernelEvent, reason: str, **kw: Any) -> None:
+        """Tell the native clients attached to ``kernel``, on whichever socket they use."""
+        for frontend in self.frontends:
+            frontend.kernel_event(kernel, event, reason, **kw)
+
+    def agent_socket(self, kernel: Kernel) -> zmq.Socket[Any] | None:
+        return kernel.agent_sock or self.agent_sock
 
     # -- kernels --------------------------------------------------------------------------------
     def get_or_create(
@@ -386,6 +402,14 @@ class Broker:
         if mode not in {m.value for m in ExecutionMode}:
             raise RequestError(f"unknown mode {mode!r}: use local, sandbox or auto", "BadRequest")
         kernel = self.registry.by_name.get(name)
+        if kernel is not None and kernel.mode == "remote":
+            if kernel.state is KernelState.DEAD:
+                raise RequestError(
+                    f"remote kernel {name!r} lost its agent ({kernel.death_reason}) — start the "
+                    "agent again on its host",
+                    "KernelDied",
+                )
+            return kernel  # whatever mode was asked: it runs where its agent runs
         if kernel is not None:
             if kernel.mode != mode:
                 raise RequestError(
@@ -494,19 +518,19 @@ class Broker:
             return
         log.info("starting kernel %s (%s, %s mode)", kernel.name, kernel.id, kernel.mode)
         adoption.save(self, kernel)
-        if kernel.channels is not None:
+        if kernel.channels is not None and kernel.parent is None:
             kernel.channels.new_incarnation(kernel)
 
     def _progress_reporter(self, kernel: Kernel) -> Any:
         """A thread-safe callback telling attached clients how a sandbox start goes."""
         loop = self.loop
 
+        target = kernel.parent or kernel  # an auto kernel's clients hear about its sandbox side
+
         def report(text: str) -> None:
             log.info("kernel %s: %s", kernel.name, text)
             if loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(
-                    self.native.kernel_event, kernel, KernelEvent.PROGRESS, text
-                )
+                loop.call_soon_threadsafe(self.kernel_event, target, KernelEvent.PROGRESS, text)
 
         return report
 
@@ -522,6 +546,17 @@ class Broker:
         ``requested``: a client asked for it (a Jupyter restart), rather than a dead agent
         being replaced on the next request.
         """
+        if kernel.mode == ExecutionMode.AUTO.value:  # no agent of its own: restart its sides
+            for child in list(kernel.children.values()):
+                self.restart_kernel(child, reason, requester, requested)
+            kernel.execution_count = 0
+            if kernel.channels is not None:
+                kernel.session_id = os.urandom(16).hex()
+                kernel.channels.new_incarnation(kernel)
+            self.kernel_event(
+                kernel, KernelEvent.RESTARTED, reason, exclude=requester, requested=requested
+            )
+            return
         check = getattr(self.provisioners.get(kernel.mode), "check_available", None)
         if check is not None:
             check()  # no engine: say so now, rather than fail to start a container later
@@ -530,8 +565,9 @@ class Broker:
             self.stop_agent(kernel)
         kernel.restarts += 1
         self.start_agent(kernel)
-        kernel.notices.append({"event": KernelEvent.RESTARTED.value, "reason": reason})
-        self.native.kernel_event(
+        if requester is not None:  # the others are told now; the requester with its reply
+            kernel.notices.append({"event": KernelEvent.RESTARTED.value, "reason": reason})
+        self.kernel_event(
             kernel, KernelEvent.RESTARTED, reason, exclude=requester, requested=requested
         )
 
@@ -550,7 +586,7 @@ class Broker:
         self.fail_all(
             kernel, ExecStatus.ERROR, "KernelDied", f"kernel {kernel.name!r} died: {reason}"
         )
-        self.native.kernel_event(kernel, KernelEvent.DIED, reason)
+        self.kernel_event(kernel, KernelEvent.DIED, reason)
         if kernel.channels is not None:
             kernel.channels.publish_status("dead", None)
 
@@ -566,7 +602,7 @@ class Broker:
             "KernelShutdown",
             f"kernel {kernel.name!r} was {event.value}: {reason}",
         )
-        self.native.kernel_event(kernel, event, reason)
+        self.kernel_event(kernel, event, reason)
         self.stop_agent(kernel)
         self.registry.remove(kernel, {"event": event.value, "reason": reason, "at": time.time()})
         kernel.state = KernelState.DEAD
@@ -576,7 +612,9 @@ class Broker:
     def stop_agent(self, kernel: Kernel) -> None:
         if kernel.agent_identity is not None and kernel.session is not None:
             bye = kernel.session.msg(MsgType.AGENT_SHUTDOWN.value, {})
-            self.send(self.agent_sock, kernel.session.serialize(bye, [kernel.agent_identity]))
+            self.send(
+                self.agent_socket(kernel), kernel.session.serialize(bye, [kernel.agent_identity])
+            )
         self.registry.unindex(kernel)
         if kernel.handle is not None:
             handle = kernel.handle
@@ -654,7 +692,7 @@ class Broker:
         msg = Message(header=pending.header, content=pending.content)
         frames = kernel.session.serialize(msg, [kernel.agent_identity])
         # A full queue defers the request; a vanished agent is found by the liveness check.
-        self.send(self.agent_sock, frames, must_arrive=True)
+        self.send(self.agent_socket(kernel), frames, must_arrive=True)
         pending.forwarded = True
         return True
 
@@ -685,7 +723,7 @@ class Broker:
         if pending.kind is MsgType.EXECUTE_REQUEST:
             kernel.last_activity = time.monotonic()
             if content.get("status") != ExecStatus.OK.value and pending.stop_on_error:
-                self.abort_queued(kernel, pending.sink.kind)
+                self.abort_queued(kernel.parent or kernel, pending.sink.kind)
         kernel.refresh_state()
         self.advance(kernel)
         parent = kernel.parent
@@ -703,6 +741,8 @@ class Broker:
     def fail(
         self, kernel: Kernel, pending: Pending, status: ExecStatus, ename: str, reason: str
     ) -> None:
+        if pending.msg_id not in kernel.pending:
+            return  # answered meanwhile (e.g. aborted by stop_on_error): one reply only
         content = {
             "status": status.value,
             "exit_code": None,
@@ -730,7 +770,9 @@ class Broker:
             return self.auto.interrupt(kernel, parent)
         if kernel.agent_identity is not None and kernel.session is not None:
             note = kernel.session.msg(MsgType.INTERRUPT_REQUEST.value, {}, parent)
-            self.send(self.agent_sock, kernel.session.serialize(note, [kernel.agent_identity]))
+            self.send(
+                self.agent_socket(kernel), kernel.session.serialize(note, [kernel.agent_identity])
+            )
             return kernel.running is not None
         waiting = [p for p in kernel.queue if p.kind is MsgType.EXECUTE_REQUEST]
         for pending in waiting:
@@ -744,8 +786,9 @@ class Broker:
         return bool(waiting)
 
     # -- agents ---------------------------------------------------------------------------------
-    def _on_agent_frames(self, frames: list[bytes]) -> None:
+    def _on_agent_frames(self, frames: list[bytes], sock: zmq.Socket[Any] | None = None) -> None:
         self.stats["agent_msgs"] += 1
+        sock = sock or self.agent_sock
         try:
             ids, msg_frames = split_ids(frames)
             if len(ids) != 1:
@@ -756,7 +799,15 @@ class Broker:
             if kernel is None or kernel.session is None:
                 if kernel_id in self.registry.retired:
                     return  # last words of an agent we asked to stop
+                if (
+                    sock is not None
+                    and sock is not self.agent_sock
+                    and self.remote.join(identity, msg_frames, sock)
+                ):
+                    return  # a remote agent (CurveZMQ-authenticated) joined
                 raise ProtocolError(f"message from an unknown agent {identity[:80]!r}")
+            if sock is not self.agent_socket(kernel) and kernel.agent_identity is not None:
+                raise ProtocolError("an agent message on another kernel's socket")
             kernel.session.verify_frames(msg_frames)
             mtype, parent_id = kernel.session.decode_routing(msg_frames)
         except ProtocolError as exc:
@@ -796,9 +847,9 @@ class Broker:
             if isinstance(pgid, int) and pgid > 0:
                 self._set_shell_pgid(kernel, pgid)
             ack = kernel.session.msg(MsgType.AGENT_HEARTBEAT.value, {}, msg)
-            self.send(self.agent_sock, kernel.session.serialize(ack, [identity]))
+            self.send(sock, kernel.session.serialize(ack, [identity]))
         elif mtype == MsgType.AGENT_REGISTER.value:
-            self._on_register(kernel, identity, msg)
+            self.register_agent(kernel, identity, msg, sock)
         elif mtype == MsgType.AGENT_GOODBYE.value:
             pass
         else:
@@ -808,19 +859,28 @@ class Broker:
         if kernel.agent_identity is None or kernel.session is None or kernel.running is None:
             return
         msg = kernel.session.msg(MsgType.INPUT_REPLY.value, {"value": value}, parent)
-        self.send(self.agent_sock, kernel.session.serialize(msg, [kernel.agent_identity]))
+        self.send(self.agent_socket(kernel), kernel.session.serialize(msg, [kernel.agent_identity]))
 
     def _set_shell_pgid(self, kernel: Kernel, pgid: int) -> None:
         kernel.shell_pgid = pgid
         if kernel.handle is not None and hasattr(kernel.handle, "shell_pgid"):
             kernel.handle.shell_pgid = pgid
 
-    def _on_register(self, kernel: Kernel, identity: bytes, msg: Message) -> None:
+    def register_agent(
+        self,
+        kernel: Kernel,
+        identity: bytes,
+        msg: Message,
+        sock: zmq.Socket[Any] | None = None,
+    ) -> None:
+        """An agent's registration: it now serves ``kernel`` (on ``sock``)."""
         if kernel.state is not KernelState.STARTING or kernel.agent_identity is not None:
             self.drop_log("an agent", f"second registration for kernel {kernel.id} refused")
             return
         assert kernel.session is not None
         kernel.agent_identity = identity
+        if sock is not None and sock is not self.agent_sock:
+            kernel.agent_sock = sock
         kernel.agent_info = dict(msg.content)
         pid = msg.content.get("pid")
         kernel.agent_pid = pid if isinstance(pid, int) else None
@@ -830,7 +890,7 @@ class Broker:
         kernel.state = KernelState.IDLE
         kernel.last_beat = time.monotonic()
         welcome = kernel.session.msg(MsgType.AGENT_WELCOME.value, {"kernel": kernel.name}, msg)
-        self.send(self.agent_sock, kernel.session.serialize(welcome, [identity]))
+        self.send(self.agent_socket(kernel), kernel.session.serialize(welcome, [identity]))
         log.info(
             "kernel %s ready (agent pid %s, %.0f ms)",
             kernel.name,
@@ -860,8 +920,10 @@ class Broker:
         now = time.monotonic()
         for pooled in list(self.pool.kernels):
             ended = pooled.handle.poll() if pooled.handle is not None else "no agent"
-            stale = pooled.agent_identity is not None and now - pooled.last_beat > (
-                self.config.dead_after
+            stale = (
+                now - pooled.last_beat > self.config.dead_after
+                if pooled.agent_identity is not None
+                else now - pooled.started_at > _START_TIMEOUT
             )
             if ended is not None or stale:
                 log.warning("warm sandbox %s lost: %s", pooled.id, ended or "no heartbeat")

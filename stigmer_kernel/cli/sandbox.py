@@ -11,16 +11,14 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from ..config import Config
 from ..errors import StigmerError
 from ..provisioners.docker import LABEL_RUNTIME, LABEL_SERVER
-from ..provisioners.images import HOST_CA, sandbox_dir
+from ..provisioners.images import sandbox_dir, staged_context
 from ..runtime import RuntimeDir
 
 BASIC_TAG = "ghcr.io/stigmer/agent-sandbox-basic:latest"
@@ -85,10 +83,7 @@ def _build(client: Any, args: argparse.Namespace, config: Config) -> int:
     tag = args.tag or default
     buildargs = {"BASE_IMAGE": args.base_image} if args.base_image else {}
     _say(f"building {tag} from {directory}/Dockerfile.sandbox.{args.tier}")
-    with tempfile.TemporaryDirectory(prefix="stigmer-build-") as context:
-        shutil.copytree(directory, context, dirs_exist_ok=True)
-        if HOST_CA.is_file():
-            shutil.copy(HOST_CA, Path(context) / "host-ca.crt")  # for pip behind TLS proxies
+    with staged_context(directory) as context:
         _stream_build(client, context, f"Dockerfile.sandbox.{args.tier}", tag, buildargs)
     size = client.images.get(tag).attrs["Size"]
     print(f"built {tag} ({size / 1e6:.0f} MB)")

@@ -17,6 +17,7 @@ from typing import Any
 SPECS: dict[str, tuple[str, str]] = {
     "local": ("stigmer-local", "Stigmer (local)"),
     "sandbox": ("stigmer-sandbox", "Stigmer (sandbox)"),
+    "auto": ("stigmer-auto", "Stigmer (auto)"),
 }
 
 

@@ -36,6 +36,8 @@ from .images import ImageResolver, Progress
 
 log = logging.getLogger("stigmer.sandbox")
 
+#: The basic tier's published tag: the only image built from sandbox/ when it cannot be had.
+BASIC_TIER_TAG = "ghcr.io/stigmer/agent-sandbox-basic:latest"
 LABEL_SERVER = "stigmer.server"
 LABEL_RUNTIME = "stigmer.runtime_dir"
 LABEL_KERNEL = "stigmer.kernel"
@@ -93,6 +95,8 @@ class DockerAgent(AgentHandle):
         if self.container_id and not self.removed:
             self.removed = True
             self.provisioner.remove_container(self.container_id)
+        if self.failure is None:
+            self.failure = "the sandbox container was removed"  # poll() now says it ended
         shutil.rmtree(self.spec.workdir, ignore_errors=True)
 
     def describe(self) -> dict[str, Any]:
@@ -117,7 +121,7 @@ class DockerProvisioner(Provisioner):
         self._events: Any = None
         self._watcher: threading.Thread | None = None
         self._checked_at = 0.0
-        self.images = ImageResolver(self.client, config.sandbox_image, runtime.path / "images.json")
+        self.images = ImageResolver(self.client, BASIC_TIER_TAG, runtime.path / "images.json")
 
     # -- the engine -----------------------------------------------------------------------------
     def client(self) -> Any:
@@ -291,7 +295,7 @@ class DockerProvisioner(Provisioner):
         self._ensure_watcher()
         return handle
 
-    def reap_leftovers(self, keep: set[str] | None = None) -> int:
+    def reap_leftovers(self, keep: set[str] | None = None, before: float | None = None) -> int:
         """Remove containers left by servers that are not running (this one's past included),
         except those of kernels in ``keep`` (being re-adopted)."""
         removed = 0
@@ -304,6 +308,8 @@ class DockerProvisioner(Provisioner):
             labels = container.labels or {}
             if labels.get(LABEL_KERNEL_ID) in (keep or set()):
                 continue
+            if before is not None and _created(container) >= before:
+                continue  # started by this very server (e.g. its warm pool) meanwhile
             owner = labels.get(LABEL_RUNTIME)
             if labels.get(LABEL_SERVER) == self.server:
                 alive = False  # we hold this runtime dir's lock: it is a dead server's container
@@ -379,3 +385,14 @@ class DockerProvisioner(Provisioner):
         self._pool.shutdown(wait=True, cancel_futures=True)
         with contextlib.suppress(Exception):
             self._client.close()
+
+
+def _created(container: Any) -> float:
+    """A container's creation time (epoch seconds); 0 if unknown."""
+    from datetime import datetime
+
+    text = str(container.attrs.get("Created", ""))
+    try:
+        return datetime.fromisoformat(text[:26].rstrip("Z") + "+00:00").timestamp()
+    except ValueError:
+        return 0.0

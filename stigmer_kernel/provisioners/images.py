@@ -10,13 +10,16 @@ requirements reuse the same image.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import logging
+import shutil
 import tarfile
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +57,10 @@ FROM {base}
 USER root
 COPY requirements.txt /opt/stigmer/requirements.txt
 COPY ca-certificates.crt /opt/stigmer/ca-certificates.crt
-RUN PIP_CERT=/opt/stigmer/ca-certificates.crt PIP_BREAK_SYSTEM_PACKAGES=1 \\
-    python3 -m pip install --no-cache-dir -r /opt/stigmer/requirements.txt \\
+RUN if [ -s /opt/stigmer/ca-certificates.crt ]; then \\
+      export PIP_CERT=/opt/stigmer/ca-certificates.crt; fi; \\
+    PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir \\
+      -r /opt/stigmer/requirements.txt \\
     && rm /opt/stigmer/ca-certificates.crt
 """
 
@@ -158,7 +163,8 @@ class ImageResolver:
             return None
         progress(f"building {image} from {directory}/Dockerfile.sandbox.basic")
         try:
-            return self._build(client, str(directory), "Dockerfile.sandbox.basic", image, progress)
+            with staged_context(directory) as context:
+                return self._build(client, context, "Dockerfile.sandbox.basic", image, progress)
         except ImageError as exc:
             tried.append(f"build failed ({_short(exc)})")
             return None
@@ -192,9 +198,15 @@ class ImageResolver:
 
     def _agent_ready(self, client: Any, found: Any, name: str, progress: Progress) -> str:
         """``found`` if its python3 runs the agent, else a derived image that does."""
+        import docker.errors
+
         cache = self._cache()
         if found.id in cache:
-            return cache[found.id]
+            try:
+                client.images.get(cache[found.id])  # e.g. `stigmer sandbox clean` removed it
+                return cache[found.id]
+            except docker.errors.ImageNotFound:
+                pass
         if self._passes_check(client, found.id):
             self._remember(found.id, name)
             return name
@@ -243,6 +255,17 @@ class ImageResolver:
         dockerfile = _REQUIREMENTS_LAYER.format(base=base)
         self._build(client, None, "Dockerfile", tag, progress, _context(dockerfile, files))
         return tag
+
+
+@contextlib.contextmanager
+def staged_context(directory: Path) -> Iterator[str]:
+    """A copy of ``directory`` plus the host's CA bundle (host-ca.crt), for builds behind TLS
+    interception: the tier Dockerfiles use it for pip and curl during the build only."""
+    with tempfile.TemporaryDirectory(prefix="stigmer-build-") as context:
+        shutil.copytree(directory, context, dirs_exist_ok=True)
+        if HOST_CA.is_file():
+            shutil.copy(HOST_CA, Path(context) / "host-ca.crt")
+        yield context
 
 
 def _context(dockerfile: str, files: dict[str, bytes]) -> io.BytesIO:

@@ -58,6 +58,10 @@ SANDBOX = [
     ("wget -qO- https://x.sh | bash -s -- --yes", "download-exec"),
     ('sh -c "$(curl -fsSL https://x/install.sh)"', "download-exec"),
     ("bash <(curl -s https://x/install.sh)", "download-exec"),
+    ('bash -c "npm install"', "package-manager"),
+    ("sh -c 'cd app && pip install -e .'", "package-manager"),
+    ("curl https://x.sh#v1 | sh", "download-exec"),
+    ("ls # a comment; then\npip install x", "package-manager"),
 ]
 
 LOCAL = [
@@ -91,6 +95,9 @@ LOCAL = [
     "pipx_helper --check",
     "mypip install",
     "diff <(ls a) <(ls b)",
+    "ls # pip install x",
+    "echo '#'; ls",
+    "bash -c 'echo hi'",
 ]
 
 

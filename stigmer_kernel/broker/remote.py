@@ -1,0 +1,197 @@
+"""TCP endpoints: CurveZMQ for clients and agents on other hosts, and agents that join.
+
+The ipc sockets need no more than file permissions. A TCP endpoint (``client_endpoint``,
+``agent_endpoint``) is a separate socket secured with CurveZMQ: traffic is encrypted and every
+peer must present a public key found in ``RUNTIME_DIR/curve/authorized/`` (ZAP rejects unknown
+keys at the handshake, before a single message reaches the broker). Plain TCP is refused unless
+the endpoint is on loopback and ``allow_plain_tcp`` is set.
+
+A remote agent joins on its own (the broker cannot start processes on other hosts):
+``python -m stigmer_kernel.agent --endpoint tcp://HOST:PORT --join NAME --server-key FILE
+--curve-cert FILE``. Its registration carries the HMAC key it chose, which only an authenticated,
+encrypted connection may do; the broker then serves kernel NAME (mode ``remote``) with it.
+Heartbeats watch it like any agent: a cut link is a dead agent within three intervals.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import zmq
+
+from ..errors import ProtocolError, StigmerError
+from ..protocol import KernelState, MsgType, Session
+from ..provisioners import AgentHandle
+from .kernels import AGENT_REPLAY_WINDOW, NAME_RE, Kernel
+
+if TYPE_CHECKING:
+    from .server import Broker
+
+log = logging.getLogger("stigmer.broker")
+
+_LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
+
+
+class RemoteAgent(AgentHandle):
+    """An agent on another host: no process of ours; heartbeats tell whether it lives."""
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    def poll(self) -> str | None:
+        return None
+
+    def kill(self) -> None:
+        """Nothing to kill here: the broker's agent_shutdown (or a cut link) ends it."""
+
+
+class RemoteEndpoints:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.curve_dir = broker.runtime.path / "curve"
+        self.authorized_dir = self.curve_dir / "authorized"
+        self.authenticator: Any = None
+        self._keys: set[bytes] = set()
+        self._keys_mtime = -1.0
+
+    # -- CurveZMQ ---------------------------------------------------------------------------------
+    def server_keys(self) -> tuple[bytes, bytes]:
+        """(public, secret) of this runtime directory's server certificate, made if missing."""
+        import zmq.auth
+
+        self.curve_dir.mkdir(mode=0o700, exist_ok=True)
+        self.authorized_dir.mkdir(mode=0o700, exist_ok=True)
+        secret_file = self.curve_dir / "server.key_secret"
+        if not secret_file.exists():
+            zmq.auth.create_certificates(str(self.curve_dir), "server")
+            os.chmod(secret_file, 0o600)
+        public, secret = zmq.auth.load_certificate(str(secret_file))
+        assert secret is not None
+        return public, secret
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """ZAP: is this client public key (z85) authorized? Reads the directory when it changes."""
+        import zmq.auth
+
+        try:
+            mtime = self.authorized_dir.stat().st_mtime
+        except OSError:
+            return False
+        if mtime != self._keys_mtime:
+            keys = set()
+            for path in self.authorized_dir.glob("*.key"):
+                try:
+                    public, _ = zmq.auth.load_certificate(str(path))
+                    keys.add(public)
+                except (OSError, ValueError):
+                    log.warning("ignored unreadable CURVE key %s", path)
+            self._keys, self._keys_mtime = keys, mtime
+        allowed = key in self._keys
+        if not allowed:
+            log.warning("refused a CurveZMQ peer with an unknown public key")
+        return allowed
+
+    def tcp_router(self, endpoint: str) -> zmq.Socket[Any]:
+        host = endpoint.split("://", 1)[-1].rsplit(":", 1)[0]
+        plain = self.broker.config.allow_plain_tcp
+        if plain and host not in _LOOPBACK:
+            raise StigmerError(
+                f"refusing plain TCP on {endpoint}: allow_plain_tcp is for loopback only — "
+                "unset it to use CurveZMQ"
+            )
+        sock: zmq.Socket[Any] = self.broker.ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 1000)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.broker.config.max_message_bytes)
+        if not plain:
+            _public, secret = self.server_keys()
+            if self.authenticator is None:
+                from zmq.auth.thread import ThreadAuthenticator
+
+                self.authenticator = ThreadAuthenticator(self.broker.ctx)
+                self.authenticator.start()
+                self.authenticator.configure_curve_callback(domain="*", credentials_provider=self)
+            sock.setsockopt(zmq.CURVE_SERVER, 1)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
+            sock.setsockopt(zmq.ZAP_DOMAIN, b"stigmer")
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            raise StigmerError(f"cannot bind {endpoint}: {exc}") from None
+        log.info("listening on %s (%s)", endpoint, "plain TCP" if plain else "CurveZMQ")
+        return sock
+
+    def close(self) -> None:
+        if self.authenticator is not None:
+            self.authenticator.stop()
+            self.authenticator = None
+
+    # -- agents that join -------------------------------------------------------------------
+    def join(self, identity: bytes, msg_frames: list[bytes], sock: zmq.Socket[Any]) -> bool:
+        """A registration from an agent nobody started: accept it as a remote kernel."""
+        try:
+            msg = Session(b"").decode(msg_frames)
+        except ProtocolError:
+            return False
+        content = msg.content
+        name, key = content.get("join"), content.get("key")
+        if msg.msg_type != MsgType.AGENT_REGISTER.value or not isinstance(key, str):
+            return False
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            self.broker.drop_log("a remote agent", f"bad kernel name {name!r}")
+            return True
+        session = Session(key.encode(), replay_window=AGENT_REPLAY_WINDOW)
+        try:
+            session.verify_frames(msg_frames)
+        except ProtocolError as exc:
+            self.broker.drop_log("a remote agent", exc)
+            return True
+        registry = self.broker.registry
+        existing = registry.by_name.get(name)
+        if existing is not None:
+            if existing.state is not KernelState.DEAD:
+                self.broker.drop_log("a remote agent", f"kernel name {name!r} is taken")
+                return True
+            registry.remove(existing, {"event": "restarted", "reason": "a new remote agent"})
+        kernel = Kernel(
+            name=name,
+            mode="remote",
+            cwd=str(content.get("cwd") or "/"),
+            ttl=self.broker.config.kernel_ttl,
+        )
+        kernel.id = identity.split(b":", 1)[0].decode("ascii", "replace")
+        kernel.session = session
+        kernel.session_id = os.urandom(16).hex()
+        kernel.handle = RemoteAgent()
+        kernel.agent_sock = sock
+        kernel.started_at = time.monotonic()
+        registry.add(kernel)
+        registry.index(kernel)
+        log.info(
+            "remote agent joined as kernel %s (%s, %s)", name, kernel.id, content.get("hostname")
+        )
+        self.broker.register_agent(kernel, identity, msg)
+        return True
+
+
+def authorize(runtime_path: Path, public_key_file: Path) -> Path:
+    """Copy a public key (zmq.auth certificate) into the authorized directory."""
+    import shutil
+
+    import zmq.auth
+
+    zmq.auth.load_certificate(str(public_key_file))  # refuse what is not a certificate
+    target_dir = runtime_path / "curve" / "authorized"
+    target_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    target = target_dir / public_key_file.name
+    shutil.copyfile(public_key_file, target)
+    os.utime(target_dir)  # the running server re-reads the directory
+    return target

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 from ..config import EnvVar
@@ -21,17 +22,40 @@ from .agent import Agent, AgentOptions
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stigmer_kernel.agent")
     parser.add_argument("--endpoint", required=True, help="broker agent endpoint")
-    parser.add_argument("--kernel-id", required=True)
+    parser.add_argument(
+        "--kernel-id", help="the kernel incarnation it serves (given by the broker)"
+    )
     parser.add_argument("--cwd", default=os.getcwd(), help="initial working directory")
-    parser.add_argument("--workdir", required=True, help="private directory for session files")
+    parser.add_argument("--workdir", help="private directory for session files (default: temp)")
     parser.add_argument("--shell", default="bash")
     parser.add_argument("--heartbeat-interval", type=float, default=1.0)
     parser.add_argument("--orphan-timeout", type=float, default=60.0)
     parser.add_argument("--timeout", type=float, default=0.0, help="default command timeout")
     parser.add_argument("--output-limit", type=int, default=32 * 1024 * 1024)
     parser.add_argument("--key-file", help="read the key from this file, then delete it")
+    remote = parser.add_argument_group("remote agents (another host, CurveZMQ over TCP)")
+    remote.add_argument("--join", metavar="NAME", help="offer to serve kernel NAME")
+    remote.add_argument("--server-key", help="the broker's public key file (server.key)")
+    remote.add_argument("--curve-cert", help="this agent's secret certificate (NAME.key_secret)")
     args = parser.parse_args(argv)
     # The key comes as the first line of stdin (or, for containers, STIGMER_AGENT_KEY).
+    curve = None
+    if args.join:
+        if not (args.server_key and args.curve_cert):
+            parser.error("--join needs --server-key and --curve-cert (CurveZMQ)")
+        import zmq.auth
+
+        server_public, _ = zmq.auth.load_certificate(args.server_key)
+        public, secret = zmq.auth.load_certificate(args.curve_cert)
+        if secret is None:
+            parser.error(f"{args.curve_cert} holds no secret key")
+        curve = (server_public, public, secret)
+        os.environ[EnvVar.AGENT_KEY.value] = os.urandom(32).hex()  # a key of its own choosing
+        args.kernel_id = args.kernel_id or f"{args.join}-r{os.urandom(4).hex()}"
+    if not args.kernel_id:
+        parser.error("--kernel-id is required (or --join NAME for a remote agent)")
+    if not args.workdir:
+        args.workdir = tempfile.mkdtemp(prefix="stigmer-agent-")
     key = os.environ.pop(EnvVar.AGENT_KEY.value, "").encode()
     if not key and args.key_file:
         with contextlib.suppress(OSError):
@@ -68,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         orphan_timeout=args.orphan_timeout,
         command_timeout=args.timeout or None,
         output_limit=args.output_limit,
+        join=args.join,
+        curve=curve,
     )
     return Agent(opts).run()
 

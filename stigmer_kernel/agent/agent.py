@@ -91,6 +91,17 @@ class AgentOptions:
     orphan_timeout: float = 60.0
     command_timeout: float | None = None
     output_limit: int = 32 * 1024 * 1024
+    join: str | None = None  # a remote agent: the kernel name it offers to serve
+    curve: tuple[bytes, bytes, bytes] | None = None  # (server public, our public, our secret)
+
+
+def secure(sock: zmq.Socket[Any], opts: AgentOptions) -> None:
+    """CurveZMQ on a TCP connection to the broker (remote agents)."""
+    if opts.curve is not None:
+        server_public, public, secret = opts.curve
+        sock.setsockopt(zmq.CURVE_SERVERKEY, server_public)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
 
 
 class Heartbeat(threading.Thread):
@@ -112,6 +123,7 @@ class Heartbeat(threading.Thread):
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IDENTITY, self.identity)
         sock.setsockopt(zmq.SNDHWM, 10)
+        secure(sock, self.opts)
         sock.connect(self.opts.endpoint)
         try:
             while not self.stop_event.is_set():
@@ -190,6 +202,7 @@ class Agent:
     def run(self) -> int:
         self.subreaper = procs.set_child_subreaper()
         self.start_shell()
+        secure(self.sock, self.opts)
         self.sock.connect(self.opts.endpoint)
         self.send(
             MsgType.AGENT_REGISTER,
@@ -201,6 +214,13 @@ class Agent:
                 "version": __version__,
                 "cwd": self.shell.cwd,
                 "bash_version": self.shell.version(),
+                # A remote agent joins: it names its kernel and the key it signs with (sent
+                # only over an authenticated, encrypted CurveZMQ connection).
+                **(
+                    {"join": self.opts.join, "key": self.opts.key.decode()}
+                    if self.opts.join
+                    else {}
+                ),
             },
         )
         self.heartbeat.start()

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("stigmer.broker")
 
 _LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
+ZAP_DOMAIN = "stigmer"  # the ZAP domain of our CurveZMQ sockets (the authenticator matches it)
 
 
 class RemoteAgent(AgentHandle):
@@ -117,10 +118,12 @@ class RemoteEndpoints:
 
                 self.authenticator = ThreadAuthenticator(self.broker.ctx)
                 self.authenticator.start()
-                self.authenticator.configure_curve_callback(domain="*", credentials_provider=self)
+                self.authenticator.configure_curve_callback(
+                    domain=ZAP_DOMAIN, credentials_provider=self
+                )
             sock.setsockopt(zmq.CURVE_SERVER, 1)
             sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
-            sock.setsockopt(zmq.ZAP_DOMAIN, b"stigmer")
+            sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:

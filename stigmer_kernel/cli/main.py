@@ -14,6 +14,7 @@ import shlex
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from .._version import __version__
@@ -109,6 +110,15 @@ def _parser() -> argparse.ArgumentParser:
 
     sandbox_cli.add_parser(sub)
 
+    curve = sub.add_parser("curve", help="CurveZMQ keys for clients and agents on other hosts")
+    cvsub = curve.add_subparsers(dest="action", metavar="ACTION")
+    keygen = cvsub.add_parser("keygen", help="make a key pair NAME.key / NAME.key_secret")
+    keygen.add_argument("name")
+    keygen.add_argument("--dir", default=".", help="where to write them (default: here)")
+    authorize = cvsub.add_parser("authorize", help="let the holder of a public key connect")
+    authorize.add_argument("public_key", help="a NAME.key file made by keygen")
+    cvsub.add_parser("server-key", help="print the path of this server's public key")
+
     kspec = sub.add_parser("kernelspec", help="install Jupyter kernelspecs (stigmer-local)")
     kssub = kspec.add_subparsers(dest="action", metavar="ACTION")
     ksi = kssub.add_parser("install", help="install a kernelspec (default: for this user)")
@@ -153,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             return _config(args, parser)
         if args.command == "kernelspec":
             return _kernelspec(args, parser)
+        if args.command == "curve":
+            return _curve(args, load_config({"runtime_dir": args.runtime_dir}))
         if args.command == "sandbox":
             return sandbox_cli.run(args, load_config({"runtime_dir": args.runtime_dir}))
         overrides: dict[str, Any] = {"runtime_dir": args.runtime_dir}
@@ -410,6 +422,39 @@ def _print_table(kernels: list[dict[str, Any]]) -> None:
     for row in [headers, *rows]:
         cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
         print("  ".join(cells).rstrip())
+
+
+# -- curve ---------------------------------------------------------------------------------------
+def _curve(args: argparse.Namespace, config: Config) -> int:
+    import zmq.auth
+
+    from ..broker.remote import authorize
+
+    runtime = RuntimeDir(config.runtime_dir)
+    if args.action == "keygen":
+        os.makedirs(args.dir, exist_ok=True)
+        public, secret = zmq.auth.create_certificates(args.dir, args.name)
+        os.chmod(secret, 0o600)
+        print(f"public key: {public}\nsecret key: {secret} (keep it on the host that connects)")
+        return 0
+    if args.action == "authorize":
+        runtime.ensure()
+        try:
+            target = authorize(runtime.path, Path(args.public_key))
+        except (OSError, ValueError) as exc:
+            raise StigmerError(f"cannot authorize {args.public_key}: {exc}") from None
+        print(f"authorized {target.name}: its holder may connect to {runtime.path}'s TCP endpoints")
+        return 0
+    if args.action == "server-key":
+        runtime.ensure()
+        directory = runtime.path / "curve"
+        if not (directory / "server.key").exists():
+            directory.mkdir(mode=0o700, exist_ok=True)
+            zmq.auth.create_certificates(str(directory), "server")
+            os.chmod(directory / "server.key_secret", 0o600)
+        print(directory / "server.key")
+        return 0
+    raise StigmerError("usage: stigmer curve {keygen,authorize,server-key} ...")
 
 
 # -- kernelspec ------------------------------------------------------------------------------------

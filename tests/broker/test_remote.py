@@ -1,0 +1,190 @@
+"""Remote agents and clients over TCP with CurveZMQ, using a network namespace as the other host.
+
+Needs root (ip netns); CI runs as root, so there it fails rather than skips.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import zmq
+import zmq.auth
+
+from stigmer_kernel.protocol import Session
+from tests.conftest import Server, short_tempdir
+
+HOST_IP, REMOTE_IP = "10.231.9.1", "10.231.9.2"
+
+
+def sh(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        if os.environ.get("CI"):
+            pytest.fail("remote-agent tests need root and iproute2 in CI")
+        pytest.skip("needs root and iproute2 (ip netns)")
+    name = f"stg-{os.urandom(3).hex()}"
+    host_if, remote_if = f"{name}h", f"{name}r"
+    sh("ip", "netns", "add", name)
+    try:
+        sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", remote_if)
+        sh("ip", "link", "set", remote_if, "netns", name)
+        sh("ip", "addr", "add", f"{HOST_IP}/30", "dev", host_if)
+        sh("ip", "link", "set", host_if, "up")
+        sh("ip", "netns", "exec", name, "ip", "addr", "add", f"{REMOTE_IP}/30", "dev", remote_if)
+        sh("ip", "netns", "exec", name, "ip", "link", "set", remote_if, "up")
+        sh("ip", "netns", "exec", name, "ip", "link", "set", "lo", "up")
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "pids", name], capture_output=True)
+        pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
+        for pid in pids.stdout.split():
+            subprocess.run(["kill", "-9", pid], capture_output=True)
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def stigmer(srv: Server, *args: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "stigmer_kernel", *args],
+        env=srv.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+def start_agent(ns: str, srv: Server, name: str, cert: str, port: int) -> subprocess.Popen[bytes]:
+    server_key = str(srv.runtime.path / "curve" / "server.key")
+    return subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            sys.executable,
+            "-m",
+            "stigmer_kernel.agent",
+            "--endpoint",
+            f"tcp://{HOST_IP}:{port}",
+            "--join",
+            name,
+            "--server-key",
+            server_key,
+            "--curve-cert",
+            cert,
+            "--heartbeat-interval",
+            "0.3",
+        ],
+        env=srv.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.1)
+
+
+def test_remote_agent_joins_over_curve_and_a_cut_link_is_a_dead_agent(
+    netns: str, server_factory: Any
+) -> None:
+    port = 5700 + os.getpid() % 200
+    srv = server_factory(
+        STIGMER_AGENT_ENDPOINT=f"tcp://{HOST_IP}:{port}", STIGMER_HEARTBEAT_INTERVAL="0.3"
+    )
+    keys = short_tempdir("stg-keys-")
+    stigmer(srv, "curve", "keygen", "trusted", "--dir", keys)
+    stigmer(srv, "curve", "keygen", "stranger", "--dir", keys)
+    stigmer(srv, "curve", "authorize", f"{keys}/trusted.key")
+    good = start_agent(netns, srv, "far", f"{keys}/trusted.key_secret", port)
+    bad = start_agent(netns, srv, "intruder", f"{keys}/stranger.key_secret", port)
+    c = srv.client()
+    try:
+        wait_for(lambda: any(k["name"] == "far" for k in c.list_kernels()))
+        r = c.execute(f"ip -4 -o addr | grep -c {REMOTE_IP}", kernel="far")
+        assert r.stdout == "1\n"  # it ran on the other host
+        (far,) = [k for k in c.list_kernels() if k["name"] == "far"]
+        assert far["mode"] == "remote"
+        time.sleep(1.0)
+        assert all(k["name"] != "intruder" for k in c.list_kernels())  # unknown key refused
+        assert "refused a CurveZMQ peer with an unknown public key" in srv.log()
+        host_if = f"{netns}h"
+        cut = time.monotonic()
+        sh("ip", "link", "set", host_if, "down")
+        wait_for(
+            lambda: next(k for k in c.list_kernels() if k["name"] == "far")["state"] == "dead",
+            timeout=5,
+        )
+        assert time.monotonic() - cut < 3 * 0.3 + 1.0
+        r = c.execute("true", kernel="far")
+        assert r.ename == "KernelDied" and "lost its agent" in (r.evalue or "")
+    finally:
+        for proc in (good, bad):
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_tcp_clients_need_an_authorized_curve_key(netns: str, server_factory: Any) -> None:
+    port = 5500 + os.getpid() % 200
+    srv = server_factory(STIGMER_CLIENT_ENDPOINT=f"tcp://{HOST_IP}:{port}")
+    keys = short_tempdir("stg-keys-")
+    stigmer(srv, "curve", "keygen", "laptop", "--dir", keys)
+    stigmer(srv, "curve", "keygen", "nobody", "--dir", keys)
+    stigmer(srv, "curve", "authorize", f"{keys}/laptop.key")
+    server_public, _ = zmq.auth.load_certificate(str(srv.runtime.path / "curve" / "server.key"))
+    hmac = Session(srv.runtime.read_key())
+
+    def ask(cert: str) -> dict[str, Any] | None:
+        public, secret = zmq.auth.load_certificate(cert)
+        ctx = zmq.Context()
+        try:
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = (
+                server_public,
+                public,
+                secret,
+            )
+            sock.connect(f"tcp://{HOST_IP}:{port}")
+            sock.send_multipart(hmac.serialize(hmac.msg("kernel_list_request", {})))
+            if not sock.poll(3000):
+                return None
+            return Session(srv.runtime.read_key()).deserialize(sock.recv_multipart())[1].content
+        finally:
+            ctx.destroy(linger=0)
+
+    assert ask(f"{keys}/laptop.key_secret") == {"status": "ok", "kernels": []}
+    assert ask(f"{keys}/nobody.key_secret") is None
+
+
+def test_plain_tcp_only_on_loopback(server_factory: Any) -> None:
+    from tests.conftest import make_server
+
+    srv = make_server(STIGMER_CLIENT_ENDPOINT="tcp://0.0.0.0:5999", STIGMER_ALLOW_PLAIN_TCP="true")
+    proc = subprocess.run(
+        [sys.executable, "-m", "stigmer_kernel", "server", "start", "--foreground"],
+        env=srv.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 125
+    assert "refusing plain TCP on tcp://0.0.0.0:5999" in proc.stderr
+    loop = server_factory(
+        STIGMER_CLIENT_ENDPOINT="tcp://127.0.0.1:5998", STIGMER_ALLOW_PLAIN_TCP="true"
+    )
+    assert "listening on tcp://127.0.0.1:5998 (plain TCP)" in loop.log()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ._async import AsyncClient
+from ._async import AsyncClient, RemoteServer
 from ._sync import Client
 from .result import ExecResult
 
-__all__ = ["AsyncClient", "Client", "ExecResult"]
+__all__ = ["AsyncClient", "Client", "ExecResult", "RemoteServer"]

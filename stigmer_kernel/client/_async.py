@@ -85,6 +85,32 @@ class _Call:
                     callback(text)
 
 
+@dataclasses.dataclass(frozen=True)
+class RemoteServer:
+    """A server on another host, reached over TCP with CurveZMQ.
+
+    ``key`` is the server's HMAC key (its RUNTIME_DIR/key file); ``server_public_key`` its
+    ``curve/server.key``; ``client_cert`` this client's secret certificate (``stigmer curve
+    keygen``), whose public half the server authorized.
+    """
+
+    endpoint: str
+    key: bytes
+    server_public_key: str
+    client_cert: str
+
+    def secure(self, sock: Any) -> None:
+        import zmq.auth
+
+        server_public, _ = zmq.auth.load_certificate(self.server_public_key)
+        public, secret = zmq.auth.load_certificate(self.client_cert)
+        if secret is None:
+            raise StigmerError(f"{self.client_cert} holds no secret key")
+        sock.setsockopt(zmq.CURVE_SERVERKEY, server_public)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
+
+
 class AsyncClient:
     """Asyncio client. ``async with AsyncClient() as c: r = await c.execute("ls")``.
 
@@ -99,8 +125,10 @@ class AsyncClient:
         runtime_dir: str | os.PathLike[str] | None = None,
         autostart: bool = True,
         on_event: EventCallback | None = None,
+        remote: RemoteServer | None = None,
     ) -> None:
         overrides = {"runtime_dir": str(runtime_dir)} if runtime_dir is not None else None
+        self.remote = remote
         self.config = config or load_config(overrides)
         self.autostart = autostart
         self.on_event = on_event
@@ -118,12 +146,19 @@ class AsyncClient:
         if self._sock is not None:
             return self
         loop = asyncio.get_running_loop()
-        self.address = await loop.run_in_executor(
-            None, lambda: find_server(self.config, self.autostart)
-        )
+        if self.remote is not None:
+            self.address = ServerAddress(
+                self.remote.endpoint, self.remote.key, 0, RuntimeDir(self.config.runtime_dir)
+            )
+        else:
+            self.address = await loop.run_in_executor(
+                None, lambda: find_server(self.config, self.autostart)
+            )
         self._session = Session(self.address.key)
         self._ctx = zmq.asyncio.Context()
         sock = self._ctx.socket(zmq.DEALER)
+        if self.remote is not None:
+            self.remote.secure(sock)
         sock.setsockopt(zmq.LINGER, 500)
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.IDENTITY, f"c:{os.getpid()}:{os.urandom(6).hex()}".encode())
@@ -217,6 +252,8 @@ class AsyncClient:
                     return reply, call
                 if deadline is not None and loop.time() >= deadline:
                     raise ClientTimeout(f"no reply to {msg_type.value} within {timeout:g}s")
+                if self.remote is not None:
+                    continue  # a server on another host: only the deadline applies
                 if not runtime.server_running():
                     raise ServerNotRunning(
                         f"the stigmer server of {runtime.path} stopped before answering"

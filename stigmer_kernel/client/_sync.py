@@ -13,7 +13,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from ..config import Config
-from ._async import AsyncClient, EventCallback, OutputCallback
+from ._async import AsyncClient, EventCallback, OutputCallback, RemoteServer
 from .result import ExecResult
 
 T = TypeVar("T")
@@ -29,9 +29,10 @@ class Client:
         runtime_dir: str | os.PathLike[str] | None = None,
         autostart: bool = True,
         on_event: EventCallback | None = None,
+        remote: RemoteServer | None = None,
     ) -> None:
         self._async = AsyncClient(
-            config, runtime_dir=runtime_dir, autostart=autostart, on_event=on_event
+            config, runtime_dir=runtime_dir, autostart=autostart, on_event=on_event, remote=remote
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(

@@ -169,6 +169,17 @@ def test_tcp_clients_need_an_authorized_curve_key(netns: str, server_factory: An
 
     assert ask(f"{keys}/laptop.key_secret") == {"status": "ok", "kernels": []}
     assert ask(f"{keys}/nobody.key_secret") is None
+    # The Python client does the same with RemoteServer.
+    from stigmer_kernel.client import Client, RemoteServer
+
+    remote = RemoteServer(
+        f"tcp://{HOST_IP}:{port}",
+        srv.runtime.read_key(),
+        str(srv.runtime.path / "curve" / "server.key"),
+        f"{keys}/laptop.key_secret",
+    )
+    with Client(remote=remote) as c:
+        assert c.execute("echo over-curve", kernel="tcp").stdout == "over-curve\n"
 
 
 def test_plain_tcp_only_on_loopback(server_factory: Any) -> None:

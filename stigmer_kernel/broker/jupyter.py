@@ -29,7 +29,7 @@ from .._version import __version__
 from ..errors import ProtocolError, RequestError
 from ..protocol import KernelEvent, KernelState, Message, MsgType, Session, new_key
 from ..protocol.constants import PROTOCOL_VERSION, REPLY_FOR
-from .kernels import Kernel, Pending
+from .kernels import Kernel, Pending, checked_code
 
 if TYPE_CHECKING:
     from .server import Broker
@@ -358,11 +358,7 @@ class JupyterFrontend:
 
     def _execute(self, channels: JupyterChannels, client: bytes, msg: Message) -> None:
         content = msg.content
-        code = content.get("code")
-        if not isinstance(code, str):
-            raise RequestError("execute_request needs a string 'code'", "BadRequest")
-        if len(code) > 1024 * 1024:
-            raise RequestError("code is longer than 1,048,576 characters", "BadRequest")
+        code = checked_code(content)
         self._ensure_running(channels.kernel, client)
         silent = bool(content.get("silent", False))
         pending = Pending(

@@ -24,6 +24,22 @@ from ..provisioners import AgentHandle
 if TYPE_CHECKING:
     from .jupyter import JupyterChannels
 
+#: Longest shell code one execute request may carry.
+MAX_CODE = 1024 * 1024
+
+
+def checked_code(content: dict[str, Any]) -> str:
+    """The ``code`` of an execute request, or a BadRequest saying what is wrong with it."""
+    from ..errors import RequestError
+
+    code = content.get("code")
+    if not isinstance(code, str):
+        raise RequestError("execute_request needs a string 'code'", "BadRequest")
+    if len(code) > MAX_CODE:
+        raise RequestError(f"code is longer than {MAX_CODE:,} characters", "BadRequest")
+    return code
+
+
 #: Kernel names: safe as file names and labels, short enough to type.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 #: Signatures remembered per agent against replays: one agent's traffic, so a smaller window

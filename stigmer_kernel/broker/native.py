@@ -18,7 +18,7 @@ from ..protocol import KernelEvent, Message, MsgType, Session
 from ..protocol.constants import REPLY_FOR
 from ..protocol.session import split_ids
 from .jupyter import check_connection
-from .kernels import Kernel, Pending
+from .kernels import Kernel, Pending, checked_code
 
 if TYPE_CHECKING:
     from .server import Broker
@@ -147,20 +147,8 @@ class NativeFrontend:
 
     def _execute(self, client: bytes, msg: Message) -> None:
         content = msg.content
-        code = content.get("code")
-        if not isinstance(code, str):
-            raise RequestError("execute_request needs a string 'code'", "BadRequest")
-        if len(code) > 1024 * 1024:
-            raise RequestError("command is longer than 1,048,576 characters", "BadRequest")
-        kernel = self.broker.get_or_create(
-            content.get("kernel") or "default",
-            content.get("mode"),
-            content.get("cwd"),
-            content.get("ttl"),
-            client=client,
-            options=content,
-        )
-        self._attach(kernel, client, msg)
+        checked_code(content)
+        kernel = self._kernel_for(client, msg)
         agent_content = {k: v for k, v in content.items() if k in _AGENT_FIELDS}
         agent_content["allow_stdin"] = False  # native clients feed stdin up front
         pending = Pending(
@@ -174,6 +162,20 @@ class NativeFrontend:
             stop_on_error=bool(content.get("stop_on_error", False)),
         )
         self.broker.submit(kernel, pending)
+
+    def _kernel_for(self, client: bytes, msg: Message) -> Kernel:
+        """The kernel a request names, created if needed, with ``client`` attached to it."""
+        content = msg.content
+        kernel = self.broker.get_or_create(
+            content.get("kernel") or "default",
+            content.get("mode"),
+            content.get("cwd"),
+            content.get("ttl"),
+            client=client,
+            options=content,
+        )
+        self._attach(kernel, client, msg)
+        return kernel
 
     def _named(self, client: bytes, msg: Message) -> Kernel:
         name = msg.content.get("kernel") or "default"
@@ -222,15 +224,7 @@ class NativeFrontend:
         connection = content.get("connection")
         if isinstance(connection, dict):
             check_connection(connection)
-        kernel = self.broker.get_or_create(
-            content.get("kernel") or "default",
-            content.get("mode"),
-            content.get("cwd"),
-            content.get("ttl"),
-            client=client,
-            options=content,
-        )
-        self._attach(kernel, client, msg)
+        kernel = self._kernel_for(client, msg)
         channels = self.broker.jupyter.open_channels(
             kernel, connection if isinstance(connection, dict) else None
         )

@@ -1,15 +1,26 @@
 """The runtime directory: where a server keeps its sockets, key, lock, info and log.
 
-Layout (all owner-only)::
+Layout (all owner-only; docs/architecture.md, "The runtime directory", says who makes what)::
 
-    RUNTIME_DIR/            0700
-        server.lock         flock held by the running server for its whole life
-        server.json         pid, endpoints, version of the running server
-        key                 0600, HMAC key of this server's clients (new at every start)
-        server.log          log of a server started in the background
-        clients.sock        ipc ROUTER for clients
-        agents/             0700, the only directory a sandbox container gets mounted
-            agents.sock     ipc ROUTER for execution agents
+    RUNTIME_DIR/                0700, must be owned by you (:meth:`RuntimeDir.ensure` checks)
+        server.lock             0600, flock held by the running server for its whole life
+        server.json             0600, pid, version, endpoints of the running server
+        key                     0600, HMAC key of this server's clients (new at every start
+                                unless a crashed server's key is still there)
+        server.log              0600, log of a server started in the background
+        clients.sock            0600, ipc ROUTER for clients
+        images.json             images known to run the agent (sandbox)
+        agents/                 0700, mounted read-only at /run/stigmer in sandbox containers
+            agents.sock         0600, ipc ROUTER for execution agents
+        kernels/                0700, emptied at a clean stop
+            <name>-<8 hex>/     0700, one kernel incarnation's agent files (bashrc, command.sh,
+                                stdin, stdin.fifo, agent.log; a sandbox's key until read);
+                                mounted at /run/stigmer-kernel in its container
+        records/                0700, never mounted: <kernel_id>.json (0600), re-adoption records
+        curve/                  0700, kept across restarts: server.key, server.key_secret (0600)
+            authorized/         0700, public keys of the TCP peers allowed in (NAME.key)
+        jupyter/                0700, recreated empty at every server start
+            kernel-<name>.json  0600, connection file of a kernel with Jupyter channels
 
 Clients find their server through this directory alone: ``STIGMER_RUNTIME_DIR`` picks it.
 """

@@ -43,6 +43,8 @@ def save(broker: Broker, kernel: Kernel) -> None:
     """Write (or refresh) the record of ``kernel``'s current incarnation."""
     if not kernel.id or kernel.session is None or kernel.mode == "auto":
         return
+    if kernel in broker.pool.kernels:
+        return  # a warm container nobody uses yet: after a crash it is simply removed
     if not (broker.runtime.path / "kernels" / kernel.id).is_dir():
         return  # removed already
     directory = broker.runtime.path / RECORDS
@@ -84,6 +86,8 @@ def load(runtime_path: Path) -> list[dict[str, Any]]:
             record = json.loads(path.read_text())
             if not isinstance(record, dict) or not isinstance(record.get("key"), str):
                 raise ValueError("bad record")
+            if record.get("id") != path.stem or path.stem in (".", ".."):
+                raise ValueError("a record of another kernel")
             records.append(record)
             known.add(str(record["id"]))
         except (OSError, ValueError):
@@ -134,51 +138,62 @@ class AdoptedLocalAgent(AgentHandle):
 
 def adopt_all(broker: Broker, records: list[dict[str, Any]]) -> None:
     """Re-create the kernels of ``records``; their agents re-attach by heartbeat."""
+    for record in records:
+        try:
+            _adopt(broker, record)
+        except Exception as exc:  # one bad or stale record must not keep the server from starting
+            log.warning("could not re-adopt kernel record %s: %s", record.get("id"), exc)
+            forget(broker.runtime.path, str(record.get("id")))
+            with contextlib.suppress(Exception):
+                shutil.rmtree(broker.runtime.path / "kernels" / str(record["id"]))
+
+
+def _adopt(broker: Broker, record: dict[str, Any]) -> None:
     from ..provisioners.docker import DockerProvisioner
 
-    for record in records:
-        name, mode = str(record["name"]), str(record["mode"])
-        workdir = broker.runtime.path / "kernels" / str(record["id"])
-        parent = None
-        if record.get("parent"):
-            parent = broker.registry.by_name.get(str(record["parent"]))
-            if parent is None:
-                parent = broker.auto.create(
-                    str(record["parent"]),
-                    str(record.get("parent_cwd") or record["cwd"]),
-                    record.get("ttl"),
-                    {"workspace": record.get("workspace")},
-                )
-        kernel = Kernel(
-            name=name, mode=mode, ttl=float(record["ttl"]), cwd=str(record["cwd"]), parent=parent
-        )
-        kernel.id = str(record["id"])
-        kernel.session = Session(str(record["key"]).encode(), replay_window=AGENT_REPLAY_WINDOW)
-        kernel.session_id = os.urandom(16).hex()
-        kernel.image, kernel.requirements = record.get("image"), record.get("requirements")
-        kernel.workspace = record.get("workspace")
-        kernel.state = KernelState.STARTING
-        kernel.adopting = True
-        kernel.started_at = time.monotonic()
-        if mode == "local":
-            kernel.handle = AdoptedLocalAgent(
-                record.get("agent_pid"), record.get("shell_pgid"), workdir
+    name, mode = str(record["name"]), str(record["mode"])
+    workdir = broker.runtime.path / "kernels" / str(record["id"])
+    parent = None
+    if record.get("parent"):
+        parent = broker.registry.by_name.get(str(record["parent"]))
+        if parent is None:
+            parent = broker.auto.create(
+                str(record["parent"]),
+                str(record.get("parent_cwd") or record["cwd"]),
+                record.get("ttl"),
+                {"workspace": record.get("workspace")},
             )
-        else:
-            provisioner = broker.provisioners.get(mode)
-            if not isinstance(provisioner, DockerProvisioner):
-                shutil.rmtree(workdir, ignore_errors=True)
-                continue
-            kernel.handle = provisioner.adopt(kernel.id, name, workdir)
-        if parent is not None:
-            parent.children[mode] = kernel
-            kernel.channels = parent.channels
-        broker.registry.add(kernel)
-        broker.registry.index(kernel)
-        if record.get("jupyter") and parent is None:
-            with contextlib.suppress(Exception):
-                broker.jupyter.open_channels(kernel, record["jupyter"])
-        log.info("kernel %s (%s): waiting for its agent to re-attach", name, kernel.id)
+    kernel = Kernel(
+        name=name, mode=mode, ttl=float(record["ttl"]), cwd=str(record["cwd"]), parent=parent
+    )
+    kernel.id = str(record["id"])
+    kernel.session = Session(str(record["key"]).encode(), replay_window=AGENT_REPLAY_WINDOW)
+    kernel.session_id = os.urandom(16).hex()
+    kernel.image, kernel.requirements = record.get("image"), record.get("requirements")
+    kernel.workspace = record.get("workspace")
+    kernel.state = KernelState.STARTING
+    kernel.adopting = True
+    kernel.started_at = time.monotonic()
+    if mode == "local":
+        kernel.handle = AdoptedLocalAgent(
+            record.get("agent_pid"), record.get("shell_pgid"), workdir
+        )
+    else:
+        provisioner = broker.provisioners.get(mode)
+        if not isinstance(provisioner, DockerProvisioner):
+            shutil.rmtree(workdir, ignore_errors=True)
+            forget(broker.runtime.path, kernel.id)
+            return
+        kernel.handle = provisioner.adopt(kernel.id, name, workdir)
+    if parent is not None:
+        parent.children[mode] = kernel
+        kernel.channels = parent.channels
+    broker.registry.add(kernel)
+    broker.registry.index(kernel)
+    if record.get("jupyter") and parent is None:
+        with contextlib.suppress(Exception):
+            broker.jupyter.open_channels(kernel, record["jupyter"])
+    log.info("kernel %s (%s): waiting for its agent to re-attach", name, kernel.id)
 
 
 def attach(broker: Broker, kernel: Kernel, identity: bytes, content: dict[str, Any]) -> None:

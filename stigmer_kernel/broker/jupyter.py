@@ -29,7 +29,7 @@ from .._version import __version__
 from ..errors import ProtocolError, RequestError
 from ..protocol import KernelEvent, KernelState, Message, MsgType, Session, new_key
 from ..protocol.constants import PROTOCOL_VERSION, REPLY_FOR
-from .kernels import Kernel, Pending, checked_code
+from .kernels import REMOTE, Kernel, Pending, checked_code
 
 if TYPE_CHECKING:
     from .server import Broker
@@ -88,7 +88,7 @@ class JupyterChannels:
             for index, name in enumerate(CHANNELS, start=1):
                 wanted = connection.get(f"{name}_port") or 0
                 self.ports[name] = self._bind(name, int(wanted), index)
-        except (zmq.ZMQError, ValueError) as exc:
+        except (zmq.ZMQError, ValueError, TypeError, OverflowError) as exc:
             self.close()
             raise RequestError(f"cannot bind the Jupyter channels: {exc}", "BadRequest") from None
         self.connection_file = self._write_file()
@@ -340,13 +340,22 @@ class JupyterFrontend:
                 channels.publish_status("idle", msg.header)
             else:
                 log.debug("ignored Jupyter %s on %s", mtype, channel)
-        except RequestError as exc:
+        except Exception as exc:
+            # Signed but malformed (a field of the wrong type...) or refused: the client still
+            # gets its one reply, and the busy status published for it is closed.
+            if isinstance(exc, RequestError):
+                ename, evalue = exc.ename, str(exc)
+            else:
+                broker.drop_log(f"a Jupyter client ({channel})", f"malformed {mtype}: {exc!r}")
+                ename, evalue = "BadRequest", f"malformed {mtype} request: {exc}"
             try:
                 reply_type = REPLY_FOR[MsgType(mtype)]
             except (ValueError, KeyError):
                 reply_type = MsgType.ERROR_REPLY
-            error = {"status": "error", "ename": exc.ename, "evalue": str(exc), "traceback": []}
+            error = {"status": "error", "ename": ename, "evalue": evalue, "traceback": []}
             channels.send(channel, client, reply_type, error, msg.header)
+            if mtype in _IMMEDIATE:
+                channels.publish_status("idle", msg.header)
 
     def _ensure_running(self, kernel: Kernel, client: bytes) -> None:
         if kernel.state is KernelState.DEAD:
@@ -465,6 +474,8 @@ class JupyterFrontend:
         return MsgType.INTERRUPT_REPLY, {"status": "ok"}
 
     def _shutdown_reply(self, kernel: Kernel, msg: Message) -> tuple[MsgType, dict[str, Any]]:
+        if msg.content.get("restart") and kernel.mode == REMOTE:
+            self.broker.restart_kernel(kernel, "")  # raises: say why before anything happens
         return MsgType.SHUTDOWN_REPLY, {"status": "ok", "restart": bool(msg.content.get("restart"))}
 
 

@@ -42,6 +42,7 @@ def checked_code(content: dict[str, Any]) -> str:
 
 #: Kernel names: safe as file names and labels, short enough to type.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+REMOTE = "remote"  # the mode of a kernel whose agent joined from another host
 #: Signatures remembered per agent against replays: one agent's traffic, so a smaller window
 #: than the clients' (memory stays ~1 MB per kernel however long it runs).
 AGENT_REPLAY_WINDOW = 8192
@@ -112,6 +113,7 @@ class Kernel:
     agent_info: dict[str, Any] = field(default_factory=dict)
     shell_pgid: int | None = None
     started_at: float = 0.0
+    progress_at: float = 0.0  # last progress report of its start (image pull or build)
     created_wall: float = field(default_factory=time.time)
     last_activity: float = field(default_factory=time.monotonic)
     last_beat: float = field(default_factory=time.monotonic)
@@ -136,6 +138,7 @@ class Kernel:
     children: dict[str, Kernel] = field(default_factory=dict)  # auto: "local"/"sandbox" sides
     last_side: str | None = None  # auto: the side the previous command ran on
     adopting: bool = False  # left by a dead broker: waiting for its agent to re-attach
+    closing: bool = False  # being removed or restarted: what it queued must not start now
     agent_sock: Any = None  # the socket its agent speaks on (None: the ipc agent socket)
     session_id: str = ""  # Jupyter session id of this incarnation (new at every restart)
 

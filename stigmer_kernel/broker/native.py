@@ -74,6 +74,9 @@ class NativeFrontend:
             handler(client, msg)
         except RequestError as exc:
             self.error_reply(client, msg, exc.ename, str(exc))
+        except Exception as exc:  # signed but malformed (a field of the wrong type...)
+            broker.drop_log("a client", f"malformed {msg.msg_type}: {exc!r}")
+            self.error_reply(client, msg, "BadRequest", f"malformed {msg.msg_type} request: {exc}")
 
     # -- sending --------------------------------------------------------------------------------
     def reply_to(
@@ -267,7 +270,7 @@ class NativeFrontend:
         self.broker.request_stop()
 
     def _detach(self, client: bytes, msg: Message) -> None:
-        self.broker.client_gone(client)
+        self.broker.client_gone(client, self.sock)
 
 
 #: Fields of a native execute_request the agent acts on.

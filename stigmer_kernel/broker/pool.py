@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..protocol import KernelState
+from . import adoption
 from .kernels import Kernel
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ class WarmPool:
             setattr(kernel, attr, getattr(pooled, attr))
         kernel.last_activity = time.monotonic()
         self.broker.registry.by_id[kernel.id] = kernel
+        adoption.save(self.broker, kernel)  # now a named kernel: re-adoptable after a crash
         self.refill()
 
     def forget(self, kernel: Kernel, failed_to_start: bool = False) -> None:

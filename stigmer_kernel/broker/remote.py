@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,7 @@ import zmq
 from ..errors import ProtocolError, StigmerError
 from ..protocol import KernelState, MsgType, Session
 from ..provisioners import AgentHandle
-from .kernels import AGENT_REPLAY_WINDOW, NAME_RE, Kernel
+from .kernels import AGENT_REPLAY_WINDOW, NAME_RE, REMOTE, Kernel
 
 if TYPE_CHECKING:
     from .server import Broker
@@ -40,15 +41,19 @@ ZAP_DOMAIN = "stigmer"  # the ZAP domain of our CurveZMQ sockets (the authentica
 class RemoteAgent(AgentHandle):
     """An agent on another host: no process of ours; heartbeats tell whether it lives."""
 
+    def __init__(self) -> None:
+        self.released = False
+
     @property
     def pid(self) -> int | None:
         return None
 
     def poll(self) -> str | None:
-        return None
+        return "released by the broker" if self.released else None
 
     def kill(self) -> None:
-        """Nothing to kill here: the broker's agent_shutdown (or a cut link) ends it."""
+        """No process of ours to kill (agent_shutdown or a cut link ends it): just let go."""
+        self.released = True
 
 
 class RemoteEndpoints:
@@ -65,8 +70,7 @@ class RemoteEndpoints:
         """(public, secret) of this runtime directory's server certificate, made if missing."""
         import zmq.auth
 
-        self.curve_dir.mkdir(mode=0o700, exist_ok=True)
-        self.authorized_dir.mkdir(mode=0o700, exist_ok=True)
+        curve_dirs(self.broker.runtime.path)
         secret_file = self.curve_dir / "server.key_secret"
         if not secret_file.exists():
             zmq.auth.create_certificates(str(self.curve_dir), "server")
@@ -148,6 +152,10 @@ class RemoteEndpoints:
         name, key = content.get("join"), content.get("key")
         if msg.msg_type != MsgType.AGENT_REGISTER.value or not isinstance(key, str):
             return False
+        if self.broker.config.allow_plain_tcp:
+            # Without CurveZMQ nobody vouches for the peer, and it would choose its own key.
+            self.broker.drop_log("a remote agent", "joining needs CurveZMQ, refused on plain TCP")
+            return True
         if not isinstance(name, str) or not NAME_RE.match(name):
             self.broker.drop_log("a remote agent", f"bad kernel name {name!r}")
             return True
@@ -166,7 +174,7 @@ class RemoteEndpoints:
             registry.remove(existing, {"event": "restarted", "reason": "a new remote agent"})
         kernel = Kernel(
             name=name,
-            mode="remote",
+            mode=REMOTE,
             cwd=str(content.get("cwd") or "/"),
             ttl=self.broker.config.kernel_ttl,
         )
@@ -178,6 +186,11 @@ class RemoteEndpoints:
         kernel.started_at = time.monotonic()
         registry.add(kernel)
         registry.index(kernel)
+        if existing is not None and existing.channels is not None:
+            # Jupyter clients of the lost agent carry on with the new one, as after a restart.
+            kernel.channels, existing.channels = existing.channels, None
+            kernel.channels.kernel = kernel
+            kernel.channels.new_incarnation(kernel)
         log.info(
             "remote agent joined as kernel %s (%s, %s)", name, kernel.id, content.get("hostname")
         )
@@ -192,9 +205,24 @@ def authorize(runtime_path: Path, public_key_file: Path) -> Path:
     import zmq.auth
 
     zmq.auth.load_certificate(str(public_key_file))  # refuse what is not a certificate
-    target_dir = runtime_path / "curve" / "authorized"
-    target_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    target_dir = curve_dirs(runtime_path) / "authorized"
     target = target_dir / public_key_file.name
     shutil.copyfile(public_key_file, target)
     os.utime(target_dir)  # the running server re-reads the directory
     return target
+
+
+def curve_dirs(runtime_path: Path) -> Path:
+    """``RUNTIME_DIR/curve/`` and its ``authorized/``, owner-only (0700), made if missing.
+
+    An existing one with other permissions (e.g. 0755 from an older ``stigmer curve
+    authorize``, which made ``curve/`` with the umask's mode) is set back to 0700: only the
+    owner's own processes read them (a remote peer gets ``server.key`` from the owner, who copies
+    it), and the authorized keys decide who may connect. Returns the ``curve/`` path.
+    """
+    curve = runtime_path / "curve"
+    for directory in (curve, curve / "authorized"):
+        directory.mkdir(mode=0o700, exist_ok=True)
+        if stat.S_IMODE(directory.stat().st_mode) != 0o700:
+            directory.chmod(0o700)
+    return curve

@@ -54,7 +54,7 @@ class AutoRouter:
     # -- dispatch ---------------------------------------------------------------------------------
     def advance(self, kernel: Kernel) -> None:
         broker = self.broker
-        while kernel.running is None and kernel.queue:
+        while kernel.running is None and kernel.queue and not kernel.closing:
             pending = kernel.queue.popleft()
             if pending.kind is not MsgType.EXECUTE_REQUEST:
                 side = kernel.last_side or "local"  # completion etc.: where the user last was
@@ -64,7 +64,11 @@ class AutoRouter:
                 side = decision.mode
             try:
                 child = self._child(kernel, side, pending)
+                self._carry_cwd(kernel, child, pending)
+                kernel.running = pending
+                broker.submit(child, pending)
             except RequestError as exc:
+                kernel.running = None
                 message = str(exc)
                 if pending.decision is not None and exc.ename == "ModeUnavailable":
                     message = (
@@ -75,10 +79,7 @@ class AutoRouter:
                     )
                 broker.fail(kernel, pending, ExecStatus.ERROR, exc.ename, message)
                 continue
-            self._carry_cwd(kernel, child, pending)
-            kernel.running = pending
             kernel.last_side = child.mode
-            broker.submit(child, pending)
             kernel.refresh_state()
 
     def _child(self, kernel: Kernel, side: str, pending: Pending) -> Kernel:

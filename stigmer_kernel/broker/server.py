@@ -42,7 +42,7 @@ from ..provisioners import AgentHandle, AgentSpec, LocalProvisioner, Provisioner
 from ..provisioners.docker import DockerProvisioner
 from ..runtime import RuntimeDir, ServerLock
 from . import adoption
-from .kernels import NAME_RE, Kernel, Pending, Registry
+from .kernels import NAME_RE, REMOTE, Kernel, Pending, Registry
 from .native import NativeFrontend
 from .pool import WarmPool
 from .remote import RemoteEndpoints
@@ -53,6 +53,7 @@ log = logging.getLogger("stigmer.broker")
 _BATCH = 256  # messages handled per socket per pump pass
 _PASS_LIMIT = 1024  # messages per pump call before yielding to the event loop
 _START_TIMEOUT = 30.0  # seconds an agent may take to register
+_PREPARE_TIMEOUT = 600.0  # ... counted from the last progress report while its image is prepared
 _STOP_GRACE = 2.0  # seconds an agent gets to exit after agent_shutdown
 _MAX_PENDING = 10000  # requests queued on one kernel
 _CLIENT_HWM = 1000  # messages (<= 64 KiB each) queued for one client before drops start
@@ -399,17 +400,28 @@ class Broker:
                 "not starting with a symbol",
                 "BadRequest",
             )
-        if mode not in {m.value for m in ExecutionMode}:
-            raise RequestError(f"unknown mode {mode!r}: use local, sandbox or auto", "BadRequest")
+        if mode != REMOTE and mode not in {m.value for m in ExecutionMode}:
+            raise RequestError(
+                f"unknown mode {mode!r}: use local, sandbox, auto or remote", "BadRequest"
+            )
         kernel = self.registry.by_name.get(name)
-        if kernel is not None and kernel.mode == "remote":
-            if kernel.state is KernelState.DEAD:
+        if mode == REMOTE or (kernel is not None and kernel.mode == REMOTE):
+            # Only an agent that joined serves a remote kernel, and only clients that ask for
+            # one reach it: a command meant for this host never runs on another one.
+            if kernel is None:
                 raise RequestError(
-                    f"remote kernel {name!r} lost its agent ({kernel.death_reason}) — start the "
-                    "agent again on its host",
-                    "KernelDied",
+                    f"no remote agent has joined as kernel {name!r} — start one on its host "
+                    f"with `python -m stigmer_kernel.agent --join {name} ...`",
+                    "NoSuchKernel",
                 )
-            return kernel  # whatever mode was asked: it runs where its agent runs
+            if kernel.mode != mode:
+                raise RequestError(
+                    f"kernel {name!r} runs in {kernel.mode} mode, not {mode}; "
+                    "use another kernel name or the same mode",
+                    "ModeMismatch",
+                )
+            self._check_remote_alive(kernel)
+            return kernel
         if kernel is not None:
             if kernel.mode != mode:
                 raise RequestError(
@@ -527,10 +539,14 @@ class Broker:
 
         target = kernel.parent or kernel  # an auto kernel's clients hear about its sandbox side
 
+        def progressed(text: str) -> None:
+            kernel.progress_at = time.monotonic()  # a slow pull or build is not a hung start
+            self.kernel_event(target, KernelEvent.PROGRESS, text)
+
         def report(text: str) -> None:
             log.info("kernel %s: %s", kernel.name, text)
             if loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(self.kernel_event, target, KernelEvent.PROGRESS, text)
+                loop.call_soon_threadsafe(progressed, text)
 
         return report
 
@@ -546,9 +562,21 @@ class Broker:
         ``requested``: a client asked for it (a Jupyter restart), rather than a dead agent
         being replaced on the next request.
         """
+        if kernel.mode == REMOTE:
+            self._check_remote_alive(kernel)
+            raise RequestError(
+                f"remote kernel {kernel.name!r} cannot be restarted from here — restart its "
+                "agent on its host",
+                "RestartUnavailable",
+            )
         if kernel.mode == ExecutionMode.AUTO.value:  # no agent of its own: restart its sides
-            for child in list(kernel.children.values()):
-                self.restart_kernel(child, reason, requester, requested)
+            kernel.closing = True  # what it queued is aborted, not handed to a dying side
+            try:
+                for child in list(kernel.children.values()):
+                    self.restart_kernel(child, reason, requester, requested)
+                self.fail_all(kernel, ExecStatus.ABORTED, "KernelRestarted", reason)
+            finally:
+                kernel.closing = False
             kernel.execution_count = 0
             if kernel.channels is not None:
                 kernel.session_id = os.urandom(16).hex()
@@ -561,7 +589,11 @@ class Broker:
         if check is not None:
             check()  # no engine: say so now, rather than fail to start a container later
         if kernel.state is not KernelState.DEAD:
-            self.fail_all(kernel, ExecStatus.ABORTED, "KernelRestarted", reason)
+            kernel.closing = True  # nothing aborted here may reach the old agent meanwhile
+            try:
+                self.fail_all(kernel, ExecStatus.ABORTED, "KernelRestarted", reason)
+            finally:
+                kernel.closing = False
             self.stop_agent(kernel)
         kernel.restarts += 1
         self.start_agent(kernel)
@@ -570,6 +602,15 @@ class Broker:
         self.kernel_event(
             kernel, KernelEvent.RESTARTED, reason, exclude=requester, requested=requested
         )
+
+    @staticmethod
+    def _check_remote_alive(kernel: Kernel) -> None:
+        if kernel.state is KernelState.DEAD:
+            raise RequestError(
+                f"remote kernel {kernel.name!r} lost its agent ({kernel.death_reason}) — start "
+                "the agent again on its host",
+                "KernelDied",
+            )
 
     def kernel_died(self, kernel: Kernel, reason: str) -> None:
         if kernel.state is KernelState.DEAD:
@@ -592,6 +633,7 @@ class Broker:
 
     def remove_kernel(self, kernel: Kernel, event: KernelEvent, reason: str) -> None:
         log.info("kernel %s %s: %s", kernel.name, event.value, reason)
+        kernel.closing = True  # an auto kernel's queue must not go to a side being removed
         for child in list(kernel.children.values()):
             self.remove_kernel(child, event, reason)
         if kernel.parent is not None:
@@ -651,48 +693,70 @@ class Broker:
             )
         if pending.msg_id in kernel.pending:
             raise RequestError("duplicate msg_id", "BadRequest")
+        if kernel.state is KernelState.DEAD and not kernel.adopting:
+            # e.g. its agent could not even start: nothing would ever take the request
+            raise RequestError(
+                f"kernel {kernel.name!r} is dead: {kernel.death_reason}", "KernelDied"
+            )
         kernel.pending[pending.msg_id] = pending
-        if pending.kind is MsgType.IS_COMPLETE_REQUEST and kernel.ready:
-            self._forward(kernel, pending)
-        else:
+        if not (
+            pending.kind is MsgType.IS_COMPLETE_REQUEST
+            and kernel.ready
+            and self._forward(kernel, pending)
+        ):
             kernel.queue.append(pending)
         self.advance(kernel)
         kernel.refresh_state()
 
     def advance(self, kernel: Kernel) -> None:
         """Hand the next queued request to the agent if it is free."""
+        if kernel.closing:
+            return
         if kernel.mode == ExecutionMode.AUTO.value:
             self.auto.advance(kernel)
             return
         counter = kernel.parent or kernel  # an auto kernel numbers the runs of both sides
         while kernel.ready and kernel.running is None and kernel.queue:
             pending = kernel.queue.popleft()
-            if pending.kind is MsgType.IS_COMPLETE_REQUEST:
-                self._forward(kernel, pending)
-                continue
+            counted = False
             if pending.kind is MsgType.EXECUTE_REQUEST:
                 if not pending.silent and pending.store_history:
                     counter.execution_count += 1
                     counter.history.append(
                         (counter.restarts + 1, counter.execution_count, pending.code)
                     )
+                    counted = True
                 pending.execution_count = counter.execution_count
                 pending.content["execution_count"] = counter.execution_count
+            if not self._forward(kernel, pending):
+                # Its agent's socket is not connected (yet): e.g. a re-adopted agent whose main
+                # socket reconnects after its heartbeat one. It waits at the head of the queue;
+                # maintenance tries again, liveness ends it if the agent never comes.
+                if counted:
+                    counter.execution_count -= 1
+                    counter.history.pop()
+                kernel.queue.appendleft(pending)
+                return
+            if pending.kind is MsgType.IS_COMPLETE_REQUEST:
+                continue  # needs no turn
+            if pending.kind is MsgType.EXECUTE_REQUEST:
                 kernel.executions += 1
                 kernel.last_activity = time.monotonic()
             kernel.running = pending
             if kernel.channels is not None:
                 kernel.channels.started(kernel, pending)
-            if not self._forward(kernel, pending):
-                return
 
     def _forward(self, kernel: Kernel, pending: Pending) -> bool:
+        """Send ``pending`` to the agent; False if its socket cannot reach it at all."""
         assert kernel.session is not None and kernel.agent_identity is not None
-        pending.run_at = time.monotonic()
         msg = Message(header=pending.header, content=pending.content)
         frames = kernel.session.serialize(msg, [kernel.agent_identity])
-        # A full queue defers the request; a vanished agent is found by the liveness check.
-        self.send(self.agent_socket(kernel), frames, must_arrive=True)
+        sock = self.agent_socket(kernel)
+        # A full queue defers the request (it will arrive); an unreachable peer does not.
+        sent = self.send(sock, frames, must_arrive=True)
+        if not sent and (sock, frames[0]) not in self._deferred:
+            return False
+        pending.run_at = time.monotonic()
         pending.forwarded = True
         return True
 
@@ -923,7 +987,7 @@ class Broker:
             stale = (
                 now - pooled.last_beat > self.config.dead_after
                 if pooled.agent_identity is not None
-                else now - pooled.started_at > _START_TIMEOUT
+                else _start_overdue(pooled, now) is not None
             )
             if ended is not None or stale:
                 log.warning("warm sandbox %s lost: %s", pooled.id, ended or "no heartbeat")
@@ -946,13 +1010,16 @@ class Broker:
                 elif ended is not None:
                     self.kernel_died(kernel, ended)
                 elif kernel.state is KernelState.STARTING:
-                    if now - kernel.started_at > _START_TIMEOUT:
-                        self.kernel_died(kernel, f"agent did not register in {_START_TIMEOUT:g}s")
+                    overdue = _start_overdue(kernel, now)
+                    if overdue is not None:
+                        self.kernel_died(kernel, overdue)
                 elif now - kernel.last_beat > self.config.dead_after:
                     self.kernel_died(
                         kernel,
                         f"agent stopped answering: no heartbeat for {now - kernel.last_beat:.1f}s",
                     )
+            if kernel.queue and kernel.running is None and kernel.ready:
+                self.advance(kernel)  # a request its agent could not be reached for: again
             if (
                 not kernel.busy
                 and kernel.state is not KernelState.STARTING
@@ -963,6 +1030,17 @@ class Broker:
                     KernelEvent.EXPIRED,
                     f"idle for {now - kernel.last_activity:.0f}s (ttl {kernel.ttl:g}s)",
                 )
+
+
+def _start_overdue(kernel: Kernel, now: float) -> str | None:
+    """Why a starting agent counts as failed, or None while it may still register."""
+    if kernel.progress_at > kernel.started_at:  # its image is being pulled or built
+        if now - kernel.progress_at > _PREPARE_TIMEOUT:
+            return f"its sandbox image was being prepared, then nothing for {_PREPARE_TIMEOUT:g}s"
+        return None
+    if now - kernel.started_at > _START_TIMEOUT:
+        return f"agent did not register in {_START_TIMEOUT:g}s"
+    return None
 
 
 _REPLIES = {

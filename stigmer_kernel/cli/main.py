@@ -48,8 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a shell command and exit with its exit code")
     run.add_argument(
         "--mode",
-        choices=["local", "sandbox", "auto"],
-        help="execution mode (STIGMER_EXECUTION_MODE; default local)",
+        choices=["local", "sandbox", "auto", "remote"],
+        help="execution mode (STIGMER_EXECUTION_MODE; default local); remote: a kernel "
+        "whose agent joined from another host",
     )
     run.add_argument("--kernel", "-k", default="default", help="kernel name (default: default)")
     run.add_argument("--timeout", "-t", type=float, help="end the command after S seconds")
@@ -99,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
         help="print the path of a Jupyter connection file for a kernel (created if needed)",
     )
     conn.add_argument("name")
-    conn.add_argument("--mode", choices=["local", "sandbox", "auto"])
+    conn.add_argument("--mode", choices=["local", "sandbox", "auto", "remote"])
     for name, text in (
         ("shutdown", "end a kernel"),
         ("interrupt", "interrupt its command"),
@@ -447,9 +448,11 @@ def _curve(args: argparse.Namespace, config: Config) -> int:
         return 0
     if args.action == "server-key":
         runtime.ensure()
+        from ..broker.remote import curve_dirs
+
         directory = runtime.path / "curve"
+        curve_dirs(runtime.path)
         if not (directory / "server.key").exists():
-            directory.mkdir(mode=0o700, exist_ok=True)
             zmq.auth.create_certificates(str(directory), "server")
             os.chmod(directory / "server.key_secret", 0o600)
         print(directory / "server.key")

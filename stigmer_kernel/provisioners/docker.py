@@ -2,16 +2,20 @@
 
 The container runs the same agent module as local mode, from this very package (mounted
 read-only at /opt/stigmer), so the agent always matches the broker. It reaches the broker through
-the runtime directory's ``agents/`` folder mounted at /run/stigmer (a unix socket crosses a bind
-mount, so the container's network can be off). Its key comes in a file of its own per-kernel
-directory, read and deleted by the agent before any command runs.
+the runtime directory's ``agents/`` folder mounted read-only at /run/stigmer (a unix socket
+crosses a bind mount, and connecting to it needs no write access to the mount, so the container's
+network can be off and its code cannot remove or replace ``agents.sock``). Its key comes in a
+file of its own per-kernel directory, read and deleted by the agent before any command runs; that
+directory stays writable, as the agent keeps its session files there (bashrc, command.sh, stdin,
+stdin.fifo).
 
 Hardened by default: runs as the host user's uid:gid, ``--cap-drop ALL``, no-new-privileges,
 pids/memory/CPU limits, an init as PID 1, a configurable network, optional read-only root with a
 tmpfs /tmp. Every container is labelled with its server and kernel; the server removes its
 containers when they expire and when it stops, and at start it removes those of dead servers.
 
-Nothing here blocks the broker's event loop: Docker calls run on a small thread pool.
+Nothing here blocks the broker's event loop: Docker calls run on a small thread pool, and the
+engine check (:meth:`DockerProvisioner.check_available`) pings on a thread of its own.
 """
 
 from __future__ import annotations
@@ -48,6 +52,37 @@ KERNEL_DIR = "/run/stigmer-kernel"
 PACKAGE_DIR = "/opt/stigmer"
 WORKSPACE = "/workspace"
 HOME = "/tmp/home"
+#: Seconds an answer of the engine check is trusted, whether the engine answered or not.
+ENGINE_CHECK_TTL = 2.0
+#: Seconds the event loop waits for a fresh ping (a local engine, or a missing socket, answers in
+#: milliseconds); a slower ping goes on in the background.
+ENGINE_CHECK_WAIT = 0.5
+#: Seconds a ping may take before the engine counts as not reachable.
+ENGINE_PING_TIMEOUT = 3
+
+
+def engine_unreachable() -> str:
+    """The one line that says there is no engine, and what to do."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    return f"Docker engine not reachable at {host} — start Docker or use --mode local"
+
+
+def ping_engine() -> tuple[str | None, float]:
+    """(None if the engine answered, else :func:`engine_unreachable`; monotonic time of the answer).
+
+    Blocks for up to :data:`ENGINE_PING_TIMEOUT` seconds: never call it on the event loop.
+    """
+    try:
+        import docker
+
+        probe = docker.from_env(timeout=ENGINE_PING_TIMEOUT)
+        try:
+            probe.ping()
+        finally:
+            probe.close()
+    except Exception:  # DockerException, ConnectionError, FileNotFoundError...
+        return engine_unreachable(), time.monotonic()
+    return None, time.monotonic()
 
 
 def server_id(runtime: RuntimeDir) -> str:
@@ -120,7 +155,11 @@ class DockerProvisioner(Provisioner):
         self._handles: dict[str, DockerAgent] = {}
         self._events: Any = None
         self._watcher: threading.Thread | None = None
-        self._checked_at = 0.0
+        # The engine check: the ping in flight, and the last answer (None: the engine answered).
+        self._pinger = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stigmer-ping")
+        self._ping: concurrent.futures.Future[tuple[str | None, float]] | None = None
+        self._engine_error: str | None = None
+        self._checked_at: float | None = None  # monotonic time of the last answer
         self.images = ImageResolver(self.client, BASIC_TIER_TAG, runtime.path / "images.json")
 
     # -- the engine -----------------------------------------------------------------------------
@@ -133,25 +172,32 @@ class DockerProvisioner(Provisioner):
             return self._client
 
     def check_available(self) -> None:
-        """Raise :class:`ModeUnavailable` at once when no Docker engine answers."""
-        if time.monotonic() - self._checked_at < 2.0:
-            return
-        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-        try:
-            import docker
+        """Raise :class:`ModeUnavailable` at once when no Docker engine answers.
 
-            probe = docker.from_env(timeout=3)
-            try:
-                probe.ping()
-            finally:
-                probe.close()
-        except Exception:  # DockerException, ConnectionError, FileNotFoundError...
-            raise ModeUnavailable(
-                f"Docker engine not reachable at {host} — start Docker or use --mode local",
-                "ModeUnavailable",
-            ) from None
-        self._checked_at = time.monotonic()
-        self._ensure_watcher()
+        Called on the event loop, so it never waits on the engine for long: the engine is pinged
+        on a thread of its own and each answer, yes or no, is trusted for
+        :data:`ENGINE_CHECK_TTL` seconds. When the answer is stale a new ping starts, and the
+        loop waits :data:`ENGINE_CHECK_WAIT` seconds at most for it; a ping still out after that
+        leaves the previous answer in force. With no answer yet, the request goes through and
+        :meth:`_start` waits for the ping (off the loop), failing the kernel with the same line.
+        """
+        self._take_ping_answer()
+        stale = self._checked_at is None or time.monotonic() - self._checked_at >= ENGINE_CHECK_TTL
+        if self._ping is None and stale:
+            self._ping = self._pinger.submit(ping_engine)
+            concurrent.futures.wait([self._ping], timeout=ENGINE_CHECK_WAIT)
+            self._take_ping_answer()
+        if self._engine_error is not None:
+            raise ModeUnavailable(self._engine_error, "ModeUnavailable")
+        if self._checked_at is not None:
+            self._ensure_watcher()
+
+    def _take_ping_answer(self) -> None:
+        """Adopt the answer of the ping in flight, if it has come (on the loop thread only)."""
+        ping = self._ping
+        if ping is not None and ping.done():
+            self._ping = None
+            self._engine_error, self._checked_at = ping.result()
 
     def submit(self, fn: Any, *args: Any) -> concurrent.futures.Future[Any]:
         return self._pool.submit(fn, *args)
@@ -159,12 +205,21 @@ class DockerProvisioner(Provisioner):
     # -- starting -------------------------------------------------------------------------------
     def start(self, spec: AgentSpec) -> DockerAgent:
         handle = DockerAgent(self, spec)
-        handle.future = self._pool.submit(self._start, handle)
+        handle.future = self._pool.submit(self._start, handle, self._ping)
         return handle
 
-    def _start(self, handle: DockerAgent) -> None:
+    def _start(
+        self, handle: DockerAgent, ping: concurrent.futures.Future[tuple[str | None, float]] | None
+    ) -> None:
+        """Start the container (on the pool). ``ping``: the engine check still out when the
+        kernel was let through, whose answer comes first."""
         spec = handle.spec
         progress: Progress = spec.on_progress or (lambda _text: None)
+        unreachable = ping.result()[0] if ping is not None else None
+        if unreachable is not None:
+            handle.failure = f"could not start the sandbox: {unreachable}"
+            log.error("sandbox %s: %s", spec.kernel_name, handle.failure)
+            return
         try:
             runnable = self.images.resolve(
                 handle.image, self.config.sandbox_auto_pull, spec.requirements, progress
@@ -183,8 +238,7 @@ class DockerProvisioner(Provisioner):
             text = str(getattr(exc, "explanation", None) or exc).strip().splitlines()
             detail = text[-1] if text else type(exc).__name__
             if "Connection aborted" in detail or "connect" in detail.lower():
-                host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-                detail = f"Docker engine not reachable at {host} — start Docker or use --mode local"
+                detail = engine_unreachable()
             handle.failure = f"could not start the sandbox: {detail}"
             log.error("sandbox %s: %s", spec.kernel_name, handle.failure)
 
@@ -220,7 +274,11 @@ class DockerProvisioner(Provisioner):
                 "PIP_BREAK_SYSTEM_PACKAGES": "1",
             },
             "volumes": {
-                str(self.runtime.agents_dir): {"bind": AGENT_SOCKET_DIR, "mode": "rw"},
+                # Read-only: connecting to agents.sock needs no write access to the mount, and
+                # code in the sandbox must not remove or replace the socket other kernels use.
+                str(self.runtime.agents_dir): {"bind": AGENT_SOCKET_DIR, "mode": "ro"},
+                # Writable: the agent deletes its key and writes bashrc, command.sh, stdin and
+                # stdin.fifo here (its own kernel's directory only).
                 str(spec.workdir): {"bind": KERNEL_DIR, "mode": "rw"},
                 str(package): {"bind": f"{PACKAGE_DIR}/stigmer_kernel", "mode": "ro"},
                 str(workspace): {"bind": WORKSPACE, "mode": "rw"},
@@ -299,6 +357,10 @@ class DockerProvisioner(Provisioner):
         """Remove containers left by servers that are not running (this one's past included),
         except those of kernels in ``keep`` (being re-adopted)."""
         removed = 0
+        unreachable, _ = ping_engine()  # a hung engine costs a few seconds, not the client's 120
+        if unreachable is not None:
+            log.info("no leftover check: %s", unreachable)
+            return 0
         try:
             containers = self.client().containers.list(all=True, filters={"label": LABEL_SERVER})
         except Exception as exc:
@@ -368,6 +430,7 @@ class DockerProvisioner(Provisioner):
 
     def close(self) -> None:
         """Remove every container of this server (at shutdown)."""
+        self._pinger.shutdown(wait=False, cancel_futures=True)
         if self._client is None:
             self._pool.shutdown(wait=False)
             return

@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 import zmq
 import zmq.auth
+from jupyter_client import BlockingKernelClient
 
+from stigmer_kernel.errors import RequestError
 from stigmer_kernel.protocol import Session
 from tests.conftest import Server, short_tempdir
 
@@ -115,10 +117,30 @@ def test_remote_agent_joins_over_curve_and_a_cut_link_is_a_dead_agent(
     c = srv.client()
     try:
         wait_for(lambda: any(k["name"] == "far" for k in c.list_kernels()))
-        r = c.execute(f"ip -4 -o addr | grep -c {REMOTE_IP}", kernel="far")
+        r = c.execute(f"ip -4 -o addr | grep -c {REMOTE_IP}", kernel="far", mode="remote")
         assert r.stdout == "1\n"  # it ran on the other host
         (far,) = [k for k in c.list_kernels() if k["name"] == "far"]
         assert far["mode"] == "remote"
+        # Only a client that asks for a remote kernel reaches one, and only one that joined.
+        with pytest.raises(RequestError, match="runs in remote mode, not local"):
+            c.execute("true", kernel="far", mode="local")
+        r = c.execute("true", kernel="near", mode="remote")
+        assert r.ename == "NoSuchKernel"
+        assert "no remote agent has joined as kernel 'near'" in (r.evalue or "")
+        # Jupyter clients reach it too; a restart cannot be done from here and says so.
+        conn = c.connect_jupyter("far", mode="remote")
+        jc = BlockingKernelClient()
+        jc.load_connection_info(conn["connection"])
+        jc.start_channels()
+        try:
+            reply = jc.execute_interactive("echo jupyter-far", timeout=10)
+            assert reply["content"]["status"] == "ok"
+            jc.shutdown(restart=True)
+            restart = jc.control_channel.get_msg(timeout=10)
+            assert restart["content"]["status"] == "error"
+            assert "restart its agent on its host" in restart["content"]["evalue"]
+        finally:
+            jc.stop_channels()
         time.sleep(1.0)
         assert all(k["name"] != "intruder" for k in c.list_kernels())  # unknown key refused
         assert "refused a CurveZMQ peer with an unknown public key" in srv.log()
@@ -130,7 +152,7 @@ def test_remote_agent_joins_over_curve_and_a_cut_link_is_a_dead_agent(
             timeout=5,
         )
         assert time.monotonic() - cut < 3 * 0.3 + 1.0
-        r = c.execute("true", kernel="far")
+        r = c.execute("true", kernel="far", mode="remote")
         assert r.ename == "KernelDied" and "lost its agent" in (r.evalue or "")
     finally:
         for proc in (good, bad):
@@ -199,3 +221,42 @@ def test_plain_tcp_only_on_loopback(server_factory: Any) -> None:
         STIGMER_CLIENT_ENDPOINT="tcp://127.0.0.1:5998", STIGMER_ALLOW_PLAIN_TCP="true"
     )
     assert "listening on tcp://127.0.0.1:5998 (plain TCP)" in loop.log()
+
+
+def test_agents_cannot_join_over_plain_tcp(server_factory: Any) -> None:
+    """Joining hands the broker a key the agent chose: only over CurveZMQ, never plain TCP."""
+    port = 5300 + os.getpid() % 200
+    srv = server_factory(
+        STIGMER_AGENT_ENDPOINT=f"tcp://127.0.0.1:{port}", STIGMER_ALLOW_PLAIN_TCP="true"
+    )
+    key = os.urandom(32).hex()
+    agent = Session(key.encode())
+    ctx = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IDENTITY, b"sneaky-r0001:1:ab")
+        sock.connect(f"tcp://127.0.0.1:{port}")
+        register = agent.msg("agent_register", {"join": "sneaky", "key": key, "pid": 1})
+        sock.send_multipart(agent.serialize(register))
+        assert not sock.poll(1500)  # no welcome
+    finally:
+        ctx.destroy(linger=0)
+    c = srv.client()
+    assert all(k["name"] != "sneaky" for k in c.list_kernels())
+    assert "joining needs CurveZMQ, refused on plain TCP" in srv.log()
+
+
+def test_curve_directories_are_owner_only(server: Server) -> None:
+    curve = server.runtime.path / "curve"
+    (curve / "authorized").mkdir(parents=True)
+    for directory in (curve, curve / "authorized"):
+        directory.chmod(0o755)  # as an older `curve authorize` left them
+    keys = short_tempdir("stg-keys-")
+    stigmer(server, "curve", "keygen", "laptop", "--dir", keys)
+    stigmer(server, "curve", "authorize", f"{keys}/laptop.key")
+    printed = stigmer(server, "curve", "server-key")
+    assert printed == str(curve / "server.key")
+    for directory in (curve, curve / "authorized"):
+        assert directory.stat().st_mode & 0o777 == 0o700, directory
+    assert (curve / "server.key_secret").stat().st_mode & 0o777 == 0o600

@@ -1,9 +1,10 @@
 """What code inside a sandbox cannot do: read the server key, reach the client endpoint,
-signal host processes, or pose as another kernel's agent."""
+signal host processes, pose as another kernel's agent, or remove the agents' socket."""
 
 from __future__ import annotations
 
 import os
+import stat
 
 from tests.conftest import Server
 
@@ -49,3 +50,21 @@ EOF"""
     (victim,) = [k for k in c.list_kernels() if k["name"] == "victim"]
     assert (victim["id"], victim["restarts"], victim["state"]) == (victim_id, 0, "idle")
     assert "invalid message signature" in sandbox.log()
+
+
+def test_sandbox_cannot_remove_or_replace_the_agent_socket(sandbox: Server) -> None:
+    c = sandbox.client()
+    box = lambda code: c.execute(code, kernel="jail", mode="sandbox")  # noqa: E731
+    r = box(
+        "rm -f /run/stigmer/agents.sock || echo no-rm; "
+        "touch /run/stigmer/x || echo no-touch; "
+        "mv /run/stigmer/agents.sock /tmp/stolen.sock || echo no-mv"
+    )
+    assert r.stdout == "no-rm\nno-touch\nno-mv\n", r.stderr
+    assert "Read-only file system" in r.stderr
+    socket_path = sandbox.runtime.agent_socket
+    assert stat.S_ISSOCK(os.stat(socket_path).st_mode)
+    assert os.listdir(socket_path.parent) == ["agents.sock"]
+    assert box("echo still-here").stdout == "still-here\n"
+    r = c.execute("echo second-box", kernel="jail2", mode="sandbox")  # connects afresh
+    assert (r.stdout, r.mode) == ("second-box\n", "sandbox")

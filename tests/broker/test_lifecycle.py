@@ -1,0 +1,182 @@
+"""Kernel lifecycle edge cases: removal and restart with requests queued, agents that cannot
+start, and signed requests whose fields have the wrong types."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+from jupyter_client import BlockingKernelClient
+
+from stigmer_kernel import AsyncClient
+from stigmer_kernel.protocol import Session
+from tests.conftest import Server, processes_matching, short_tempdir
+
+
+def _marks(work: str) -> str:
+    runs = Path(work, "runs")
+    return runs.read_text() if runs.exists() else ""
+
+
+async def _queue_behind_a_sleeper(
+    c: AsyncClient, kernel: str, mode: str, cwd: str
+) -> list[asyncio.Task[Any]]:
+    """One running command and three queued behind it, each of which would leave a mark."""
+    first = asyncio.create_task(
+        c.execute("sleep 1.5; echo first >> runs", kernel=kernel, mode=mode, cwd=cwd)
+    )
+    await asyncio.sleep(0.5)  # the sleeper runs
+    queued = [
+        asyncio.create_task(
+            c.execute(f"echo queued-{i} >> runs", kernel=kernel, mode=mode, cwd=cwd)
+        )
+        for i in range(3)
+    ]
+    await asyncio.sleep(0.3)  # they wait in the kernel's queue
+    return [first, *queued]
+
+
+def test_removing_an_auto_kernel_aborts_its_queue_and_starts_nothing(server: Server) -> None:
+    work = short_tempdir("stg-auto-rm-")
+
+    async def main() -> list[Any]:
+        async with AsyncClient(server.config, autostart=False) as c:
+            tasks = await _queue_behind_a_sleeper(c, "a1", "auto", work)
+            await c.shutdown_kernel("a1")
+            results = await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
+            await asyncio.sleep(1.0)  # anything wrongly started would have run by now
+            names = [k["name"] for k in await c.list_kernels()]
+            assert not any(n.startswith("a1") for n in names), names
+            return results
+
+    results = asyncio.run(main())
+    assert [r.ename for r in results] == ["KernelShutdown"] * 4
+    assert "queued" not in _marks(work)
+    assert processes_matching("--kernel-id a1~local") == []
+
+
+def test_restarting_an_auto_kernel_aborts_its_queue_then_serves_again(server: Server) -> None:
+    work = short_tempdir("stg-auto-rs-")
+    c = server.client()
+    conn = c.connect_jupyter("a2", mode="auto", cwd=work)
+    jc = BlockingKernelClient()
+    jc.load_connection_info(conn["connection"])
+    jc.start_channels()
+
+    async def main() -> list[Any]:
+        async with AsyncClient(server.config, autostart=False) as ac:
+            tasks = await _queue_behind_a_sleeper(ac, "a2", "auto", work)
+            jc.shutdown(restart=True)
+            return await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
+
+    try:
+        results = asyncio.run(main())
+        assert [r.ename for r in results] == ["KernelRestarted"] * 4
+        time.sleep(1.0)
+        assert "queued" not in (
+            Path(work, "runs").read_text() if Path(work, "runs").exists() else ""
+        )
+        r = c.execute("echo again; pwd", kernel="a2", mode="auto")
+        assert r.ok and r.stdout == f"again\n{os.path.realpath(work)}\n"
+    finally:
+        jc.stop_channels()
+
+
+def test_restarting_a_kernel_never_hands_aborted_requests_to_the_old_agent(
+    server: Server,
+) -> None:
+    work = short_tempdir("stg-rs-")
+    c = server.client()
+    conn = c.connect_jupyter("l1", mode="local", cwd=work)
+    jc = BlockingKernelClient()
+    jc.load_connection_info(conn["connection"])
+    jc.start_channels()
+
+    async def main() -> list[Any]:
+        async with AsyncClient(server.config, autostart=False) as ac:
+            tasks = await _queue_behind_a_sleeper(ac, "l1", "local", work)
+            jc.shutdown(restart=True)
+            return await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
+
+    try:
+        results = asyncio.run(main())
+        assert [r.ename for r in results] == ["KernelRestarted"] * 4
+        time.sleep(2.5)  # the old agent's grace period: nothing queued reached it
+        assert "queued" not in (
+            Path(work, "runs").read_text() if Path(work, "runs").exists() else ""
+        )
+    finally:
+        jc.stop_channels()
+
+
+def test_a_kernel_whose_agent_cannot_start_answers_at_once(server: Server) -> None:
+    kernels = server.runtime.path / "kernels"
+    shutil.rmtree(kernels)
+    kernels.write_text("not a directory")  # the agent's work directory cannot be made
+    c = server.client()
+    try:
+        started = time.monotonic()
+        r = c.execute("echo never", kernel="broken")
+        assert time.monotonic() - started < 5
+        assert r.ename == "KernelDied" and "could not start an agent" in (r.evalue or "")
+    finally:
+        kernels.unlink()
+        kernels.mkdir(mode=0o700)
+    r = c.execute("echo works", kernel="broken")  # the next request starts a fresh agent
+    assert r.stdout == "works\n"
+    assert r.ok
+
+
+#: Values of the wrong type for the fields the broker reads.
+_ODD = [None, 7, -1, 1e308, "x" * 300, "../x", [], [1, "a"], {"a": 1}, True, b"\xff"]
+_FIELDS = ["kernel", "mode", "cwd", "ttl", "code", "timeout", "stdin", "connection", "silent"]
+_TYPES = [
+    "execute_request",
+    "kernel_connect_request",
+    "kernel_info_request",
+    "interrupt_request",
+    "kernel_shutdown_request",
+    "detach_request",
+    "kernel_list_request",
+]
+
+
+def test_signed_requests_with_fields_of_the_wrong_type_each_get_one_reply(
+    server: Server,
+) -> None:
+    session = Session(server.runtime.read_key())
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(server.runtime.client_endpoint)
+    sent = 0
+    try:
+        for msg_type in _TYPES:
+            for field in _FIELDS:
+                for value in _ODD:
+                    content = {"code": "true", "kernel": "odd", field: value}
+                    if msg_type == "detach_request":
+                        continue  # answered by nothing, by design
+                    sock.send_multipart(session.serialize(session.msg(msg_type, content)))
+                    sent += 1
+        replies = 0
+        deadline = time.monotonic() + 60
+        while replies < sent and time.monotonic() < deadline:
+            if sock.poll(1000):
+                _, msg = session.deserialize(sock.recv_multipart())
+                if msg.msg_type.endswith("_reply"):
+                    replies += 1
+        assert replies == sent
+        assert server.proc is not None and server.proc.poll() is None
+    finally:
+        ctx.destroy(linger=0)
+    c = server.client()
+    assert c.execute("echo still-fine", kernel="after").stdout == "still-fine\n"
+    if "error while handling a message" in server.log():
+        pytest.fail("a request raised inside the broker:\n" + server.log()[-3000:])

@@ -31,7 +31,7 @@ from ..errors import ProtocolError
 from ..protocol import ExecStatus, Message, MsgType, Session
 from ..protocol.constants import EXIT_INTERRUPTED, EXIT_TIMEOUT, REPLY_FOR, StreamName
 from . import introspect, procs
-from .shell import BashSession, CommandEnd
+from .shell import BETWEEN_COMMANDS_LIMIT, BashSession, CommandEnd
 from .stdin import StdinPipe
 
 log = logging.getLogger("stigmer.agent")
@@ -42,12 +42,17 @@ _KILL_AFTER = 1.5  # SIGKILL the command's processes
 _RESET_AFTER = 3.0  # SIGKILL bash itself: the session is reset
 _STARTUP_TIMEOUT = 10.0
 _STDIN_POLL = 0.1  # seconds between checks for a command waiting on interactive stdin
+_SEND_RETRY = 0.25  # seconds a blocked send waits before checking that the broker still answers
 #: Requests that need the session and so wait their turn.
 _QUEUED = {
     MsgType.EXECUTE_REQUEST.value,
     MsgType.COMPLETE_REQUEST.value,
     MsgType.INSPECT_REQUEST.value,
 }
+
+
+class _BrokerGone(Exception):
+    """The broker stopped answering while a send was blocked on a full queue."""
 
 
 @dataclass
@@ -162,6 +167,8 @@ class Agent:
         # A small queue: when the broker falls behind, sends block, output stops being read
         # and the command itself waits on its pipe. Backpressure instead of unbounded memory.
         self.sock.setsockopt(zmq.SNDHWM, 1000)
+        # ...but a send blocked for good (the broker is gone) must not stop the orphan check.
+        self.sock.setsockopt(zmq.SNDTIMEO, int(_SEND_RETRY * 1000))
         self.shell = BashSession(opts.workdir, opts.cwd, opts.shell, env=_clean_env())
         self.queue: collections.deque[Message] = collections.deque()
         self.run_state: Run | None = None
@@ -182,7 +189,18 @@ class Agent:
         metadata: dict[str, Any] | None = None,
     ) -> None:
         msg = self.session.msg(msg_type.value, content, parent, metadata)
-        self.sock.send_multipart(self.session.serialize(msg), copy=False)
+        frames = self.session.serialize(msg)
+        while True:  # a slow broker loses nothing: retry for as long as it answers heartbeats
+            try:
+                self.sock.send_multipart(frames, copy=False)
+                return
+            except zmq.Again:
+                if self._orphaned():
+                    raise _BrokerGone from None
+
+    def _orphaned(self) -> bool:
+        """True once the broker has not answered a heartbeat for ``orphan_timeout``."""
+        return time.monotonic() - self.heartbeat.last_ack > self.opts.orphan_timeout
 
     def start_shell(self) -> None:
         """Spawn bash and read until its first prompt (discarding its start-up chatter)."""
@@ -204,6 +222,27 @@ class Agent:
         self.start_shell()
         secure(self.sock, self.opts)
         self.sock.connect(self.opts.endpoint)
+        linger = 2000
+        try:
+            self._register()
+            self.heartbeat.start()
+            self._loop()
+        except _BrokerGone:
+            log.warning(
+                "no answer from the broker for %.0fs while sending to it; exiting",
+                self.opts.orphan_timeout,
+            )
+            linger = 0  # nobody will take what is still queued
+        finally:
+            self.heartbeat.stop_event.set()
+            self.shell.close()
+            if self.heartbeat.is_alive():
+                self.heartbeat.join(timeout=2)
+            self.sock.close(linger=linger)
+            self.ctx.term()
+        return 0
+
+    def _register(self) -> None:
         self.send(
             MsgType.AGENT_REGISTER,
             {
@@ -223,16 +262,6 @@ class Agent:
                 ),
             },
         )
-        self.heartbeat.start()
-        try:
-            self._loop()
-        finally:
-            self.heartbeat.stop_event.set()
-            self.shell.close()
-            self.heartbeat.join(timeout=2)
-            self.sock.close(linger=2000)
-            self.ctx.term()
-        return 0
 
     def _loop(self) -> None:
         poller = zmq.Poller()
@@ -254,7 +283,7 @@ class Agent:
                 else:
                     self._on_output(int(sock_or_fd))
             self._tick()
-            if time.monotonic() - self.heartbeat.last_ack > self.opts.orphan_timeout:
+            if self._orphaned():
                 log.warning(
                     "no answer from the broker for %.0fs; exiting", self.opts.orphan_timeout
                 )
@@ -383,13 +412,18 @@ class Agent:
             if run.hidden:
                 # Output background jobs wrote between commands belongs to the next *command*,
                 # not to a completion: set it aside for the duration of this hidden run.
-                self._held = (self.shell.out_scan.after, self.shell.err_scan.after)
-                self.shell.out_scan.after = self.shell.err_scan.after = b""
+                self._held = (self.shell.out_scan.take_after(), self.shell.err_scan.take_after())
             if run.allow_stdin:
                 self.stdin_pipe.open()
                 self.shell.begin(script, stdin_file=self.stdin_pipe.path)
             else:
                 self.shell.begin(script, stdin)
+            if not run.hidden and (dropped := self.shell.take_dropped()):
+                notice = (
+                    f"[stigmer] {dropped} bytes of output written between commands were "
+                    f"discarded (more than {BETWEEN_COMMANDS_LIMIT} bytes per stream)\n"
+                ).encode()
+                self.send(MsgType.STREAM, {"name": "stderr", "data": notice}, parent=msg)
 
     def _on_output(self, fd: int) -> None:
         data, eof = self.shell.read(fd)
@@ -512,8 +546,8 @@ class Agent:
 
     def _finish_hidden(self, run: Run, end: CommandEnd) -> None:
         out_held, err_held = self._held
-        self.shell.out_scan.after = out_held + self.shell.out_scan.after
-        self.shell.err_scan.after = err_held + self.shell.err_scan.after
+        self.shell.out_scan.restore_after(out_held)
+        self.shell.err_scan.restore_after(err_held)
         self._held = (b"", b"")
         output = b"".join(run.captured).decode("utf-8", "replace")
         content: dict[str, Any]

@@ -62,40 +62,65 @@ readonly PROMPT_COMMAND
 """
 
 
+#: Output written between commands (by background jobs) is kept for the next command up to
+#: this many bytes per stream; the rest is counted and dropped, so the agent's memory stays bounded.
+BETWEEN_COMMANDS_LIMIT = 1024 * 1024
+
+
 class MarkerScanner:
     """Finds ``marker`` in a byte stream split into arbitrary chunks.
 
     ``feed`` returns the bytes before the marker (safe to forward now) and whether the marker
     was seen. Only a tail that could be the start of the marker is held back. With
     ``payload_end`` set, the bytes after the marker up to that terminator are the payload.
+    Bytes after that (output between commands) go to ``after``, at most ``after_limit`` of
+    them; ``dropped`` counts the bytes past the limit.
     """
 
-    def __init__(self, marker: bytes, payload_end: bytes | None = None) -> None:
+    def __init__(
+        self,
+        marker: bytes,
+        payload_end: bytes | None = None,
+        after_limit: int = BETWEEN_COMMANDS_LIMIT,
+    ) -> None:
         self.marker = marker
         self.payload_end = payload_end
+        self.after_limit = after_limit
         self._pending = b""
         self.found = False
         self.payload: bytes | None = None
-        self.after = b""  # bytes that followed the marker (output between commands)
+        self.after = bytearray()  # bytes that followed the marker (output between commands)
+        self.dropped = 0  # bytes of output between commands discarded past after_limit
 
     def reset(self) -> None:
+        """Start looking for the next marker; output kept since the last one comes first."""
         self.found = False
         self.payload = None
-        after, self.after = self.after, b""
-        self._pending = b""
-        if after:
-            self._pending = after
+        self._pending = bytes(self.after)
+        self.after = bytearray()
 
     def take_pending(self) -> bytes:
         """Bytes held back at a chunk boundary (call when the stream will not continue)."""
         data, self._pending = self._pending, b""
         return data
 
+    def take_after(self) -> bytes:
+        """Remove and return the output kept since the marker (set aside for a hidden run)."""
+        data = bytes(self.after)
+        self.after = bytearray()
+        return data
+
+    def restore_after(self, held: bytes) -> None:
+        """Put ``held`` (from :meth:`take_after`) back before what arrived since, within the cap."""
+        since = self.take_after()
+        self._keep_after(held)
+        self._keep_after(since)
+
     def feed(self, data: bytes) -> bytes:
         if self.found:
             if self.payload is None and self.payload_end is not None:
                 return self._feed_payload(data)
-            self.after += data
+            self._keep_after(data)
             return b""
         buf = self._pending + data
         index = buf.find(self.marker)
@@ -104,7 +129,7 @@ class MarkerScanner:
             self._pending = b""
             rest = buf[index + len(self.marker) :]
             if self.payload_end is None:
-                self.after = rest
+                self._keep_after(rest)
             else:
                 self._feed_payload(rest)
             return buf[:index]
@@ -118,9 +143,17 @@ class MarkerScanner:
         end = self._pending.find(self.payload_end)
         if end >= 0:
             self.payload = self._pending[:end]
-            self.after = self._pending[end + len(self.payload_end) :]
+            rest = self._pending[end + len(self.payload_end) :]
             self._pending = b""
+            self._keep_after(rest)
         return b""
+
+    def _keep_after(self, data: bytes) -> None:
+        room = max(0, self.after_limit - len(self.after))
+        if len(data) > room:
+            self.dropped += len(data) - room
+            data = data[:room]
+        self.after += data
 
     def _partial_suffix(self, buf: bytes) -> int:
         """Length of the longest suffix of ``buf`` that is a proper prefix of the marker."""
@@ -281,6 +314,12 @@ class BashSession:
         if cwd:
             self.cwd = cwd
         return CommandEnd(exit_code=code, cwd=cwd or None)
+
+    def take_dropped(self) -> int:
+        """Bytes of output between commands dropped past the limit since the last call."""
+        dropped = self.out_scan.dropped + self.err_scan.dropped
+        self.out_scan.dropped = self.err_scan.dropped = 0
+        return dropped
 
     def version(self) -> str:
         """The shell's version (e.g. ``5.2.15(1)-release``), or "" if it cannot tell."""

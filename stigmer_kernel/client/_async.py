@@ -2,6 +2,8 @@
 
 One DEALER socket to the broker; a reader task routes each incoming message to the request it
 answers (by ``parent_header.msg_id``), so any number of tasks can use one client at once.
+User callbacks run on that task: one that raises is logged and the request carries on. Should
+the reader itself end, every pending and later request fails at once with the reason.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import codecs
 import collections
 import contextlib
 import dataclasses
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +37,8 @@ from ..runtime import RuntimeDir
 from .discovery import ServerAddress, find_server
 from .result import ExecResult
 
+log = logging.getLogger("stigmer.client")
+
 OutputCallback = Callable[[str], Any]
 RawOutputCallback = Callable[[str, bytes], Any]
 EventCallback = Callable[[dict[str, Any]], Any]
@@ -44,6 +49,14 @@ _REQUEST_ERRORS = {
     "ModeUnavailable": ModeUnavailable,
     "NoSuchKernel": KernelError,
 }
+
+
+def _run_callback(what: str, callback: Callable[..., Any], *args: Any) -> None:
+    """Call a user callback; an exception it raises is logged, never passed to the reader."""
+    try:
+        callback(*args)
+    except Exception:
+        log.exception("the %s callback raised; the request carries on without it", what)
 
 
 class _Call:
@@ -70,19 +83,19 @@ class _Call:
             return
         self.chunks[name].append(data)
         if self.on_output is not None:
-            self.on_output(name, data)
+            _run_callback("on_output", self.on_output, name, data)
         callback = self.on[name]
         if callback is not None:
             text = self.decoders[name].decode(data)
             if text:
-                callback(text)
+                _run_callback(f"on_{name}", callback, text)
 
     def flush(self) -> None:
         for name, callback in self.on.items():
             if callback is not None:
                 text = self.decoders[name].decode(b"", final=True)
                 if text:
-                    callback(text)
+                    _run_callback(f"on_{name}", callback, text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +152,7 @@ class AsyncClient:
         self._session: Session | None = None
         self._calls: dict[str, _Call] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._reader_failure: BaseException | None = None  # why the reader ended, if it did
         self._closed = False
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -165,6 +179,7 @@ class AsyncClient:
         sock.connect(self.address.endpoint)
         self._sock = sock
         self._reader = asyncio.create_task(self._read_loop(), name="stigmer-client-reader")
+        self._reader.add_done_callback(self._reader_ended)
         return self
 
     async def __aenter__(self) -> AsyncClient:
@@ -183,8 +198,7 @@ class AsyncClient:
                 await self._sock.send_multipart(self._session.serialize(bye))
         if self._reader is not None:
             self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+            await asyncio.wait({self._reader})  # whatever it ended with was seen by _reader_ended
         for call in self._calls.values():
             if not call.future.done():
                 call.future.set_exception(StigmerError("client closed"))
@@ -195,6 +209,26 @@ class AsyncClient:
             self._ctx.term()
 
     # -- plumbing -----------------------------------------------------------------------------
+    def _reader_ended(self, task: asyncio.Task[None]) -> None:
+        """The reader stopped outside :meth:`aclose`: no reply can arrive any more."""
+        cause = task.exception() if not task.cancelled() else asyncio.CancelledError()
+        if self._closed:
+            return
+        self._reader_failure = cause or RuntimeError("the reader task returned")
+        for call in self._calls.values():
+            if not call.future.done():
+                call.future.set_exception(self._reader_error())
+
+    def _reader_error(self) -> StigmerError:
+        cause = self._reader_failure
+        reason = type(cause).__name__ + (f": {cause}" if str(cause) else "")
+        error = StigmerError(
+            f"this client stopped receiving messages ({reason}); "
+            "its requests cannot get replies — close it and use a new client"
+        )
+        error.__cause__ = cause
+        return error
+
     async def _read_loop(self) -> None:
         assert self._sock is not None and self._session is not None
         while True:
@@ -216,7 +250,7 @@ class AsyncClient:
                     call.events.append(msg.content)
                 self.events.append(msg.content)
                 if self.on_event is not None:
-                    self.on_event(msg.content)
+                    _run_callback("on_event", self.on_event, msg.content)
             elif call is not None and not call.future.done():
                 call.future.set_result(msg)
 
@@ -232,6 +266,8 @@ class AsyncClient:
         if self._closed:
             raise StigmerError("this client is closed")
         await self.connect()
+        if self._reader_failure is not None:
+            raise self._reader_error()
         assert self._sock is not None and self._session is not None and self.address
         msg = self._session.msg(msg_type.value, content)
         call = _Call(on_stdout, on_stderr, on_output)

@@ -1,7 +1,7 @@
 """The blocking client: an :class:`AsyncClient` driven by its own event-loop thread.
 
 Any number of threads may call one ``Client`` at once; callbacks (``on_stdout``...) run on the
-client's loop thread.
+client's loop thread, and one that raises is logged (logger ``stigmer.client``), not propagated.
 """
 
 from __future__ import annotations

@@ -193,3 +193,29 @@ def test_shell_that_exits_is_restarted_with_notice(client: Client) -> None:
     assert "fresh session" in (r.evalue or "")
     after = client.execute('pwd; echo "v=${v:-unset}"', kernel="reset")
     assert after.stdout == "/usr\nv=unset\n"
+
+
+def test_background_output_between_commands_is_capped_with_a_notice(
+    client: Client, tmp_path: object
+) -> None:
+    done = os.path.join(str(tmp_path), "done")
+    # A background job writes 3 MB after its command ended; 1 MiB is kept for the next command.
+    started = client.execute(
+        f"(sleep 0.2; head -c 3000000 /dev/zero | tr '\\0' x; touch {done}) &", kernel="bg"
+    )
+    assert started.stdout == "" and started.exit_code == 0
+    deadline = time.monotonic() + 5
+    while not os.path.exists(done):
+        assert time.monotonic() < deadline, "the background job did not finish"
+        time.sleep(0.05)
+    time.sleep(0.3)  # the agent drains the last pipe buffer
+    r = client.execute("echo next", kernel="bg")
+    assert r.stdout == "x" * (1 << 20) + "next\n"
+    dropped = 3000000 - (1 << 20)
+    assert r.stderr == (
+        f"[stigmer] {dropped} bytes of output written between commands were discarded "
+        f"(more than {1 << 20} bytes per stream)\n"
+    )
+    # The notice comes once; a command's own output is never capped.
+    big = client.execute("head -c 3000000 /dev/zero | tr '\\0' y", kernel="bg")
+    assert (big.stdout, big.stderr) == ("y" * 3000000, "")

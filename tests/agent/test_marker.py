@@ -40,3 +40,40 @@ def test_output_after_marker_goes_to_next_command() -> None:
     assert scan.feed(b"a" + MARK + b"bg-output") == b"a"
     scan.reset()
     assert scan.feed(b"more") == b"bg-outputmore"
+
+
+def test_output_between_commands_is_capped_and_counted() -> None:
+    scan = MarkerScanner(MARK, payload_end=b"\0", after_limit=100)
+    assert scan.feed(b"cmd-output" + MARK + b"0;/tmp\0" + b"a" * 60) == b"cmd-output"
+    for _ in range(10):
+        assert scan.feed(b"b" * 30) == b""
+    assert scan.after == b"a" * 60 + b"b" * 40  # the oldest 100 bytes are kept
+    assert scan.dropped == 60 + 300 - 100
+    scan.reset()
+    # The next command's output, marker split across reads, is complete and after what was kept.
+    body = b"x" * 5000
+    stream = body + MARK + b"0;/\0"
+    out = scan.feed(stream[:5003]) + scan.feed(stream[5003:5010]) + scan.feed(stream[5010:])
+    assert out == b"a" * 60 + b"b" * 40 + body
+    assert scan.found and scan.payload == b"0;/"
+    assert scan.after == b"" and scan.dropped == 260
+
+
+def test_a_long_command_output_is_never_capped() -> None:
+    scan = MarkerScanner(MARK, after_limit=10)
+    body = bytes(range(256)) * 4096  # 1 MiB, far past the cap on output between commands
+    out = b"".join(scan.feed(body[i : i + 4096]) for i in range(0, len(body), 4096))
+    out += scan.feed(MARK[:3]) + scan.feed(MARK[3:] + b"tail")
+    assert out == body
+    assert scan.found and scan.after == b"tail" and scan.dropped == 0
+
+
+def test_output_set_aside_for_a_hidden_run_stays_within_the_cap() -> None:
+    scan = MarkerScanner(MARK, after_limit=10)
+    scan.feed(MARK + b"12345678")
+    held = scan.take_after()
+    scan.reset()
+    assert scan.feed(b"completion" + MARK + b"abcdef") == b"completion"
+    scan.restore_after(held)
+    assert scan.after == b"12345678ab"
+    assert scan.dropped == 4

@@ -33,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=0.0, help="default command timeout")
     parser.add_argument("--output-limit", type=int, default=32 * 1024 * 1024)
     parser.add_argument("--key-file", help="read the key from this file, then delete it")
+    parser.add_argument(
+        "--kernel-id-file",
+        help="read the kernel id from this file (a sandbox container started again for a new "
+        "incarnation keeps its command line)",
+    )
     remote = parser.add_argument_group("remote agents (another host, CurveZMQ over TCP)")
     remote.add_argument("--join", metavar="NAME", help="offer to serve kernel NAME")
     remote.add_argument("--server-key", help="the broker's public key file (server.key)")
@@ -52,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         curve = (server_public, public, secret)
         os.environ[EnvVar.AGENT_KEY.value] = os.urandom(32).hex()  # a key of its own choosing
         args.kernel_id = args.kernel_id or f"{args.join}-r{os.urandom(4).hex()}"
+    if args.kernel_id_file and not args.kernel_id:
+        try:
+            with open(args.kernel_id_file, encoding="ascii") as handle:
+                args.kernel_id = handle.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            parser.error(f"cannot read --kernel-id-file: {exc}")
     if not args.kernel_id:
         parser.error("--kernel-id is required (or --join NAME for a remote agent)")
     if not args.workdir:

@@ -45,7 +45,8 @@ def save(broker: Broker, kernel: Kernel) -> None:
         return
     if kernel in broker.pool.kernels:
         return  # a warm container nobody uses yet: after a crash it is simply removed
-    if not (broker.runtime.path / "kernels" / kernel.id).is_dir():
+    workdir = _workdir(broker, kernel)
+    if not workdir.is_dir():
         return  # removed already
     directory = broker.runtime.path / RECORDS
     directory.mkdir(mode=0o700, exist_ok=True)
@@ -64,12 +65,29 @@ def save(broker: Broker, kernel: Kernel) -> None:
         "agent_pid": kernel.agent_pid if kernel.mode == "local" else None,
         "shell_pgid": kernel.shell_pgid if kernel.mode == "local" else None,
         "jupyter": kernel.channels.connection_info if kernel.channels else None,
+        "workdir": workdir.name,
     }
     tmp = directory / f"{kernel.id}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         json.dump(record, handle)
     os.replace(tmp, directory / f"{kernel.id}.json")
+
+
+def _workdir(broker: Broker, kernel: Kernel) -> Path:
+    """The kernel's directory: ``kernels/<id>``, unless its agent runs in a restarted sandbox
+    container, whose mounts still name the directory it was created with."""
+    workdir = getattr(kernel.handle, "workdir", None)
+    if isinstance(workdir, Path):
+        return workdir
+    return broker.runtime.path / "kernels" / kernel.id
+
+
+def _record_workdir(runtime_path: Path, record: dict[str, Any]) -> Path:
+    name = str(record.get("workdir") or record["id"])
+    if "/" in name or name in (".", ".."):
+        raise ValueError(f"bad kernel directory {name!r}")
+    return runtime_path / "kernels" / name
 
 
 def forget(runtime_path: Path, kernel_id: str) -> None:
@@ -88,8 +106,8 @@ def load(runtime_path: Path) -> list[dict[str, Any]]:
                 raise ValueError("bad record")
             if record.get("id") != path.stem or path.stem in (".", ".."):
                 raise ValueError("a record of another kernel")
+            known.add(_record_workdir(runtime_path, record).name)
             records.append(record)
-            known.add(str(record["id"]))
         except (OSError, ValueError):
             path.unlink(missing_ok=True)
     for directory in (runtime_path / "kernels").glob("*"):
@@ -145,14 +163,14 @@ def adopt_all(broker: Broker, records: list[dict[str, Any]]) -> None:
             log.warning("could not re-adopt kernel record %s: %s", record.get("id"), exc)
             forget(broker.runtime.path, str(record.get("id")))
             with contextlib.suppress(Exception):
-                shutil.rmtree(broker.runtime.path / "kernels" / str(record["id"]))
+                shutil.rmtree(_record_workdir(broker.runtime.path, record))
 
 
 def _adopt(broker: Broker, record: dict[str, Any]) -> None:
     from ..provisioners.docker import DockerProvisioner
 
     name, mode = str(record["name"]), str(record["mode"])
-    workdir = broker.runtime.path / "kernels" / str(record["id"])
+    workdir = _record_workdir(broker.runtime.path, record)
     parent = None
     if record.get("parent"):
         parent = broker.registry.by_name.get(str(record["parent"]))

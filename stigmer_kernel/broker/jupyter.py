@@ -317,7 +317,11 @@ class JupyterFrontend:
             return
         kernel = channels.kernel
         client = ids[0]
-        kernel.jupyter_clients[client] = time.monotonic()
+        seen = kernel.jupyter_clients
+        seen.pop(client, None)  # most recent last
+        seen[client] = time.monotonic()
+        if len(seen) > _JUPYTER_CLIENTS_KEPT:  # bounded over weeks of reconnecting clients
+            del seen[next(iter(seen))]
         mtype = msg.msg_type
         try:
             if channel == "stdin":
@@ -478,6 +482,9 @@ class JupyterFrontend:
             self.broker.restart_kernel(kernel, "")  # raises: say why before anything happens
         return MsgType.SHUTDOWN_REPLY, {"status": "ok", "restart": bool(msg.content.get("restart"))}
 
+
+#: Jupyter client identities remembered per kernel (for its ``clients`` count).
+_JUPYTER_CLIENTS_KEPT = 256
 
 _AGENT_KINDS = {
     MsgType.COMPLETE_REQUEST.value: MsgType.COMPLETE_REQUEST,

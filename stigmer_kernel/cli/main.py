@@ -43,6 +43,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"stigmer-kernel {__version__}")
     parser.add_argument("--runtime-dir", help="server runtime directory (STIGMER_RUNTIME_DIR)")
+    far = parser.add_argument_group(
+        "a server on another host (run, kernels and server status; TCP with CurveZMQ)"
+    )
+    far.add_argument(
+        "--remote",
+        metavar="tcp://HOST:PORT",
+        default=os.environ.get("STIGMER_REMOTE"),
+        help="the server's client_endpoint (STIGMER_REMOTE)",
+    )
+    far.add_argument(
+        "--remote-key",
+        metavar="FILE",
+        default=os.environ.get("STIGMER_REMOTE_KEY"),
+        help="a copy of that server's RUNTIME_DIR/key (STIGMER_REMOTE_KEY)",
+    )
+    far.add_argument(
+        "--server-key",
+        metavar="FILE",
+        default=os.environ.get("STIGMER_REMOTE_SERVER_KEY"),
+        help="a copy of its RUNTIME_DIR/curve/server.key (STIGMER_REMOTE_SERVER_KEY)",
+    )
+    far.add_argument(
+        "--curve-cert",
+        metavar="FILE",
+        default=os.environ.get("STIGMER_REMOTE_CURVE_CERT"),
+        help="your NAME.key_secret from `stigmer curve keygen`, whose NAME.key the server "
+        "authorized (STIGMER_REMOTE_CURVE_CERT)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a shell command and exit with its exit code")
@@ -187,6 +215,38 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def _remote(args: argparse.Namespace) -> Any:
+    """The :class:`RemoteServer` the global ``--remote`` options name, or None."""
+    if not args.remote:
+        return None
+    from ..client import RemoteServer
+
+    missing = [
+        flag
+        for flag, value in (
+            ("--remote-key", args.remote_key),
+            ("--server-key", args.server_key),
+            ("--curve-cert", args.curve_cert),
+        )
+        if not value
+    ]
+    if missing:
+        raise StigmerError(f"--remote needs {', '.join(missing)} too")
+    if not args.remote.startswith("tcp://"):
+        raise StigmerError(f"--remote {args.remote!r}: give the server's tcp://HOST:PORT")
+    for path in (args.server_key, args.curve_cert):
+        if not os.path.isfile(path):
+            raise StigmerError(f"cannot read {path}: no such file")
+    try:
+        with open(args.remote_key, "rb") as handle:
+            key = handle.read().strip()
+    except OSError as exc:
+        raise StigmerError(f"cannot read {args.remote_key}: {exc.strerror}") from None
+    if not key:
+        raise StigmerError(f"{args.remote_key} is empty: copy the server's RUNTIME_DIR/key")
+    return RemoteServer(args.remote, key, args.server_key, args.curve_cert)
+
+
 # -- run ------------------------------------------------------------------------------------------
 def _command_text(argv: list[str]) -> str:
     if argv and argv[0] == "--":
@@ -236,7 +296,7 @@ async def _run_async(
         if event.get("event") == "progress" and event.get("kernel") == args.kernel:
             print(f"stigmer: {event.get('reason')}", file=sys.stderr, flush=True)
 
-    async with AsyncClient(config, on_event=on_event) as client:
+    async with AsyncClient(config, on_event=on_event, remote=_remote(args)) as client:
         loop = asyncio.get_running_loop()
         interrupted = asyncio.Event()
         tasks: set[asyncio.Task[Any]] = set()
@@ -302,6 +362,11 @@ def _server(args: argparse.Namespace, config: Config, parser: argparse.ArgumentP
     from ..client.discovery import find_server, start_background_server
 
     runtime = RuntimeDir(config.runtime_dir)
+    remote = _remote(args)
+    if remote is not None and args.action != "status":
+        raise StigmerError(
+            f"`stigmer server {args.action}` works on this host only; run it on the server's host"
+        )
     if args.action == "start":
         if args.foreground:
             from ..broker import run_foreground
@@ -334,13 +399,13 @@ def _server(args: argparse.Namespace, config: Config, parser: argparse.ArgumentP
         print(f"stigmer server stopped (pid {info.get('pid')})")
         return 0
     if args.action == "status":
-        if not runtime.server_running():
+        if remote is None and not runtime.server_running():
             if args.json:
                 print(json.dumps({"running": False, "runtime_dir": str(runtime.path)}))
             else:
                 print(f"no stigmer server runs in {runtime.path}")
             return EXIT_NOT_RUNNING
-        with Client(config, autostart=False) as client:
+        with Client(config, autostart=False, remote=remote) as client:
             info = client.server_info()
         info.pop("status", None)
         if args.json:
@@ -364,20 +429,26 @@ def _kernels(args: argparse.Namespace, config: Config, parser: argparse.Argument
     if args.action is None:
         parser.parse_args(["kernels", "--help"])
         return 2
+    remote = _remote(args)
     if args.action == "connection-file":
+        if remote is not None:
+            raise StigmerError(
+                "Jupyter channels listen on the server's loopback only: run `stigmer kernels "
+                "connection-file` on the server's host"
+            )
         with Client(config) as client:
             reply = client.connect_jupyter(args.name, mode=args.mode)
         print(reply["connection_file"])
         return 0
     runtime = RuntimeDir(config.runtime_dir)
-    if not runtime.server_running():
+    if remote is None and not runtime.server_running():
         if args.action == "list":
             print("[]" if args.json else f"no stigmer server runs in {runtime.path}")
             return 0
         raise ServerNotRunning(
             f"no stigmer server runs in {runtime.path} — start one with `stigmer server start`"
         )
-    with Client(config, autostart=False) as client:
+    with Client(config, autostart=False, remote=remote) as client:
         if args.action == "list":
             kernels = client.list_kernels()
             if args.json:

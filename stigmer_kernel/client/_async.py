@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -98,6 +99,70 @@ class _Call:
                     _run_callback(f"on_{name}", callback, text)
 
 
+class _Link:
+    """The CurveZMQ link to a remote server, watched through a socket monitor: a refused key or
+    a server that cannot be reached ends requests with an error instead of silence."""
+
+    #: Seconds without a working link before waiting requests fail.
+    UNREACHABLE_AFTER = 10.0
+
+    def __init__(self, endpoint: str, sock: Any) -> None:
+        self.endpoint = endpoint
+        self.up = False
+        self.down_since = time.monotonic()
+        self.refused: str | None = None
+        self.sock = sock
+        self.monitor = sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED
+            | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+            | zmq.EVENT_DISCONNECTED
+        )
+        self.task = asyncio.create_task(self._watch(), name="stigmer-client-link")
+
+    async def _watch(self) -> None:
+        from zmq.utils.monitor import parse_monitor_message
+
+        while True:
+            event = parse_monitor_message(await self.monitor.recv_multipart())["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.up, self.refused = True, None
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self.up = False
+                self.refused = (
+                    f"the server at {self.endpoint} refused this client's CURVE key: ask its "
+                    "owner to `stigmer curve authorize` your NAME.key"
+                )
+            elif event in (
+                zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+            ):
+                self.up = False
+                self.refused = (
+                    f"no CurveZMQ handshake with {self.endpoint}: is that the server's "
+                    "client_endpoint, and its curve/server.key the one given?"
+                )
+            elif event == zmq.EVENT_DISCONNECTED and self.up:
+                self.up, self.down_since = False, time.monotonic()
+
+    def check(self) -> None:
+        if self.refused is not None:
+            raise ServerNotRunning(self.refused)
+        if not self.up and time.monotonic() - self.down_since > self.UNREACHABLE_AFTER:
+            raise ServerNotRunning(
+                f"no connection to the stigmer server at {self.endpoint} for "
+                f"{self.UNREACHABLE_AFTER:g}s"
+            )
+
+    async def close(self) -> None:
+        self.task.cancel()
+        await asyncio.wait({self.task})
+        with contextlib.suppress(zmq.ZMQError):
+            self.sock.disable_monitor()
+        self.monitor.close(linger=0)
+
+
 @dataclasses.dataclass(frozen=True)
 class RemoteServer:
     """A server on another host, reached over TCP with CurveZMQ.
@@ -154,6 +219,8 @@ class AsyncClient:
         self._reader: asyncio.Task[None] | None = None
         self._reader_failure: BaseException | None = None  # why the reader ended, if it did
         self._closed = False
+        # A remote server: the CurveZMQ link as the socket monitor reports it.
+        self._link: _Link | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
     async def connect(self) -> AsyncClient:
@@ -176,6 +243,8 @@ class AsyncClient:
         sock.setsockopt(zmq.LINGER, 500)
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.IDENTITY, f"c:{os.getpid()}:{os.urandom(6).hex()}".encode())
+        if self.remote is not None:
+            self._link = _Link(self.remote.endpoint, sock)
         sock.connect(self.address.endpoint)
         self._sock = sock
         self._reader = asyncio.create_task(self._read_loop(), name="stigmer-client-reader")
@@ -193,12 +262,14 @@ class AsyncClient:
             return
         self._closed = True
         if self._sock is not None and self._session is not None:
-            with contextlib.suppress(zmq.ZMQError):
+            with contextlib.suppress(zmq.ZMQError):  # zmq.Again: no link to say goodbye on
                 bye = self._session.msg(MsgType.DETACH_REQUEST.value, {})
-                await self._sock.send_multipart(self._session.serialize(bye))
+                await self._sock.send_multipart(self._session.serialize(bye), flags=zmq.NOBLOCK)
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.wait({self._reader})  # whatever it ended with was seen by _reader_ended
+        if self._link is not None:
+            await self._link.close()
         for call in self._calls.values():
             if not call.future.done():
                 call.future.set_exception(StigmerError("client closed"))
@@ -288,8 +359,9 @@ class AsyncClient:
                     return reply, call
                 if deadline is not None and loop.time() >= deadline:
                     raise ClientTimeout(f"no reply to {msg_type.value} within {timeout:g}s")
-                if self.remote is not None:
-                    continue  # a server on another host: only the deadline applies
+                if self._link is not None:
+                    self._link.check()  # a server on another host: is the link there?
+                    continue
                 if not runtime.server_running():
                     raise ServerNotRunning(
                         f"the stigmer server of {runtime.path} stopped before answering"
@@ -350,7 +422,7 @@ class AsyncClient:
             "code": code,
             "kernel": kernel,
             "mode": mode or self.config.execution_mode.value,
-            "cwd": cwd or _cwd(),
+            "cwd": cwd or (None if self.remote else _cwd()),  # ours means nothing there
             "silent": False,
             "store_history": True,
             "allow_stdin": False,
@@ -439,7 +511,7 @@ class AsyncClient:
         content: dict[str, Any] = {
             "kernel": kernel,
             "mode": mode or self.config.execution_mode.value,
-            "cwd": cwd or _cwd(),
+            "cwd": cwd or (None if self.remote else _cwd()),  # ours means nothing there
         }
         if connection is not None:
             content["connection"] = connection

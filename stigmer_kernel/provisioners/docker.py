@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -101,6 +102,13 @@ class DockerAgent(AgentHandle):
         self.removed = False
         self.future: concurrent.futures.Future[None] | None = None
         self.last_oom = 0.0  # monotonic time of the container's last out-of-memory event
+        self.runnable: str | None = None  # the image the container runs (``image`` resolved)
+        self.reused = False  # a stopped container of an earlier kernel of this name, restarted
+
+    @property
+    def workdir(self) -> Path:
+        """The kernel's directory on the host (mounted at KERNEL_DIR)."""
+        return self.spec.workdir
 
     @property
     def pid(self) -> int | None:
@@ -127,19 +135,30 @@ class DockerAgent(AgentHandle):
         if self.future is not None:
             with contextlib.suppress(Exception):
                 self.future.result(timeout=120)  # let a start in flight finish first
+        keep = False
         if self.container_id and not self.removed:
             self.removed = True
-            self.provisioner.remove_container(self.container_id)
+            # An orderly end (the agent exited 0 when asked: expiry, shutdown, restart) leaves a
+            # container worth restarting for the next kernel of this name; a crash does not.
+            keep = self.failure is not None and self.failure.endswith("(code 0)")
+            keep = self.provisioner.remove_container(self.container_id, reusable=keep)
         if self.failure is None:
             self.failure = "the sandbox container was removed"  # poll() now says it ended
         shutil.rmtree(self.spec.workdir, ignore_errors=True)
+        if keep and self.container_id and self.runnable:
+            self.provisioner.keep_stopped(self)
 
     def describe(self) -> dict[str, Any]:
         return {
             "pid": None,
             "container": self.container_id[:12] if self.container_id else None,
             "image": self.image,
+            "container_reused": self.reused,
         }
+
+    def renamed(self, kernel_name: str) -> None:
+        """A named kernel took this (pooled) container over: keep it for that name."""
+        self.spec = dataclasses.replace(self.spec, kernel_name=kernel_name)
 
 
 class DockerProvisioner(Provisioner):
@@ -160,6 +179,10 @@ class DockerProvisioner(Provisioner):
         self._ping: concurrent.futures.Future[tuple[str | None, float]] | None = None
         self._engine_error: str | None = None
         self._checked_at: float | None = None  # monotonic time of the last answer
+        # sandbox_cleanup=false: stopped containers by kernel name, restarted by the next kernel
+        # of that name (same image and workspace) instead of creating a new one.
+        self._stopped: dict[str, _Stopped] = {}
+        self._stopped_lock = threading.Lock()
         self.images = ImageResolver(self.client, BASIC_TIER_TAG, runtime.path / "images.json")
 
     # -- the engine -----------------------------------------------------------------------------
@@ -224,16 +247,30 @@ class DockerProvisioner(Provisioner):
             runnable = self.images.resolve(
                 handle.image, self.config.sandbox_auto_pull, spec.requirements, progress
             )
+            handle.runnable = runnable
+            stopped = self._take_stopped(spec.kernel_name, runnable, spec.workspace or spec.cwd)
+            if stopped is not None:
+                # Its mounts are fixed: this incarnation uses the directory it was made with.
+                handle.spec = spec = dataclasses.replace(spec, workdir=stopped.workdir)
             spec.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            (spec.workdir / "kernel_id").write_text(spec.kernel_id, encoding="ascii")
             key_file = spec.workdir / "key"
             fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(spec.key)
-            container = self.client().containers.create(**self._create_args(spec, runnable))
-            handle.container_id = container.id
-            self._handles[container.id] = handle
-            container.start()
-            log.info("sandbox %s: container %s (%s)", spec.kernel_name, container.id[:12], runnable)
+            container = self._restart_stopped(handle, stopped) if stopped is not None else None
+            if container is None:
+                container = self.client().containers.create(**self._create_args(spec, runnable))
+                handle.container_id = container.id
+                self._handles[container.id] = handle
+                container.start()
+            log.info(
+                "sandbox %s: container %s (%s%s)",
+                spec.kernel_name,
+                container.id[:12],
+                runnable,
+                ", stopped one restarted" if handle.reused else "",
+            )
         except Exception as exc:
             text = str(getattr(exc, "explanation", None) or exc).strip().splitlines()
             detail = text[-1] if text else type(exc).__name__
@@ -249,7 +286,7 @@ class DockerProvisioner(Provisioner):
         args = [
             "python3", "-m", "stigmer_kernel.agent",
             "--endpoint", f"ipc://{AGENT_SOCKET_DIR}/{self.runtime.agent_socket.name}",
-            "--kernel-id", spec.kernel_id,
+            "--kernel-id-file", f"{KERNEL_DIR}/kernel_id",  # a restart may serve a new id
             "--key-file", f"{KERNEL_DIR}/key",
             "--cwd", WORKSPACE,
             "--workdir", KERNEL_DIR,
@@ -305,21 +342,74 @@ class DockerProvisioner(Provisioner):
         }
         return create
 
+    # -- stopped containers kept for reuse (sandbox_cleanup=false) -------------------------------
+    def keep_stopped(self, handle: DockerAgent) -> None:
+        """Remember ``handle``'s stopped container for the next kernel of its name."""
+        assert handle.container_id is not None and handle.runnable is not None
+        spec = handle.spec
+        entry = _Stopped(
+            handle.container_id, spec.workdir, handle.runnable, spec.workspace or spec.cwd
+        )
+        with self._stopped_lock:
+            older = self._stopped.pop(spec.kernel_name, None)
+            self._stopped[spec.kernel_name] = entry
+        if older is not None and older.container_id != entry.container_id:
+            self._discard(older.container_id)  # one stopped container per kernel name
+        log.info("sandbox %s: container %s stopped for reuse", spec.kernel_name, entry.short)
+
+    def _take_stopped(self, name: str, runnable: str, workspace: str) -> _Stopped | None:
+        if self.config.sandbox_cleanup:
+            return None
+        with self._stopped_lock:
+            entry = self._stopped.get(name)
+            if entry is None or (entry.image, entry.workspace) != (runnable, workspace):
+                return None  # another image or workspace: a new container (the old one stays)
+            del self._stopped[name]
+        return entry
+
+    def _restart_stopped(self, handle: DockerAgent, entry: _Stopped) -> Any:
+        """Start ``entry``'s container again for ``handle``; None (and the container removed)
+        if it cannot be."""
+        try:
+            container = self.client().containers.get(entry.container_id)
+            handle.container_id = container.id
+            self._handles[container.id] = handle  # before start: its events are ours
+            container.start()
+        except Exception as exc:
+            log.info("stopped container %s not reusable (%s): a new one", entry.short, exc)
+            self._handles.pop(entry.container_id, None)
+            handle.container_id = None
+            self._discard(entry.container_id)
+            return None
+        handle.reused = True
+        return container
+
+    def _discard(self, container_id: str) -> None:
+        with contextlib.suppress(Exception):
+            self.client().containers.get(container_id).remove(force=True)
+
     # -- removal and leftovers ------------------------------------------------------------------
-    def remove_container(self, container_id: str) -> None:
+    def remove_container(self, container_id: str, reusable: bool = False) -> bool:
+        """Remove the container, or with ``sandbox_cleanup=false`` only stop it.
+
+        True if it was stopped and ``reusable``: the caller keeps it for the next kernel.
+        """
         import docker.errors
 
+        kept = False
         try:
             container = self.client().containers.get(container_id)
             if self.config.sandbox_cleanup:
                 container.remove(force=True)
             else:
                 container.stop(timeout=2)
+                kept = reusable
         except docker.errors.NotFound:
             pass
         except Exception as exc:
             log.warning("could not remove container %s: %s", container_id[:12], exc)
         self._handles.pop(container_id, None)
+        return kept
 
     def adopt(self, kernel_id: str, kernel_name: str, workdir: Path) -> DockerAgent:
         """A handle on the container a previous broker started for ``kernel_id``."""
@@ -349,6 +439,10 @@ class DockerProvisioner(Provisioner):
             return handle
         handle.container_id = found[0].id
         handle.image = found[0].labels.get("stigmer.image", handle.image)
+        handle.runnable = handle.image
+        for mount in found[0].attrs.get("Mounts") or []:
+            if mount.get("Destination") == WORKSPACE and mount.get("Source"):
+                handle.spec = dataclasses.replace(spec, workspace=str(mount["Source"]))
         self._handles[found[0].id] = handle
         self._ensure_watcher()
         return handle
@@ -434,6 +528,8 @@ class DockerProvisioner(Provisioner):
         if self._client is None:
             self._pool.shutdown(wait=False)
             return
+        with self._stopped_lock:
+            self._stopped.clear()  # removed below with every other container of this server
         for handle in list(self._handles.values()):
             with contextlib.suppress(Exception):
                 handle._remove()
@@ -448,6 +544,20 @@ class DockerProvisioner(Provisioner):
         self._pool.shutdown(wait=True, cancel_futures=True)
         with contextlib.suppress(Exception):
             self._client.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stopped:
+    """A stopped container kept for the next kernel of its name."""
+
+    container_id: str
+    workdir: Path  # its kernel directory mount's source: where the next agent's key goes
+    image: str
+    workspace: str
+
+    @property
+    def short(self) -> str:
+        return self.container_id[:12]
 
 
 def _created(container: Any) -> float:

@@ -5,6 +5,7 @@ Needs root (ip netns); CI runs as root, so there it fails rather than skips.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -202,6 +203,59 @@ def test_tcp_clients_need_an_authorized_curve_key(netns: str, server_factory: An
     )
     with Client(remote=remote) as c:
         assert c.execute("echo over-curve", kernel="tcp").stdout == "over-curve\n"
+    # And the CLI, from a runtime directory of its own (nothing of the server's on this side).
+    far = [
+        "--runtime-dir",
+        short_tempdir("stg-far-"),
+        "--remote",
+        f"tcp://{HOST_IP}:{port}",
+        "--remote-key",
+        str(srv.runtime.key_path),
+        "--server-key",
+        str(srv.runtime.path / "curve" / "server.key"),
+        "--curve-cert",
+    ]
+    cli = [sys.executable, "-m", "stigmer_kernel"]
+    ran = subprocess.run(
+        [
+            *cli,
+            *far,
+            f"{keys}/laptop.key_secret",
+            "run",
+            "-k",
+            "tcp",
+            "--",
+            "echo $((6*7)); exit 3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (ran.stdout, ran.returncode) == ("42\n", 3)
+    listed = subprocess.run(
+        [*cli, *far, f"{keys}/laptop.key_secret", "kernels", "list", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert "tcp" in [k["name"] for k in json.loads(listed.stdout)]
+    refused = subprocess.run(
+        [*cli, *far, f"{keys}/nobody.key_secret", "kernels", "list", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert refused.returncode != 0 and refused.stdout == ""
+    assert "refused this client's CURVE key" in refused.stderr  # said, not a silent hang
+    incomplete = subprocess.run(
+        [*cli, "--remote", f"tcp://{HOST_IP}:{port}", "kernels", "list"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert incomplete.returncode != 0
+    assert "--remote needs --remote-key, --server-key, --curve-cert too" in incomplete.stderr
 
 
 def test_plain_tcp_only_on_loopback(server_factory: Any) -> None:

@@ -112,6 +112,36 @@ def test_idle_sandbox_expires_and_its_container_is_removed(
     assert any(e["event"] == "expired" for e in c.events)
 
 
+def test_without_cleanup_an_expired_sandbox_is_stopped_then_reused(
+    sandbox_factory: Any, docker_client: Any
+) -> None:
+    """STIGMER_SANDBOX_CLEANUP=false: the container is stopped, not removed, and the next
+    kernel of that name starts it again, with what was installed in it; other names never get
+    it; server stop removes it."""
+    srv = sandbox_factory(STIGMER_SANDBOX_TTL="2", STIGMER_SANDBOX_CLEANUP="false")
+    c = srv.client()
+    work = short_tempdir("stg-reuse-")
+    first = c.execute("echo kept > ~/installed; X=session", kernel="keep", mode="sandbox", cwd=work)
+    assert first.ok
+    container = sandbox_info(c, "keep")["container"]
+    wait_for(lambda: all(k["name"] != "keep" for k in c.list_kernels()), timeout=20)
+    wait_for(
+        lambda: [x.status for x in containers_of(docker_client, srv)] == ["exited"], timeout=20
+    )
+    # Kept once the broker has reaped its agent (a request sooner gets a new container).
+    wait_for(lambda: f"container {container} stopped for reuse" in srv.log(), timeout=20)
+    r = c.execute("cat ~/installed; echo [$X]", kernel="keep", mode="sandbox", cwd=work)
+    assert r.stdout == "kept\n[]\n"  # its files are back; the shell session is a new one
+    info = sandbox_info(c, "keep")
+    assert (info["container"], info["container_reused"]) == (container, True)
+    other = c.execute("ls ~/installed", kernel="other", mode="sandbox", cwd=work)
+    assert other.exit_code != 0  # another kernel name never gets that container
+    assert sandbox_info(c, "other")["container"] != container
+    assert c.execute("echo again", kernel="keep", mode="sandbox").stdout == "again\n"
+    srv.stop()
+    assert containers_of(docker_client, srv) == []
+
+
 def test_server_stop_leaves_no_container(sandbox: Server, docker_client: Any) -> None:
     c = sandbox.client()
     for name in ("one", "two"):

@@ -137,6 +137,7 @@ class Kernel:
     parent: Kernel | None = None  # the auto kernel this one is a side of
     children: dict[str, Kernel] = field(default_factory=dict)  # auto: "local"/"sandbox" sides
     last_side: str | None = None  # auto: the side the previous command ran on
+    ttl_asked: float | None = None  # auto: the TTL the request gave its sides (None: by mode)
     adopting: bool = False  # left by a dead broker: waiting for its agent to re-attach
     closing: bool = False  # being removed or restarted: what it queued must not start now
     agent_sock: Any = None  # the socket its agent speaks on (None: the ipc agent socket)

@@ -35,12 +35,16 @@ class AutoRouter:
         workspace = config.sandbox_workspace or options.get("workspace") or cwd
         if not isinstance(workspace, str) or not os.path.isdir(workspace):
             raise RequestError(f"workspace {workspace!r} does not exist", "BadRequest")
+        asked = isinstance(ttl, (int, float)) and not isinstance(ttl, bool) and ttl > 0
         kernel = Kernel(
             name=name,
             mode="auto",
             cwd=cwd,
-            ttl=float(ttl) if isinstance(ttl, (int, float)) and ttl > 0 else config.kernel_ttl,
+            # Each side expires on its own mode's TTL unless one was asked for; the auto kernel
+            # (which removes both sides when it goes) outlives either.
+            ttl=float(ttl) if asked else max(config.kernel_ttl, config.sandbox_ttl),
         )
+        kernel.ttl_asked = float(ttl) if asked else None
         image, requirements = options.get("sandbox_image"), options.get("requirements")
         kernel.image = image if isinstance(image, str) and image else None
         kernel.requirements = requirements if isinstance(requirements, str) else None
@@ -96,7 +100,7 @@ class AutoRouter:
         }
         try:
             child = broker.create_kernel(
-                f"{kernel.name}~{side}", side, kernel.cwd, kernel.ttl, options, parent=kernel
+                f"{kernel.name}~{side}", side, kernel.cwd, kernel.ttl_asked, options, parent=kernel
             )
         except RequestError as exc:
             if side != "sandbox" or not broker.config.auto_local_fallback:

@@ -468,7 +468,9 @@ class Broker:
             name=name,
             mode=mode,
             cwd=cwd,
-            ttl=float(ttl) if isinstance(ttl, (int, float)) and ttl > 0 else default_ttl,
+            ttl=float(ttl)
+            if isinstance(ttl, (int, float)) and not isinstance(ttl, bool) and ttl > 0
+            else default_ttl,
             parent=parent,
         )
         if parent is not None:

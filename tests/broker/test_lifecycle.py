@@ -180,3 +180,23 @@ def test_signed_requests_with_fields_of_the_wrong_type_each_get_one_reply(
     assert c.execute("echo still-fine", kernel="after").stdout == "still-fine\n"
     if "error while handling a message" in server.log():
         pytest.fail("a request raised inside the broker:\n" + server.log()[-3000:])
+
+
+def test_auto_sides_expire_on_their_own_modes_ttl(server_factory: Any) -> None:
+    srv = server_factory(STIGMER_KERNEL_TTL="2", STIGMER_SANDBOX_TTL="100")
+    c = srv.client()
+    work = short_tempdir("stg-auto-ttl-")
+    assert c.execute("echo one", kernel="a3", mode="auto", cwd=work).stdout == "one\n"
+    ttls = {k["name"]: k["ttl"] for k in c.list_kernels()}
+    assert ttls == {"a3": 100.0, "a3~local": 2.0}
+    deadline = time.monotonic() + 15
+    while any(k["name"] == "a3~local" for k in c.list_kernels()):
+        assert time.monotonic() < deadline, "the local side did not expire"
+        time.sleep(0.2)
+    assert [k["name"] for k in c.list_kernels()] == ["a3"]
+    r = c.execute("echo two", kernel="a3", mode="auto")  # a fresh local side
+    assert r.stdout == "two\n"
+    asked = c.execute("true", kernel="a4", mode="auto", cwd=work, ttl=50)
+    assert asked.ok
+    ttls = {k["name"]: k["ttl"] for k in c.list_kernels()}
+    assert (ttls["a4"], ttls["a4~local"]) == (50.0, 50.0)

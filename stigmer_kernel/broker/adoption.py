@@ -66,6 +66,8 @@ def save(broker: Broker, kernel: Kernel) -> None:
         "shell_pgid": kernel.shell_pgid if kernel.mode == "local" else None,
         "jupyter": kernel.channels.connection_info if kernel.channels else None,
         "workdir": workdir.name,
+        # A sandbox container restarted for this incarnation keeps its first one's labels.
+        "container": getattr(kernel.handle, "container_id", None),
     }
     tmp = directory / f"{kernel.id}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -202,7 +204,10 @@ def _adopt(broker: Broker, record: dict[str, Any]) -> None:
             shutil.rmtree(workdir, ignore_errors=True)
             forget(broker.runtime.path, kernel.id)
             return
-        kernel.handle = provisioner.adopt(kernel.id, name, workdir)
+        container = record.get("container")
+        kernel.handle = provisioner.adopt(
+            kernel.id, name, workdir, container if isinstance(container, str) else None
+        )
     if parent is not None:
         parent.children[mode] = kernel
         kernel.channels = parent.channels

@@ -29,7 +29,7 @@ from .._version import __version__
 from ..errors import ProtocolError, RequestError
 from ..protocol import KernelEvent, KernelState, Message, MsgType, Session, new_key
 from ..protocol.constants import PROTOCOL_VERSION, REPLY_FOR
-from .kernels import REMOTE, Kernel, Pending, checked_code
+from .kernels import Kernel, Pending, checked_code
 
 if TYPE_CHECKING:
     from .server import Broker
@@ -358,8 +358,8 @@ class JupyterFrontend:
                 reply_type = MsgType.ERROR_REPLY
             error = {"status": "error", "ename": ename, "evalue": evalue, "traceback": []}
             channels.send(channel, client, reply_type, error, msg.header)
-            if mtype in _IMMEDIATE:
-                channels.publish_status("idle", msg.header)
+            if mtype in _IMMEDIATE or mtype == MsgType.IS_COMPLETE_REQUEST.value:
+                channels.publish_status("idle", msg.header)  # closes the busy published for it
 
     def _ensure_running(self, kernel: Kernel, client: bytes) -> None:
         if kernel.state is KernelState.DEAD:
@@ -478,8 +478,8 @@ class JupyterFrontend:
         return MsgType.INTERRUPT_REPLY, {"status": "ok"}
 
     def _shutdown_reply(self, kernel: Kernel, msg: Message) -> tuple[MsgType, dict[str, Any]]:
-        if msg.content.get("restart") and kernel.mode == REMOTE:
-            self.broker.restart_kernel(kernel, "")  # raises: say why before anything happens
+        if msg.content.get("restart"):
+            self.broker.check_restartable(kernel)  # a refusal is the reply; nothing is stopped
         return MsgType.SHUTDOWN_REPLY, {"status": "ok", "restart": bool(msg.content.get("restart"))}
 
 

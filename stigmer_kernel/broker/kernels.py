@@ -233,7 +233,10 @@ class Registry:
                 self.retired.popitem(last=False)
 
     def remove(self, kernel: Kernel, event: dict[str, Any]) -> None:
-        self.by_name.pop(kernel.name, None)
+        if self.by_name.get(kernel.name) is not kernel:
+            self.unindex(kernel)  # a successor of that name exists already (an auto side)
+            return
+        del self.by_name[kernel.name]
         self.unindex(kernel)
         self.gone[kernel.name] = event
         while len(self.gone) > 1000:

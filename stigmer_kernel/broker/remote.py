@@ -168,7 +168,9 @@ class RemoteEndpoints:
         registry = self.broker.registry
         existing = registry.by_name.get(name)
         if existing is not None:
-            if existing.state is not KernelState.DEAD:
+            if existing.state is not KernelState.DEAD or existing.mode != REMOTE:
+                # A dead local or sandbox kernel stays what it was: its clients' next command
+                # must run on this host, never on the one that asked for the name.
                 self.broker.drop_log("a remote agent", f"kernel name {name!r} is taken")
                 return True
             registry.remove(existing, {"event": "restarted", "reason": "a new remote agent"})

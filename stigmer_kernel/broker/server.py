@@ -45,7 +45,7 @@ from . import adoption
 from .kernels import NAME_RE, REMOTE, Kernel, Pending, Registry
 from .native import NativeFrontend
 from .pool import WarmPool
-from .remote import RemoteEndpoints
+from .remote import RemoteAgent, RemoteEndpoints
 from .routing import AutoRouter
 
 log = logging.getLogger("stigmer.broker")
@@ -206,7 +206,9 @@ class Broker:
         sandbox = self.provisioners.get(ExecutionMode.SANDBOX.value)
         if isinstance(sandbox, DockerProvisioner):
             # Leftovers of dead servers go, without delaying start-up.
-            adoptable = {k.id for k in self.registry if k.adopting}
+            adoptable = {k.id for k in self.registry if k.adopting} | {
+                str(getattr(k.handle, "container_id", None)) for k in self.registry if k.adopting
+            }
             self.loop.run_in_executor(None, sandbox.reap_leftovers, adoptable, self.started_wall)
             if self.pool.size and self.pool.workspace:
                 with contextlib.suppress(RequestError):
@@ -564,20 +566,14 @@ class Broker:
         ``requested``: a client asked for it (a Jupyter restart), rather than a dead agent
         being replaced on the next request.
         """
-        if kernel.mode == REMOTE:
-            self._check_remote_alive(kernel)
-            raise RequestError(
-                f"remote kernel {kernel.name!r} cannot be restarted from here — restart its "
-                "agent on its host",
-                "RestartUnavailable",
-            )
+        self.check_restartable(kernel)
         if kernel.mode == ExecutionMode.AUTO.value:  # no agent of its own: restart its sides
             kernel.closing = True  # what it queued is aborted, not handed to a dying side
             try:
                 for child in list(kernel.children.values()):
                     self.restart_kernel(child, reason, requester, requested)
-                self.fail_all(kernel, ExecStatus.ABORTED, "KernelRestarted", reason)
             finally:
+                self.fail_all(kernel, ExecStatus.ABORTED, "KernelRestarted", reason)
                 kernel.closing = False
             kernel.execution_count = 0
             if kernel.channels is not None:
@@ -587,9 +583,6 @@ class Broker:
                 kernel, KernelEvent.RESTARTED, reason, exclude=requester, requested=requested
             )
             return
-        check = getattr(self.provisioners.get(kernel.mode), "check_available", None)
-        if check is not None:
-            check()  # no engine: say so now, rather than fail to start a container later
         if kernel.state is not KernelState.DEAD:
             kernel.closing = True  # nothing aborted here may reach the old agent meanwhile
             try:
@@ -604,6 +597,22 @@ class Broker:
         self.kernel_event(
             kernel, KernelEvent.RESTARTED, reason, exclude=requester, requested=requested
         )
+
+    def check_restartable(self, kernel: Kernel) -> None:
+        """Raise :class:`RequestError` if ``kernel`` cannot be restarted now (before anything
+        is stopped, so a refused restart changes nothing)."""
+        if kernel.mode == REMOTE:
+            self._check_remote_alive(kernel)
+            raise RequestError(
+                f"remote kernel {kernel.name!r} cannot be restarted from here — restart its "
+                "agent on its host",
+                "RestartUnavailable",
+            )
+        modes = [c.mode for c in kernel.children.values()] if kernel.children else [kernel.mode]
+        for mode in modes:
+            check = getattr(self.provisioners.get(mode), "check_available", None)
+            if check is not None:
+                check()  # no engine: say so now, rather than fail to start a container later
 
     @staticmethod
     def _check_remote_alive(kernel: Kernel) -> None:
@@ -638,8 +647,8 @@ class Broker:
         kernel.closing = True  # an auto kernel's queue must not go to a side being removed
         for child in list(kernel.children.values()):
             self.remove_kernel(child, event, reason)
-        if kernel.parent is not None:
-            kernel.parent.children.pop(kernel.mode, None)
+        if kernel.parent is not None and kernel.parent.children.get(kernel.mode) is kernel:
+            del kernel.parent.children[kernel.mode]
         self.fail_all(
             kernel,
             ExecStatus.ABORTED,
@@ -663,6 +672,8 @@ class Broker:
         if kernel.handle is not None:
             handle = kernel.handle
             kernel.handle = None
+            if isinstance(handle, RemoteAgent):
+                handle.kill()  # not ours to wait for: agent_shutdown ends it on its host
             self._reaping.append(handle)
             if self.loop is not None and not self.stopping.is_set():
                 self.loop.call_later(_STOP_GRACE, self._force_kill, handle)
@@ -721,9 +732,12 @@ class Broker:
         while kernel.ready and kernel.running is None and kernel.queue:
             pending = kernel.queue.popleft()
             counted = False
+            evicted = None  # the oldest history entry, if remembering this one pushed it out
             if pending.kind is MsgType.EXECUTE_REQUEST:
                 if not pending.silent and pending.store_history:
                     counter.execution_count += 1
+                    if len(counter.history) == counter.history.maxlen:
+                        evicted = counter.history[0]
                     counter.history.append(
                         (counter.restarts + 1, counter.execution_count, pending.code)
                     )
@@ -737,6 +751,8 @@ class Broker:
                 if counted:
                     counter.execution_count -= 1
                     counter.history.pop()
+                    if evicted is not None:
+                        counter.history.appendleft(evicted)
                 kernel.queue.appendleft(pending)
                 return
             if pending.kind is MsgType.IS_COMPLETE_REQUEST:
@@ -1020,8 +1036,12 @@ class Broker:
                         kernel,
                         f"agent stopped answering: no heartbeat for {now - kernel.last_beat:.1f}s",
                     )
-            if kernel.queue and kernel.running is None and kernel.ready:
-                self.advance(kernel)  # a request its agent could not be reached for: again
+            if (
+                kernel.queue
+                and kernel.running is None
+                and (kernel.ready or kernel.mode == ExecutionMode.AUTO.value)
+            ):
+                self.advance(kernel)  # a request that could not be handed on: again
             if (
                 not kernel.busy
                 and kernel.state is not KernelState.STARTING

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shlex
 import signal
 import sys
@@ -49,25 +50,21 @@ def _parser() -> argparse.ArgumentParser:
     far.add_argument(
         "--remote",
         metavar="tcp://HOST:PORT",
-        default=os.environ.get("STIGMER_REMOTE"),
         help="the server's client_endpoint (STIGMER_REMOTE)",
     )
     far.add_argument(
         "--remote-key",
         metavar="FILE",
-        default=os.environ.get("STIGMER_REMOTE_KEY"),
         help="a copy of that server's RUNTIME_DIR/key (STIGMER_REMOTE_KEY)",
     )
     far.add_argument(
         "--server-key",
         metavar="FILE",
-        default=os.environ.get("STIGMER_REMOTE_SERVER_KEY"),
         help="a copy of its RUNTIME_DIR/curve/server.key (STIGMER_REMOTE_SERVER_KEY)",
     )
     far.add_argument(
         "--curve-cert",
         metavar="FILE",
-        default=os.environ.get("STIGMER_REMOTE_CURVE_CERT"),
         help="your NAME.key_secret from `stigmer curve keygen`, whose NAME.key the server "
         "authorized (STIGMER_REMOTE_CURVE_CERT)",
     )
@@ -215,8 +212,20 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+_REMOTE_ENV = {
+    "remote": "STIGMER_REMOTE",
+    "remote_key": "STIGMER_REMOTE_KEY",
+    "server_key": "STIGMER_REMOTE_SERVER_KEY",
+    "curve_cert": "STIGMER_REMOTE_CURVE_CERT",
+}
+
+
 def _remote(args: argparse.Namespace) -> Any:
-    """The :class:`RemoteServer` the global ``--remote`` options name, or None."""
+    """The :class:`RemoteServer` the global ``--remote`` options (or their STIGMER_REMOTE*
+    variables) name, or None."""
+    for attr, var in _REMOTE_ENV.items():
+        if not getattr(args, attr):
+            setattr(args, attr, os.environ.get(var) or None)
     if not args.remote:
         return None
     from ..client import RemoteServer
@@ -232,7 +241,7 @@ def _remote(args: argparse.Namespace) -> Any:
     ]
     if missing:
         raise StigmerError(f"--remote needs {', '.join(missing)} too")
-    if not args.remote.startswith("tcp://"):
+    if not re.fullmatch(r"tcp://[^\s:/]+:\d{1,5}|tcp://\[[0-9A-Fa-f:.]+\]:\d{1,5}", args.remote):
         raise StigmerError(f"--remote {args.remote!r}: give the server's tcp://HOST:PORT")
     for path in (args.server_key, args.curve_cert):
         if not os.path.isfile(path):
@@ -362,11 +371,15 @@ def _server(args: argparse.Namespace, config: Config, parser: argparse.ArgumentP
     from ..client.discovery import find_server, start_background_server
 
     runtime = RuntimeDir(config.runtime_dir)
-    remote = _remote(args)
-    if remote is not None and args.action != "status":
-        raise StigmerError(
-            f"`stigmer server {args.action}` works on this host only; run it on the server's host"
-        )
+    if args.action != "status":
+        if args.remote:  # the flag, not STIGMER_REMOTE: that one names where clients go
+            raise StigmerError(
+                f"`stigmer server {args.action}` works on this host only; run it on the "
+                "server's host"
+            )
+        remote = None
+    else:
+        remote = _remote(args)
     if args.action == "start":
         if args.foreground:
             from ..broker import run_foreground

@@ -112,6 +112,12 @@ class _Link:
         self.down_since = time.monotonic()
         self.refused: str | None = None
         self.sock = sock
+        # Queue only to a connection whose handshake is done: a request is sent now or never
+        # (a failed one is not delivered later behind the caller's back).
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        # ZMTP heartbeats: a half-open link (host gone, NAT dropped it) ends as a disconnect.
+        sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
         self.monitor = sock.get_monitor_socket(
             zmq.EVENT_HANDSHAKE_SUCCEEDED
             | zmq.EVENT_HANDSHAKE_FAILED_AUTH
@@ -146,21 +152,41 @@ class _Link:
             elif event == zmq.EVENT_DISCONNECTED and self.up:
                 self.up, self.down_since = False, time.monotonic()
 
-    def check(self) -> None:
+    async def send(self, frames: list[bytes]) -> None:
+        """Send once a link is up; raise (nothing sent) if none comes."""
+        while True:
+            try:
+                await self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                return
+            except zmq.Again:
+                self.check(sent=False)
+                await asyncio.sleep(0.05)
+
+    def check(self, sent: bool) -> None:
         if self.refused is not None:
             raise ServerNotRunning(self.refused)
         if not self.up and time.monotonic() - self.down_since > self.UNREACHABLE_AFTER:
             raise ServerNotRunning(
                 f"no connection to the stigmer server at {self.endpoint} for "
                 f"{self.UNREACHABLE_AFTER:g}s"
+                + (
+                    "; the request was sent before, so it may or may not have run — check "
+                    "before retrying"
+                    if sent
+                    else "; the request was not sent"
+                )
             )
+
+    def close_now(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(zmq.ZMQError):
+            self.sock.disable_monitor()
+        self.monitor.close(linger=0)
 
     async def close(self) -> None:
         self.task.cancel()
         await asyncio.wait({self.task})
-        with contextlib.suppress(zmq.ZMQError):
-            self.sock.disable_monitor()
-        self.monitor.close(linger=0)
+        self.close_now()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,14 +264,23 @@ class AsyncClient:
         self._session = Session(self.address.key)
         self._ctx = zmq.asyncio.Context()
         sock = self._ctx.socket(zmq.DEALER)
-        if self.remote is not None:
-            self.remote.secure(sock)
-        sock.setsockopt(zmq.LINGER, 500)
-        sock.setsockopt(zmq.RCVHWM, 0)
-        sock.setsockopt(zmq.IDENTITY, f"c:{os.getpid()}:{os.urandom(6).hex()}".encode())
-        if self.remote is not None:
-            self._link = _Link(self.remote.endpoint, sock)
-        sock.connect(self.address.endpoint)
+        try:
+            if self.remote is not None:
+                self.remote.secure(sock)
+            sock.setsockopt(zmq.LINGER, 500)
+            sock.setsockopt(zmq.RCVHWM, 0)
+            sock.setsockopt(zmq.IDENTITY, f"c:{os.getpid()}:{os.urandom(6).hex()}".encode())
+            if self.remote is not None:
+                self._link = _Link(self.remote.endpoint, sock)
+            sock.connect(self.address.endpoint)
+        except BaseException as exc:
+            if self._link is not None:
+                self._link.close_now()
+                self._link = None
+            sock.close(linger=0)
+            if isinstance(exc, zmq.ZMQError):
+                raise StigmerError(f"cannot connect to {self.address.endpoint}: {exc}") from None
+            raise
         self._sock = sock
         self._reader = asyncio.create_task(self._read_loop(), name="stigmer-client-reader")
         self._reader.add_done_callback(self._reader_ended)
@@ -344,7 +379,10 @@ class AsyncClient:
         call = _Call(on_stdout, on_stderr, on_output)
         self._calls[msg.msg_id] = call
         try:
-            await self._sock.send_multipart(self._session.serialize(msg), copy=False)
+            if self._link is not None:
+                await self._link.send(self._session.serialize(msg))
+            else:
+                await self._sock.send_multipart(self._session.serialize(msg), copy=False)
             loop = asyncio.get_running_loop()
             deadline = None if timeout is None else loop.time() + timeout
             runtime: RuntimeDir = self.address.runtime
@@ -360,7 +398,7 @@ class AsyncClient:
                 if deadline is not None and loop.time() >= deadline:
                     raise ClientTimeout(f"no reply to {msg_type.value} within {timeout:g}s")
                 if self._link is not None:
-                    self._link.check()  # a server on another host: is the link there?
+                    self._link.check(sent=True)  # a server on another host: is the link there?
                     continue
                 if not runtime.server_running():
                     raise ServerNotRunning(

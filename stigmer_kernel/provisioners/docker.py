@@ -103,6 +103,7 @@ class DockerAgent(AgentHandle):
         self.future: concurrent.futures.Future[None] | None = None
         self.last_oom = 0.0  # monotonic time of the container's last out-of-memory event
         self.runnable: str | None = None  # the image the container runs (``image`` resolved)
+        self._removing = threading.Lock()  # kill() and cleanup() may both queue _remove
         self.reused = False  # a stopped container of an earlier kernel of this name, restarted
 
     @property
@@ -132,12 +133,18 @@ class DockerAgent(AgentHandle):
         self.provisioner.submit(self._remove)
 
     def _remove(self) -> None:
+        with self._removing:
+            self._remove_once()
+
+    def _remove_once(self) -> None:
+        if self.removed:
+            return
         if self.future is not None:
             with contextlib.suppress(Exception):
                 self.future.result(timeout=120)  # let a start in flight finish first
+        self.removed = True
         keep = False
-        if self.container_id and not self.removed:
-            self.removed = True
+        if self.container_id:
             # An orderly end (the agent exited 0 when asked: expiry, shutdown, restart) leaves a
             # container worth restarting for the next kernel of this name; a crash does not.
             keep = self.failure is not None and self.failure.endswith("(code 0)")
@@ -411,8 +418,12 @@ class DockerProvisioner(Provisioner):
         self._handles.pop(container_id, None)
         return kept
 
-    def adopt(self, kernel_id: str, kernel_name: str, workdir: Path) -> DockerAgent:
-        """A handle on the container a previous broker started for ``kernel_id``."""
+    def adopt(
+        self, kernel_id: str, kernel_name: str, workdir: Path, container_id: str | None = None
+    ) -> DockerAgent:
+        """A handle on the container a previous broker started for ``kernel_id`` (the one with
+        ``container_id`` if known: a restarted stopped container is labelled with its first
+        incarnation)."""
         spec = AgentSpec(
             kernel_id=kernel_id,
             kernel_name=kernel_name,
@@ -429,7 +440,10 @@ class DockerProvisioner(Provisioner):
         handle = DockerAgent(self, spec)
         try:
             found = self.client().containers.list(
-                all=True, filters={"label": f"{LABEL_KERNEL_ID}={kernel_id}"}
+                all=True,
+                filters={"id": container_id, "label": f"{LABEL_SERVER}={self.server}"}
+                if container_id
+                else {"label": f"{LABEL_KERNEL_ID}={kernel_id}"},
             )
         except Exception as exc:
             handle.failure = f"cannot find its container: {exc}"
@@ -462,7 +476,7 @@ class DockerProvisioner(Provisioner):
             return 0
         for container in containers:
             labels = container.labels or {}
-            if labels.get(LABEL_KERNEL_ID) in (keep or set()):
+            if labels.get(LABEL_KERNEL_ID) in (keep or set()) or container.id in (keep or set()):
                 continue
             if before is not None and _created(container) >= before:
                 continue  # started by this very server (e.g. its warm pool) meanwhile

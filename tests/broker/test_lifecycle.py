@@ -200,3 +200,24 @@ def test_auto_sides_expire_on_their_own_modes_ttl(server_factory: Any) -> None:
     assert asked.ok
     ttls = {k["name"]: k["ttl"] for k in c.list_kernels()}
     assert (ttls["a4"], ttls["a4~local"]) == (50.0, 50.0)
+
+
+def test_shutting_down_an_auto_side_by_name_keeps_its_successor_visible(server: Server) -> None:
+    work = short_tempdir("stg-auto-side-")
+
+    async def main() -> list[Any]:
+        async with AsyncClient(server.config, autostart=False) as c:
+            running = asyncio.create_task(c.execute("sleep 1", kernel="a5", mode="auto", cwd=work))
+            await asyncio.sleep(0.5)
+            queued = asyncio.create_task(c.execute("echo next", kernel="a5", mode="auto"))
+            await asyncio.sleep(0.3)
+            await c.shutdown_kernel("a5~local")
+            return await asyncio.wait_for(asyncio.gather(running, queued), timeout=10)
+
+    first, second = asyncio.run(main())
+    assert first.ename == "KernelShutdown"
+    assert second.stdout == "next\n"  # ran on a fresh local side...
+    c = server.client()
+    kernels = {k["name"]: k for k in c.list_kernels()}
+    assert kernels["a5"]["sides"] == {"local": "a5~local"}
+    assert kernels["a5~local"]["state"] == "idle"  # ...which is listed and watched

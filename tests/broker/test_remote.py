@@ -113,9 +113,14 @@ def test_remote_agent_joins_over_curve_and_a_cut_link_is_a_dead_agent(
     stigmer(srv, "curve", "keygen", "trusted", "--dir", keys)
     stigmer(srv, "curve", "keygen", "stranger", "--dir", keys)
     stigmer(srv, "curve", "authorize", f"{keys}/trusted.key")
+    c = srv.client()
+    # A dead local kernel keeps its name: a remote agent cannot take it (nor its clients).
+    c.execute("true", kernel="mine")
+    os.kill(next(k["pid"] for k in c.list_kernels() if k["name"] == "mine"), 9)
+    wait_for(lambda: next(k for k in c.list_kernels() if k["name"] == "mine")["state"] == "dead")
     good = start_agent(netns, srv, "far", f"{keys}/trusted.key_secret", port)
     bad = start_agent(netns, srv, "intruder", f"{keys}/stranger.key_secret", port)
-    c = srv.client()
+    squatter = start_agent(netns, srv, "mine", f"{keys}/trusted.key_secret", port)
     try:
         wait_for(lambda: any(k["name"] == "far" for k in c.list_kernels()))
         r = c.execute(f"ip -4 -o addr | grep -c {REMOTE_IP}", kernel="far", mode="remote")
@@ -144,6 +149,8 @@ def test_remote_agent_joins_over_curve_and_a_cut_link_is_a_dead_agent(
             jc.stop_channels()
         time.sleep(1.0)
         assert all(k["name"] != "intruder" for k in c.list_kernels())  # unknown key refused
+        assert "kernel name 'mine' is taken" in srv.log()
+        assert c.execute("echo $HOSTNAME-here", kernel="mine").stdout == f"{os.uname()[1]}-here\n"
         assert "refused a CurveZMQ peer with an unknown public key" in srv.log()
         host_if = f"{netns}h"
         cut = time.monotonic()
@@ -156,7 +163,7 @@ def test_remote_agent_joins_over_curve_and_a_cut_link_is_a_dead_agent(
         r = c.execute("true", kernel="far", mode="remote")
         assert r.ename == "KernelDied" and "lost its agent" in (r.evalue or "")
     finally:
-        for proc in (good, bad):
+        for proc in (good, bad, squatter):
             proc.kill()
             proc.wait(timeout=10)
 
@@ -256,6 +263,13 @@ def test_tcp_clients_need_an_authorized_curve_key(netns: str, server_factory: An
     )
     assert incomplete.returncode != 0
     assert "--remote needs --remote-key, --server-key, --curve-cert too" in incomplete.stderr
+    for bad, said in (
+        (["--curve-cert", f"{keys}/laptop.key"], "holds no secret key"),  # the public half
+        (["--remote", f"tcp://{HOST_IP}:notaport"], "give the server's tcp://HOST:PORT"),
+    ):
+        args = [*far, f"{keys}/laptop.key_secret", *bad, "kernels", "list"]
+        done = subprocess.run([*cli, *args], capture_output=True, text=True, timeout=20)
+        assert done.returncode != 0 and said in done.stderr, done.stderr
 
 
 def test_plain_tcp_only_on_loopback(server_factory: Any) -> None:

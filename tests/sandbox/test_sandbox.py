@@ -134,6 +134,14 @@ def test_without_cleanup_an_expired_sandbox_is_stopped_then_reused(
     assert r.stdout == "kept\n[]\n"  # its files are back; the shell session is a new one
     info = sandbox_info(c, "keep")
     assert (info["container"], info["container_reused"]) == (container, True)
+    # A restarted container is re-adopted, session and all, after the broker itself dies.
+    c.execute("Y=survives", kernel="keep", mode="sandbox")
+    assert srv.proc is not None
+    srv.proc.send_signal(signal.SIGKILL)  # the broker only: the container lives on
+    srv.proc.wait()
+    srv.start()
+    assert c.execute("echo [$Y]", kernel="keep", mode="sandbox").stdout == "[survives]\n"
+    assert sandbox_info(c, "keep")["container"] == container
     other = c.execute("ls ~/installed", kernel="other", mode="sandbox", cwd=work)
     assert other.exit_code != 0  # another kernel name never gets that container
     assert sandbox_info(c, "other")["container"] != container

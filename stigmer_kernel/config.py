@@ -52,6 +52,8 @@ class EnvVar(str, enum.Enum):
     SANDBOX_CLEANUP = "STIGMER_SANDBOX_CLEANUP"
     SANDBOX_TTL = "STIGMER_SANDBOX_TTL"
     SANDBOX_NETWORK = "STIGMER_SANDBOX_NETWORK"
+    SANDBOX_TRANSPORT = "STIGMER_SANDBOX_TRANSPORT"
+    SANDBOX_AGENT_BIND = "STIGMER_SANDBOX_AGENT_BIND"
     SANDBOX_MEMORY = "STIGMER_SANDBOX_MEMORY"
     SANDBOX_CPUS = "STIGMER_SANDBOX_CPUS"
     SANDBOX_PIDS = "STIGMER_SANDBOX_PIDS"
@@ -151,6 +153,17 @@ class Config:
     sandbox_network: str = field(default="bridge", metadata=_env(EnvVar.SANDBOX_NETWORK))
     """Docker network of sandbox containers: bridge (package installs work), none, or a name."""
 
+    sandbox_transport: str = field(
+        default="ipc", metadata={**_env(EnvVar.SANDBOX_TRANSPORT), "choices": ("ipc", "tcp")}
+    )
+    """How a sandbox's agent reaches the broker: ipc (the agent socket mounted into the container;
+    works with the network off) or tcp (CurveZMQ over the container network, for engines where a
+    unix socket cannot cross a mount, e.g. Docker Desktop)."""
+
+    sandbox_agent_bind: str | None = field(default=None, metadata=_env(EnvVar.SANDBOX_AGENT_BIND))
+    """Address the broker listens on for tcp sandbox agents (default: the docker0 bridge's
+    address if this host has one, else 127.0.0.1)."""
+
     sandbox_memory: str = field(default="2g", metadata=_env(EnvVar.SANDBOX_MEMORY))
     """Memory limit of a sandbox container (Docker syntax: 512m, 2g)."""
 
@@ -236,7 +249,10 @@ def parse_value(key: str, raw: Any) -> Any:
             return number
         if typ == "str | None":
             return None if text in (None, "", "none") else str(text)
-        return str(text)
+        choices = FIELDS[key].metadata.get("choices")
+        if choices and str(text).lower() not in choices:
+            raise ValueError(text)
+        return str(text).lower() if choices else str(text)
     except (TypeError, ValueError):
         hint = {
             "ExecutionMode": "one of local, sandbox, auto",
@@ -247,6 +263,8 @@ def parse_value(key: str, raw: Any) -> Any:
             "float": "a positive number of seconds",
             "float | None": "a positive number of seconds, or none",
         }.get(typ, "a string")
+        if FIELDS[key].metadata.get("choices"):
+            hint = "one of " + ", ".join(FIELDS[key].metadata["choices"])
         raise ConfigError(f"invalid value {raw!r} for {key}: expected {hint}") from None
 
 

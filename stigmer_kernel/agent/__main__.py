@@ -42,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     remote.add_argument("--join", metavar="NAME", help="offer to serve kernel NAME")
     remote.add_argument("--server-key", help="the broker's public key file (server.key)")
     remote.add_argument("--curve-cert", help="this agent's secret certificate (NAME.key_secret)")
+    remote.add_argument(
+        "--curve-file",
+        help="CurveZMQ keys given by the broker (sandbox over tcp): the server's public key, "
+        "this agent's public and secret key, z85, one per line; read, then deleted",
+    )
     args = parser.parse_args(argv)
     # The key comes as the first line of stdin (or, for containers, STIGMER_AGENT_KEY).
     curve = None
@@ -57,6 +62,16 @@ def main(argv: list[str] | None = None) -> int:
         curve = (server_public, public, secret)
         os.environ[EnvVar.AGENT_KEY.value] = os.urandom(32).hex()  # a key of its own choosing
         args.kernel_id = args.kernel_id or f"{args.join}-r{os.urandom(4).hex()}"
+    elif args.curve_file:
+        try:
+            with open(args.curve_file, "rb") as handle:
+                lines = handle.read().split()
+            os.unlink(args.curve_file)
+        except OSError as exc:
+            parser.error(f"cannot read --curve-file: {exc}")
+        if len(lines) != 3 or any(len(k) != 40 for k in lines):
+            parser.error("--curve-file must hold three z85 keys")
+        curve = (lines[0], lines[1], lines[2])
     if args.kernel_id_file and not args.kernel_id:
         try:
             with open(args.kernel_id_file, encoding="ascii") as handle:

@@ -68,6 +68,8 @@ def save(broker: Broker, kernel: Kernel) -> None:
         "workdir": workdir.name,
         # A sandbox container restarted for this incarnation keeps its first one's labels.
         "container": getattr(kernel.handle, "container_id", None),
+        # A sandbox agent over tcp: the CurveZMQ key it may come back with.
+        "curve_public": (broker.remote.ephemeral.get(kernel.id) or b"").decode() or None,
     }
     tmp = directory / f"{kernel.id}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -204,6 +206,10 @@ def _adopt(broker: Broker, record: dict[str, Any]) -> None:
             shutil.rmtree(workdir, ignore_errors=True)
             forget(broker.runtime.path, kernel.id)
             return
+        public = record.get("curve_public")
+        if isinstance(public, str) and broker.sandbox_tcp_sock is not None:
+            broker.remote.ephemeral[kernel.id] = public.encode()
+            kernel.agent_sock = broker.sandbox_tcp_sock
         container = record.get("container")
         kernel.handle = provisioner.adopt(
             kernel.id, name, workdir, container if isinstance(container, str) else None

@@ -34,6 +34,7 @@ _AGENT_STATE = (
     "state",
     "started_at",
     "last_beat",
+    "agent_sock",
 )
 
 

@@ -36,6 +36,19 @@ log = logging.getLogger("stigmer.broker")
 
 _LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 ZAP_DOMAIN = "stigmer"  # the ZAP domain of our CurveZMQ sockets (the authenticator matches it)
+#: The ZAP domain of the sandboxes' tcp socket: only the keys the broker made for its own
+#: sandbox agents pass there, and those keys pass nowhere else.
+SANDBOX_ZAP_DOMAIN = "stigmer-sandbox"
+
+
+class _SandboxKeys:
+    """ZAP credentials for the sandbox domain: this broker's per-incarnation keys."""
+
+    def __init__(self, keys: dict[str, bytes]) -> None:
+        self.keys = keys
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return key in self.keys.values()
 
 
 class RemoteAgent(AgentHandle):
@@ -62,6 +75,9 @@ class RemoteEndpoints:
         self.curve_dir = broker.runtime.path / "curve"
         self.authorized_dir = self.curve_dir / "authorized"
         self.authenticator: Any = None
+        # Public keys the broker made for its own sandbox agents over tcp, by kernel id.
+        self.ephemeral: dict[str, bytes] = {}
+        self._server_keys: tuple[bytes, bytes] | None = None
         self._keys: set[bytes] = set()
         self._keys_mtime = -1.0
 
@@ -70,6 +86,8 @@ class RemoteEndpoints:
         """(public, secret) of this runtime directory's server certificate, made if missing."""
         import zmq.auth
 
+        if self._server_keys is not None:
+            return self._server_keys
         curve_dirs(self.broker.runtime.path)
         secret_file = self.curve_dir / "server.key_secret"
         if not secret_file.exists():
@@ -77,6 +95,7 @@ class RemoteEndpoints:
             os.chmod(secret_file, 0o600)
         public, secret = zmq.auth.load_certificate(str(secret_file))
         assert secret is not None
+        self._server_keys = public, secret
         return public, secret
 
     def callback(self, domain: str, key: bytes) -> bool:
@@ -101,9 +120,14 @@ class RemoteEndpoints:
             log.warning("refused a CurveZMQ peer with an unknown public key")
         return allowed
 
-    def tcp_router(self, endpoint: str) -> zmq.Socket[Any]:
+    def tcp_router(
+        self, endpoint: str, curve: bool = False, sandbox: bool = False
+    ) -> zmq.Socket[Any]:
+        """A bound ROUTER on ``endpoint``: CurveZMQ unless ``allow_plain_tcp`` (and not
+        ``curve``, which forces it). ``sandbox``: the sandboxes' socket, whose peers are
+        checked against the broker's own per-incarnation keys, not the authorized ones."""
         host = endpoint.split("://", 1)[-1].rsplit(":", 1)[0]
-        plain = self.broker.config.allow_plain_tcp
+        plain = self.broker.config.allow_plain_tcp and not curve
         if plain and host not in _LOOPBACK:
             raise StigmerError(
                 f"refusing plain TCP on {endpoint}: allow_plain_tcp is for loopback only — "
@@ -125,9 +149,14 @@ class RemoteEndpoints:
                 self.authenticator.configure_curve_callback(
                     domain=ZAP_DOMAIN, credentials_provider=self
                 )
+                self.authenticator.configure_curve_callback(
+                    domain=SANDBOX_ZAP_DOMAIN, credentials_provider=_SandboxKeys(self.ephemeral)
+                )
             sock.setsockopt(zmq.CURVE_SERVER, 1)
             sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
-            sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
+            sock.setsockopt(
+                zmq.ZAP_DOMAIN, (SANDBOX_ZAP_DOMAIN if sandbox else ZAP_DOMAIN).encode()
+            )
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:

@@ -35,11 +35,12 @@ from ..errors import (
     RequestError,
     RuntimeDirError,
     ServerAlreadyRunning,
+    StigmerError,
 )
 from ..protocol import ExecStatus, KernelEvent, KernelState, Message, MsgType, new_key
 from ..protocol.session import Session, split_ids
 from ..provisioners import AgentHandle, AgentSpec, LocalProvisioner, Provisioner
-from ..provisioners.docker import DockerProvisioner
+from ..provisioners.docker import TCP_HOST, DockerProvisioner
 from ..runtime import RuntimeDir, ServerLock
 from . import adoption
 from .kernels import NAME_RE, REMOTE, Kernel, Pending, Registry
@@ -91,7 +92,7 @@ class Broker:
         self.runtime = RuntimeDir(config.runtime_dir)
         self.key = new_key()
         self.registry = Registry()
-        self.registry.on_unindex = lambda kernel_id: adoption.forget(self.runtime.path, kernel_id)
+        self.registry.on_unindex = self._unindexed
         self.provisioners: dict[str, Provisioner] = provisioners or {
             ExecutionMode.LOCAL.value: LocalProvisioner(),
             ExecutionMode.SANDBOX.value: DockerProvisioner(config, self.runtime),
@@ -109,6 +110,10 @@ class Broker:
         self.frontends: list[NativeFrontend] = [self.native]
         self.client_tcp_sock: zmq.Socket[Any] | None = None
         self.agent_tcp_sock: zmq.Socket[Any] | None = None
+        # STIGMER_SANDBOX_TRANSPORT=tcp: sandbox agents' CurveZMQ socket, and its address as
+        # containers see it.
+        self.sandbox_tcp_sock: zmq.Socket[Any] | None = None
+        self.sandbox_endpoint: str | None = None
         self.remote = RemoteEndpoints(self)
         self.jupyter = JupyterFrontend(self)
         self.pool = WarmPool(self)
@@ -125,6 +130,11 @@ class Broker:
     @property
     def clients(self) -> Session:
         return self.native.session
+
+    def _unindexed(self, kernel_id: str) -> None:
+        """An incarnation ended: its record and its sandbox's CurveZMQ key go."""
+        adoption.forget(self.runtime.path, kernel_id)
+        self.remote.ephemeral.pop(kernel_id, None)
 
     # -- start and stop -----------------------------------------------------------------------
     def bind(self) -> None:
@@ -171,6 +181,8 @@ class Broker:
             tcp = self.agent_tcp_sock = self.remote.tcp_router(self.config.agent_endpoint)
             tcp.setsockopt(zmq.RCVHWM, 200)
             self.register(tcp, lambda frames: self._on_agent_frames(frames, tcp))
+        if self.config.sandbox_transport == "tcp":
+            self._bind_sandbox_tcp()
         adoption.adopt_all(self, records)
         self.runtime.write_info(
             {
@@ -182,6 +194,31 @@ class Broker:
                 "started": self.started_wall,
             }
         )
+
+    def _bind_sandbox_tcp(self) -> None:
+        """The CurveZMQ socket sandbox agents reach over the container network, on the port a
+        previous server of this runtime directory used if it is free (its containers come back
+        to it after a crash)."""
+        host = self.config.sandbox_agent_bind or bridge_address() or "127.0.0.1"
+        port_file = self.runtime.path / "sandbox-agent.port"
+        endpoints = [f"tcp://{host}:*"]
+        with contextlib.suppress(OSError, ValueError):
+            endpoints.insert(0, f"tcp://{host}:{int(port_file.read_text())}")
+        for endpoint in endpoints:
+            try:
+                sock = self.remote.tcp_router(endpoint, curve=True, sandbox=True)
+                break
+            except StigmerError as exc:
+                error = exc
+        else:
+            raise StigmerError(f"no socket for sandbox agents over tcp: {error}")
+        sock.setsockopt(zmq.RCVHWM, 200)
+        port = int(sock.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1])
+        port_file.write_text(str(port))
+        log.info("sandbox agents reach this server at tcp://%s:%d (CurveZMQ)", host, port)
+        self.sandbox_tcp_sock = sock
+        self.sandbox_endpoint = f"tcp://{TCP_HOST}:{port}"
+        self.register(sock, lambda frames: self._on_agent_frames(frames, sock))
 
     def _router(self, endpoint: str) -> zmq.Socket[Any]:
         sock: zmq.Socket[Any] = self.ctx.socket(zmq.ROUTER)
@@ -509,11 +546,20 @@ class Broker:
         kernel.new_incarnation(new_key())
         self.registry.index(kernel)
         assert kernel.session is not None
+        endpoint: str | None = self.runtime.agent_endpoint
+        curve = None
+        kernel.agent_sock = None
+        if kernel.mode == ExecutionMode.SANDBOX.value and self.sandbox_tcp_sock is not None:
+            public, secret = zmq.curve_keypair()  # this incarnation's, known to ZAP until it ends
+            self.remote.ephemeral[kernel.id] = public
+            curve = (self.remote.server_keys()[0], public, secret)
+            endpoint, kernel.agent_sock = self.sandbox_endpoint, self.sandbox_tcp_sock
         spec = AgentSpec(
             kernel_id=kernel.id,
             kernel_name=kernel.name,
             key=kernel.session.key,
-            endpoint=self.runtime.agent_endpoint,
+            endpoint=str(endpoint),
+            curve=curve,
             cwd=kernel.cwd,
             workdir=self.runtime.path / "kernels" / kernel.id,
             shell=self.config.shell,
@@ -883,7 +929,7 @@ class Broker:
                     return  # last words of an agent we asked to stop
                 if (
                     sock is not None
-                    and sock is not self.agent_sock
+                    and sock is self.agent_tcp_sock  # never the sandboxes' own sockets
                     and self.remote.join(identity, msg_frames, sock)
                 ):
                     return  # a remote agent (CurveZMQ-authenticated) joined
@@ -1052,6 +1098,23 @@ class Broker:
                     KernelEvent.EXPIRED,
                     f"idle for {now - kernel.last_activity:.0f}s (ttl {kernel.ttl:g}s)",
                 )
+
+
+def bridge_address(interface: str = "docker0") -> str | None:
+    """The IPv4 address of Docker's bridge on this host (what host-gateway names), if any."""
+    import fcntl
+    import socket
+    import struct
+
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        packed = struct.pack("256s", interface.encode()[:15])
+        answer = fcntl.ioctl(probe.fileno(), 0x8915, packed)  # SIOCGIFADDR
+        return socket.inet_ntoa(answer[20:24])
+    except OSError:
+        return None
+    finally:
+        probe.close()
 
 
 def _start_overdue(kernel: Kernel, now: float) -> str | None:

@@ -33,6 +33,9 @@ class AgentSpec:
     requirements: str | None = None  # pip requirements baked into a derived image
     workspace: str | None = None  # host directory mounted at /workspace (default: cwd)
     on_progress: Callable[[str], None] | None = None  # thread-safe progress reports
+    #: CurveZMQ for an agent that reaches ``endpoint`` over TCP: (server public key, the agent's
+    #: public key, its secret key), z85.
+    curve: tuple[bytes, bytes, bytes] | None = None
 
 
 class AgentHandle(abc.ABC):

@@ -53,6 +53,8 @@ KERNEL_DIR = "/run/stigmer-kernel"
 PACKAGE_DIR = "/opt/stigmer"
 WORKSPACE = "/workspace"
 HOME = "/tmp/home"
+#: The name a sandbox reaches the broker's host by (STIGMER_SANDBOX_TRANSPORT=tcp).
+TCP_HOST = "host.docker.internal"
 #: Seconds an answer of the engine check is trusted, whether the engine answered or not.
 ENGINE_CHECK_TTL = 2.0
 #: Seconds the event loop waits for a fresh ping (a local engine, or a missing socket, answers in
@@ -259,8 +261,17 @@ class DockerProvisioner(Provisioner):
             if stopped is not None:
                 # Its mounts are fixed: this incarnation uses the directory it was made with.
                 handle.spec = spec = dataclasses.replace(spec, workdir=stopped.workdir)
+            if spec.curve is not None and self.config.sandbox_network == "none":
+                raise _StartError(
+                    "STIGMER_SANDBOX_TRANSPORT=tcp needs a container network, and "
+                    "STIGMER_SANDBOX_NETWORK=none leaves the agent no way to the broker"
+                )
             spec.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
             (spec.workdir / "kernel_id").write_text(spec.kernel_id, encoding="ascii")
+            if spec.curve is not None:
+                fd = os.open(spec.workdir / "curve", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(b"\n".join(spec.curve) + b"\n")
             key_file = spec.workdir / "key"
             fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as f:
@@ -278,6 +289,9 @@ class DockerProvisioner(Provisioner):
                 runnable,
                 ", stopped one restarted" if handle.reused else "",
             )
+        except _StartError as exc:
+            handle.failure = f"could not start the sandbox: {exc}"
+            log.error("sandbox %s: %s", spec.kernel_name, handle.failure)
         except Exception as exc:
             text = str(getattr(exc, "explanation", None) or exc).strip().splitlines()
             detail = text[-1] if text else type(exc).__name__
@@ -290,9 +304,13 @@ class DockerProvisioner(Provisioner):
         config = self.config
         package = Path(__file__).resolve().parents[1]
         workspace = spec.workspace or spec.cwd
+        tcp = spec.curve is not None  # the agent reaches spec.endpoint over the network
+        endpoint = (
+            spec.endpoint if tcp else f"ipc://{AGENT_SOCKET_DIR}/{self.runtime.agent_socket.name}"
+        )
         args = [
             "python3", "-m", "stigmer_kernel.agent",
-            "--endpoint", f"ipc://{AGENT_SOCKET_DIR}/{self.runtime.agent_socket.name}",
+            "--endpoint", endpoint,
             "--kernel-id-file", f"{KERNEL_DIR}/kernel_id",  # a restart may serve a new id
             "--key-file", f"{KERNEL_DIR}/key",
             "--cwd", WORKSPACE,
@@ -302,7 +320,20 @@ class DockerProvisioner(Provisioner):
             "--orphan-timeout", str(spec.orphan_timeout),
             "--timeout", str(spec.command_timeout or 0),
             "--output-limit", str(spec.output_limit),
+            *(["--curve-file", f"{KERNEL_DIR}/curve"] if tcp else []),
         ]  # fmt: skip
+        volumes = {
+            # Read-only: connecting to agents.sock needs no write access to the mount, and
+            # code in the sandbox must not remove or replace the socket other kernels use.
+            str(self.runtime.agents_dir): {"bind": AGENT_SOCKET_DIR, "mode": "ro"},
+            # Writable: the agent deletes its key and writes bashrc, command.sh, stdin and
+            # stdin.fifo here (its own kernel's directory only).
+            str(spec.workdir): {"bind": KERNEL_DIR, "mode": "rw"},
+            str(package): {"bind": f"{PACKAGE_DIR}/stigmer_kernel", "mode": "ro"},
+            str(workspace): {"bind": WORKSPACE, "mode": "rw"},
+        }
+        if tcp:
+            del volumes[str(self.runtime.agents_dir)]  # no unix socket to cross the mount
         create: dict[str, Any] = {
             "image": image,
             "command": args,
@@ -317,16 +348,9 @@ class DockerProvisioner(Provisioner):
                 # A disposable sandbox: let pip install into Debian-based Pythons (PEP 668).
                 "PIP_BREAK_SYSTEM_PACKAGES": "1",
             },
-            "volumes": {
-                # Read-only: connecting to agents.sock needs no write access to the mount, and
-                # code in the sandbox must not remove or replace the socket other kernels use.
-                str(self.runtime.agents_dir): {"bind": AGENT_SOCKET_DIR, "mode": "ro"},
-                # Writable: the agent deletes its key and writes bashrc, command.sh, stdin and
-                # stdin.fifo here (its own kernel's directory only).
-                str(spec.workdir): {"bind": KERNEL_DIR, "mode": "rw"},
-                str(package): {"bind": f"{PACKAGE_DIR}/stigmer_kernel", "mode": "ro"},
-                str(workspace): {"bind": WORKSPACE, "mode": "rw"},
-            },
+            "volumes": volumes,
+            # tcp: the broker's host by a name that works on Linux and Docker Desktop alike.
+            "extra_hosts": {TCP_HOST: "host-gateway"} if tcp else None,
             "working_dir": WORKSPACE,
             "labels": {
                 LABEL_SERVER: self.server,
@@ -558,6 +582,10 @@ class DockerProvisioner(Provisioner):
         self._pool.shutdown(wait=True, cancel_futures=True)
         with contextlib.suppress(Exception):
             self._client.close()
+
+
+class _StartError(Exception):
+    """A sandbox that cannot start for a reason of ours, said as it is."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -150,6 +150,43 @@ def test_without_cleanup_an_expired_sandbox_is_stopped_then_reused(
     assert containers_of(docker_client, srv) == []
 
 
+def test_tcp_transport_reaches_the_broker_without_the_socket_mount(
+    sandbox_factory: Any, docker_client: Any
+) -> None:
+    """STIGMER_SANDBOX_TRANSPORT=tcp (engines where a unix socket cannot cross a mount, e.g.
+    Docker Desktop): the agent reaches the broker over the container network with CurveZMQ and
+    a key made for that incarnation; nothing of the runtime directory but its own is mounted."""
+    srv = sandbox_factory(STIGMER_SANDBOX_TRANSPORT="tcp")
+    c = srv.client()
+    r = c.execute(
+        "cd /tmp && X=tcp; ls /run/stigmer 2>&1; ls -A /run/stigmer-kernel",
+        kernel="t",
+        mode="sandbox",
+    )
+    assert "No such file or directory" in r.stdout
+    assert "curve" not in r.stdout and "key" not in r.stdout.split()  # read, then deleted
+    assert c.execute("echo $PWD $X", kernel="t", mode="sandbox").stdout == "/tmp tcp\n"
+    (container,) = containers_of(docker_client, srv)
+    sources = {m["Source"] for m in container.attrs["Mounts"]}
+    assert str(srv.runtime.agents_dir) not in sources
+    assert "sandbox agents reach this server at tcp://" in srv.log()
+    # After a broker crash the agent comes back to the same port with the same key.
+    assert srv.proc is not None
+    srv.proc.send_signal(signal.SIGKILL)
+    srv.proc.wait()
+    srv.start()
+    assert c.execute("echo $PWD $X", kernel="t", mode="sandbox").stdout == "/tmp tcp\n"
+    srv.stop()
+    assert containers_of(docker_client, srv) == []
+
+
+def test_tcp_transport_needs_a_network(sandbox_factory: Any) -> None:
+    srv = sandbox_factory(STIGMER_SANDBOX_TRANSPORT="tcp", STIGMER_SANDBOX_NETWORK="none")
+    r = srv.client().execute("true", kernel="cut", mode="sandbox")
+    assert r.ename == "KernelDied"
+    assert "STIGMER_SANDBOX_TRANSPORT=tcp needs a container network" in (r.evalue or "")
+
+
 def test_server_stop_leaves_no_container(sandbox: Server, docker_client: Any) -> None:
     c = sandbox.client()
     for name in ("one", "two"):

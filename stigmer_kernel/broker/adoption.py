@@ -166,6 +166,7 @@ def adopt_all(broker: Broker, records: list[dict[str, Any]]) -> None:
         except Exception as exc:  # one bad or stale record must not keep the server from starting
             log.warning("could not re-adopt kernel record %s: %s", record.get("id"), exc)
             forget(broker.runtime.path, str(record.get("id")))
+            broker.remote.ephemeral.pop(str(record.get("id")), None)
             with contextlib.suppress(Exception):
                 shutil.rmtree(_record_workdir(broker.runtime.path, record))
 
@@ -207,6 +208,12 @@ def _adopt(broker: Broker, record: dict[str, Any]) -> None:
             forget(broker.runtime.path, kernel.id)
             return
         public = record.get("curve_public")
+        if isinstance(public, str) and broker.sandbox_tcp_sock is None:
+            log.warning(
+                "kernel %s: its sandbox agent used the tcp transport, which this server does "
+                "not listen on (STIGMER_SANDBOX_TRANSPORT): it cannot come back",
+                name,
+            )
         if isinstance(public, str) and broker.sandbox_tcp_sock is not None:
             broker.remote.ephemeral[kernel.id] = public.encode()
             kernel.agent_sock = broker.sandbox_tcp_sock

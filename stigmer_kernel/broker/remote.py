@@ -46,9 +46,14 @@ class _SandboxKeys:
 
     def __init__(self, keys: dict[str, bytes]) -> None:
         self.keys = keys
+        self.logged = 0.0
 
     def callback(self, domain: str, key: bytes) -> bool:
-        return key in self.keys.values()
+        allowed = key in self.keys.values()
+        if not allowed and time.monotonic() - self.logged > 10:  # a peer retries: log rarely
+            self.logged = time.monotonic()
+            log.warning("refused a sandbox agent with a CurveZMQ key this server did not make")
+        return allowed
 
 
 class RemoteAgent(AgentHandle):
@@ -139,6 +144,7 @@ class RemoteEndpoints:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 1000)
         sock.setsockopt(zmq.MAXMSGSIZE, self.broker.config.max_message_bytes)
+        sock.setsockopt(zmq.IPV6, 1)  # tcp://[::1]:PORT too (IPv4 addresses work as before)
         if not plain:
             _public, secret = self.server_keys()
             if self.authenticator is None:

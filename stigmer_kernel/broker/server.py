@@ -199,7 +199,14 @@ class Broker:
         """The CurveZMQ socket sandbox agents reach over the container network, on the port a
         previous server of this runtime directory used if it is free (its containers come back
         to it after a crash)."""
-        host = self.config.sandbox_agent_bind or bridge_address() or "127.0.0.1"
+        network = self.config.sandbox_network
+        if network == "none" or network.startswith("container:"):
+            raise StigmerError(
+                f"STIGMER_SANDBOX_TRANSPORT=tcp needs a container network of its own, and "
+                f"STIGMER_SANDBOX_NETWORK={network} gives the agent no way to the broker — use "
+                "bridge (or a network name), or the ipc transport"
+            )
+        host, dial = sandbox_tcp_addresses(self.config.sandbox_agent_bind)
         port_file = self.runtime.path / "sandbox-agent.port"
         endpoints = [f"tcp://{host}:*"]
         with contextlib.suppress(OSError, ValueError):
@@ -209,6 +216,12 @@ class Broker:
                 sock = self.remote.tcp_router(endpoint, curve=True, sandbox=True)
                 break
             except StigmerError as exc:
+                if not endpoint.endswith(":*"):
+                    log.warning(
+                        "%s; sandbox containers of a previous server that used that port cannot "
+                        "come back",
+                        exc,
+                    )
                 error = exc
         else:
             raise StigmerError(f"no socket for sandbox agents over tcp: {error}")
@@ -218,6 +231,9 @@ class Broker:
         log.info("sandbox agents reach this server at tcp://%s:%d (CurveZMQ)", host, port)
         self.sandbox_tcp_sock = sock
         self.sandbox_endpoint = f"tcp://{TCP_HOST}:{port}"
+        sandbox = self.provisioners.get(ExecutionMode.SANDBOX.value)
+        if isinstance(sandbox, DockerProvisioner):
+            sandbox.tcp_host_address = dial  # what TCP_HOST names inside containers
         self.register(sock, lambda frames: self._on_agent_frames(frames, sock))
 
     def _router(self, endpoint: str) -> zmq.Socket[Any]:
@@ -1075,6 +1091,11 @@ class Broker:
                     self.kernel_died(kernel, ended)
                 elif kernel.state is KernelState.STARTING:
                     overdue = _start_overdue(kernel, now)
+                    if overdue is not None and kernel.agent_sock is self.sandbox_tcp_sock:
+                        overdue += (
+                            f" (it dials {self.sandbox_endpoint} over the container network: "
+                            "does a firewall drop it, or is STIGMER_SANDBOX_AGENT_BIND wrong?)"
+                        )
                     if overdue is not None:
                         self.kernel_died(kernel, overdue)
                 elif now - kernel.last_beat > self.config.dead_after:
@@ -1098,6 +1119,34 @@ class Broker:
                     KernelEvent.EXPIRED,
                     f"idle for {now - kernel.last_activity:.0f}s (ttl {kernel.ttl:g}s)",
                 )
+
+
+def sandbox_tcp_addresses(bind: str | None) -> tuple[str, str]:
+    """(address the broker listens on for tcp sandbox agents, what ``host.docker.internal``
+    maps to in their containers), or :class:`StigmerError` when no address fits."""
+    import ipaddress
+    import sys
+
+    if bind:
+        try:
+            address = ipaddress.IPv4Address(bind)
+        except ValueError:
+            raise StigmerError(
+                f"STIGMER_SANDBOX_AGENT_BIND={bind!r}: give an IPv4 address (containers reach "
+                "the host by IPv4), e.g. 0.0.0.0 or docker0's address"
+            ) from None
+        if address.is_unspecified or address.is_loopback:
+            return str(address), "host-gateway"  # the engine's own route to the host
+        return str(address), str(address)
+    bridge = bridge_address()
+    if bridge is not None:
+        return bridge, "host-gateway"  # host-gateway is docker0's address
+    if sys.platform in ("darwin", "win32"):
+        return "127.0.0.1", "host-gateway"  # Docker Desktop forwards host.docker.internal
+    raise StigmerError(
+        "STIGMER_SANDBOX_TRANSPORT=tcp: this host has no docker0 bridge to listen on — set "
+        "STIGMER_SANDBOX_AGENT_BIND to an address your containers reach the host by"
+    )
 
 
 def bridge_address(interface: str = "docker0") -> str | None:

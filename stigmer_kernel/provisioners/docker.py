@@ -191,6 +191,7 @@ class DockerProvisioner(Provisioner):
         # sandbox_cleanup=false: stopped containers by kernel name, restarted by the next kernel
         # of that name (same image and workspace) instead of creating a new one.
         self._stopped: dict[str, _Stopped] = {}
+        self.tcp_host_address = "host-gateway"  # set by the broker for the tcp transport
         self._stopped_lock = threading.Lock()
         self.images = ImageResolver(self.client, BASIC_TIER_TAG, runtime.path / "images.json")
 
@@ -261,11 +262,6 @@ class DockerProvisioner(Provisioner):
             if stopped is not None:
                 # Its mounts are fixed: this incarnation uses the directory it was made with.
                 handle.spec = spec = dataclasses.replace(spec, workdir=stopped.workdir)
-            if spec.curve is not None and self.config.sandbox_network == "none":
-                raise _StartError(
-                    "STIGMER_SANDBOX_TRANSPORT=tcp needs a container network, and "
-                    "STIGMER_SANDBOX_NETWORK=none leaves the agent no way to the broker"
-                )
             spec.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
             (spec.workdir / "kernel_id").write_text(spec.kernel_id, encoding="ascii")
             if spec.curve is not None:
@@ -350,7 +346,7 @@ class DockerProvisioner(Provisioner):
             },
             "volumes": volumes,
             # tcp: the broker's host by a name that works on Linux and Docker Desktop alike.
-            "extra_hosts": {TCP_HOST: "host-gateway"} if tcp else None,
+            "extra_hosts": {TCP_HOST: self.tcp_host_address} if tcp else None,
             "working_dir": WORKSPACE,
             "labels": {
                 LABEL_SERVER: self.server,

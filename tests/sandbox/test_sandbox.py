@@ -180,11 +180,22 @@ def test_tcp_transport_reaches_the_broker_without_the_socket_mount(
     assert containers_of(docker_client, srv) == []
 
 
-def test_tcp_transport_needs_a_network(sandbox_factory: Any) -> None:
-    srv = sandbox_factory(STIGMER_SANDBOX_TRANSPORT="tcp", STIGMER_SANDBOX_NETWORK="none")
-    r = srv.client().execute("true", kernel="cut", mode="sandbox")
-    assert r.ename == "KernelDied"
-    assert "STIGMER_SANDBOX_TRANSPORT=tcp needs a container network" in (r.evalue or "")
+def test_tcp_transport_settings_that_cannot_work_stop_the_server_at_start() -> None:
+    from tests.conftest import make_server
+
+    for settings, said in (
+        ({"STIGMER_SANDBOX_NETWORK": "none"}, "needs a container network of its own"),
+        ({"STIGMER_SANDBOX_AGENT_BIND": "::1"}, "give an IPv4 address"),
+    ):
+        srv = make_server(STIGMER_SANDBOX_TRANSPORT="tcp", **settings)
+        proc = subprocess.run(
+            [sys.executable, "-m", "stigmer_kernel", "server", "start", "--foreground"],
+            env=srv.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert proc.returncode == 125 and said in proc.stderr, proc.stderr
 
 
 def test_server_stop_leaves_no_container(sandbox: Server, docker_client: Any) -> None:

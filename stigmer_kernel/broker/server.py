@@ -59,7 +59,7 @@ _STOP_GRACE = 2.0  # seconds an agent gets to exit after agent_shutdown
 _MAX_PENDING = 10000  # requests queued on one kernel
 _CLIENT_HWM = 1000  # messages (<= 64 KiB each) queued for one client before drops start
 
-Handler = Callable[[list[bytes]], None]
+Handler = Callable[[list[Any]], None]  # bytes, or zmq.Frame for the sockets in Broker._raw
 
 
 class _DropLog:
@@ -120,6 +120,7 @@ class Broker:
         self.auto = AutoRouter(self)
         self._handlers: dict[zmq.Socket[Any], Handler] = {}
         self._ready: set[zmq.Socket[Any]] = set()
+        self._raw: set[zmq.Socket[Any]] = set()  # sockets whose handler takes zmq.Frame objects
         self._pump_scheduled = False
         self._reaping: list[AgentHandle] = []
         # Replies that met a full queue: retried in order (up to 10000 per peer) until the peer
@@ -234,7 +235,13 @@ class Broker:
         sandbox = self.provisioners.get(ExecutionMode.SANDBOX.value)
         if isinstance(sandbox, DockerProvisioner):
             sandbox.tcp_host_address = dial  # what TCP_HOST names inside containers
-        self.register(sock, lambda frames: self._on_agent_frames(frames, sock))
+        self._raw.add(sock)  # its handler reads the ZAP User-Id of each message
+
+        def on_frames(frames: list[Any]) -> None:
+            user = frames[-1].get("User-Id")  # the z85 key ZAP accepted for that connection
+            self._on_agent_frames([f.bytes for f in frames], sock, curve_user=str(user))
+
+        self.register(sock, on_frames)
 
     def _router(self, endpoint: str) -> zmq.Socket[Any]:
         sock: zmq.Socket[Any] = self.ctx.socket(zmq.ROUTER)
@@ -350,7 +357,7 @@ class Broker:
                 continue
             for _ in range(_BATCH):
                 try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=sock not in self._raw)
                 except zmq.Again:
                     break
                 except zmq.ZMQError as exc:  # e.g. a socket closed while handling
@@ -930,7 +937,14 @@ class Broker:
         return bool(waiting)
 
     # -- agents ---------------------------------------------------------------------------------
-    def _on_agent_frames(self, frames: list[bytes], sock: zmq.Socket[Any] | None = None) -> None:
+    def _on_agent_frames(
+        self,
+        frames: list[bytes],
+        sock: zmq.Socket[Any] | None = None,
+        curve_user: str | None = None,
+    ) -> None:
+        """An agent's message. ``curve_user``: on the sandboxes' tcp socket, the CurveZMQ key
+        its connection presented, which must be the one made for the kernel it speaks for."""
         self.stats["agent_msgs"] += 1
         sock = sock or self.agent_sock
         try:
@@ -950,6 +964,10 @@ class Broker:
                 ):
                     return  # a remote agent (CurveZMQ-authenticated) joined
                 raise ProtocolError(f"message from an unknown agent {identity[:80]!r}")
+            if curve_user is not None:
+                expected = self.remote.ephemeral.get(kernel_id)
+                if expected is None or expected.decode() != curve_user:
+                    raise ProtocolError("a sandbox agent speaking for another kernel (its key)")
             if sock is not self.agent_socket(kernel) and kernel.agent_identity is not None:
                 raise ProtocolError("an agent message on another kernel's socket")
             kernel.session.verify_frames(msg_frames)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+from typing import Any
 
 from tests.conftest import Server
 
@@ -68,3 +69,47 @@ def test_sandbox_cannot_remove_or_replace_the_agent_socket(sandbox: Server) -> N
     assert box("echo still-here").stdout == "still-here\n"
     r = c.execute("echo second-box", kernel="jail2", mode="sandbox")  # connects afresh
     assert (r.stdout, r.mode) == ("second-box\n", "sandbox")
+
+
+def test_over_tcp_a_sandbox_key_speaks_only_for_its_own_kernel(docker_client: Any) -> None:
+    """STIGMER_SANDBOX_TRANSPORT=tcp: each incarnation's CurveZMQ key (which its container
+    holds) is checked against the kernel a message claims, so one sandbox's key cannot carry
+    another kernel's traffic. A real broker bound on a real socket, fed frames directly."""
+    import asyncio
+    import time
+
+    import zmq
+
+    from stigmer_kernel.broker.kernels import Kernel
+    from stigmer_kernel.broker.server import Broker
+    from stigmer_kernel.config import load_config
+    from stigmer_kernel.protocol import new_key
+    from tests.conftest import make_server
+
+    env = make_server(STIGMER_SANDBOX_TRANSPORT="tcp").env
+    broker = Broker(load_config(env=env))
+    broker.bind()
+    try:
+        keys = {}
+        for name in ("a", "b"):
+            kernel = Kernel(name=name, mode="sandbox", ttl=60.0, cwd="/")
+            kernel.new_incarnation(new_key())
+            broker.registry.add(kernel)
+            broker.registry.index(kernel)
+            public, _secret = zmq.curve_keypair()
+            broker.remote.ephemeral[kernel.id] = public
+            keys[name] = (kernel, public.decode())
+        victim, victim_key = keys["b"]
+        assert victim.session is not None
+        beat = victim.session.msg("agent_heartbeat", {"pid": 1})
+        frames = victim.session.serialize(beat, [f"{victim.id}:1:ab".encode()])
+        before = victim.last_beat
+        time.sleep(0.01)
+        broker._on_agent_frames(frames, broker.sandbox_tcp_sock, curve_user=keys["a"][1])
+        assert broker.stats["dropped_bad"] == 1 and victim.last_beat == before
+        beat = victim.session.msg("agent_heartbeat", {"pid": 1})
+        frames = victim.session.serialize(beat, [f"{victim.id}:1:ab".encode()])
+        broker._on_agent_frames(frames, broker.sandbox_tcp_sock, curve_user=victim_key)
+        assert broker.stats["dropped_bad"] == 1 and victim.last_beat > before
+    finally:
+        asyncio.run(broker._shutdown())

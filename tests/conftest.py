@@ -75,6 +75,16 @@ class Server:
             time.sleep(0.02)
         return self
 
+    def start_refused(self) -> subprocess.CompletedProcess[str]:
+        """Run ``server start --foreground`` for a server expected not to start; its result."""
+        return subprocess.run(
+            [sys.executable, "-m", "stigmer_kernel", "server", "start", "--foreground"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
     def client(self, **kwargs: object) -> Client:
         c = Client(self.config, autostart=False, **kwargs)  # type: ignore[arg-type]
         self.clients.append(c)

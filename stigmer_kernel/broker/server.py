@@ -40,7 +40,7 @@ from ..errors import (
 from ..protocol import ExecStatus, KernelEvent, KernelState, Message, MsgType, new_key
 from ..protocol.session import Session, split_ids
 from ..provisioners import AgentHandle, AgentSpec, LocalProvisioner, Provisioner
-from ..provisioners.docker import TCP_HOST, DockerProvisioner
+from ..provisioners.docker import TCP_HOST, DockerAgent, DockerProvisioner
 from ..runtime import RuntimeDir, ServerLock
 from . import adoption
 from .kernels import NAME_RE, REMOTE, Kernel, Pending, Registry
@@ -266,8 +266,11 @@ class Broker:
         sandbox = self.provisioners.get(ExecutionMode.SANDBOX.value)
         if isinstance(sandbox, DockerProvisioner):
             # Leftovers of dead servers go, without delaying start-up.
-            adoptable = {k.id for k in self.registry if k.adopting} | {
-                str(getattr(k.handle, "container_id", None)) for k in self.registry if k.adopting
+            adopting = [k for k in self.registry if k.adopting]
+            adoptable = {k.id for k in adopting} | {
+                k.handle.container_id
+                for k in adopting
+                if isinstance(k.handle, DockerAgent) and k.handle.container_id
             }
             self.loop.run_in_executor(None, sandbox.reap_leftovers, adoptable, self.started_wall)
             if self.pool.size and self.pool.workspace:
@@ -800,30 +803,26 @@ class Broker:
         counter = kernel.parent or kernel  # an auto kernel numbers the runs of both sides
         while kernel.ready and kernel.running is None and kernel.queue:
             pending = kernel.queue.popleft()
-            counted = False
-            evicted = None  # the oldest history entry, if remembering this one pushed it out
+            counted = (
+                pending.kind is MsgType.EXECUTE_REQUEST
+                and not pending.silent
+                and pending.store_history
+            )
             if pending.kind is MsgType.EXECUTE_REQUEST:
-                if not pending.silent and pending.store_history:
-                    counter.execution_count += 1
-                    if len(counter.history) == counter.history.maxlen:
-                        evicted = counter.history[0]
-                    counter.history.append(
-                        (counter.restarts + 1, counter.execution_count, pending.code)
-                    )
-                    counted = True
-                pending.execution_count = counter.execution_count
-                pending.content["execution_count"] = counter.execution_count
+                number = counter.execution_count + (1 if counted else 0)  # taken once it is sent
+                pending.execution_count = number
+                pending.content["execution_count"] = number
             if not self._forward(kernel, pending):
                 # Its agent's socket is not connected (yet): e.g. a re-adopted agent whose main
                 # socket reconnects after its heartbeat one. It waits at the head of the queue;
                 # maintenance tries again, liveness ends it if the agent never comes.
-                if counted:
-                    counter.execution_count -= 1
-                    counter.history.pop()
-                    if evicted is not None:
-                        counter.history.appendleft(evicted)
                 kernel.queue.appendleft(pending)
                 return
+            if counted:
+                counter.execution_count += 1
+                counter.history.append(
+                    (counter.restarts + 1, counter.execution_count, pending.code)
+                )
             if pending.kind is MsgType.IS_COMPLETE_REQUEST:
                 continue  # needs no turn
             if pending.kind is MsgType.EXECUTE_REQUEST:

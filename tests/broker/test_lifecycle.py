@@ -61,58 +61,44 @@ def test_removing_an_auto_kernel_aborts_its_queue_and_starts_nothing(server: Ser
     assert processes_matching("--kernel-id a1~local") == []
 
 
-def test_restarting_an_auto_kernel_aborts_its_queue_then_serves_again(server: Server) -> None:
-    work = short_tempdir("stg-auto-rs-")
-    c = server.client()
-    conn = c.connect_jupyter("a2", mode="auto", cwd=work)
+def _restart_behind_a_queue(server: Server, kernel: str, mode: str, work: str) -> list[Any]:
+    """A Jupyter client restarts ``kernel`` while a command runs and three wait behind it;
+    the four results."""
+    conn = server.client().connect_jupyter(kernel, mode=mode, cwd=work)
     jc = BlockingKernelClient()
     jc.load_connection_info(conn["connection"])
     jc.start_channels()
 
     async def main() -> list[Any]:
         async with AsyncClient(server.config, autostart=False) as ac:
-            tasks = await _queue_behind_a_sleeper(ac, "a2", "auto", work)
+            tasks = await _queue_behind_a_sleeper(ac, kernel, mode, work)
             jc.shutdown(restart=True)
             return await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
 
     try:
-        results = asyncio.run(main())
-        assert [r.ename for r in results] == ["KernelRestarted"] * 4
-        time.sleep(1.0)
-        assert "queued" not in (
-            Path(work, "runs").read_text() if Path(work, "runs").exists() else ""
-        )
-        r = c.execute("echo again; pwd", kernel="a2", mode="auto")
-        assert r.ok and r.stdout == f"again\n{os.path.realpath(work)}\n"
+        return asyncio.run(main())
     finally:
         jc.stop_channels()
+
+
+def test_restarting_an_auto_kernel_aborts_its_queue_then_serves_again(server: Server) -> None:
+    work = short_tempdir("stg-auto-rs-")
+    results = _restart_behind_a_queue(server, "a2", "auto", work)
+    assert [r.ename for r in results] == ["KernelRestarted"] * 4
+    time.sleep(1.0)
+    assert "queued" not in _marks(work)
+    r = server.client().execute("echo again; pwd", kernel="a2", mode="auto")
+    assert r.ok and r.stdout == f"again\n{os.path.realpath(work)}\n"
 
 
 def test_restarting_a_kernel_never_hands_aborted_requests_to_the_old_agent(
     server: Server,
 ) -> None:
     work = short_tempdir("stg-rs-")
-    c = server.client()
-    conn = c.connect_jupyter("l1", mode="local", cwd=work)
-    jc = BlockingKernelClient()
-    jc.load_connection_info(conn["connection"])
-    jc.start_channels()
-
-    async def main() -> list[Any]:
-        async with AsyncClient(server.config, autostart=False) as ac:
-            tasks = await _queue_behind_a_sleeper(ac, "l1", "local", work)
-            jc.shutdown(restart=True)
-            return await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
-
-    try:
-        results = asyncio.run(main())
-        assert [r.ename for r in results] == ["KernelRestarted"] * 4
-        time.sleep(2.5)  # the old agent's grace period: nothing queued reached it
-        assert "queued" not in (
-            Path(work, "runs").read_text() if Path(work, "runs").exists() else ""
-        )
-    finally:
-        jc.stop_channels()
+    results = _restart_behind_a_queue(server, "l1", "local", work)
+    assert [r.ename for r in results] == ["KernelRestarted"] * 4
+    time.sleep(2.5)  # the old agent's grace period: nothing queued reached it
+    assert "queued" not in _marks(work)
 
 
 def test_a_kernel_whose_agent_cannot_start_answers_at_once(server: Server) -> None:

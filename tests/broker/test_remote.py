@@ -276,13 +276,7 @@ def test_plain_tcp_only_on_loopback(server_factory: Any) -> None:
     from tests.conftest import make_server
 
     srv = make_server(STIGMER_CLIENT_ENDPOINT="tcp://0.0.0.0:5999", STIGMER_ALLOW_PLAIN_TCP="true")
-    proc = subprocess.run(
-        [sys.executable, "-m", "stigmer_kernel", "server", "start", "--foreground"],
-        env=srv.env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    proc = srv.start_refused()
     assert proc.returncode == 125
     assert "refusing plain TCP on tcp://0.0.0.0:5999" in proc.stderr
     loop = server_factory(

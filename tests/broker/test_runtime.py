@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-import sys
 
 from tests.conftest import Server
 
@@ -24,13 +22,7 @@ def test_runtime_files_are_owner_only(server: Server) -> None:
 
 
 def test_second_server_on_the_same_directory_is_refused(server: Server) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "stigmer_kernel", "server", "start", "--foreground"],
-        env=server.env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    proc = server.start_refused()
     assert proc.returncode == 125
     assert "already runs" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

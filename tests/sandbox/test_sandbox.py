@@ -187,14 +187,7 @@ def test_tcp_transport_settings_that_cannot_work_stop_the_server_at_start() -> N
         ({"STIGMER_SANDBOX_NETWORK": "none"}, "needs a container network of its own"),
         ({"STIGMER_SANDBOX_AGENT_BIND": "::1"}, "give an IPv4 address"),
     ):
-        srv = make_server(STIGMER_SANDBOX_TRANSPORT="tcp", **settings)
-        proc = subprocess.run(
-            [sys.executable, "-m", "stigmer_kernel", "server", "start", "--foreground"],
-            env=srv.env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        proc = make_server(STIGMER_SANDBOX_TRANSPORT="tcp", **settings).start_refused()
         assert proc.returncode == 125 and said in proc.stderr, proc.stderr
 
 

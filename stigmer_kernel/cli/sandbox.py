@@ -157,10 +157,14 @@ def _clean(client: Any, config: Config) -> int:
     import docker.errors
 
     removed_containers = 0
-    for container in client.containers.list(all=True, filters={"label": LABEL_SERVER}):
+    listed = client.containers.list(all=True, ignore_removed=True, filters={"label": LABEL_SERVER})
+    for container in listed:
         owner = (container.labels or {}).get(LABEL_RUNTIME)
         if not (owner and RuntimeDir(Path(owner)).server_running()):
-            container.remove(force=True)
+            try:
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                continue  # removed meanwhile (its server's own cleanup)
             removed_containers += 1
     removed_images = []
     names = {*DERIVED, BASIC_TAG.rsplit(":", 1)[0], FULL_TAG.rsplit(":", 1)[0]}

@@ -461,6 +461,7 @@ class DockerProvisioner(Provisioner):
         try:
             found = self.client().containers.list(
                 all=True,
+                ignore_removed=True,
                 filters={"id": container_id, "label": f"{LABEL_SERVER}={self.server}"}
                 if container_id
                 else {"label": f"{LABEL_KERNEL_ID}={kernel_id}"},
@@ -490,7 +491,9 @@ class DockerProvisioner(Provisioner):
             log.info("no leftover check: %s", unreachable)
             return 0
         try:
-            containers = self.client().containers.list(all=True, filters={"label": LABEL_SERVER})
+            containers = self.client().containers.list(
+                all=True, ignore_removed=True, filters={"label": LABEL_SERVER}
+            )
         except Exception as exc:
             log.info("no leftover check: %s", exc)
             return 0
@@ -567,10 +570,13 @@ class DockerProvisioner(Provisioner):
         for handle in list(self._handles.values()):
             with contextlib.suppress(Exception):
                 handle._remove()
+        leftovers: list[Any] = []
         with contextlib.suppress(Exception):
-            for container in self.client().containers.list(
-                all=True, filters={"label": f"{LABEL_SERVER}={self.server}"}
-            ):
+            leftovers = self.client().containers.list(
+                all=True, ignore_removed=True, filters={"label": f"{LABEL_SERVER}={self.server}"}
+            )
+        for container in leftovers:  # one that is already gone does not spare the others
+            with contextlib.suppress(Exception):
                 container.remove(force=True)
         if self._events is not None:
             with contextlib.suppress(Exception):

@@ -40,7 +40,9 @@ def docker_client() -> Iterator[Any]:
 def containers_of(client: Any, server: Server) -> list[Any]:
     """Containers labelled with ``server``'s runtime directory (running or not)."""
     return client.containers.list(
-        all=True, filters={"label": f"stigmer.runtime_dir={server.runtime_dir}"}
+        all=True,
+        ignore_removed=True,  # one removed between listing and inspecting is simply gone
+        filters={"label": f"stigmer.runtime_dir={server.runtime_dir}"},
     )
 
 

@@ -179,5 +179,6 @@ def test_clean_removes_stigmer_images_and_dead_servers_containers(docker_client:
     assert "stigmer-requirements:cleanme" not in {
         t for i in docker_client.images.list() for t in i.tags
     }
-    assert orphan.id not in {c.id for c in docker_client.containers.list(all=True)}
+    left = docker_client.containers.list(all=True, ignore_removed=True)
+    assert orphan.id not in {c.id for c in left}
     docker_client.images.get(TEST_IMAGE)  # the base image is not stigmer's to remove

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -87,6 +88,10 @@ def _env(var: EnvVar) -> dict[str, Any]:
     return {"env": var.value}
 
 
+#: Docker's memory syntax (bytes, or a number with b, k, m or g), as ``sandbox_memory`` takes it.
+_MEMORY = (re.compile(r"[0-9]+(\.[0-9]+)?[bkmg]?", re.IGNORECASE), "a size such as 512m or 2g")
+
+
 @dataclass(frozen=True)
 class Config:
     """All settings of a server, an agent or a client. Build it with :func:`load_config`."""
@@ -117,7 +122,7 @@ class Config:
     output_limit: int = field(default=32 * 1024 * 1024, metadata=_env(EnvVar.OUTPUT_LIMIT))
     """Bytes of stdout+stderr forwarded per command; the rest is discarded with a notice."""
 
-    kernel_cwd: str | None = field(default=None, metadata=_env(EnvVar.WORKDIR))
+    kernel_cwd: str | None = field(default=None, metadata={**_env(EnvVar.WORKDIR), "path": True})
     """Working directory of new kernels (none: the directory the client asked from)."""
 
     client_endpoint: str | None = field(default=None, metadata=_env(EnvVar.CLIENT_ENDPOINT))
@@ -130,7 +135,10 @@ class Config:
     allow_plain_tcp: bool = field(default=False, metadata=_env(EnvVar.ALLOW_PLAIN_TCP))
     """Serve the TCP endpoints without CurveZMQ — refused unless they are on loopback."""
 
-    log_level: str = field(default="INFO", metadata=_env(EnvVar.LOG_LEVEL))
+    log_level: str = field(
+        default="INFO",
+        metadata={**_env(EnvVar.LOG_LEVEL), "choices": ("debug", "info", "warning", "error")},
+    )
     """Log level of the server log (DEBUG, INFO, WARNING, ERROR)."""
 
     shell: str = field(default="bash", metadata=_env(EnvVar.SHELL))
@@ -164,10 +172,14 @@ class Config:
     """Address the broker listens on for tcp sandbox agents (default: the docker0 bridge's
     address if this host has one, else 127.0.0.1)."""
 
-    sandbox_memory: str = field(default="2g", metadata=_env(EnvVar.SANDBOX_MEMORY))
+    sandbox_memory: str = field(
+        default="2g", metadata={**_env(EnvVar.SANDBOX_MEMORY), "pattern": _MEMORY}
+    )
     """Memory limit of a sandbox container (Docker syntax: 512m, 2g)."""
 
-    sandbox_cpus: float = field(default=2.0, metadata=_env(EnvVar.SANDBOX_CPUS))
+    sandbox_cpus: float = field(
+        default=2.0, metadata={**_env(EnvVar.SANDBOX_CPUS), "hint": "a positive number of CPUs"}
+    )
     """CPU limit of a sandbox container, in CPUs."""
 
     sandbox_pids: int = field(default=512, metadata=_env(EnvVar.SANDBOX_PIDS))
@@ -176,7 +188,9 @@ class Config:
     sandbox_read_only: bool = field(default=False, metadata=_env(EnvVar.SANDBOX_READ_ONLY))
     """Read-only root filesystem for sandboxes (with a writable tmpfs /tmp)."""
 
-    sandbox_workspace: str | None = field(default=None, metadata=_env(EnvVar.SANDBOX_WORKSPACE))
+    sandbox_workspace: str | None = field(
+        default=None, metadata={**_env(EnvVar.SANDBOX_WORKSPACE), "path": True}
+    )
     """Host directory mounted at /workspace in sandboxes (none: where the client asked from)."""
 
     sandbox_warm: int = field(default=0, metadata={**_env(EnvVar.SANDBOX_WARM), "zero_ok": True})
@@ -185,6 +199,11 @@ class Config:
     auto_local_fallback: bool = field(default=False, metadata=_env(EnvVar.AUTO_LOCAL_FALLBACK))
     """Auto mode: run sandbox-bound commands on the host when no Docker engine is reachable
     (default: they fail with a clear error instead)."""
+
+    explicit: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
+    """The settings given by a config file, the environment or an override (the rest are
+    defaults). A client sends its execution mode only when it is one of these, so that a server
+    started with another default mode applies it."""
 
     max_message_bytes: int = 64 * 1024 * 1024
     """Largest frame the broker accepts (ZeroMQ's MAXMSGSIZE, per frame): a peer that sends a
@@ -198,6 +217,8 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
+            if f.name == "explicit":
+                continue
             value = getattr(self, f.name)
             if isinstance(value, Path):
                 value = str(value)
@@ -223,7 +244,9 @@ def parse_value(key: str, raw: Any) -> Any:
     text = raw.strip() if isinstance(raw, str) else raw
     try:
         if typ == "Path":
-            return Path(str(text)).expanduser()
+            if not str(text):
+                raise ValueError(text)
+            return Path(str(text)).expanduser().absolute()  # relative: to where it was given
         if typ == "ExecutionMode":
             return ExecutionMode(str(text).lower())
         if typ == "bool":
@@ -248,10 +271,19 @@ def parse_value(key: str, raw: Any) -> Any:
                 raise ValueError(text)
             return number
         if typ == "str | None":
-            return None if text in (None, "", "none") else str(text)
+            if text in (None, "", "none"):
+                return None
+            if FIELDS[key].metadata.get("path"):
+                return str(Path(str(text)).expanduser().absolute())
+            return str(text)
         choices = FIELDS[key].metadata.get("choices")
         if choices and str(text).lower() not in choices:
             raise ValueError(text)
+        pattern = FIELDS[key].metadata.get("pattern")
+        if pattern and not pattern[0].fullmatch(str(text)):
+            raise ValueError(text)
+        if choices and key == "log_level":
+            return str(text).upper()
         return str(text).lower() if choices else str(text)
     except (TypeError, ValueError):
         hint = {
@@ -265,6 +297,9 @@ def parse_value(key: str, raw: Any) -> Any:
         }.get(typ, "a string")
         if FIELDS[key].metadata.get("choices"):
             hint = "one of " + ", ".join(FIELDS[key].metadata["choices"])
+        if FIELDS[key].metadata.get("pattern"):
+            hint = FIELDS[key].metadata["pattern"][1]
+        hint = FIELDS[key].metadata.get("hint", hint)
         raise ConfigError(f"invalid value {raw!r} for {key}: expected {hint}") from None
 
 
@@ -333,5 +368,6 @@ def load_config(
                 raise ConfigError(f"{var}: {exc}") from None
     for key, raw in (overrides or {}).items():
         if raw is not None:
-            values[key] = parse_value(key, raw) if isinstance(raw, str) else raw
-    return Config(**values)
+            checked = isinstance(raw, (str, int, float)) and not isinstance(raw, bool)
+            values[key] = parse_value(key, raw) if checked else raw
+    return Config(**values, explicit=frozenset(values))

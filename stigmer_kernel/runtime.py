@@ -2,7 +2,9 @@
 
 Layout (all owner-only; docs/architecture.md, "The runtime directory", says who makes what)::
 
-    RUNTIME_DIR/                0700, must be owned by you (:meth:`RuntimeDir.ensure` checks)
+    RUNTIME_DIR/                0700, must be owned by you and be new, empty or stigmer's
+                                (:meth:`RuntimeDir.ensure` checks)
+        .stigmer-runtime        0600, marks a directory stigmer made
         server.lock             0600, flock held by the running server for its whole life
         server.json             0600, pid, version, endpoints of the running server
         key                     0600, HMAC key of this server's clients (new at every start
@@ -40,6 +42,16 @@ from .errors import RuntimeDirError
 
 #: Longest path an ipc:// endpoint may have (sun_path is 108 bytes with the NUL).
 MAX_IPC_PATH = 107
+
+#: Written in every runtime directory stigmer made: only such a directory (or a new or empty
+#: one) is taken, since a server empties parts of it and owns its mode and ``key``.
+MARKER = ".stigmer-runtime"
+
+#: What a runtime directory of a version without :data:`MARKER` could hold.
+_OURS = {
+    "server.lock", "server.json", "key", "server.log", "clients.sock", "images.json",
+    "sandbox-agent.port", "agents", "kernels", "records", "curve", "jupyter",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -85,6 +97,7 @@ class RuntimeDir:
     # -- creation and checks ------------------------------------------------------------------
     def ensure(self) -> None:
         """Create the directory tree owner-only, or refuse one that is not ours."""
+        self._refuse_foreign()
         for directory in (self.path, self.agents_dir):
             try:
                 directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -108,6 +121,37 @@ class RuntimeDir:
             raise RuntimeDirError(
                 f"runtime directory {self.path} is too long for ipc sockets "
                 f"({longest} > {MAX_IPC_PATH} characters) — choose a shorter STIGMER_RUNTIME_DIR"
+            )
+        marker = self.path / MARKER
+        if not marker.exists():
+            marker.write_text("a stigmer-kernel runtime directory; see docs/architecture.md\n")
+            os.chmod(marker, 0o600)
+
+    def _refuse_foreign(self) -> None:
+        """Refuse an existing directory that holds anything but a stigmer server's files."""
+        if not self.path.is_absolute():
+            raise RuntimeDirError(
+                f"runtime directory {self.path} is relative — give STIGMER_RUNTIME_DIR as an "
+                "absolute path"
+            )
+        try:
+            entries = set(os.listdir(self.path))
+        except (FileNotFoundError, NotADirectoryError):
+            return  # made below (or refused there as not a directory)
+        except OSError as exc:
+            raise RuntimeDirError(
+                f"cannot read runtime directory {self.path}: {exc.strerror}"
+            ) from None
+        if MARKER in entries:
+            return
+        foreign = sorted(
+            e for e in entries if e not in _OURS and e.removesuffix(".tmp") not in _OURS
+        )
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise RuntimeDirError(
+                f"{self.path} is not a stigmer runtime directory (it holds {shown}) and a "
+                "server would take it over — set STIGMER_RUNTIME_DIR to a new or empty directory"
             )
 
     def write_key(self, key: bytes) -> None:

@@ -28,10 +28,16 @@ def short_tempdir(prefix: str = "stg-") -> str:
     return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
 
 
+def config_path_of(runtime_dir: str) -> str:
+    """The config file of the tests using ``runtime_dir`` (beside it: a runtime directory
+    holds nothing but a server's own files)."""
+    return f"{runtime_dir}.config.toml"
+
+
 def stigmer_env(runtime_dir: str, **settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STIGMER_")}
     env["STIGMER_RUNTIME_DIR"] = runtime_dir
-    env["STIGMER_CONFIG"] = os.path.join(runtime_dir, "no-config.toml")
+    env["STIGMER_CONFIG"] = config_path_of(runtime_dir)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     env.update(settings)
     return env
@@ -55,7 +61,7 @@ class Server:
         return load_config(env=self.env)
 
     def start(self) -> Server:
-        log = open(os.path.join(self.runtime_dir, "test-server.log"), "ab")  # noqa: SIM115
+        log = open(os.path.join(self.runtime_dir, "server.log"), "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "stigmer_kernel", "server", "start", "--foreground"],
             env=self.env,
@@ -92,7 +98,7 @@ class Server:
 
     def log(self) -> str:
         with contextlib.suppress(OSError):
-            return Path(self.runtime_dir, "test-server.log").read_text(errors="replace")
+            return Path(self.runtime_dir, "server.log").read_text(errors="replace")
         return ""
 
     def stop(self) -> None:

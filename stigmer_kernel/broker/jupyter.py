@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from .._version import __version__
 from ..errors import ProtocolError, RequestError
@@ -84,6 +85,10 @@ class JupyterChannels:
         )
         self.sockets: dict[str, zmq.Socket[Any]] = {}
         self.ports: dict[str, int] = {}
+        #: The shell connection (its file descriptor) each Jupyter client was last seen on: a
+        #: client counts in ``clients`` until that connection closes (the monitor says so).
+        self.client_fds: dict[bytes, int] = {}
+        self.monitor: zmq.Socket[Any] | None = None
         try:
             for index, name in enumerate(CHANNELS, start=1):
                 wanted = connection.get(f"{name}_port") or 0
@@ -109,7 +114,12 @@ class JupyterChannels:
             sock.bind(f"tcp://{self.ip}:{port}")
         else:
             port = sock.bind_to_random_port(f"tcp://{self.ip}")
-        if name != "iopub":
+        if name == "shell":
+            self.monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            self.broker.register(self.monitor, self._on_disconnect)
+            self.broker._raw.add(sock)  # its handler reads each message's connection (SRCFD)
+            self.broker.register(sock, self._shell_handler)
+        elif name != "iopub":
             self.broker.register(sock, self._handler(name))
         return port
 
@@ -118,6 +128,25 @@ class JupyterChannels:
             self.frontend.on_frames(self, name, frames)
 
         return handle
+
+    def _shell_handler(self, frames: list[Any]) -> None:
+        client, fd = frames[0].bytes, frames[0].get(zmq.SRCFD)
+        seen = self.client_fds
+        seen.pop(client, None)  # most recent last
+        seen[client] = fd
+        if len(seen) > _JUPYTER_CLIENTS_KEPT:  # bounded over weeks of reconnecting clients
+            del seen[next(iter(seen))]
+        self.frontend.on_frames(self, "shell", [f.bytes for f in frames])
+
+    def _on_disconnect(self, frames: list[bytes]) -> None:
+        """A shell connection closed: its clients no longer count as attached."""
+        try:
+            fd = parse_monitor_message(frames)["value"]
+        except Exception:  # not a monitor event: nothing to learn from it
+            return
+        for client in [c for c, f in self.client_fds.items() if f == fd]:
+            del self.client_fds[client]
+            self.kernel.jupyter_clients.pop(client, None)
 
     @property
     def connection_info(self) -> dict[str, Any]:
@@ -150,6 +179,11 @@ class JupyterChannels:
         )
 
     def close(self) -> None:
+        if self.monitor is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self.sockets["shell"].disable_monitor()
+            self.broker.unregister(self.monitor)
+            self.monitor = None
         for sock in self.sockets.values():
             if sock in self.broker._handlers:
                 self.broker.unregister(sock)
@@ -317,11 +351,12 @@ class JupyterFrontend:
             return
         kernel = channels.kernel
         client = ids[0]
-        seen = kernel.jupyter_clients
-        seen.pop(client, None)  # most recent last
-        seen[client] = time.monotonic()
-        if len(seen) > _JUPYTER_CLIENTS_KEPT:  # bounded over weeks of reconnecting clients
-            del seen[next(iter(seen))]
+        if channel == "shell" and client in channels.client_fds:
+            seen = kernel.jupyter_clients
+            seen.pop(client, None)  # most recent last
+            seen[client] = time.monotonic()
+            if len(seen) > _JUPYTER_CLIENTS_KEPT:
+                del seen[next(iter(seen))]
         mtype = msg.msg_type
         try:
             if channel == "stdin":

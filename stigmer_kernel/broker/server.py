@@ -340,6 +340,7 @@ class Broker:
             with contextlib.suppress(Exception):
                 self.loop.remove_reader(sock.fileno())
         self._ready.discard(sock)
+        self._raw.discard(sock)
         for key in [k for k in self._deferred if k[0] is sock]:
             del self._deferred[key]
         sock.close(linger)
@@ -458,13 +459,16 @@ class Broker:
 
         Raises :class:`RequestError` with a clear message for anything that cannot be served.
         """
-        mode = mode or self.config.execution_mode.value
         if not isinstance(name, str) or not NAME_RE.match(name):
             raise RequestError(
                 "kernel names are 1-64 letters, digits, '.', '_' or '-', "
                 "not starting with a symbol",
                 "BadRequest",
             )
+        existing = self.registry.by_name.get(name)
+        if not mode and existing is not None and existing.mode != REMOTE:
+            mode = existing.mode  # no mode named: the kernel's own (remote ones must be asked)
+        mode = mode or self.config.execution_mode.value
         if mode != REMOTE and mode not in {m.value for m in ExecutionMode}:
             raise RequestError(
                 f"unknown mode {mode!r}: use local, sandbox, auto or remote", "BadRequest"

@@ -107,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     server = sub.add_parser("server", help="start, stop or inspect the broker")
-    ssub = server.add_subparsers(dest="action", metavar="ACTION")
+    ssub = server.add_subparsers(dest="action", metavar="ACTION", required=True)
     start = ssub.add_parser("start", help="start the server (in the background by default)")
     start.add_argument("--foreground", action="store_true", help="run in this process")
     start.add_argument("--execution-mode", choices=["local", "sandbox", "auto"])
@@ -117,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
 
     kernels = sub.add_parser("kernels", help="list, inspect, interrupt or shut down kernels")
-    ksub = kernels.add_subparsers(dest="action", metavar="ACTION")
+    ksub = kernels.add_subparsers(dest="action", metavar="ACTION", required=True)
     klist = ksub.add_parser("list", help="list kernels")
     klist.add_argument("--json", action="store_true")
     conn = ksub.add_parser(
@@ -137,7 +137,7 @@ def _parser() -> argparse.ArgumentParser:
     sandbox_cli.add_parser(sub)
 
     curve = sub.add_parser("curve", help="CurveZMQ keys for clients and agents on other hosts")
-    cvsub = curve.add_subparsers(dest="action", metavar="ACTION")
+    cvsub = curve.add_subparsers(dest="action", metavar="ACTION", required=True)
     keygen = cvsub.add_parser("keygen", help="make a key pair NAME.key / NAME.key_secret")
     keygen.add_argument("name")
     keygen.add_argument("--dir", default=".", help="where to write them (default: here)")
@@ -146,7 +146,7 @@ def _parser() -> argparse.ArgumentParser:
     cvsub.add_parser("server-key", help="print the path of this server's public key")
 
     kspec = sub.add_parser("kernelspec", help="install Jupyter kernelspecs (stigmer-local)")
-    kssub = kspec.add_subparsers(dest="action", metavar="ACTION")
+    kssub = kspec.add_subparsers(dest="action", metavar="ACTION", required=True)
     ksi = kssub.add_parser("install", help="install a kernelspec (default: for this user)")
     where = ksi.add_mutually_exclusive_group()
     where.add_argument("--user", action="store_true", help="in the user's Jupyter data dir")
@@ -160,7 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     config = sub.add_parser("config", help="read or change saved preferences")
-    csub = config.add_subparsers(dest="action", metavar="ACTION")
+    csub = config.add_subparsers(dest="action", metavar="ACTION", required=True)
     get = csub.add_parser("get", help="print the effective value of a setting")
     get.add_argument("key")
     cset = csub.add_parser("set", help="save a setting in the config file")
@@ -204,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             return _server(args, config, parser)
         if args.command == "kernels":
             return _kernels(args, config, parser)
+    except _UsageError as exc:
+        return _fail(str(exc), 2)
     except StigmerError as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
@@ -257,16 +259,33 @@ def _remote(args: argparse.Namespace) -> Any:
 
 
 # -- run ------------------------------------------------------------------------------------------
+class _UsageError(StigmerError):
+    """A mistake in the command line: exit 2, like argparse's own errors."""
+
+
 def _command_text(argv: list[str]) -> str:
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
-        raise StigmerError("no command given — usage: stigmer run [OPTIONS] -- COMMAND...")
+        raise _UsageError("no command given — usage: stigmer run [OPTIONS] -- COMMAND...")
     return argv[0] if len(argv) == 1 else shlex.join(argv)
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:
     code = _command_text(args.argv)
+    if args.timeout is not None and not args.timeout > 0:
+        raise _UsageError(f"--timeout must be a positive number of seconds, not {args.timeout:g}")
+    if not args.kernel:
+        raise _UsageError("--kernel needs a name")
+    named = args.mode or (
+        config.execution_mode.value if "execution_mode" in config.explicit else None
+    )
+    for flag, value in (
+        ("--requirements", args.requirements),
+        ("--sandbox-image", args.sandbox_image),
+    ):
+        if value and named in ("local", "remote"):
+            raise _UsageError(f"{flag} applies to sandbox and auto kernels, not to {named} mode")
     if args.explain:
         from ..auto import decide
 
@@ -577,7 +596,7 @@ def _config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         stored.pop(args.key, None)
         write_config_file(path, stored)
         return 0
-    config = load_config().to_dict()
+    config = load_config({"runtime_dir": args.runtime_dir}).to_dict()
     if args.action == "get":
         value = config[args.key]
         print("" if value is None else value)
@@ -586,6 +605,8 @@ def _config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         for key in USER_KEYS:
             var = FIELDS[key].metadata["env"]
             source = "env" if os.environ.get(var) else "file" if key in stored else "default"
+            if key == "runtime_dir" and args.runtime_dir:
+                source = "--runtime-dir"
             print(f"{key} = {config[key]!r}  ({source}; {var})")
         return 0
     parser.parse_args(["config", "--help"])

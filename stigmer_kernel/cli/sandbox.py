@@ -30,7 +30,7 @@ TOOLS = (("python", "python --version"), ("node", "node --version"), ("git", "gi
 
 def add_parser(sub: Any) -> None:
     sandbox = sub.add_parser("sandbox", help="build, pull, test or clean sandbox images")
-    ssub = sandbox.add_subparsers(dest="action", metavar="ACTION")
+    ssub = sandbox.add_subparsers(dest="action", metavar="ACTION", required=True)
     build = ssub.add_parser("build", help="build a tier's image from sandbox/Dockerfile.sandbox.*")
     build.add_argument("tier", choices=["basic", "full"])
     build.add_argument("--tag", help=f"image tag (default: {BASIC_TAG} / {FULL_TAG})")
@@ -57,8 +57,6 @@ def _client() -> Any:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    if args.action is None:
-        raise StigmerError("usage: stigmer sandbox {build,pull,test,clean} ...")
     client = _client()
     if args.action == "build":
         return _build(client, args, config)
@@ -81,6 +79,11 @@ def _build(client: Any, args: argparse.Namespace, config: Config) -> int:
     if args.tier == "basic" and config.sandbox_image != BASIC_TAG:
         default = config.sandbox_image  # what sandbox mode will look for
     tag = args.tag or default
+    if args.base_image and tag == args.base_image:
+        raise StigmerError(
+            f"the build would be tagged {tag}, its own base image (STIGMER_SANDBOX_IMAGE names "
+            "it) — pass --tag NAME for the result"
+        )
     buildargs = {"BASE_IMAGE": args.base_image} if args.base_image else {}
     _say(f"building {tag} from {directory}/Dockerfile.sandbox.{args.tier}")
     with staged_context(directory) as context:
@@ -134,6 +137,15 @@ def _pull(client: Any, image: str) -> int:
 def _test(client: Any, image: str) -> int:
     import docker.errors
 
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        raise StigmerError(
+            f"no image {image} here — build it (stigmer sandbox build basic) or pull it "
+            "(stigmer sandbox pull)"
+        ) from None
+    except docker.errors.APIError as exc:
+        raise StigmerError(f"cannot inspect {image}: {exc.explanation or exc}") from None
     failed = 0
     for name, command in TOOLS:
         try:
@@ -149,6 +161,8 @@ def _test(client: Any, image: str) -> int:
             failed += 1
             err = (exc.stderr or b"").decode(errors="replace").strip()
             print(f"{name}: MISSING ({err or f'exit {exc.exit_status}'})")
+        except docker.errors.APIError as exc:
+            raise StigmerError(f"cannot run {image}: {exc.explanation or exc}") from None
     print(f"{image}: {'ok' if not failed else f'{failed} tool(s) missing'}")
     return 1 if failed else 0
 

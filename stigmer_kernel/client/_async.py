@@ -425,6 +425,14 @@ class AsyncClient:
             raise error(str(content.get("evalue", "request failed")), ename)
 
     # -- API ----------------------------------------------------------------------------------
+    def _default_mode(self) -> str | None:
+        """The mode a request names when the caller gave none: this client's configured mode
+        if it was set (config file, environment, override), else none, so the server applies its
+        own default (``stigmer server start --execution-mode``) or an existing kernel's mode."""
+        if "execution_mode" in self.config.explicit:
+            return self.config.execution_mode.value
+        return None
+
     async def execute(
         self,
         code: str,
@@ -459,7 +467,7 @@ class AsyncClient:
         content: dict[str, Any] = {
             "code": code,
             "kernel": kernel,
-            "mode": mode or self.config.execution_mode.value,
+            "mode": mode or self._default_mode(),
             "cwd": cwd or (None if self.remote else _cwd()),  # ours means nothing there
             "silent": False,
             "store_history": True,
@@ -548,7 +556,7 @@ class AsyncClient:
         """
         content: dict[str, Any] = {
             "kernel": kernel,
-            "mode": mode or self.config.execution_mode.value,
+            "mode": mode or self._default_mode(),
             "cwd": cwd or (None if self.remote else _cwd()),  # ours means nothing there
         }
         if connection is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import short_tempdir, stigmer_env
+from tests.conftest import config_path_of, short_tempdir, stigmer_env
 
 
 def stigmer(
@@ -38,6 +39,8 @@ def env() -> Iterator[dict[str, str]]:
     yield environment
     stigmer(environment, "server", "stop")
     shutil.rmtree(runtime, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(config_path_of(runtime))
 
 
 def test_run_with_no_server_started(env: dict[str, str]) -> None:
@@ -148,7 +151,7 @@ def test_seed_environment_variables_are_honoured(env: dict[str, str]) -> None:
 
 def test_errors_are_one_line(env: dict[str, str]) -> None:
     r = stigmer(env, "run")
-    assert r.returncode == 125
+    assert r.returncode == 2
     assert r.stderr.decode().startswith("stigmer: error: no command given")
     long_dir = "/tmp/" + "x" * 120
     r = stigmer(dict(env, STIGMER_RUNTIME_DIR=long_dir), "run", "--", "true")
@@ -182,3 +185,102 @@ def test_interrupt_from_ctrl_c(env: dict[str, str]) -> None:
     assert proc.returncode == 130
     assert b"never" not in out
     assert stigmer(env, "run", "--kernel", "cc", "--", "echo ok").stdout == b"ok\n"
+
+
+def test_usage_errors_exit_2_and_run_nothing(env: dict[str, str]) -> None:
+    for args, says in (
+        (("run", "--timeout", "-1", "--", "touch", "ran"), b"--timeout must be a positive"),
+        (("run", "--kernel", "", "--", "touch", "ran"), b"--kernel needs a name"),
+        (
+            ("run", "--mode", "local", "--requirements", "/dev/null", "--", "touch", "ran"),
+            b"--requirements applies to sandbox and auto kernels, not to local mode",
+        ),
+        (("kernels",), b"required: ACTION"),
+        (("config",), b"required: ACTION"),
+        (("sandbox",), b"required: ACTION"),
+    ):
+        r = stigmer(env, *args, cwd=env["STIGMER_RUNTIME_DIR"])
+        assert r.returncode == 2, (args, r.stderr)
+        assert says in r.stderr, (args, r.stderr)
+    assert not os.path.exists(os.path.join(env["STIGMER_RUNTIME_DIR"], "ran"))
+
+
+def test_config_set_checks_each_value(env: dict[str, str]) -> None:
+    for key, value, expected in (
+        ("sandbox_memory", "lots", b"expected a size such as 512m or 2g"),
+        ("log_level", "chatty", b"expected one of debug, info, warning, error"),
+        ("sandbox_cpus", "-1", b"expected a positive number of CPUs"),
+        ("runtime_dir", "", b"invalid value"),
+    ):
+        r = stigmer(env, "config", "set", key, value)
+        assert r.returncode == 125 and expected in r.stderr, (key, r.stderr)
+    assert stigmer(env, "config", "set", "log_level", "debug").returncode == 0
+    assert stigmer(env, "config", "get", "log_level").stdout == b"DEBUG\n"
+    # A relative path means the directory it was given in, saved as an absolute path.
+    here = short_tempdir("stg-rel-")
+    assert stigmer(env, "config", "set", "kernel_cwd", "sub", cwd=here).returncode == 0
+    assert stigmer(env, "config", "get", "kernel_cwd").stdout.decode().strip() == f"{here}/sub"
+    shutil.rmtree(here, ignore_errors=True)
+    other = stigmer(env, "--runtime-dir", "/tmp/stg-elsewhere", "config", "get", "runtime_dir")
+    assert other.stdout == b"/tmp/stg-elsewhere\n"
+
+
+def test_a_directory_that_is_not_stigmers_is_never_taken_over(env: dict[str, str]) -> None:
+    foreign = short_tempdir("stg-foreign-")
+    os.chmod(foreign, 0o755)
+    os.mkdir(os.path.join(foreign, "jupyter"))
+    for name in ("key", "notes.txt", "jupyter/mine.txt"):
+        with open(os.path.join(foreign, name), "w") as handle:
+            handle.write("mine\n")
+    try:
+        r = stigmer(dict(env, STIGMER_RUNTIME_DIR=foreign), "run", "--", "true")
+        assert r.returncode == 125 and r.stderr.count(b"\n") == 1
+        assert b"is not a stigmer runtime directory (it holds notes.txt)" in r.stderr
+        assert sorted(os.listdir(foreign)) == ["jupyter", "key", "notes.txt"]
+        assert os.listdir(os.path.join(foreign, "jupyter")) == ["mine.txt"]
+        assert oct(os.stat(foreign).st_mode & 0o777) == "0o755"
+    finally:
+        shutil.rmtree(foreign, ignore_errors=True)
+    empty = short_tempdir("stg-empty-")  # an empty directory is fine, and then it is ours
+    try:
+        assert stigmer(dict(env, STIGMER_RUNTIME_DIR=empty), "run", "--", "true").returncode == 0
+        assert os.path.exists(os.path.join(empty, ".stigmer-runtime"))
+    finally:
+        stigmer(dict(env, STIGMER_RUNTIME_DIR=empty), "server", "stop")
+        shutil.rmtree(empty, ignore_errors=True)
+
+
+def test_a_relative_runtime_dir_means_the_directory_it_was_given_in(env: dict[str, str]) -> None:
+    here = short_tempdir("stg-relrt-")
+    relative = dict(env, STIGMER_RUNTIME_DIR="rt")
+    try:
+        r = stigmer(relative, "run", "--", "echo", "hi", cwd=here)
+        assert (r.returncode, r.stdout) == (0, b"hi\n"), r.stderr
+        status = json.loads(stigmer(relative, "server", "status", "--json", cwd=here).stdout)
+        assert status["runtime_dir"] == os.path.join(here, "rt")
+    finally:
+        stigmer(relative, "server", "stop", cwd=here)
+        shutil.rmtree(here, ignore_errors=True)
+
+
+def test_the_servers_default_mode_applies_to_requests_that_name_none(env: dict[str, str]) -> None:
+    bad = stigmer(env, "server", "start", "--kernel-ttl", "-3")
+    assert bad.returncode == 125
+    assert bad.stderr == (
+        b"stigmer: error: invalid value -3.0 for kernel_ttl: expected a positive number of "
+        b"seconds\n"
+    )
+    assert stigmer(env, "server", "start", "--execution-mode", "auto").returncode == 0
+    assert stigmer(env, "run", "--kernel", "m", "--", "true").returncode == 0
+    assert (
+        stigmer(env, "run", "--mode", "local", "--kernel", "l", "--", "cd", "/tmp").returncode == 0
+    )
+    # No mode named: an existing kernel is joined in its own mode.
+    assert stigmer(env, "run", "--kernel", "l", "--", "pwd").stdout == b"/tmp\n"
+    kernels = {
+        k["name"]: k["mode"] for k in json.loads(stigmer(env, "kernels", "list", "--json").stdout)
+    }
+    assert (kernels["m"], kernels["l"]) == ("auto", "local")
+    # A mode the client was configured with is still named, and checked.
+    clash = stigmer(dict(env, STIGMER_EXECUTION_MODE="local"), "run", "--kernel", "m", "--", "true")
+    assert clash.returncode == 125 and b"runs in auto mode, not local" in clash.stderr

@@ -143,6 +143,32 @@ def test_two_clients_share_a_kernel_the_jupyter_way(shared: tuple[Client, str]) 
     b.stop_channels()
 
 
+def test_a_jupyter_client_counts_as_attached_until_it_disconnects(
+    shared: tuple[Client, str],
+) -> None:
+    native, path = shared
+
+    def attached() -> int:
+        (k,) = [k for k in native.list_kernels() if k["name"] == "team"]
+        return int(k["clients"])
+
+    before = attached()  # the native client
+    a, b = connect(path), connect(path)
+    for kc in (a, b):
+        assert kc.execute("true", reply=True, timeout=10)["content"]["status"] == "ok"
+    assert attached() == before + 2
+    a.stop_channels()
+    deadline = time.monotonic() + 10
+    while attached() != before + 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert attached() == before + 1
+    assert b.execute("echo still", reply=True, timeout=10)["content"]["status"] == "ok"
+    b.stop_channels()
+    while attached() != before and time.monotonic() < deadline + 10:
+        time.sleep(0.05)
+    assert attached() == before
+
+
 def test_reconnecting_with_the_same_session_carries_on(shared: tuple[Client, str]) -> None:
     _, path = shared
     first = connect(path, session="fixed-session-id")

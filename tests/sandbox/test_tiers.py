@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -155,6 +156,25 @@ def test_pull_failure_is_one_clear_line(docker_client: Any) -> None:
     assert r.returncode == 125
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("stigmer: error: pull of localhost:1/stigmer/nope:1 failed")
+
+
+def test_sandbox_test_and_build_refuse_clearly(docker_client: Any) -> None:
+    def stigmer(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "stigmer_kernel", "sandbox", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, **env},
+        )
+
+    missing = stigmer("test", "stigmer-nope:1")
+    assert missing.returncode == 125 and missing.stderr.count("\n") == 1
+    assert missing.stderr.startswith("stigmer: error: no image stigmer-nope:1 here")
+    # Building with the base image as STIGMER_SANDBOX_IMAGE would re-tag the base: refused.
+    over = stigmer("build", "basic", "--base-image", TEST_IMAGE, STIGMER_SANDBOX_IMAGE=TEST_IMAGE)
+    assert over.returncode == 125 and "its own base image" in over.stderr
+    docker_client.images.get(TEST_IMAGE)
 
 
 def test_clean_removes_stigmer_images_and_dead_servers_containers(docker_client: Any) -> None:

@@ -235,6 +235,7 @@ def _adopt(broker: Broker, record: dict[str, Any]) -> None:
 def attach(broker: Broker, kernel: Kernel, identity: bytes, content: dict[str, Any]) -> None:
     """The first heartbeat of a surviving agent: it serves this kernel again."""
     kernel.agent_identity = identity.removesuffix(b":hb")
+    kernel.came_up = True
     kernel.adopting = False
     pid = content.get("pid")
     if kernel.mode == "local" and isinstance(pid, int):

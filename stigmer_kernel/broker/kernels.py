@@ -123,6 +123,7 @@ class Kernel:
     clients: dict[bytes, Any] = field(default_factory=dict)  # native clients -> their frontend
     jupyter_clients: dict[bytes, float] = field(default_factory=dict)
     restarts: int = 0
+    came_up: bool = False  # an agent of it ever registered (there was a session to lose)
     executions: int = 0
     execution_count: int = 0
     history: collections.deque[tuple[int, int, str]] = field(

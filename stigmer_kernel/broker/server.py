@@ -503,6 +503,7 @@ class Broker:
                     kernel,
                     f"the previous agent died ({kernel.death_reason}); session state was reset",
                     requester=client,
+                    quiet=not kernel.came_up,  # no session was ever lost: nothing to announce
                 )
             return kernel
         cwd = self.config.kernel_cwd or cwd or os.path.expanduser("~")
@@ -636,11 +637,13 @@ class Broker:
         reason: str,
         requester: bytes | None = None,
         requested: bool = False,
+        quiet: bool = False,
     ) -> None:
         """A fresh agent (and session) for ``kernel``; everyone attached is told.
 
         ``requested``: a client asked for it (a Jupyter restart), rather than a dead agent
-        being replaced on the next request.
+        being replaced on the next request. ``quiet``: nobody is told (a kernel whose agent
+        never came up had no session to lose).
         """
         self.check_restartable(kernel)
         if kernel.mode == ExecutionMode.AUTO.value:  # no agent of its own: restart its sides
@@ -668,6 +671,8 @@ class Broker:
             self.stop_agent(kernel)
         kernel.restarts += 1
         self.start_agent(kernel)
+        if quiet:
+            return
         if requester is not None:  # the others are told now; the requester with its reply
             kernel.notices.append({"event": KernelEvent.RESTARTED.value, "reason": reason})
         self.kernel_event(
@@ -1044,6 +1049,7 @@ class Broker:
             return
         assert kernel.session is not None
         kernel.agent_identity = identity
+        kernel.came_up = True
         if sock is not None and sock is not self.agent_sock:
             kernel.agent_sock = sock
         kernel.agent_info = dict(msg.content)

@@ -121,9 +121,21 @@ class ImageResolver:
         if found is None:
             if not auto_pull:
                 tried.append("auto-pull is off (STIGMER_SANDBOX_AUTO_PULL=false)")
+            if image == self.basic_tag:
+                hint = (
+                    "build it (make sandbox-build-basic) or set STIGMER_SANDBOX_IMAGE to an "
+                    "image you have"
+                )
+            else:
+                tried.append(
+                    f"not built (only {self.basic_tag} is built from the basic Dockerfile)"
+                )
+                hint = (
+                    "pull or build it, or name an image you have (STIGMER_SANDBOX_IMAGE, "
+                    "--sandbox-image)"
+                )
             raise ImageError(
-                f"sandbox image {image!r} is not available: {'; '.join(tried)} — build it "
-                "(make sandbox-build-basic) or set STIGMER_SANDBOX_IMAGE to an image you have"
+                f"sandbox image {image!r} is not available: {'; '.join(tried)} — {hint}"
             )
         with self._lock:
             runnable = self._agent_ready(client, found, image, progress)

@@ -106,6 +106,30 @@ def test_cli_prints_the_connection_file(server: Server) -> None:
     kc.stop_channels()
 
 
+def test_jupyter_console_attaches_to_a_kernel_an_agent_runner_uses(
+    shared: tuple[Client, str], server: Server
+) -> None:
+    native, path = shared
+    r = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "jupyter"),
+            "console",
+            "--existing",
+            path,
+            "--simple-prompt",
+        ],
+        input='echo "$team in $PWD"; seen=by-console\necho to-stderr >&2\n',
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "blue in /tmp" in r.stdout and "to-stderr" in r.stderr
+    assert "keeping kernel alive" in r.stdout  # leaving the console does not end the kernel
+    assert native.execute("echo $seen", kernel="team").stdout == "by-console\n"
+
+
 def test_two_clients_share_a_kernel_the_jupyter_way(shared: tuple[Client, str]) -> None:
     native, path = shared
     a, b = connect(path), connect(path)

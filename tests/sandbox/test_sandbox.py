@@ -357,3 +357,17 @@ def test_sandbox_kernelspec_installs(sandbox: Server) -> None:
     )
     spec = Path(prefix, "share/jupyter/kernels/stigmer-sandbox/kernel.json").read_text()
     assert '"Stigmer (sandbox)"' in spec and '"sandbox"' in spec
+
+
+def test_a_missing_image_is_one_clear_answer_each_time(sandbox_factory: Any) -> None:
+    srv = sandbox_factory(STIGMER_SANDBOX_AUTO_PULL="false")
+    c = srv.client()
+    for _ in range(2):
+        r = c.execute("true", kernel="noimg", mode="sandbox", sandbox_image="stigmer-nope:1")
+        assert r.ename == "KernelDied"
+        assert "sandbox image 'stigmer-nope:1' is not available" in (r.evalue or "")
+        assert "not built (only" in (r.evalue or "") and "--sandbox-image" in (r.evalue or "")
+        # Its agent never came up, so no session was lost: no "restarted" notice either time.
+        assert [e.get("event") for e in r.events if e.get("event") == "restarted"] == []
+    r = c.execute("echo fine", kernel="img", mode="sandbox")
+    assert r.stdout == "fine\n"

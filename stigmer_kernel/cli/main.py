@@ -74,8 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--mode",
         choices=["local", "sandbox", "auto", "remote"],
-        help="execution mode (STIGMER_EXECUTION_MODE; default local); remote: a kernel "
-        "whose agent joined from another host",
+        help="execution mode (default: STIGMER_EXECUTION_MODE or the saved execution_mode if "
+        "set, else an existing "
+        "kernel's own mode, else the server's default, local unless started with "
+        "--execution-mode); remote: a kernel whose agent joined from another host",
     )
     run.add_argument("--kernel", "-k", default="default", help="kernel name (default: default)")
     run.add_argument("--timeout", "-t", type=float, help="end the command after S seconds")
@@ -84,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--requirements",
         metavar="FILE",
-        help="pip requirements baked into a sandbox kernel this creates",
+        help="pip requirements baked into the sandbox (of a sandbox or auto kernel) this creates",
     )
     run.add_argument(
         "--stdin",
@@ -110,7 +112,11 @@ def _parser() -> argparse.ArgumentParser:
     ssub = server.add_subparsers(dest="action", metavar="ACTION", required=True)
     start = ssub.add_parser("start", help="start the server (in the background by default)")
     start.add_argument("--foreground", action="store_true", help="run in this process")
-    start.add_argument("--execution-mode", choices=["local", "sandbox", "auto"])
+    start.add_argument(
+        "--execution-mode",
+        choices=["local", "sandbox", "auto"],
+        help="mode of requests that name none (STIGMER_EXECUTION_MODE; default local)",
+    )
     start.add_argument("--kernel-ttl", type=float, help="idle seconds before a kernel expires")
     ssub.add_parser("stop", help="stop the server and every kernel it runs")
     status = ssub.add_parser("status", help="is a server running? (exit 3 if not)")
@@ -145,7 +151,9 @@ def _parser() -> argparse.ArgumentParser:
     authorize.add_argument("public_key", help="a NAME.key file made by keygen")
     cvsub.add_parser("server-key", help="print the path of this server's public key")
 
-    kspec = sub.add_parser("kernelspec", help="install Jupyter kernelspecs (stigmer-local)")
+    kspec = sub.add_parser(
+        "kernelspec", help="install Jupyter kernelspecs (stigmer-local, -sandbox, -auto)"
+    )
     kssub = kspec.add_subparsers(dest="action", metavar="ACTION", required=True)
     ksi = kssub.add_parser("install", help="install a kernelspec (default: for this user)")
     where = ksi.add_mutually_exclusive_group()
@@ -156,7 +164,7 @@ def _parser() -> argparse.ArgumentParser:
         "--mode",
         default="local",
         choices=["local", "sandbox", "auto"],
-        help="execution mode of the kernelspec (stigmer-local, stigmer-sandbox)",
+        help="execution mode of the kernelspec (stigmer-local, stigmer-sandbox, stigmer-auto)",
     )
 
     config = sub.add_parser("config", help="read or change saved preferences")

@@ -402,6 +402,7 @@ class JupyterFrontend:
                 kernel,
                 f"the previous agent died ({kernel.death_reason}); session state was reset",
                 requester=client,
+                quiet=not kernel.came_up,
             )
 
     def _execute(self, channels: JupyterChannels, client: bytes, msg: Message) -> None:

@@ -85,6 +85,7 @@ class Pending:
     lost: int = 0  # output messages dropped because the client was not reading
     decoders: dict[str, Any] = field(default_factory=dict)  # per-stream UTF-8 decoders (iopub)
     decision: dict[str, str] | None = None  # auto mode: where it ran and why
+    tell_mode: bool = False  # the request named no mode: its reply says the kernel's
     run_at: float = 0.0  # monotonic time it went to the agent
     started: bool = False  # busy was published for it (Jupyter iopub)
 

@@ -163,6 +163,7 @@ class NativeFrontend:
             silent=bool(content.get("silent", False)),
             store_history=bool(content.get("store_history", True)),
             stop_on_error=bool(content.get("stop_on_error", False)),
+            tell_mode=not content.get("mode"),
         )
         self.broker.submit(kernel, pending)
 

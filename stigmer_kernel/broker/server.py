@@ -871,6 +871,9 @@ class Broker:
         if pending.decision is not None:
             content = {**content, "auto": pending.decision, "mode": pending.decision["mode"]}
             frames = None  # the reply changes: it is built anew, not forwarded
+        elif pending.tell_mode:
+            content = {**content, "mode": kernel.mode}
+            frames = None
         if content.get("exit_code") == 137 and kernel.handle is not None:
             hint = kernel.handle.exit_hint(pending.run_at)
             if hint:

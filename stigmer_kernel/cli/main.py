@@ -594,6 +594,11 @@ def _config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     stored = read_config_file(path)
     if args.action == "set":
         value = parse_value(args.key, args.value)
+        if value is None:  # "none": the default of every setting that can be empty
+            stored.pop(args.key, None)
+            write_config_file(path, stored)
+            print(f"{args.key} = none  (unset in {path})")
+            return 0
         stored[args.key] = str(value) if not isinstance(value, (bool, int, float)) else value
         if hasattr(value, "value"):
             stored[args.key] = value.value

@@ -502,7 +502,7 @@ class AsyncClient:
         auto = c.get("auto") if isinstance(c.get("auto"), dict) else None
         return ExecResult(
             kernel=kernel,
-            mode=str(auto["mode"]) if auto else content["mode"],
+            mode=str(auto["mode"] if auto else c.get("mode") or content["mode"] or "unknown"),
             auto=auto,
             status=str(c.get("status", "error")),
             exit_code=exit_code if isinstance(exit_code, int) else None,

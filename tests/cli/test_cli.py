@@ -221,6 +221,8 @@ def test_config_set_checks_each_value(env: dict[str, str]) -> None:
     assert stigmer(env, "config", "set", "kernel_cwd", "sub", cwd=here).returncode == 0
     assert stigmer(env, "config", "get", "kernel_cwd").stdout.decode().strip() == f"{here}/sub"
     shutil.rmtree(here, ignore_errors=True)
+    assert stigmer(env, "config", "set", "kernel_cwd", "none").returncode == 0
+    assert stigmer(env, "config", "get", "kernel_cwd").stdout == b"\n"
     other = stigmer(env, "--runtime-dir", "/tmp/stg-elsewhere", "config", "get", "runtime_dir")
     assert other.stdout == b"/tmp/stg-elsewhere\n"
 
@@ -275,8 +277,9 @@ def test_the_servers_default_mode_applies_to_requests_that_name_none(env: dict[s
     assert (
         stigmer(env, "run", "--mode", "local", "--kernel", "l", "--", "cd", "/tmp").returncode == 0
     )
-    # No mode named: an existing kernel is joined in its own mode.
-    assert stigmer(env, "run", "--kernel", "l", "--", "pwd").stdout == b"/tmp\n"
+    # No mode named: an existing kernel is joined in its own mode, and the reply says which.
+    joined = json.loads(stigmer(env, "run", "--json", "--kernel", "l", "--", "pwd").stdout)
+    assert (joined["stdout"], joined["mode"]) == ("/tmp\n", "local")
     kernels = {
         k["name"]: k["mode"] for k in json.loads(stigmer(env, "kernels", "list", "--json").stdout)
     }

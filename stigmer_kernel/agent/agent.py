@@ -609,9 +609,13 @@ class Agent:
         mine = {self.shell.pid}
         if run.stop_stage == 0 and elapsed >= _TERM_AFTER:
             run.stop_stage = 1
-            procs.signal_pids(
-                procs.started_since(os.getpid(), run.started_ticks, mine), signal.SIGTERM
-            )
+            survivors = procs.started_since(os.getpid(), run.started_ticks, mine)
+            if survivors:
+                # Ctrl-C again first: a program started just as the first one was sent missed
+                # it, and only a program that dies of SIGINT makes bash abort the rest of the
+                # command line. SIGINT is delivered before the SIGTERM that follows.
+                self.shell.interrupt()
+            procs.signal_pids(survivors, signal.SIGTERM)
             self.shell.signal_shell(signal.SIGINT)
         elif run.stop_stage == 1 and elapsed >= _KILL_AFTER:
             run.stop_stage = 2

@@ -17,6 +17,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -58,6 +59,14 @@ def _run_callback(what: str, callback: Callable[..., Any], *args: Any) -> None:
         callback(*args)
     except Exception:
         log.exception("the %s callback raised; the request carries on without it", what)
+
+
+def _written_before(path: Path, moment: float) -> bool:
+    """True if ``path`` was last written before ``moment`` (wall-clock seconds)."""
+    try:
+        return path.stat().st_mtime < moment
+    except OSError:
+        return False
 
 
 class _Call:
@@ -383,6 +392,7 @@ class AsyncClient:
                 await self._link.send(self._session.serialize(msg))
             else:
                 await self._sock.send_multipart(self._session.serialize(msg), copy=False)
+            sent_at = time.time()
             loop = asyncio.get_running_loop()
             deadline = None if timeout is None else loop.time() + timeout
             runtime: RuntimeDir = self.address.runtime
@@ -408,6 +418,8 @@ class AsyncClient:
                 if info.get("pid") and info["pid"] != self.address.pid:
                     old = self.address.pid
                     self.address = dataclasses.replace(self.address, pid=int(info["pid"]))
+                    if _written_before(runtime.info_path, sent_at):
+                        continue  # it restarted before this was sent: the new one has it
                     raise ServerError(
                         f"the stigmer server restarted (pid {old} -> {info['pid']}) while this "
                         f"{msg_type.value} was in flight; it may or may not have run — check "

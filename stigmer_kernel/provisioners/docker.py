@@ -484,7 +484,8 @@ class DockerProvisioner(Provisioner):
 
     def reap_leftovers(self, keep: set[str] | None = None, before: float | None = None) -> int:
         """Remove containers left by servers that are not running (this one's past included),
-        except those of kernels in ``keep`` (being re-adopted)."""
+        except those of kernels in ``keep`` (being re-adopted) and the still running containers
+        of another runtime directory's server (it may be restarting)."""
         removed = 0
         unreachable, _ = ping_engine()  # a hung engine costs a few seconds, not the client's 120
         if unreachable is not None:
@@ -506,8 +507,13 @@ class DockerProvisioner(Provisioner):
             owner = labels.get(LABEL_RUNTIME)
             if labels.get(LABEL_SERVER) == self.server:
                 alive = False  # we hold this runtime dir's lock: it is a dead server's container
+            elif not (isinstance(owner, str) and Path(owner).is_dir()):
+                alive = False  # its runtime directory is gone: no server can come back for it
             else:
-                alive = isinstance(owner, str) and RuntimeDir(Path(owner)).server_running()
+                # Another server's: left alone while it runs, and while its agent still runs
+                # (that server may be restarting and re-adopt it; an agent whose server stays
+                # away exits after its orphan timeout, and the container is removed next time).
+                alive = RuntimeDir(Path(owner)).server_running() or container.status == "running"
             if not alive:
                 with contextlib.suppress(Exception):
                     container.remove(force=True)

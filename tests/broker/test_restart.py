@@ -33,6 +33,18 @@ def test_local_kernels_are_readopted_with_their_state(server: Server) -> None:
     assert (info["pid"], info["restarts"]) == (pid, 0)
 
 
+def test_a_slow_request_sent_after_a_restart_is_not_mistaken_for_one_in_flight(
+    server: Server,
+) -> None:
+    c = server.client()
+    c.execute("X=kept", kernel="slow")
+    kill_broker(server)
+    server.start()
+    time.sleep(0.2)  # the new server is up before the next request is sent
+    r = c.execute("sleep 2.5; echo $X", kernel="slow")  # outlives the client's liveness checks
+    assert (r.status, r.stdout) == ("ok", "kept\n")
+
+
 def test_request_in_flight_is_not_replayed_and_the_client_is_told(server: Server) -> None:
     c = server.client()
     log = Path(short_tempdir("stg-restart-")) / "runs"

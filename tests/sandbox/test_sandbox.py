@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -371,3 +373,36 @@ def test_a_missing_image_is_one_clear_answer_each_time(sandbox_factory: Any) -> 
         assert [e.get("event") for e in r.events if e.get("event") == "restarted"] == []
     r = c.execute("echo fine", kernel="img", mode="sandbox")
     assert r.stdout == "fine\n"
+
+
+def test_a_starting_server_spares_the_running_containers_of_another_servers_restart(
+    sandbox_factory: Any, docker_client: Any
+) -> None:
+    other = short_tempdir("stg-other-")  # another server's runtime dir; that server is down
+    labels = {"stigmer.server": "other-1", "stigmer.runtime_dir": other}
+    running = docker_client.containers.run(
+        TEST_IMAGE, ["sleep", "120"], detach=True, labels={**labels, "stigmer.kernel_id": "r-1"}
+    )
+    stopped = docker_client.containers.create(
+        TEST_IMAGE, ["true"], labels={**labels, "stigmer.kernel_id": "s-1"}
+    )
+    homeless = docker_client.containers.run(
+        TEST_IMAGE,
+        ["sleep", "120"],
+        detach=True,
+        labels={"stigmer.server": "gone-1", "stigmer.runtime_dir": f"{other}-removed"},
+    )
+    try:
+        sandbox_factory()  # its start reaps leftovers of servers that are not running
+
+        def ids() -> set[str]:
+            return {c.id for c in docker_client.containers.list(all=True, ignore_removed=True)}
+
+        wait_for(lambda: stopped.id not in ids() and homeless.id not in ids(), timeout=30)
+        # Still running: its agent may be waiting for its restarting server to re-adopt it.
+        assert running.id in ids()
+    finally:
+        for box in (running, stopped, homeless):
+            with contextlib.suppress(Exception):
+                box.remove(force=True)
+        shutil.rmtree(other, ignore_errors=True)

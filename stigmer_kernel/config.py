@@ -89,7 +89,10 @@ def _env(var: EnvVar) -> dict[str, Any]:
 
 
 #: Docker's memory syntax (bytes, or a number with b, k, m or g), as ``sandbox_memory`` takes it.
-_MEMORY = (re.compile(r"[0-9]+(\.[0-9]+)?[bkmg]?", re.IGNORECASE), "a size such as 512m or 2g")
+_MEMORY = (
+    re.compile(r"[0-9]+(\.[0-9]+)?([kmg]b?|b)?", re.IGNORECASE),
+    "a size such as 512m, 2g or 2gb",
+)
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,10 @@ class Config:
 
     log_level: str = field(
         default="INFO",
-        metadata={**_env(EnvVar.LOG_LEVEL), "choices": ("debug", "info", "warning", "error")},
+        metadata={
+            **_env(EnvVar.LOG_LEVEL),
+            "choices": ("debug", "info", "warning", "warn", "error", "critical"),
+        },
     )
     """Log level of the server log (DEBUG, INFO, WARNING, ERROR)."""
 
@@ -209,6 +215,15 @@ class Config:
     """Largest frame the broker accepts (ZeroMQ's MAXMSGSIZE, per frame): a peer that sends a
     bigger one is disconnected by ZeroMQ before the broker sees it."""
 
+    def __post_init__(self) -> None:
+        # A Config built by hand (not by load_config) counts what it changed as set.
+        changed = {
+            f.name
+            for f in dataclasses.fields(self)
+            if "env" in f.metadata and getattr(self, f.name) != _default_of(f)
+        }
+        object.__setattr__(self, "explicit", frozenset(self.explicit | changed))
+
     @property
     def dead_after(self) -> float:
         """Seconds of agent silence after which it is declared dead."""
@@ -226,6 +241,14 @@ class Config:
                 value = value.value
             out[f.name] = value
         return out
+
+
+def _default_of(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
 
 
 FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(Config)}
@@ -283,7 +306,7 @@ def parse_value(key: str, raw: Any) -> Any:
         if pattern and not pattern[0].fullmatch(str(text)):
             raise ValueError(text)
         if choices and key == "log_level":
-            return str(text).upper()
+            return {"warn": "WARNING"}.get(str(text).lower(), str(text).upper())
         return str(text).lower() if choices else str(text)
     except (TypeError, ValueError):
         hint = {
@@ -368,6 +391,8 @@ def load_config(
                 raise ConfigError(f"{var}: {exc}") from None
     for key, raw in (overrides or {}).items():
         if raw is not None:
+            if isinstance(raw, Path):
+                raw = str(raw)
             checked = isinstance(raw, (str, int, float)) and not isinstance(raw, bool)
             values[key] = parse_value(key, raw) if checked else raw
     return Config(**values, explicit=frozenset(values))

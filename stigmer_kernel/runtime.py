@@ -51,6 +51,7 @@ MARKER = ".stigmer-runtime"
 _OURS = {
     "server.lock", "server.json", "key", "server.log", "clients.sock", "images.json",
     "sandbox-agent.port", "agents", "kernels", "records", "curve", "jupyter",
+    "key.tmp", "server.tmp", "images.tmp",  # left by a crash mid-write
 }  # fmt: skip
 
 
@@ -140,13 +141,12 @@ class RuntimeDir:
             return  # made below (or refused there as not a directory)
         except OSError as exc:
             raise RuntimeDirError(
-                f"cannot read runtime directory {self.path}: {exc.strerror}"
+                f"cannot read runtime directory {self.path}: {exc.strerror} — set "
+                "STIGMER_RUNTIME_DIR to a directory of your own"
             ) from None
         if MARKER in entries:
             return
-        foreign = sorted(
-            e for e in entries if e not in _OURS and e.removesuffix(".tmp") not in _OURS
-        )
+        foreign = sorted(e for e in entries if e not in _OURS)
         if foreign:
             shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
             raise RuntimeDirError(

@@ -17,7 +17,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import zmq
@@ -30,6 +29,7 @@ from ..errors import (
     ModeUnavailable,
     ProtocolError,
     RequestError,
+    RuntimeDirError,
     ServerError,
     ServerNotRunning,
     StigmerError,
@@ -59,14 +59,6 @@ def _run_callback(what: str, callback: Callable[..., Any], *args: Any) -> None:
         callback(*args)
     except Exception:
         log.exception("the %s callback raised; the request carries on without it", what)
-
-
-def _written_before(path: Path, moment: float) -> bool:
-    """True if ``path`` was last written before ``moment`` (wall-clock seconds)."""
-    try:
-        return path.stat().st_mtime < moment
-    except OSError:
-        return False
 
 
 class _Call:
@@ -392,7 +384,7 @@ class AsyncClient:
                 await self._link.send(self._session.serialize(msg))
             else:
                 await self._sock.send_multipart(self._session.serialize(msg), copy=False)
-            sent_at = time.time()
+            sent_at, sent_to = time.time(), self.address
             loop = asyncio.get_running_loop()
             deadline = None if timeout is None else loop.time() + timeout
             runtime: RuntimeDir = self.address.runtime
@@ -415,18 +407,43 @@ class AsyncClient:
                         f"the stigmer server of {runtime.path} stopped before answering"
                     )
                 info = runtime.read_info() or {}
-                if info.get("pid") and info["pid"] != self.address.pid:
-                    old = self.address.pid
-                    self.address = dataclasses.replace(self.address, pid=int(info["pid"]))
-                    if _written_before(runtime.info_path, sent_at):
-                        continue  # it restarted before this was sent: the new one has it
-                    raise ServerError(
-                        f"the stigmer server restarted (pid {old} -> {info['pid']}) while this "
-                        f"{msg_type.value} was in flight; it may or may not have run — check "
-                        "before retrying"
-                    )
+                pid = info.get("pid")
+                if not isinstance(pid, int) or pid == sent_to.pid:
+                    continue
+                if pid != self.address.pid and not self._follow_restart(runtime, pid):
+                    continue  # its key is not there yet: look again at the next check
+                if self.address.key != sent_to.key:
+                    # A clean restart makes a new key: the new server dropped what was signed
+                    # with the old one unread (the old one would have answered it), so it is
+                    # sent again, once per restart.
+                    await self._sock.send_multipart(self._session.serialize(msg), copy=False)
+                    sent_at, sent_to = time.time(), self.address
+                    continue
+                started = info.get("started")
+                if isinstance(started, (int, float)) and started < sent_at:
+                    sent_to = self.address  # it restarted before this was sent: the new one has it
+                    continue
+                raise ServerError(
+                    f"the stigmer server restarted (pid {sent_to.pid} -> {pid}) while this "
+                    f"{msg_type.value} was in flight; it may or may not have run — check "
+                    "before retrying"
+                )
         finally:
             self._calls.pop(msg.msg_id, None)
+
+    def _follow_restart(self, runtime: RuntimeDir, pid: int) -> bool:
+        """The server of our runtime directory is now process ``pid``: take its key (a new one
+        after a clean restart) so requests and replies are signed and checked with it. False
+        if its key cannot be read yet."""
+        assert self.address is not None
+        try:
+            key = runtime.read_key()
+        except RuntimeDirError:
+            return False
+        if key != self.address.key:
+            self._session = Session(key)
+        self.address = dataclasses.replace(self.address, pid=pid, key=key)
+        return True
 
     @staticmethod
     def _raise_for(reply: Message) -> None:

@@ -91,10 +91,20 @@ def _log_tail(runtime: RuntimeDir) -> str:
     return f": {lines[-1]} (see {runtime.log_path})" if lines else ""
 
 
-def start_background_server(config: Config, timeout: float = 20.0) -> ServerAddress:
-    """Start ``stigmer server start --foreground`` detached, logging to server.log."""
+def start_background_server(
+    config: Config, timeout: float = 20.0, for_client: bool = False
+) -> ServerAddress:
+    """Start ``stigmer server start --foreground`` detached, logging to server.log.
+
+    ``for_client``: started because a client found none. Its default mode is then the saved
+    one (or local), not the mode this client asked for: clients that name a mode send it, and
+    one client's choice must not become every later client's default.
+    """
     runtime = RuntimeDir(config.runtime_dir)
     runtime.ensure()
+    env = child_env(config)
+    if for_client:
+        env.pop(FIELDS["execution_mode"].metadata["env"], None)
     with open(runtime.log_path, "ab") as log:
         os.chmod(runtime.log_path, 0o600)
         proc = subprocess.Popen(
@@ -102,7 +112,7 @@ def start_background_server(config: Config, timeout: float = 20.0) -> ServerAddr
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=child_env(config),
+            env=env,
             cwd="/",
             start_new_session=True,
             close_fds=True,
@@ -120,7 +130,7 @@ def find_server(config: Config, autostart: bool = True, timeout: float = 20.0) -
         raise ServerNotRunning(
             f"no stigmer server runs in {runtime.path} — start one with `stigmer server start`"
         )
-    return start_background_server(config, timeout)
+    return start_background_server(config, timeout, for_client=True)
 
 
 __all__ = ["ServerAddress", "child_env", "find_server", "start_background_server"]

@@ -507,13 +507,14 @@ class DockerProvisioner(Provisioner):
             owner = labels.get(LABEL_RUNTIME)
             if labels.get(LABEL_SERVER) == self.server:
                 alive = False  # we hold this runtime dir's lock: it is a dead server's container
-            elif not (isinstance(owner, str) and Path(owner).is_dir()):
-                alive = False  # its runtime directory is gone: no server can come back for it
+            elif container.status == "running":
+                # Another server's, its agent still running: that server may be restarting and
+                # re-adopt it (or live where its runtime directory cannot be seen from here, as
+                # in the compose setup). An agent whose server stays away exits after its orphan
+                # timeout; the stopped container is removed next time.
+                alive = True
             else:
-                # Another server's: left alone while it runs, and while its agent still runs
-                # (that server may be restarting and re-adopt it; an agent whose server stays
-                # away exits after its orphan timeout, and the container is removed next time).
-                alive = RuntimeDir(Path(owner)).server_running() or container.status == "running"
+                alive = isinstance(owner, str) and RuntimeDir(Path(owner)).server_running()
             if not alive:
                 with contextlib.suppress(Exception):
                     container.remove(force=True)

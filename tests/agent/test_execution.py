@@ -2,13 +2,50 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import struct
+import termios
 import threading
 import time
 import uuid
+from pathlib import Path
 
 from stigmer_kernel import Client
 from tests.conftest import processes_matching
+
+
+def _wait_gone(text: str, timeout: float = 5.0) -> None:
+    """Until no process's command line contains ``text`` (they may take a moment to exit)."""
+    deadline = time.monotonic() + timeout
+    while processes_matching(text):
+        assert time.monotonic() < deadline, f"still running: {text} {processes_matching(text)}"
+        time.sleep(0.05)
+
+
+def _unread_shell_output(client: Client, kernel: str) -> int:
+    """Bytes written by ``kernel``'s shell (and its jobs) that its agent has not read yet: what
+    waits in the pipes of the agent's children (FIONREAD on the pipe, which reads nothing)."""
+    (agent,) = [k["pid"] for k in client.list_kernels() if k["name"] == kernel]
+    unread = 0
+    for name in os.listdir("/proc"):
+        try:
+            stat = Path("/proc", name, "stat").read_text()
+            if not name.isdigit() or int(stat.rsplit(")", 1)[1].split()[1]) != agent:
+                continue
+            for fd in (1, 2):
+                path = f"/proc/{name}/fd/{fd}"
+                if not os.readlink(path).startswith("pipe:"):
+                    continue
+                pipe = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+                try:
+                    count = fcntl.ioctl(pipe, termios.FIONREAD, b"\0\0\0\0")
+                    unread += struct.unpack("i", count)[0]
+                finally:
+                    os.close(pipe)
+        except (OSError, ValueError, IndexError):
+            continue
+    return unread
 
 
 def test_state_persists_between_commands(client: Client) -> None:
@@ -87,8 +124,7 @@ def test_timeout_ends_every_process_keeps_output_and_session(client: Client) -> 
     assert r.exit_code == 124
     assert r.stdout == "started\n"
     assert "timed out after 1s" in (r.evalue or "")
-    time.sleep(0.3)
-    assert processes_matching(f"sleep-{tag}") == []
+    _wait_gone(f"sleep-{tag}")
     after = client.execute("echo $keep", kernel="to")
     assert after.stdout == "1\n" and after.exit_code == 0
 
@@ -115,8 +151,7 @@ def test_interrupt_ends_the_command_and_its_children(client: Client) -> None:
     worker.join(timeout=10)
     (r,) = results
     assert (r.status, r.exit_code, r.stdout) == ("interrupted", 130, "go\n")
-    time.sleep(0.3)
-    assert processes_matching(f"child-{tag}") == []
+    _wait_gone(f"child-{tag}")
     assert client.execute("echo $keep", kernel="int").stdout == "2\n"
 
 
@@ -208,7 +243,10 @@ def test_background_output_between_commands_is_capped_with_a_notice(
     while not os.path.exists(done):
         assert time.monotonic() < deadline, "the background job did not finish"
         time.sleep(0.05)
-    time.sleep(0.3)  # the agent drains the last pipe buffer
+    deadline = time.monotonic() + 15
+    while _unread_shell_output(client, "bg"):  # the agent drains the last pipe buffer
+        assert time.monotonic() < deadline, "the agent did not read the background output"
+        time.sleep(0.05)
     r = client.execute("echo next", kernel="bg")
     assert r.stdout == "x" * (1 << 20) + "next\n"
     dropped = 3000000 - (1 << 20)

@@ -10,6 +10,7 @@ import threading
 import time
 from typing import Any
 
+import pytest
 import zmq
 
 from stigmer_kernel.protocol import DELIM, Session
@@ -84,6 +85,8 @@ def mutate(frames: list[bytes], rng: random.Random) -> list[bytes]:
     return frames  # 8, 9: the message as it is (valid, or a replay when repeated)
 
 
+# 20,000 frames take 20-40 s on a loaded 2-core machine: too close to the 60 s default.
+@pytest.mark.timeout(240)
 def test_fuzzed_frames_do_not_disturb_a_good_client(server: Server) -> None:
     good = server.client()
     assert good.execute("echo ready", kernel="good").stdout == "ready\n"

@@ -24,21 +24,40 @@ def _marks(work: str) -> str:
     return runs.read_text() if runs.exists() else ""
 
 
+async def _wait_until_busy(c: AsyncClient, kernel: str, pending: int, side: str | None) -> None:
+    """Until ``kernel`` holds ``pending`` requests and the one running has reached an agent: its
+    own, or its ``side``'s (an auto kernel's) is busy, started and running it."""
+    deadline = time.monotonic() + 15
+    while True:
+        states = {k["name"]: k for k in await c.list_kernels()}
+        runner = states.get(side or kernel)
+        if (
+            kernel in states
+            and states[kernel]["pending"] == pending
+            and runner is not None
+            and runner["state"] == "busy"
+        ):
+            return
+        assert time.monotonic() < deadline, f"{kernel} not busy in time: {states}"
+        await asyncio.sleep(0.05)
+
+
 async def _queue_behind_a_sleeper(
     c: AsyncClient, kernel: str, mode: str, cwd: str
 ) -> list[asyncio.Task[Any]]:
     """One running command and three queued behind it, each of which would leave a mark."""
-    first = asyncio.create_task(
-        c.execute("sleep 1.5; echo first >> runs", kernel=kernel, mode=mode, cwd=cwd)
+    side = f"{kernel}~local" if mode == "auto" else None
+    first = asyncio.create_task(  # long: it is aborted, however slow the machine
+        c.execute("sleep 30; echo first >> runs", kernel=kernel, mode=mode, cwd=cwd)
     )
-    await asyncio.sleep(0.5)  # the sleeper runs
+    await _wait_until_busy(c, kernel, 1, side)  # the sleeper runs
     queued = [
         asyncio.create_task(
             c.execute(f"echo queued-{i} >> runs", kernel=kernel, mode=mode, cwd=cwd)
         )
         for i in range(3)
     ]
-    await asyncio.sleep(0.3)  # they wait in the kernel's queue
+    await _wait_until_busy(c, kernel, 4, side)  # they wait in the kernel's queue
     return [first, *queued]
 
 
@@ -193,10 +212,12 @@ def test_shutting_down_an_auto_side_by_name_keeps_its_successor_visible(server: 
 
     async def main() -> list[Any]:
         async with AsyncClient(server.config, autostart=False) as c:
-            running = asyncio.create_task(c.execute("sleep 1", kernel="a5", mode="auto", cwd=work))
-            await asyncio.sleep(0.5)
+            running = asyncio.create_task(
+                c.execute("sleep 30", kernel="a5", mode="auto", cwd=work)  # aborted below
+            )
+            await _wait_until_busy(c, "a5", 1, "a5~local")
             queued = asyncio.create_task(c.execute("echo next", kernel="a5", mode="auto"))
-            await asyncio.sleep(0.3)
+            await _wait_until_busy(c, "a5", 2, "a5~local")
             await c.shutdown_kernel("a5~local")
             return await asyncio.wait_for(asyncio.gather(running, queued), timeout=10)
 

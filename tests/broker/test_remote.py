@@ -147,19 +147,25 @@ def test_remote_agent_joins_over_curve_and_a_cut_link_is_a_dead_agent(
             assert "restart its agent on its host" in restart["content"]["evalue"]
         finally:
             jc.stop_channels()
-        time.sleep(1.0)
+        wait_for(
+            lambda: (
+                "kernel name 'mine' is taken" in srv.log()
+                and "refused a CurveZMQ peer with an unknown public key" in srv.log()
+            ),
+            timeout=15,
+        )
         assert all(k["name"] != "intruder" for k in c.list_kernels())  # unknown key refused
-        assert "kernel name 'mine' is taken" in srv.log()
         assert c.execute("echo $HOSTNAME-here", kernel="mine").stdout == f"{os.uname()[1]}-here\n"
-        assert "refused a CurveZMQ peer with an unknown public key" in srv.log()
         host_if = f"{netns}h"
         cut = time.monotonic()
         sh("ip", "link", "set", host_if, "down")
         wait_for(
             lambda: next(k for k in c.list_kernels() if k["name"] == "far")["state"] == "dead",
-            timeout=5,
+            timeout=10,
         )
-        assert time.monotonic() - cut < 3 * 0.3 + 1.0
+        # Dead within 3 heartbeats of 0.3 s: that bound is the point, so only ~50% more slack
+        # than before (1.9 s) for a slow machine.
+        assert time.monotonic() - cut < 3 * 0.3 + 2.0
         r = c.execute("true", kernel="far", mode="remote")
         assert r.ename == "KernelDied" and "lost its agent" in (r.evalue or "")
     finally:

@@ -53,13 +53,17 @@ def test_request_in_flight_is_not_replayed_and_the_client_is_told(server: Server
 
     def run() -> None:
         try:
-            outcome.append(c.execute(f"echo run >> {log}; sleep 3", kernel="once"))
+            # Long enough to be still running across a slow restart of the server.
+            outcome.append(c.execute(f"echo run >> {log}; sleep 6", kernel="once"))
         except (ServerError, ServerNotRunning) as exc:
             outcome.append(exc)
 
     thread = threading.Thread(target=run)
     thread.start()
-    time.sleep(1.0)
+    deadline = time.monotonic() + 15
+    while not log.exists():  # the command runs
+        assert time.monotonic() < deadline, "the command did not start"
+        time.sleep(0.05)
     kill_broker(server)
     server.start()
     thread.join(timeout=30)

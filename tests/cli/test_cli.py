@@ -8,7 +8,10 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -160,9 +163,21 @@ def test_errors_are_one_line(env: dict[str, str]) -> None:
     shutil.rmtree(long_dir, ignore_errors=True)
 
 
+def _running(cmdline: list[str]) -> bool:
+    """Whether a live process has exactly this command line."""
+    wanted = b"".join(arg.encode() + b"\0" for arg in cmdline)
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            if Path("/proc", pid, "cmdline").read_bytes() == wanted:
+                return ") Z " not in Path("/proc", pid, "stat").read_text()
+    return False
+
+
 def test_interrupt_from_ctrl_c(env: dict[str, str]) -> None:
     import signal
 
+    # A duration no other process uses, to tell when this very sleep runs.
+    duration = f"30.{int(uuid.uuid4().hex[:6], 16)}"
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -172,7 +187,7 @@ def test_interrupt_from_ctrl_c(env: dict[str, str]) -> None:
             "--kernel",
             "cc",
             "--",
-            "echo waiting; sleep 30; echo never",
+            f"echo waiting; sleep {duration}; echo never",
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -180,6 +195,10 @@ def test_interrupt_from_ctrl_c(env: dict[str, str]) -> None:
     )
     assert proc.stdout is not None
     assert proc.stdout.readline() == b"waiting\n"
+    deadline = time.monotonic() + 15
+    while not _running(["sleep", duration]):  # Ctrl-C comes while the program runs
+        assert time.monotonic() < deadline, "the sleep did not start"
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=15)
     assert proc.returncode == 130
@@ -207,8 +226,8 @@ def test_usage_errors_exit_2_and_run_nothing(env: dict[str, str]) -> None:
 
 def test_config_set_checks_each_value(env: dict[str, str]) -> None:
     for key, value, expected in (
-        ("sandbox_memory", "lots", b"expected a size such as 512m or 2g"),
-        ("log_level", "chatty", b"expected one of debug, info, warning, error"),
+        ("sandbox_memory", "lots", b"expected a size such as 512m, 2g or 2gb"),
+        ("log_level", "chatty", b"expected one of debug, info, warning, warn, error, critical"),
         ("sandbox_cpus", "-1", b"expected a positive number of CPUs"),
         ("runtime_dir", "", b"invalid value"),
     ):
@@ -287,3 +306,13 @@ def test_the_servers_default_mode_applies_to_requests_that_name_none(env: dict[s
     # A mode the client was configured with is still named, and checked.
     clash = stigmer(dict(env, STIGMER_EXECUTION_MODE="local"), "run", "--kernel", "m", "--", "true")
     assert clash.returncode == 125 and b"runs in auto mode, not local" in clash.stderr
+
+
+def test_a_server_started_for_a_client_keeps_its_own_default_mode(env: dict[str, str]) -> None:
+    auto = dict(env, STIGMER_EXECUTION_MODE="auto")
+    r = json.loads(stigmer(auto, "run", "--json", "--kernel", "a", "--", "echo", "x").stdout)
+    assert r["auto"]["mode"] == "local"  # the client's auto mode was applied to its request
+    status = json.loads(stigmer(env, "server", "status", "--json").stdout)
+    assert status["execution_mode"] == "local"  # one client's mode is not everyone's default
+    plain = json.loads(stigmer(env, "run", "--json", "--kernel", "p", "--", "true").stdout)
+    assert (plain["mode"], plain["auto"]) == ("local", None)

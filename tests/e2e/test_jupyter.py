@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from queue import Empty
 from typing import Any
@@ -50,6 +53,26 @@ def drain_iopub(kc: BlockingKernelClient, until_idle_of: str, timeout: float = 1
         ):
             return out
     raise AssertionError(f"no idle for {until_idle_of}: {[m['msg_type'] for m in out]}")
+
+
+def unique_sleep() -> list[str]:
+    """A ``sleep`` command line no other process has, to tell when it runs."""
+    return ["sleep", f"60.{int(uuid.uuid4().hex[:6], 16)}"]
+
+
+def wait_until_running(cmdline: list[str], timeout: float = 15) -> None:
+    """Until a live process has exactly ``cmdline``: the request reached the shell and its
+    program runs, so an interrupt sent now (on control, which can overtake the execute; or to
+    the launcher) finds it running, not starting."""
+    wanted = b"".join(arg.encode() + b"\0" for arg in cmdline)
+    deadline = time.monotonic() + timeout
+    while True:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(OSError):
+                if Path("/proc", pid, "cmdline").read_bytes() == wanted:
+                    return
+        assert time.monotonic() < deadline, f"{cmdline} did not start"
+        time.sleep(0.05)
 
 
 def for_parent(msgs: list[dict], msg_id: str) -> list[tuple[str, Any]]:
@@ -264,17 +287,21 @@ def test_interrupt_and_restart_by_message(shared: tuple[Client, str]) -> None:
     kc = connect(path)
     info = kc.kernel_info(reply=True, timeout=10)
     old_session = info["header"]["session"]
-    msg_id = kc.execute("sleep 60")
-    time.sleep(0.3)
+    sleep = unique_sleep()
+    msg_id = kc.execute(" ".join(sleep))
+    wait_until_running(sleep)
     kc.session.send(kc.control_channel.socket, kc.session.msg("interrupt_request", {}))
     reply = kc.get_shell_msg(timeout=10)
     assert reply["parent_header"]["msg_id"] == msg_id
     assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "Interrupted"
     kc.shutdown(restart=True)
     starting = []
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 20
     while time.monotonic() < deadline and not starting:
-        msg = kc.get_iopub_msg(timeout=1)
+        try:
+            msg = kc.get_iopub_msg(timeout=1)
+        except Empty:
+            continue
         if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "starting":
             starting.append(msg)
     assert starting and starting[0]["header"]["session"] != old_session
@@ -292,7 +319,7 @@ def test_kernelspec_kernel_is_hosted_by_the_running_server(jupyter_env: Server) 
         assert [k["name"] for k in kernels if k["name"].startswith("jupyter-")]
         reply = kc.execute("echo $((6 * 7))", reply=True, timeout=10)
         assert reply["content"]["status"] == "ok"
-        assert elapsed < 5  # the benchmark reports the real figure
+        assert elapsed < 15  # only against a hang: the benchmark reports the real figure
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=False)
@@ -320,28 +347,36 @@ def test_example_notebook_runs_under_nbclient(jupyter_env: Server) -> None:
 
 
 def test_sigint_to_the_launcher_interrupts(jupyter_env: Server) -> None:
-    import os
     import signal
 
     km, kc = start_new_kernel(kernel_name="stigmer-local")
     try:
-        msg_id = kc.execute("echo start; sleep 60; echo never")
-        time.sleep(0.5)
+        sleep = unique_sleep()
+        msg_id = kc.execute(f"echo start; {' '.join(sleep)}; echo never")
+        wait_until_running(sleep)
         os.kill(km.provisioner.pid, signal.SIGINT)  # what interrupt_mode "signal" does
         reply = kc.get_shell_msg(timeout=10)
         assert reply["parent_header"]["msg_id"] == msg_id
         assert reply["content"]["ename"] == "Interrupted"
-        assert kc.execute("echo alive", reply=True, timeout=10)["content"]["status"] == "ok"
+        alive = kc.execute("echo alive", reply=True, timeout=10)["content"]
+        assert alive["status"] == "ok", alive
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=False)
 
 
-def test_background_output_is_not_mistaken_for_completions(shared: tuple[Client, str]) -> None:
+def test_background_output_is_not_mistaken_for_completions(
+    shared: tuple[Client, str], tmp_path: Path
+) -> None:
     _, path = shared
     kc = connect(path)
-    kc.execute("(sleep 0.3; echo BGLINE) &", reply=True, timeout=10)
-    time.sleep(0.8)
+    printed = tmp_path / "printed"
+    kc.execute(f"(sleep 0.3; echo BGLINE; touch {printed}) &", reply=True, timeout=10)
+    deadline = time.monotonic() + 15
+    while not printed.exists():  # BGLINE is out, between two requests
+        assert time.monotonic() < deadline, "the background job did not print"
+        time.sleep(0.05)
+    time.sleep(0.5)  # and read by the idle agent (at once; nothing outside can tell when)
     matches = kc.complete("ech", reply=True, timeout=10)["content"]["matches"]
     assert matches == ["echo"]
     msg_id = kc.execute("echo next")

@@ -50,6 +50,12 @@ class LocalLatency:
         self._thread.join(timeout=30)
 
 
+#: Seconds within which a request (a refusal, or a local echo) counts as prompt. The loop may
+#: wait up to 0.5 s per engine check by design (ENGINE_CHECK_WAIT); a loop stalled on the engine
+#: would wait its 3 s ping timeout, so this leaves slack for a slow machine and still catches that.
+PROMPT = 1.5
+
+
 def unreachable(host: str) -> str:
     return f"Docker engine not reachable at {host} — start Docker or use --mode local"
 
@@ -66,10 +72,10 @@ def test_no_engine_fails_each_request_at_once_and_local_kernels_stay_prompt(
             with pytest.raises(ModeUnavailable) as caught:
                 c.execute("true", kernel=f"box{attempt}", mode="sandbox")
             assert str(caught.value) == unreachable(host)
-            assert time.monotonic() - start < 1.0
+            assert time.monotonic() - start < PROMPT
             time.sleep(0.4)
     assert local.failure is None and local.runs > 20
-    assert local.slowest < 0.5, f"a local command waited {local.slowest:.2f} s"
+    assert local.slowest < PROMPT, f"a local command waited {local.slowest:.2f} s"
 
 
 @pytest.fixture
@@ -101,6 +107,6 @@ def test_a_hung_engine_does_not_stall_the_server(server_factory: Any, hung_engin
         with pytest.raises(ModeUnavailable) as caught:  # known now: refused before a kernel
             c.execute("true", kernel="box2", mode="sandbox")
         assert str(caught.value) == unreachable(hung_engine)
-        assert time.monotonic() - start < 1.0
+        assert time.monotonic() - start < PROMPT
     assert local.failure is None and local.runs > 20
-    assert local.slowest < 1.0, f"a local command waited {local.slowest:.2f} s"
+    assert local.slowest < PROMPT, f"a local command waited {local.slowest:.2f} s"

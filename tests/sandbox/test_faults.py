@@ -24,15 +24,23 @@ def test_container_killed_mid_command(sandbox: Server, docker_client: Any) -> No
     c = sandbox.client()
     c.execute("v=1", kernel="victim", mode="sandbox")
     (container,) = containers_of(docker_client, sandbox)
+    printed = threading.Event()
     thread, out = run_in_thread(
-        lambda: c.execute("echo go; sleep 60", kernel="victim", mode="sandbox")
+        lambda: c.execute(
+            "echo go; sleep 60",
+            kernel="victim",
+            mode="sandbox",
+            on_stdout=lambda _text: printed.set(),
+        )
     )
-    time.sleep(0.5)
+    assert printed.wait(timeout=15), "the command did not start"
     killed = time.monotonic()
     container.kill()
     thread.join(timeout=15)
     (r,) = out
-    assert time.monotonic() - killed < 3 * 0.5 + 1.5
+    # Heartbeat 0.5 s, 3 misses, plus slack: doubled for a slow machine (the 60 s sleep is what
+    # a missed death would wait for).
+    assert time.monotonic() - killed < 2 * (3 * 0.5 + 1.5)
     assert (r.status, r.ename, r.stdout) == ("error", "KernelDied", "go\n")
     assert "container was killed" in (r.evalue or "")
     after = c.execute("echo ${v:-fresh}", kernel="victim", mode="sandbox")

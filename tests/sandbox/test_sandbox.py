@@ -313,15 +313,30 @@ def test_no_engine_fails_fast_and_local_is_unaffected(server_factory: Any) -> No
 def test_warm_pool_serves_new_kernels_at_once(sandbox_factory: Any, docker_client: Any) -> None:
     workspace = os.path.realpath(short_tempdir("stg-pool-"))
     srv = sandbox_factory(STIGMER_SANDBOX_WARM="1", STIGMER_SANDBOX_WORKSPACE=workspace)
-    wait_for(lambda: len(containers_of(docker_client, srv)) == 1, timeout=20)
+    wait_for(lambda: len(containers_of(docker_client, srv)) == 1, timeout=30)
+    (pooled,) = containers_of(docker_client, srv)
+    pool_name = pooled.labels["stigmer.kernel"]
+    assert pool_name.startswith("_pool-")
+
+    def pooled_ready() -> bool:  # running, and its agent registered with the server
+        pooled.reload()
+        return pooled.status == "running" and f"kernel {pool_name} ready (" in srv.log()
+
+    wait_for(pooled_ready, timeout=30)
     c = srv.client()
-    time.sleep(1.0)  # the pooled agent registers
     start = time.monotonic()
     r = c.execute("pwd", kernel="fast", mode="sandbox", cwd=workspace)
-    assert r.stdout == "/workspace\n" and time.monotonic() - start < 0.5
+    elapsed = time.monotonic() - start
+    assert r.stdout == "/workspace\n", (r.ename, r.evalue)
+    # The kernel got the pooled container (no container of its own was started for it).
+    container = sandbox_info(c, "fast")["container"]
+    assert container and pooled.id.startswith(container), (container, pooled.id)
+    assert "kernel fast took a warm sandbox" in srv.log()
+    # Loose, only against a hang: the container id above is what proves the pool served it.
+    assert elapsed < 2.0, f"the pooled kernel answered in {elapsed:.2f} s"
     # The pool starts a replacement; the kernel keeps its container.
-    wait_for(lambda: len(containers_of(docker_client, srv)) == 2, timeout=20)
-    assert sandbox_info(c, "fast")["container"]
+    wait_for(lambda: len(containers_of(docker_client, srv)) == 2, timeout=30)
+    assert sandbox_info(c, "fast")["container"] == container
 
 
 def test_jupyter_clients_reach_a_sandbox_kernel(sandbox: Server) -> None:
@@ -386,10 +401,9 @@ def test_a_starting_server_spares_the_running_containers_of_another_servers_rest
     stopped = docker_client.containers.create(
         TEST_IMAGE, ["true"], labels={**labels, "stigmer.kernel_id": "s-1"}
     )
-    homeless = docker_client.containers.run(
+    homeless = docker_client.containers.create(  # stopped, its runtime directory gone
         TEST_IMAGE,
-        ["sleep", "120"],
-        detach=True,
+        ["true"],
         labels={"stigmer.server": "gone-1", "stigmer.runtime_dir": f"{other}-removed"},
     )
     try:

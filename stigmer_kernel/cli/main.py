@@ -271,6 +271,21 @@ class _UsageError(StigmerError):
     """A mistake in the command line: exit 2, like argparse's own errors."""
 
 
+def _server_side_mode(config: Config, kernel: str) -> str:
+    """The mode a request naming none would get: the existing kernel's, else the running
+    server's default, else this configuration's (the server a request would start)."""
+    from ..client import Client
+
+    try:
+        with Client(config, autostart=False) as client:
+            for k in client.list_kernels():
+                if k["name"] == kernel and k["mode"] != "remote":
+                    return str(k["mode"])
+            return str(client.server_info()["execution_mode"])
+    except StigmerError:  # no server runs: one started for this request takes the saved mode
+        return config.execution_mode.value
+
+
 def _command_text(argv: list[str]) -> str:
     if argv and argv[0] == "--":
         argv = argv[1:]
@@ -297,7 +312,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     if args.explain:
         from ..auto import decide
 
-        mode = args.mode or config.execution_mode.value
+        mode = named or _server_side_mode(config, args.kernel)
         if mode != "auto":
             print(f"{mode}: mode {mode} runs every command there (no auto decision)")
             return 0

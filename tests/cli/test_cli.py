@@ -303,6 +303,11 @@ def test_the_servers_default_mode_applies_to_requests_that_name_none(env: dict[s
         k["name"]: k["mode"] for k in json.loads(stigmer(env, "kernels", "list", "--json").stdout)
     }
     assert (kernels["m"], kernels["l"]) == ("auto", "local")
+    # --explain answers for the mode the request would get: the server's, or the kernel's.
+    fresh = stigmer(env, "run", "--explain", "--kernel", "new", "--", "pip", "install", "x")
+    assert fresh.stdout.startswith(b"sandbox: ")
+    joined = stigmer(env, "run", "--explain", "--kernel", "l", "--", "pip", "install", "x")
+    assert joined.stdout.startswith(b"local: mode local runs every command there")
     # A mode the client was configured with is still named, and checked.
     clash = stigmer(dict(env, STIGMER_EXECUTION_MODE="local"), "run", "--kernel", "m", "--", "true")
     assert clash.returncode == 125 and b"runs in auto mode, not local" in clash.stderr

@@ -50,11 +50,10 @@ shopt -u checkwinsize 2>/dev/null
 alias exit=return
 __stg_m=$'{marker}'
 __stg_f={cmdfile}
-__stg_n=0
 __stg_prompt() {{
   local __stg_rc=$?
-  printf '%s%s;%d;%s\0' "$__stg_m" "${{__stg_n-}}" "$__stg_rc" "$PWD" >&61
-  printf '%s%s\0' "$__stg_m" "${{__stg_n-}}" >&62
+  printf '%s%d;%s\0' "$__stg_m" "$__stg_rc" "$PWD" >&61
+  printf '%s' "$__stg_m" >&62
 }}
 readonly __stg_m __stg_f
 readonly -f __stg_prompt
@@ -92,10 +91,6 @@ class MarkerScanner:
         self.payload: bytes | None = None
         self.after = bytearray()  # bytes that followed the marker (output between commands)
         self.dropped = 0  # bytes of output between commands discarded past after_limit
-        #: The payload's first field a marker must carry to count (the command's number), or
-        #: None for any; markers with another one are skipped and counted in ``stale``.
-        self.expect: bytes | None = None
-        self.stale = 0
 
     def reset(self) -> None:
         """Start looking for the next marker; output kept since the last one comes first."""
@@ -122,50 +117,36 @@ class MarkerScanner:
         self._keep_after(since)
 
     def feed(self, data: bytes) -> bytes:
-        out = b""
-        while True:
-            if self.found:
-                if self.payload is None and self.payload_end is not None:
-                    rest = self._feed_payload(data)
-                    if rest is None:
-                        return out
-                    data = rest  # a stale marker, skipped: scan on after it
-                    continue
-                self._keep_after(data)
-                return out
-            buf = self._pending + data
-            index = buf.find(self.marker)
-            if index >= 0:
-                self.found = True
-                self._pending = b""
-                out += buf[:index]
-                data = buf[index + len(self.marker) :]
-                if self.payload_end is None:
-                    self._keep_after(data)
-                    return out
-                continue
-            keep = self._partial_suffix(buf)
-            self._pending = buf[len(buf) - keep :] if keep else b""
-            return out + (buf[: len(buf) - keep] if keep else buf)
+        if self.found:
+            if self.payload is None and self.payload_end is not None:
+                return self._feed_payload(data)
+            self._keep_after(data)
+            return b""
+        buf = self._pending + data
+        index = buf.find(self.marker)
+        if index >= 0:
+            self.found = True
+            self._pending = b""
+            rest = buf[index + len(self.marker) :]
+            if self.payload_end is None:
+                self._keep_after(rest)
+            else:
+                self._feed_payload(rest)
+            return buf[:index]
+        keep = self._partial_suffix(buf)
+        self._pending = buf[len(buf) - keep :] if keep else b""
+        return buf[: len(buf) - keep] if keep else buf
 
-    def _feed_payload(self, data: bytes) -> bytes | None:
-        """Collect the payload; the bytes after a stale marker's payload (to scan on), or None."""
+    def _feed_payload(self, data: bytes) -> bytes:
         self._pending += data
         assert self.payload_end is not None
         end = self._pending.find(self.payload_end)
         if end >= 0:
-            payload = self._pending[:end]
+            self.payload = self._pending[:end]
             rest = self._pending[end + len(self.payload_end) :]
             self._pending = b""
-            if self.expect is not None and payload.split(b";", 1)[0] != self.expect:
-                # The end of an earlier command line, e.g. the prompt bash shows again when a
-                # second Ctrl-C reaches it there: not this command's end.
-                self.found = False
-                self.stale += 1
-                return rest
-            self.payload = payload
             self._keep_after(rest)
-        return None
+        return b""
 
     def _keep_after(self, data: bytes) -> None:
         room = max(0, self.after_limit - len(self.after))
@@ -215,20 +196,11 @@ class BashSession:
         self.exit_status: int | None = None
         self.token = os.urandom(12).hex()
         self.marker = b"\x1e\x1fSTGM" + self.token.encode()
-        self.seq = 0  # number of the command line last sent to bash (0: its first prompt)
-        self.out_scan, self.err_scan = self._scanners()
+        self.out_scan = MarkerScanner(self.marker, payload_end=b"\0")
+        self.err_scan = MarkerScanner(self.marker)
         self.cmd_path = workdir / "command.sh"
         self.stdin_path = workdir / "stdin"
         self.rc_path = workdir / "bashrc"
-
-    def _scanners(self) -> tuple[MarkerScanner, MarkerScanner]:
-        scanners = (
-            MarkerScanner(self.marker, payload_end=b"\0"),
-            MarkerScanner(self.marker, payload_end=b"\0"),
-        )
-        for scan in scanners:
-            scan.expect = str(self.seq).encode()
-        return scanners
 
     @property
     def pid(self) -> int:
@@ -240,8 +212,8 @@ class BashSession:
         self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.token = os.urandom(12).hex()
         self.marker = b"\x1e\x1fSTGM" + self.token.encode()
-        self.seq = 0
-        self.out_scan, self.err_scan = self._scanners()
+        self.out_scan = MarkerScanner(self.marker, payload_end=b"\0")
+        self.err_scan = MarkerScanner(self.marker)
         marker_literal = "".join(f"\\x{b:02x}" for b in self.marker)
         self.rc_path.write_text(
             _RC_TEMPLATE.format(marker=marker_literal, cmdfile=shlex.quote(str(self.cmd_path)))
@@ -304,21 +276,16 @@ class BashSession:
 
         Its stdin is /dev/null, or the bytes ``stdin``, or the file (FIFO) ``stdin_file``.
         """
-        self.seq += 1
-        for scan in (self.out_scan, self.err_scan):
-            scan.expect = str(self.seq).encode()
-            scan.reset()
+        self.out_scan.reset()
+        self.err_scan.reset()
         self.cmd_path.write_bytes(code.encode("utf-8", "surrogateescape") + b"\n")
         if stdin is not None:
             self.stdin_path.write_bytes(stdin)
             stdin_file = self.stdin_path
-        # The command line's number goes into its end markers, so the end of an earlier line
-        # (a prompt shown again) is never taken for this one's.
-        line = b"__stg_n=%d; " % self.seq
         if stdin_file is None:
-            line += b'. "$__stg_f" </dev/null\n'
+            line = b'. "$__stg_f" </dev/null\n'
         else:
-            line += b'. "$__stg_f" <' + shlex.quote(str(stdin_file)).encode() + b"\n"
+            line = b'. "$__stg_f" <' + shlex.quote(str(stdin_file)).encode() + b"\n"
         os.write(self._stdin_fd, line)
 
     def read(self, fd: int) -> tuple[bytes, bool]:
@@ -339,7 +306,7 @@ class BashSession:
         if not (self.out_scan.found and self.err_scan.found and self.out_scan.payload is not None):
             return None
         payload = self.out_scan.payload.decode("utf-8", "surrogateescape")
-        status, _, cwd = payload.partition(";")[2].partition(";")
+        status, _, cwd = payload.partition(";")
         try:
             code = int(status)
         except ValueError:

@@ -77,16 +77,3 @@ def test_output_set_aside_for_a_hidden_run_stays_within_the_cap() -> None:
     scan.restore_after(held)
     assert scan.after == b"12345678ab"
     assert scan.dropped == 4
-
-
-def test_the_end_of_an_earlier_command_line_is_skipped() -> None:
-    scan = MarkerScanner(MARK, payload_end=b"\0")
-    scan.expect = b"7"
-    stream = b"\n" + MARK + b"6;130;/tmp\0" + b"out" + MARK + b"7;0;/\0" + b"bg"
-    for cut in range(len(stream) + 1):
-        scan = MarkerScanner(MARK, payload_end=b"\0")
-        scan.expect = b"7"
-        out = scan.feed(stream[:cut]) + scan.feed(stream[cut:])
-        assert out == b"\nout"
-        assert scan.found and scan.payload == b"7;0;/" and scan.after == b"bg"
-        assert scan.stale == 1

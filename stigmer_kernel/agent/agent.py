@@ -611,12 +611,15 @@ class Agent:
             run.stop_stage = 1
             survivors = procs.started_since(os.getpid(), run.started_ticks, mine)
             if survivors:
-                # Ctrl-C again first: a program started just as the first one was sent missed
-                # it, and only a program that dies of SIGINT makes bash abort the rest of the
-                # command line. SIGINT is delivered before the SIGTERM that follows.
+                # Ctrl-C again (bash and its programs) first: a program started just as the
+                # first one was sent missed it, and only a program that dies of SIGINT makes
+                # bash abort the rest of the command line. SIGINT is delivered before the
+                # SIGTERM that follows. No second SIGINT to bash alone: landing after the line
+                # ended, it would make bash show its prompt again.
                 self.shell.interrupt()
+            else:
+                self.shell.signal_shell(signal.SIGINT)  # e.g. a loop of builtins
             procs.signal_pids(survivors, signal.SIGTERM)
-            self.shell.signal_shell(signal.SIGINT)
         elif run.stop_stage == 1 and elapsed >= _KILL_AFTER:
             run.stop_stage = 2
             procs.signal_pids(

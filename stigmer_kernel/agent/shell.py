@@ -91,12 +91,30 @@ class MarkerScanner:
         self.payload: bytes | None = None
         self.after = bytearray()  # bytes that followed the marker (output between commands)
         self.dropped = 0  # bytes of output between commands discarded past after_limit
+        self.stale = 0  # markers of prompts that ended no command, dropped
 
     def reset(self) -> None:
-        """Start looking for the next marker; output kept since the last one comes first."""
+        """Start looking for the next marker; output kept since the last one comes first.
+
+        A whole marker among that output ended no command: bash showed its prompt again (a
+        Ctrl-C reached it after the last command ended). It is dropped, so it cannot be taken
+        for the end of the command about to start.
+        """
         self.found = False
         self.payload = None
-        self._pending = bytes(self.after)
+        kept = bytes(self.after)
+        start = 0
+        while (index := kept.find(self.marker, start)) >= 0:
+            end = index + len(self.marker)
+            if self.payload_end is not None:
+                close = kept.find(self.payload_end, end)
+                if close < 0:
+                    break  # not whole yet: left as it is
+                end = close + len(self.payload_end)
+            kept = kept[:index] + kept[end:]
+            start = index
+            self.stale += 1
+        self._pending = kept
         self.after = bytearray()
 
     def take_pending(self) -> bytes:

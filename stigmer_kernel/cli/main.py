@@ -271,13 +271,13 @@ class _UsageError(StigmerError):
     """A mistake in the command line: exit 2, like argparse's own errors."""
 
 
-def _server_side_mode(config: Config, kernel: str) -> str:
+def _server_side_mode(config: Config, kernel: str, remote: Any = None) -> str:
     """The mode a request naming none would get: the existing kernel's, else the running
     server's default, else this configuration's (the server a request would start)."""
     from ..client import Client
 
     try:
-        with Client(config, autostart=False) as client:
+        with Client(config, autostart=False, remote=remote) as client:
             for k in client.list_kernels():
                 if k["name"] == kernel and k["mode"] != "remote":
                     return str(k["mode"])
@@ -312,7 +312,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     if args.explain:
         from ..auto import decide
 
-        mode = named or _server_side_mode(config, args.kernel)
+        mode = named or _server_side_mode(config, args.kernel, _remote(args))
         if mode != "auto":
             print(f"{mode}: mode {mode} runs every command there (no auto decision)")
             return 0

@@ -242,6 +242,7 @@ class AsyncClient:
         self._ctx: zmq.asyncio.Context | None = None
         self._sock: zmq.asyncio.Socket | None = None
         self._session: Session | None = None
+        self._old_session: Session | None = None  # the previous server's, after a restart
         self._calls: dict[str, _Call] = {}
         self._reader: asyncio.Task[None] | None = None
         self._reader_failure: BaseException | None = None  # why the reader ended, if it did
@@ -343,7 +344,12 @@ class AsyncClient:
             try:
                 _, msg = self._session.deserialize(frames)
             except ProtocolError:
-                continue
+                if self._old_session is None:
+                    continue
+                try:  # the last words of a server that restarted, signed with its old key
+                    _, msg = self._old_session.deserialize(frames)
+                except ProtocolError:
+                    continue
             mtype = msg.msg_type
             call = self._calls.get(msg.parent_id or "")
             if mtype == MsgType.STREAM.value:
@@ -414,8 +420,12 @@ class AsyncClient:
                     continue  # its key is not there yet: look again at the next check
                 if self.address.key != sent_to.key:
                     # A clean restart makes a new key: the new server dropped what was signed
-                    # with the old one unread (the old one would have answered it), so it is
-                    # sent again, once per restart.
+                    # with the old one unread (the old one would have answered it, and an
+                    # answer still queued here is read first), so it is sent again, once per
+                    # restart.
+                    done, _ = await asyncio.wait({call.future}, timeout=0.2)
+                    if done:
+                        continue  # answered after all: returned at the top of the loop
                     await self._sock.send_multipart(self._session.serialize(msg), copy=False)
                     sent_at, sent_to = time.time(), self.address
                     continue
@@ -441,7 +451,7 @@ class AsyncClient:
         except RuntimeDirError:
             return False
         if key != self.address.key:
-            self._session = Session(key)
+            self._old_session, self._session = self._session, Session(key)
         self.address = dataclasses.replace(self.address, pid=pid, key=key)
         return True
 

@@ -257,3 +257,28 @@ def test_background_output_between_commands_is_capped_with_a_notice(
     # The notice comes once; a command's own output is never capped.
     big = client.execute("head -c 3000000 /dev/zero | tr '\\0' y", kernel="bg")
     assert (big.stdout, big.stderr) == ("y" * 3000000, "")
+
+
+def test_a_ctrl_c_reaching_bash_at_its_prompt_does_not_end_the_next_command(
+    client: Client,
+) -> None:
+    client.execute("X=kept", kernel="prompt")
+    (agent,) = [k["pid"] for k in client.list_kernels() if k["name"] == "prompt"]
+    shells = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path("/proc", name, "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == agent and "(bash)" in stat:
+            shells.append(int(name))
+    (bash,) = shells
+    # A Ctrl-C that lands when the command already ended makes bash show its prompt again:
+    # one more end marker, for no command. It must not be taken for the next command's end.
+    os.kill(bash, 2)
+    time.sleep(0.3)
+    r = client.execute("sleep 0.3; echo $X", kernel="prompt")
+    # (The new line bash writes for that Ctrl-C, as in a terminal, reaches the next stderr.)
+    assert (r.exit_code, r.stdout, r.stderr.strip()) == (0, "kept\n", "")
+    assert client.execute("false; echo again", kernel="prompt").stdout == "again\n"
+    assert client.execute('echo "rc=$?"', kernel="prompt").stdout == "rc=0\n"

@@ -77,3 +77,13 @@ def test_output_set_aside_for_a_hidden_run_stays_within_the_cap() -> None:
     scan.restore_after(held)
     assert scan.after == b"12345678ab"
     assert scan.dropped == 4
+
+
+def test_a_marker_among_output_between_commands_ended_no_command() -> None:
+    scan = MarkerScanner(MARK, payload_end=b"\0")
+    assert scan.feed(b"out" + MARK + b"0;/\0") == b"out"
+    scan.feed(b"bg\n" + MARK + b"130;/\0" + b"more")  # a prompt shown again, then a job's output
+    scan.reset()
+    assert scan.stale == 1
+    assert scan.feed(b"next" + MARK + b"0;/tmp\0") == b"bg\nmorenext"
+    assert scan.found and scan.payload == b"0;/tmp"

@@ -19,7 +19,6 @@ import fnmatch
 import json
 import logging
 import os
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -130,13 +129,17 @@ class JupyterChannels:
         return handle
 
     def _shell_handler(self, frames: list[Any]) -> None:
-        client, fd = frames[0].bytes, frames[0].get(zmq.SRCFD)
+        fd = frames[0].get(zmq.SRCFD)  # the connection it came over
+        self.frontend.on_frames(self, "shell", [f.bytes for f in frames], fd)
+
+    def attached(self, client: bytes, fd: int) -> None:
+        """``client``'s signed message came over shell connection ``fd``: it counts as
+        attached until that connection closes."""
         seen = self.client_fds
         seen.pop(client, None)  # most recent last
         seen[client] = fd
         if len(seen) > _JUPYTER_CLIENTS_KEPT:  # bounded over weeks of reconnecting clients
             del seen[next(iter(seen))]
-        self.frontend.on_frames(self, "shell", [f.bytes for f in frames])
 
     def _on_disconnect(self, frames: list[bytes]) -> None:
         """A shell connection closed: its clients no longer count as attached."""
@@ -146,7 +149,6 @@ class JupyterChannels:
             return
         for client in [c for c, f in self.client_fds.items() if f == fd]:
             del self.client_fds[client]
-            self.kernel.jupyter_clients.pop(client, None)
 
     @property
     def connection_info(self) -> dict[str, Any]:
@@ -335,7 +337,9 @@ class JupyterFrontend:
             kernel.channels.close()
             kernel.channels = None
 
-    def on_frames(self, channels: JupyterChannels, channel: str, frames: list[bytes]) -> None:
+    def on_frames(
+        self, channels: JupyterChannels, channel: str, frames: list[bytes], fd: int | None = None
+    ) -> None:
         broker = self.broker
         if channel == "hb":
             broker.send(channels.sockets.get("hb"), frames)
@@ -351,12 +355,8 @@ class JupyterFrontend:
             return
         kernel = channels.kernel
         client = ids[0]
-        if channel == "shell" and client in channels.client_fds:
-            seen = kernel.jupyter_clients
-            seen.pop(client, None)  # most recent last
-            seen[client] = time.monotonic()
-            if len(seen) > _JUPYTER_CLIENTS_KEPT:
-                del seen[next(iter(seen))]
+        if fd is not None:
+            channels.attached(client, fd)
         mtype = msg.msg_type
         try:
             if channel == "stdin":

@@ -122,7 +122,6 @@ class Kernel:
     running: Pending | None = None
     pending: dict[str, Pending] = field(default_factory=dict)  # every request not yet answered
     clients: dict[bytes, Any] = field(default_factory=dict)  # native clients -> their frontend
-    jupyter_clients: dict[bytes, float] = field(default_factory=dict)
     restarts: int = 0
     came_up: bool = False  # an agent of it ever registered (there was a session to lose)
     executions: int = 0
@@ -173,6 +172,13 @@ class Kernel:
         if self.state in (KernelState.IDLE, KernelState.BUSY):
             self.state = KernelState.BUSY if self.pending else KernelState.IDLE
 
+    @property
+    def jupyter_clients(self) -> int:
+        """Jupyter clients connected to its shell channel (an auto kernel's sides have none of
+        their own: they share its channels)."""
+        channels = self.channels
+        return len(channels.client_fds) if channels is not None and channels.kernel is self else 0
+
     def to_json(self, now: float) -> dict[str, Any]:
         info: dict[str, Any] = {
             "name": self.name,
@@ -181,7 +187,7 @@ class Kernel:
             "state": self.state.value,
             "idle_seconds": 0.0 if self.busy else round(now - self.last_activity, 3),
             "ttl": self.ttl,
-            "clients": len(self.clients) + len(self.jupyter_clients),
+            "clients": len(self.clients) + self.jupyter_clients,
             "pid": self.agent_pid,
             "cwd": self.cwd,
             "executions": self.executions,

@@ -60,6 +60,7 @@ dev-full: install test-image sandbox-build-basic ## Everything for development: 
 	$(BIN)/stigmer kernelspec install --sys-prefix --mode auto
 
 test-image: ## Start a Docker engine and build the offline sandbox test image (needs root)
+	@bash scripts/provision-test-deps.sh || { [ -z "$$CI" ] || exit 1; }
 	@if bash scripts/provision-docker.sh && bash scripts/build-test-image.sh; then :; \
 	elif [ -n "$$CI" ]; then echo "CI needs the Docker engine and the test image" >&2; exit 1; \
 	else echo "warning: no Docker engine here: the sandbox tests will be skipped" >&2; fi

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -36,7 +37,29 @@ def engine_up() -> bool:
     return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
 
 
+#: Written by scripts/provision-docker.sh with the pid of the dockerd it started.
+ENGINE_PID_FILE = Path("/tmp/stigmer-dockerd.pid")
+
+
+def our_engine() -> int | None:
+    """The pid of the running dockerd that scripts/provision-docker.sh started, if any: this
+    script stops only that engine, never one someone else runs."""
+    try:
+        pid = int(ENGINE_PID_FILE.read_text())
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except (OSError, ValueError):
+        return None
+    return pid if comm == "dockerd" else None
+
+
 def main() -> int:
+    ours = our_engine()
+    if ours is None:
+        print(
+            "FAIL this script stops only a Docker engine started by scripts/provision-docker.sh,"
+            " and the running one was not (nothing was stopped)"
+        )
+        return 1
     runtime = tempfile.mkdtemp(prefix="stg-fault-", dir="/tmp")
     config = load_config(
         {"runtime_dir": runtime, "sandbox_image": IMAGE, "heartbeat_interval": 0.5}
@@ -75,7 +98,7 @@ def main() -> int:
             expect(r.stdout == "box\n", "auto kernel: apt-get runs in its sandbox side")
             jc.load_connection_info(c.connect_jupyter("mix", mode="auto")["connection"])
             jc.start_channels()
-            subprocess.run(["pkill", "-x", "dockerd"], check=False)
+            os.kill(ours, signal.SIGTERM)
             deadline = time.monotonic() + 30
             while engine_up() and time.monotonic() < deadline:
                 time.sleep(0.2)

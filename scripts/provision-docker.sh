@@ -4,6 +4,7 @@
 set -euo pipefail
 
 log() { echo "[provision-docker] $*" >&2; }
+PID_FILE=/tmp/stigmer-dockerd.pid
 
 if docker info >/dev/null 2>&1; then
   log "Docker engine already running"
@@ -22,7 +23,12 @@ start_dockerd() {
   rm -f /var/run/docker.pid
   log "starting dockerd (log: /tmp/dockerd.log)"
   nohup dockerd >/tmp/dockerd.log 2>&1 &
+  started_pid=$!
+  # Who started this engine: scripts/fault_engine_restart.py stops only an engine of ours.
+  echo "$started_pid" >"$PID_FILE"
 }
+
+started_pid=""
 
 for attempt in 1 2 3; do
   # A dockerd still shutting down (or its containerd) can make a new one fail: wait, retry.
@@ -37,7 +43,11 @@ for attempt in 1 2 3; do
     sleep 0.5
   done
   log "dockerd not ready (attempt $attempt)"
-  pkill -x dockerd 2>/dev/null || true
+  # Only the dockerd this script started is ended (by its pid), never someone else's.
+  if [ -n "$started_pid" ]; then
+    kill "$started_pid" 2>/dev/null || true
+    started_pid=""
+  fi
   sleep 2
 done
 log "dockerd did not become ready; last lines of /tmp/dockerd.log:"

@@ -77,7 +77,15 @@ def main() -> int:
 
     runtime = tempfile.mkdtemp(prefix="stg-load-", dir="/tmp")
     workspace = tempfile.mkdtemp(prefix="stg-load-ws-", dir="/tmp")
-    config = load_config({"runtime_dir": runtime, "sandbox_image": SANDBOX_IMAGE})
+    limit = args.alive + 64  # phase 2 holds --alive kernels from one client
+    config = load_config(
+        {
+            "runtime_dir": runtime,
+            "sandbox_image": SANDBOX_IMAGE,
+            "max_kernels": limit,
+            "max_kernels_per_client": limit,
+        }
+    )
     address = start_background_server(config)
     broker_pid = address.pid
     sandbox = args.sandbox_kernels if docker_ready() else 0

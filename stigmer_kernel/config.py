@@ -63,6 +63,8 @@ class EnvVar(str, enum.Enum):
     SANDBOX_WARM = "STIGMER_SANDBOX_WARM"
     AUTO_LOCAL_FALLBACK = "STIGMER_AUTO_LOCAL_FALLBACK"
     ALLOW_PLAIN_TCP = "STIGMER_ALLOW_PLAIN_TCP"
+    MAX_KERNELS = "STIGMER_MAX_KERNELS"
+    MAX_KERNELS_PER_CLIENT = "STIGMER_MAX_KERNELS_PER_CLIENT"
     # Set by the broker for the agents it spawns; never read from user config.
     AGENT_KEY = "STIGMER_AGENT_KEY"
 
@@ -205,6 +207,13 @@ class Config:
     auto_local_fallback: bool = field(default=False, metadata=_env(EnvVar.AUTO_LOCAL_FALLBACK))
     """Auto mode: run sandbox-bound commands on the host when no Docker engine is reachable
     (default: they fail with a clear error instead)."""
+
+    max_kernels: int = field(default=256, metadata=_env(EnvVar.MAX_KERNELS))
+    """Most kernels a server holds at once (an auto kernel counts once); a request for one
+    more is refused with ``TooManyKernels``."""
+
+    max_kernels_per_client: int = field(default=64, metadata=_env(EnvVar.MAX_KERNELS_PER_CLIENT))
+    """Most live kernels one client connection may have created; beyond, ``TooManyKernels``."""
 
     explicit: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
     """The settings given by a config file, the environment or an override (the rest are

@@ -41,7 +41,7 @@ def checked_code(content: dict[str, Any]) -> str:
 
 
 #: Kernel names: safe as file names and labels, short enough to type.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # use fullmatch: "$" lets "x\n" in
 REMOTE = "remote"  # the mode of a kernel whose agent joined from another host
 #: Signatures remembered per agent against replays: one agent's traffic, so a smaller window
 #: than the clients' (memory stays ~1 MB per kernel however long it runs).
@@ -143,6 +143,7 @@ class Kernel:
     closing: bool = False  # being removed or restarted: what it queued must not start now
     agent_sock: Any = None  # the socket its agent speaks on (None: the ipc agent socket)
     session_id: str = ""  # Jupyter session id of this incarnation (new at every restart)
+    creator: bytes | None = None  # the client connection that created it (max_kernels_per_client)
 
     def new_incarnation(self, key: bytes) -> None:
         self.id = f"{self.name}-{os.urandom(4).hex()}"

@@ -191,7 +191,7 @@ class RemoteEndpoints:
             # Without CurveZMQ nobody vouches for the peer, and it would choose its own key.
             self.broker.drop_log("a remote agent", "joining needs CurveZMQ, refused on plain TCP")
             return True
-        if not isinstance(name, str) or not NAME_RE.match(name):
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
             self.broker.drop_log("a remote agent", f"bad kernel name {name!r}")
             return True
         session = Session(key.encode(), replay_window=AGENT_REPLAY_WINDOW)

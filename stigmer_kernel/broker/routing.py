@@ -14,6 +14,7 @@ background jobs do not carry across (two shells), nor do directories outside the
 from __future__ import annotations
 
 import os
+import posixpath
 from typing import TYPE_CHECKING, Any
 
 from ..auto import decide
@@ -117,13 +118,31 @@ class AutoRouter:
         return child
 
     def _carry_cwd(self, kernel: Kernel, child: Kernel, pending: Pending) -> None:
-        """Going to the other side: start from the same place in the workspace."""
+        """Going to the other side: start from the same place in the workspace.
+
+        The directory is resolved on the host (``..`` and symlinks followed) and carried only
+        if it lies inside the workspace: the sandbox side reports its own cwd, and code there
+        must not pick the host side's directory (``PWD=/workspace/../..``, or a symlink in the
+        workspace pointing at ``/``). Otherwise the side keeps its own cwd and the reply says why.
+        """
         previous = kernel.children.get(kernel.last_side or "")
         if previous is None or previous is child or not kernel.workspace:
             return
+        if pending.kind is not MsgType.EXECUTE_REQUEST:
+            return
         target = translate(previous.cwd, previous.mode, child.mode, kernel.workspace)
-        if target is not None and pending.kind is MsgType.EXECUTE_REQUEST:
-            pending.content["chdir"] = target
+        if target is None:
+            return  # outside the workspace on that side: nothing to carry
+        if target is _ESCAPES:
+            if pending.decision is not None:
+                pending.decision = {
+                    **pending.decision,
+                    "reason": f"{pending.decision['reason']}; the {previous.mode} side's "
+                    f"directory {previous.cwd!r} is outside the workspace on the host, so the "
+                    f"{child.mode} side kept its own",
+                }
+            return
+        pending.content["chdir"] = target
 
     def interrupt(self, kernel: Kernel, parent: Message | None) -> bool:
         running = kernel.running
@@ -135,13 +154,31 @@ class AutoRouter:
         return False
 
 
+#: What :func:`translate` answers for a path that resolves outside the workspace on the host.
+_ESCAPES = "\0escapes"
+
+
 def translate(path: str, source: str, target: str, workspace: str) -> str | None:
-    """``path`` on the ``source`` side, as seen from the ``target`` side (None: no equivalent)."""
+    """``path`` on the ``source`` side, as seen from the ``target`` side.
+
+    None: it has no equivalent (it is outside the workspace on its side). :data:`_ESCAPES`: it
+    names a place in the workspace that resolves, on the host, outside it (``..`` or a symlink).
+    Anything else is a directory inside the workspace, with every symlink resolved on the host.
+    """
     if source == target:
         return path
-    inside, outside = (WORKSPACE, workspace) if source == "sandbox" else (workspace, WORKSPACE)
-    if path == inside:
-        return outside
-    if path.startswith(inside.rstrip("/") + "/"):
-        return outside.rstrip("/") + path[len(inside.rstrip("/")) :]
-    return None
+    inside = WORKSPACE if source == "sandbox" else workspace
+    if not path.startswith("/"):
+        return None
+    path = posixpath.normpath(path)
+    if path != inside and not path.startswith(inside.rstrip("/") + "/"):
+        return None
+    relative = path[len(inside.rstrip("/")) :].lstrip("/")
+    host_root = os.path.realpath(workspace)
+    host_path = os.path.realpath(os.path.join(host_root, relative))
+    if host_path != host_root and not host_path.startswith(host_root.rstrip("/") + "/"):
+        return _ESCAPES
+    if target == "local":
+        return host_path
+    rest = host_path[len(host_root.rstrip("/")) :].lstrip("/")
+    return posixpath.join(WORKSPACE, rest) if rest else WORKSPACE

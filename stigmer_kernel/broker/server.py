@@ -459,7 +459,7 @@ class Broker:
 
         Raises :class:`RequestError` with a clear message for anything that cannot be served.
         """
-        if not isinstance(name, str) or not NAME_RE.match(name):
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
             raise RequestError(
                 "kernel names are 1-64 letters, digits, '.', '_' or '-', "
                 "not starting with a symbol",
@@ -509,7 +509,31 @@ class Broker:
         cwd = self.config.kernel_cwd or cwd or os.path.expanduser("~")
         if not isinstance(cwd, str) or not os.path.isabs(cwd) or not os.path.isdir(cwd):
             raise RequestError(f"working directory {cwd!r} does not exist", "BadRequest")
-        return self.create_kernel(name, mode, cwd, ttl, options)
+        self._check_kernel_limits(client)
+        kernel = self.create_kernel(name, mode, cwd, ttl, options)
+        kernel.creator = client
+        return kernel
+
+    def _check_kernel_limits(self, client: bytes | None) -> None:
+        """Refuse one kernel more than ``max_kernels`` (server) or ``max_kernels_per_client``."""
+        top = [k for k in self.registry if k.parent is None]
+        limit = self.config.max_kernels
+        if len(top) >= limit:
+            raise RequestError(
+                f"this server already holds {len(top)} kernels (max_kernels {limit}) — shut "
+                "some down (`stigmer kernels list`, `stigmer kernels shutdown NAME`) or raise "
+                "STIGMER_MAX_KERNELS and restart the server",
+                "TooManyKernels",
+            )
+        mine = sum(1 for k in top if client is not None and k.creator == client)
+        limit = self.config.max_kernels_per_client
+        if client is not None and mine >= limit:
+            raise RequestError(
+                f"this client already created {mine} live kernels (max_kernels_per_client "
+                f"{limit}) — reuse or shut down some, or raise STIGMER_MAX_KERNELS_PER_CLIENT "
+                "and restart the server",
+                "TooManyKernels",
+            )
 
     def create_kernel(
         self,

@@ -545,10 +545,20 @@ def _print_table(kernels: list[dict[str, Any]]) -> None:
         ]
         for k in kernels
     ]
+    rows = [[_printable(cell) for cell in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     for row in [headers, *rows]:
         cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
         print("  ".join(cells).rstrip())
+
+
+#: Control characters (C0, DEL, C1): a name or cwd holding them must not drive the terminal.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters shown as escapes (``\x1b``, ``\n``), never sent raw."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 # -- curve ---------------------------------------------------------------------------------------

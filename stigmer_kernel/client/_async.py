@@ -535,6 +535,7 @@ class AsyncClient:
             "ModeUnavailable",
             "ModeMismatch",
             "KernelBusy",
+            "TooManyKernels",
         ):
             self._raise_for(reply)
         exit_code = c.get("exit_code")

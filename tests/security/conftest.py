@@ -17,7 +17,6 @@ import pytest
 
 from tests.sandbox.conftest import docker_client, sandbox, sandbox_factory  # noqa: F401
 
-
 #: The interpreter another local user runs: Debian's, with python3-zmq and python3-msgpack.
 ATTACKER_PYTHON = "/usr/bin/python3"
 

@@ -72,10 +72,8 @@ format: install ## Rewrite code with ruff's formatter and safe fixes
 	$(BIN)/ruff format stigmer_kernel tests examples scripts
 	$(BIN)/ruff check --fix stigmer_kernel tests examples scripts
 
-bench: install test-image ## Latency: native vs subprocess, Jupyter vs bash_kernel, sandbox vs docker exec
-	$(BIN)/python scripts/bench_roundtrip.py
-	$(BIN)/python scripts/bench_jupyter.py
-	$(BIN)/python scripts/bench_sandbox.py
+bench: install test-image ## Every benchmark (native vs subprocess, Jupyter vs bash_kernel, sandbox vs docker exec), then one table
+	$(BIN)/python scripts/bench.py
 
 load: install test-image ## Load: 50 clients x 200 commands for 60 s, then 200 kernels alive at once
 	$(BIN)/python scripts/load.py

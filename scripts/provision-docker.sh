@@ -11,7 +11,19 @@ if docker info >/dev/null 2>&1; then
   exit 0
 fi
 
+cannot() {
+  log "no Docker engine answers here and this script cannot start one: $1"
+  log "start Docker yourself (Docker Desktop on macOS, or your distribution's engine), then run"
+  log "this again; local mode (the default) needs no Docker at all"
+  exit 1
+}
+
 if ! command -v dockerd >/dev/null 2>&1; then
+  if [ "$(uname -s)" != Linux ]; then
+    cannot "dockerd is not installed, and installing it is done only on Debian-like Linux"
+  fi
+  command -v apt-get >/dev/null 2>&1 || cannot "dockerd is not installed and there is no apt-get"
+  [ "$(id -u)" = 0 ] || cannot "dockerd is not installed, and installing it needs root"
   log "installing docker.io (Debian's engine)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -29,6 +41,8 @@ start_dockerd() {
 }
 
 started_pid=""
+
+[ "$(id -u)" = 0 ] || cannot "starting dockerd needs root"
 
 for attempt in 1 2 3; do
   # A dockerd still shutting down (or its containerd) can make a new one fail: wait, retry.

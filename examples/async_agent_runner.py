@@ -19,7 +19,14 @@ async def main() -> None:
     async with AsyncClient() as client:
         await asyncio.gather(
             agent(
-                client, "alpha", ["mkdir -p /tmp/alpha && cd /tmp/alpha", "pwd", "git --version"]
+                client,
+                "alpha",
+                [
+                    'cd "$(mktemp -d)"',  # a directory of its own, removed at the end
+                    "pwd",
+                    "git --version",
+                    'cd / && rmdir "$OLDPWD"',
+                ],
             ),
             agent(client, "beta", ["export N=41", "echo $((N + 1))", "python3 --version"]),
             agent(client, "gamma", ["ls /nonexistent", "echo recovered"]),

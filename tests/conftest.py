@@ -23,9 +23,25 @@ from stigmer_kernel.runtime import RuntimeDir
 ROOT = Path(__file__).resolve().parent.parent
 
 
+#: Every directory :func:`short_tempdir` made in this session, removed when the session ends.
+_TEMPDIRS: list[str] = []
+
+
 def short_tempdir(prefix: str = "stg-") -> str:
-    """A temp dir short enough for ipc socket paths (pytest's tmp_path can be too long)."""
-    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    """A temp dir short enough for ipc socket paths (pytest's tmp_path can be too long),
+    removed at the end of the test session."""
+    path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    _TEMPDIRS.append(path)
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_short_tempdirs() -> Iterator[None]:
+    yield
+    for path in _TEMPDIRS:
+        shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(config_path_of(path))  # a test server's config file, beside its dir
 
 
 def config_path_of(runtime_dir: str) -> str:

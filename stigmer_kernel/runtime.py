@@ -99,6 +99,12 @@ class RuntimeDir:
     def ensure(self) -> None:
         """Create the directory tree owner-only, or refuse one that is not ours."""
         self._refuse_foreign()
+        longest = max(len(str(self.client_socket)), len(str(self.agent_socket)))
+        if longest > MAX_IPC_PATH:  # checked before anything is made
+            raise RuntimeDirError(
+                f"runtime directory {self.path} is too long for ipc sockets "
+                f"({longest} > {MAX_IPC_PATH} characters) — choose a shorter STIGMER_RUNTIME_DIR"
+            )
         for directory in (self.path, self.agents_dir):
             try:
                 directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -117,12 +123,6 @@ class RuntimeDir:
                 )
             if info.st_mode & 0o077:
                 os.chmod(directory, 0o700)
-        longest = max(len(str(self.client_socket)), len(str(self.agent_socket)))
-        if longest > MAX_IPC_PATH:
-            raise RuntimeDirError(
-                f"runtime directory {self.path} is too long for ipc sockets "
-                f"({longest} > {MAX_IPC_PATH} characters) — choose a shorter STIGMER_RUNTIME_DIR"
-            )
         marker = self.path / MARKER
         if not marker.exists():
             marker.write_text("a stigmer-kernel runtime directory; see docs/architecture.md\n")

@@ -63,6 +63,7 @@ def main() -> int:
     engine = docker.from_env()
     engine.images.get(IMAGE)
     workspace = tempfile.mkdtemp(prefix="stg-bench-ws-", dir="/tmp")
+    os.chmod(workspace, 0o755)  # sandbox commands never run as root: let their uid in
 
     # docker exec of `true` in a running container of the same image (the SDK, as agents would).
     box = engine.containers.run(IMAGE, ["sleep", "infinity"], detach=True, init=True)

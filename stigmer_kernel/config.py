@@ -59,11 +59,15 @@ class EnvVar(str, enum.Enum):
     SANDBOX_CPUS = "STIGMER_SANDBOX_CPUS"
     SANDBOX_PIDS = "STIGMER_SANDBOX_PIDS"
     SANDBOX_READ_ONLY = "STIGMER_SANDBOX_READ_ONLY"
+    SANDBOX_USER = "STIGMER_SANDBOX_USER"
+    SANDBOX_TMPFS_SIZE = "STIGMER_SANDBOX_TMPFS_SIZE"
+    SANDBOX_DISK = "STIGMER_SANDBOX_DISK"
     SANDBOX_WORKSPACE = "STIGMER_SANDBOX_WORKSPACE"
     SANDBOX_WARM = "STIGMER_SANDBOX_WARM"
     AUTO_LOCAL_FALLBACK = "STIGMER_AUTO_LOCAL_FALLBACK"
     ALLOW_PLAIN_TCP = "STIGMER_ALLOW_PLAIN_TCP"
     MAX_KERNELS = "STIGMER_MAX_KERNELS"
+    BROKER_MEMORY_MB = "STIGMER_BROKER_MEMORY_MB"
     MAX_KERNELS_PER_CLIENT = "STIGMER_MAX_KERNELS_PER_CLIENT"
     # Set by the broker for the agents it spawns; never read from user config.
     AGENT_KEY = "STIGMER_AGENT_KEY"
@@ -94,6 +98,15 @@ def _env(var: EnvVar) -> dict[str, Any]:
 _MEMORY = (
     re.compile(r"[0-9]+(\.[0-9]+)?([kmg]b?|b)?", re.IGNORECASE),
     "a size such as 512m, 2g or 2gb",
+)
+#: A tmpfs size as the kernel takes it (``size=0`` would mean no limit, so it is refused).
+_TMPFS = (re.compile(r"[1-9][0-9]*[kmg]?", re.IGNORECASE), "a size such as 256m or 1g")
+#: Docker's storage-opt size syntax.
+_DISK = (re.compile(r"[1-9][0-9]*([kmgt]b?|b)?", re.IGNORECASE), "a size such as 10g")
+#: ``UID:GID`` or ``UID``, neither of them 0: a sandbox never runs as root.
+_SANDBOX_USER = (
+    re.compile(r"0*[1-9][0-9]{0,9}(:0*[1-9][0-9]{0,9})?"),
+    "UID:GID or UID (numbers, e.g. 1000:1000), neither of them 0: sandboxes never run as root",
 )
 
 
@@ -166,8 +179,11 @@ class Config:
     sandbox_ttl: float = field(default=3600.0, metadata=_env(EnvVar.SANDBOX_TTL))
     """Idle seconds after which a sandbox kernel and its container expire (sandbox mode)."""
 
-    sandbox_network: str = field(default="bridge", metadata=_env(EnvVar.SANDBOX_NETWORK))
-    """Docker network of sandbox containers: bridge (package installs work), none, or a name."""
+    sandbox_network: str = field(default="isolated", metadata=_env(EnvVar.SANDBOX_NETWORK))
+    """Docker network of sandbox containers: isolated (a network of this server's own: outbound
+    access for package installs, but no sandbox reaches another one or, with a root server, a
+    service on this host), bridge (Docker's default: they reach each other and the host), none,
+    or the name of a Docker network."""
 
     sandbox_transport: str = field(
         default="ipc", metadata={**_env(EnvVar.SANDBOX_TRANSPORT), "choices": ("ipc", "tcp")}
@@ -196,6 +212,28 @@ class Config:
     sandbox_read_only: bool = field(default=False, metadata=_env(EnvVar.SANDBOX_READ_ONLY))
     """Read-only root filesystem for sandboxes (with a writable tmpfs /tmp)."""
 
+    sandbox_tmpfs_size: str = field(
+        default="1g", metadata={**_env(EnvVar.SANDBOX_TMPFS_SIZE), "pattern": _TMPFS}
+    )
+    """Size of each of a sandbox's /tmp and /var/tmp (tmpfs: what is written there counts
+    against STIGMER_SANDBOX_MEMORY). Containers kept for reuse (sandbox_cleanup=false) keep /tmp
+    and /var/tmp on their disk unless the root filesystem is read-only."""
+
+    sandbox_disk: str | None = field(
+        default=None, metadata={**_env(EnvVar.SANDBOX_DISK), "pattern": _DISK}
+    )
+    """Size limit of a sandbox container's writable layer (none: no limit). Only storage drivers
+    with quotas apply it (overlay2 on xfs mounted with pquota, btrfs, zfs); with others a
+    sandbox fails to start and says so."""
+
+    sandbox_user: str | None = field(
+        default=None, metadata={**_env(EnvVar.SANDBOX_USER), "pattern": _SANDBOX_USER}
+    )
+    """UID:GID (or UID, with that user's group) sandbox commands run as, and so what files they
+    write in the workspace belong to (none: the server's own uid:gid; a root server takes
+    SUDO_UID:SUDO_GID when set, else 65534:65534, nobody:nogroup). Never 0; a server that is not
+    root can only give its sandboxes its own uid."""
+
     sandbox_workspace: str | None = field(
         default=None, metadata={**_env(EnvVar.SANDBOX_WORKSPACE), "path": True}
     )
@@ -220,9 +258,17 @@ class Config:
     defaults). A client sends its execution mode only when it is one of these, so that a server
     started with another default mode applies it."""
 
-    max_message_bytes: int = 64 * 1024 * 1024
-    """Largest frame the broker accepts (ZeroMQ's MAXMSGSIZE, per frame): a peer that sends a
-    bigger one is disconnected by ZeroMQ before the broker sees it."""
+    max_message_bytes: int = 32 * 1024 * 1024
+    """Largest frame the broker accepts from native clients (ZeroMQ's MAXMSGSIZE, per frame: a
+    request's code and its stdin travel in one frame): a peer that sends a bigger one is
+    disconnected by ZeroMQ before the broker sees it. Agents and Jupyter channels have their own,
+    smaller limits (broker/connections.py)."""
+
+    broker_memory_mb: int = field(
+        default=1024, metadata={**_env(EnvVar.BROKER_MEMORY_MB), "zero_ok": True}
+    )
+    """MiB of resident memory past which the broker closes the connections of its exposed
+    sockets (agents.sock, Jupyter channels, TCP endpoints) that deliver no message (0: never)."""
 
     def __post_init__(self) -> None:
         # A Config built by hand (not by load_config) counts what it changed as set.
@@ -307,6 +353,9 @@ def parse_value(key: str, raw: Any) -> Any:
                 return None
             if FIELDS[key].metadata.get("path"):
                 return str(Path(str(text)).expanduser().absolute())
+            optional = FIELDS[key].metadata.get("pattern")
+            if optional and not optional[0].fullmatch(str(text)):
+                raise ValueError(text)
             return str(text)
         choices = FIELDS[key].metadata.get("choices")
         if choices and str(text).lower() not in choices:

@@ -188,6 +188,24 @@ class RuntimeDir:
             return None
         return data if isinstance(data, dict) else None
 
+    def lock_holder(self) -> int | None:
+        """The pid of the process holding this directory's server lock, as the kernel's lock
+        table says (Linux ``/proc/locks``), or None if it cannot be told: the only pid that may
+        be signalled as this directory's server."""
+        try:
+            info = os.stat(self.lock_path)
+            with open("/proc/locks", encoding="ascii", errors="replace") as handle:
+                table = handle.read().splitlines()
+        except OSError:
+            return None
+        device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+        for line in table:
+            fields = line.split()
+            if "FLOCK" in fields and device in fields:
+                with contextlib.suppress(ValueError, IndexError):
+                    return int(fields[fields.index(device) - 1])
+        return None
+
     def server_running(self) -> bool:
         """True while some process holds this directory's server lock."""
         try:

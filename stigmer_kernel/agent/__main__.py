@@ -16,10 +16,16 @@ import tempfile
 from pathlib import Path
 
 from ..config import EnvVar
+from ..errors import StigmerError
+from . import nosuid, procs
 from .agent import Agent, AgentOptions
 
 
 def main(argv: list[str] | None = None) -> int:
+    # First of all, before any key is read: no other process of this uid (a command of this
+    # very kernel included) may read this one's memory or environment. Exec'd programs are
+    # dumpable again, as they hold no key.
+    procs.set_non_dumpable()
     parser = argparse.ArgumentParser(prog="python -m stigmer_kernel.agent")
     parser.add_argument("--endpoint", required=True, help="broker agent endpoint")
     parser.add_argument(
@@ -38,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
         help="read the kernel id from this file (a sandbox container started again for a new "
         "incarnation keeps its command line)",
     )
+    parser.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="inside a sandbox container: before anything runs, install the seccomp filter "
+        "that refuses set-uid/set-gid file modes (agent/nosuid.py), or fail to start",
+    )
     remote = parser.add_argument_group("remote agents (another host, CurveZMQ over TCP)")
     remote.add_argument("--join", metavar="NAME", help="offer to serve kernel NAME")
     remote.add_argument("--server-key", help="the broker's public key file (server.key)")
@@ -48,6 +60,13 @@ def main(argv: list[str] | None = None) -> int:
         "this agent's public and secret key, z85, one per line; read, then deleted",
     )
     args = parser.parse_args(argv)
+    if args.sandbox:
+        # Before any thread (ZeroMQ's included) and any command: all of them inherit it.
+        try:
+            nosuid.install(args.workdir or tempfile.gettempdir())
+        except (StigmerError, OSError) as exc:
+            print(f"agent: {exc}", file=sys.stderr)
+            return 2
     # The key comes as the first line of stdin (or, for containers, STIGMER_AGENT_KEY).
     curve = None
     if args.join:
@@ -107,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     # The broker interrupts commands by message; a stray Ctrl-C must not kill the agent. A
     # handler (not SIG_IGN) so that bash, after exec, starts with SIGINT at its default.
     signal.signal(signal.SIGINT, lambda *_: None)
+    signal.signal(signal.SIGTERM, _terminate)  # ends like a shutdown: its processes go with it
     opts = AgentOptions(
         endpoint=args.endpoint,
         kernel_id=args.kernel_id,
@@ -122,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         curve=curve,
     )
     return Agent(opts).run()
+
+
+def _terminate(*_: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: let the clean-up finish
+    raise SystemExit(128 + signal.SIGTERM)
 
 
 if __name__ == "__main__":

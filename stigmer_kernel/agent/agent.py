@@ -40,6 +40,8 @@ log = logging.getLogger("stigmer.agent")
 _TERM_AFTER = 0.5  # SIGTERM the command's processes, SIGINT bash again
 _KILL_AFTER = 1.5  # SIGKILL the command's processes
 _RESET_AFTER = 3.0  # SIGKILL bash itself: the session is reset
+_IDLE_CHECK = 1.0  # seconds between checks that a running command's end report is not lost
+_ABORT_WAIT = 0.3  # seconds a stopped command waits for bash to act on the abort signal
 _STARTUP_TIMEOUT = 10.0
 _STDIN_POLL = 0.1  # seconds between checks for a command waiting on interactive stdin
 _SEND_RETRY = 0.25  # seconds a blocked send waits before checking that the broker still answers
@@ -72,12 +74,14 @@ class Run:
     stop_reason: str | None = None  # "timeout" | "interrupted"
     stop_started: float = 0.0
     stop_stage: int = 0
-    eof: set[int] = field(default_factory=set)
     captured: list[bytes] = field(default_factory=list)  # output of hidden runs
     query: introspect.CompletionQuery | None = None
     allow_stdin: bool = False
     waiting_input: bool = False
     next_stdin_check: float = 0.0
+    next_idle_check: float = 0.0
+    exit_held: bytes = b""  # a trailing "exit\n" on stderr, sent unless the command ran `exit`
+    problem: str | None = None  # what broke the session, when the agent ended bash for it
 
     @property
     def hidden(self) -> bool:
@@ -174,7 +178,7 @@ class Agent:
         self.run_state: Run | None = None
         self.execution_count = 0
         self.last_status = 0  # exit status of the last user command; hidden runs restore it
-        self._held: tuple[bytes, bytes] = (b"", b"")  # between-command output kept aside
+        self.lost_session = False  # bash died between commands without its state: say so next
         self.stdin_pipe = StdinPipe(opts.workdir / "stdin.fifo")
         self.heartbeat = Heartbeat(self.ctx, opts, self.identity)
         self.stopping = False
@@ -202,18 +206,33 @@ class Agent:
         """True once the broker has not answered a heartbeat for ``orphan_timeout``."""
         return time.monotonic() - self.heartbeat.last_ack > self.opts.orphan_timeout
 
-    def start_shell(self) -> None:
-        """Spawn bash and read until its first prompt (discarding its start-up chatter)."""
-        self.shell.spawn()
+    def start_shell(self, restore: bool = False, status: int = 0) -> None:
+        """Spawn bash and read until its first prompt (discarding its start-up chatter).
+
+        With ``restore``, the new bash reads back the state its predecessor's EXIT trap saved,
+        and ``$?`` is ``status``; if that fails, a fresh bash is started instead.
+        """
+        self.shell.spawn(restore, status)
         deadline = time.monotonic() + _STARTUP_TIMEOUT
         poller = zmq.Poller()
-        poller.register(self.shell.stdout_fd, zmq.POLLIN)
-        poller.register(self.shell.stderr_fd, zmq.POLLIN)
-        while self.shell.finished() is None:
-            if time.monotonic() > deadline or self.shell.reap():
+        poller.register(self.shell.ctl_fd, zmq.POLLIN)
+        while not self.shell.ready:
+            if time.monotonic() > deadline or self.shell.reap() or self.shell.ctl_fd < 0:
+                if restore:  # the saved state stops bash from starting: do without it
+                    self.shell.signal_shell(signal.SIGKILL)
+                    self.shell.reap(block=True)
+                    self.shell.release()
+                    self.start_shell()
+                    return
                 raise RuntimeError(f"bash ({self.opts.shell}) did not start")
-            for fd, _ in poller.poll(200):
-                self.shell.read(fd)
+            if poller.poll(200):
+                self.shell.read_control()
+        if restore and not self.shell.restored:  # read back only in part: not a session
+            self.shell.signal_shell(signal.SIGKILL)
+            self.shell.reap(block=True)
+            self.shell.release()
+            self.start_shell()
+            return
         self.heartbeat.shell_pgid = self.shell.pid
 
     # -- main loop --------------------------------------------------------------------------
@@ -236,6 +255,10 @@ class Agent:
         finally:
             self.heartbeat.stop_event.set()
             self.shell.close()
+            if self.subreaper:
+                # Whatever the kernel ever started ends with it: daemons that left bash's
+                # session (setsid, double fork) were reparented to this subreaper.
+                procs.end_descendants(os.getpid())
             if self.heartbeat.is_alive():
                 self.heartbeat.join(timeout=2)
             self.sock.close(linger=linger)
@@ -266,15 +289,17 @@ class Agent:
     def _loop(self) -> None:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
-        registered_fds: tuple[int, int] = (-1, -1)
+        registered_fds: tuple[int, ...] = (-1, -1, -1, -1)
         while not self.stopping:
-            fds = (self.shell.stdout_fd, self.shell.stderr_fd)
+            shell = self.shell
+            fds = (shell.stdout_fd, shell.stderr_fd, shell.ctl_fd, shell.pidfd)
             if fds != registered_fds:
                 for fd in registered_fds:
                     if fd >= 0:
                         poller.unregister(fd)
                 for fd in fds:
-                    poller.register(fd, zmq.POLLIN)
+                    if fd >= 0:
+                        poller.register(fd, zmq.POLLIN)
                 registered_fds = fds
             timeout_ms = self._next_timer_ms()
             for sock_or_fd, _ in poller.poll(timeout_ms):
@@ -409,38 +434,67 @@ class Agent:
                 next_stdin_check=now + _STDIN_POLL,
             )
             self.heartbeat.busy = True
-            if run.hidden:
-                # Output background jobs wrote between commands belongs to the next *command*,
-                # not to a completion: set it aside for the duration of this hidden run.
-                self._held = (self.shell.out_scan.take_after(), self.shell.err_scan.take_after())
+            if not run.hidden:
+                # Output background jobs wrote between commands comes first (a completion or
+                # inspection leaves it for the next command).
+                between = self.shell.between
+                for fd, name in self._streams():
+                    if kept := between.take(fd):
+                        self._forward(run, name, kept)
+                if dropped := between.take_dropped():
+                    notice = (
+                        f"[stigmer] {dropped} bytes of output written between commands were "
+                        f"discarded (more than {BETWEEN_COMMANDS_LIMIT} bytes per stream)\n"
+                    ).encode()
+                    self.send(MsgType.STREAM, {"name": "stderr", "data": notice}, parent=msg)
+            run.next_idle_check = now + _IDLE_CHECK
+            if self.shell.reap():  # bash ended since the last command: this one gets the next
+                self._restart_idle()
             if run.allow_stdin:
                 self.stdin_pipe.open()
                 self.shell.begin(script, stdin_file=self.stdin_pipe.path)
             else:
                 self.shell.begin(script, stdin)
-            if not run.hidden and (dropped := self.shell.take_dropped()):
-                notice = (
-                    f"[stigmer] {dropped} bytes of output written between commands were "
-                    f"discarded (more than {BETWEEN_COMMANDS_LIMIT} bytes per stream)\n"
-                ).encode()
-                self.send(MsgType.STREAM, {"name": "stderr", "data": notice}, parent=msg)
+
+    def _streams(self) -> tuple[tuple[int, StreamName], tuple[int, StreamName]]:
+        return (
+            (self.shell.stdout_fd, StreamName.STDOUT),
+            (self.shell.stderr_fd, StreamName.STDERR),
+        )
 
     def _on_output(self, fd: int) -> None:
-        data, eof = self.shell.read(fd)
-        run = self.run_state
-        name = StreamName.STDOUT if fd == self.shell.stdout_fd else StreamName.STDERR
-        if data and run is not None:
-            self._forward(run, name, data)
-        if eof and run is not None:
-            run.eof.add(fd)
-        self._check_done()
+        if fd == self.shell.ctl_fd:
+            self.shell.read_control()
+        elif fd in (self.shell.stdout_fd, self.shell.stderr_fd):
+            data, _ = self.shell.read(fd)
+            run = self.run_state
+            if data and run is None:
+                self.shell.between.keep(fd, data)
+            elif data and run is not None:
+                name = StreamName.STDOUT if fd == self.shell.stdout_fd else StreamName.STDERR
+                self._forward(run, name, data)
+        self._check_done()  # (the pidfd: bash exited)
 
     def _forward(self, run: Run, name: StreamName, data: bytes) -> None:
+        if name is StreamName.STDERR:
+            if self.shell.marker in data:
+                self.shell.read_control()  # (its end: already there if it was closed)
+                if self.shell.detached:  # bash's own end report, its stderr being lost
+                    data = self.shell.strip_reports(data)
+            # bash prints "exit" when `exit` runs: held back until it is known whether it did.
+            data, run.exit_held = run.exit_held + data, b""
+            if data.endswith(b"exit\n"):
+                data, run.exit_held = data[:-5], b"exit\n"
+            if not data:
+                return
         if run.hidden:
             if name is StreamName.STDOUT and run.sent < 4 * 1024 * 1024:
                 run.captured.append(data)
                 run.sent += len(data)
             return
+        self._send_stream(run, name, data)
+
+    def _send_stream(self, run: Run, name: StreamName, data: bytes) -> None:
         room = run.output_limit - run.sent
         if room <= 0:
             run.dropped += len(data)
@@ -454,41 +508,91 @@ class Agent:
     def _check_done(self) -> None:
         run = self.run_state
         if run is None:
+            if not self.stopping and self.shell.reap():
+                self._restart_idle()  # e.g. an abort signal that landed after the command
             return
         end = self.shell.finished()
-        if end is None and (self.shell.reap() or len(run.eof) == 2):
-            # bash itself is gone: forward what it left, then restart the session.
-            for fd in (self.shell.stdout_fd, self.shell.stderr_fd):
-                while True:
-                    data, eof = self.shell.read(fd)
-                    if data:
-                        name = (
-                            StreamName.STDOUT if fd == self.shell.stdout_fd else StreamName.STDERR
-                        )
-                        self._forward(run, name, data)
-                    if eof or not data:
-                        break
-            self.shell.reap(block=True)
-            status = self.shell.exit_status if self.shell.exit_status is not None else -1
-            code = 128 - status if status < 0 else status
-            end = CommandEnd(exit_code=code, cwd=self.shell.cwd, session_ended=True)
+        if end is None and self.shell.reap():
+            end = self._after_exit(run)
+        elif end is not None:
+            self._drain(run)  # all the command wrote is in the pipes by now
+            if end.problem is not None:
+                self.shell.signal_shell(signal.SIGKILL)
+                self.shell.reap(block=True)
+                self._respawn(restore=False)
+                end.session_ended = True
+            elif run.stop_stage and self.shell.wait_exit(_ABORT_WAIT):
+                self._after_exit(run)  # the abort signal raced the end: bash is restarted now
         if end is not None:
             self._finish(run, end)
 
+    def _drain(self, run: Run) -> None:
+        for fd, name in self._streams():
+            if data := self.shell.drain(fd):
+                self._forward(run, name, data)
+
+    def _after_exit(self, run: Run) -> CommandEnd:
+        """bash exited during ``run``: forward what it left and start the next bash, with the
+        state its EXIT trap saved (exit, set -e, the abort signal) or afresh."""
+        self._drain(run)
+        status = self.shell.exit_status if self.shell.exit_status is not None else -1
+        code = 128 - status if status < 0 else status
+        detached = self.shell.detached
+        restore = self.shell.saved_state()
+        if restore and status >= 0:
+            run.exit_held = b""  # bash's "exit" line: the command ran `exit`
+        # After a stop, $? is what a Ctrl-C leaves (not the abort signal's 138).
+        self._respawn(restore, EXIT_INTERRUPTED if run.stop_stage else code)
+        problem = run.problem
+        if problem is not None:
+            pass
+        elif detached and restore:
+            problem = "the command closed the shell's own descriptors"
+        elif detached:
+            problem = "the shell was replaced by `exec`"
+        return CommandEnd(
+            exit_code=code,
+            cwd=self.shell.cwd,
+            session_ended=not self.shell.restored,
+            problem=problem,
+        )
+
+    def _respawn(self, restore: bool, status: int = 0) -> None:
+        self.shell.release()
+        if not self.stopping:
+            self.start_shell(restore, status)
+
+    def _restart_idle(self) -> None:
+        """bash exited between commands: start the next one (with its saved state)."""
+        restore = self.shell.saved_state()
+        self._respawn(restore, self.last_status)
+        if not self.shell.restored:
+            self.lost_session = True
+
     def _finish(self, run: Run, end: CommandEnd) -> None:
+        # A stop the command line outlived (a SIGINT trap that let it go on to its end) did not
+        # stop it: the reply says how it really ended.
+        if run.stop_reason is not None and not (
+            run.stop_stage or end.exit_code == EXIT_INTERRUPTED or end.session_ended
+        ):
+            run.stop_reason = None
         # Whatever the command started and left behind ends with it if it was stopped.
         if run.stop_reason is not None:
             procs.signal_pids(
                 procs.started_since(os.getpid(), run.started_ticks, {self.shell.pid}),
                 signal.SIGKILL,
             )
-        if end.session_ended:
-            self.shell.close()
+        if run.exit_held and not run.hidden:
+            self._send_stream(run, StreamName.STDERR, run.exit_held)
+        run.exit_held = b""
         if run.allow_stdin:
             self.stdin_pipe.close()
         if run.hidden:
             self._finish_hidden(run, end)
             return
+        if self.lost_session:  # the session this command started in was a fresh one
+            self.lost_session = False
+            end.session_ended = True
         self.last_status = end.exit_code
         if run.dropped:
             notice = (
@@ -496,13 +600,17 @@ class Agent:
                 f"{run.output_limit} bytes were discarded\n"
             ).encode()
             self.send(MsgType.STREAM, {"name": "stderr", "data": notice}, parent=run.msg)
-        exit_code = end.exit_code
+        exit_code: int | None = end.exit_code
+        if end.problem is not None and end.exit_code < 0:
+            exit_code = None  # the command may not have run at all
         if run.stop_reason == "timeout":
             status = ExecStatus.TIMEOUT
             exit_code = EXIT_TIMEOUT
         elif run.stop_reason == "interrupted":
             status = ExecStatus.INTERRUPTED
             exit_code = EXIT_INTERRUPTED
+        elif end.problem is not None:
+            status = ExecStatus.ERROR
         else:
             status = ExecStatus.OK if exit_code == 0 else ExecStatus.ERROR
         content: dict[str, Any] = {
@@ -526,11 +634,16 @@ class Agent:
         elif status is ExecStatus.ERROR:
             content["ename"] = "CommandFailed"
             content["evalue"] = f"exit code {exit_code}"
+        if end.problem is not None:
+            content["evalue"] = end.problem
         if end.session_ended and not self.stopping:
             content["evalue"] = (
                 content.get("evalue", "") + "; the shell exited, so a fresh session was started "
                 "(variables and functions were reset)"
             ).lstrip("; ")
+        elif end.problem is not None:
+            content["evalue"] += "; the shell was restarted with its state (variables, "
+            "functions, options and cwd kept)"
         self.send(MsgType.EXECUTE_REPLY, content, parent=run.msg)
         with contextlib.suppress(FileNotFoundError):
             self.shell.stdin_path.unlink()
@@ -539,16 +652,10 @@ class Agent:
     def _next(self, end: CommandEnd) -> None:
         self.run_state = None
         self.heartbeat.busy = False
-        if end.session_ended and not self.stopping:
-            self.start_shell()
         if not self.stopping:
             self._start_next()
 
     def _finish_hidden(self, run: Run, end: CommandEnd) -> None:
-        out_held, err_held = self._held
-        self.shell.out_scan.restore_after(out_held)
-        self.shell.err_scan.restore_after(err_held)
-        self._held = (b"", b"")
         output = b"".join(run.captured).decode("utf-8", "replace")
         content: dict[str, Any]
         if run.kind is MsgType.COMPLETE_REQUEST:
@@ -591,12 +698,20 @@ class Agent:
         run.stop_reason = reason
         run.stop_started = time.monotonic()
         run.stop_stage = 0
-        self.shell.interrupt()
+        # The command's processes only: what earlier commands left running is not its own.
+        pids = procs.started_since(os.getpid(), run.started_ticks, {self.shell.pid})
+        if self.shell.ignores_sigint():  # trap '' INT: Ctrl-C would stop nothing
+            run.stop_stage = 1
+            self.shell.abort()
+            procs.signal_pids(pids, signal.SIGTERM)
+        else:
+            self.shell.interrupt(pids)
 
     def _tick(self) -> None:
         self._reap_orphans()
         run = self.run_state
         if run is None:
+            self._check_done()  # bash exiting between commands (without a pidfd to tell)
             return
         now = time.monotonic()
         if run.stop_reason is None:
@@ -604,32 +719,44 @@ class Agent:
                 self._begin_stop(run, "timeout")
             elif run.allow_stdin and now >= run.next_stdin_check:
                 self._check_stdin(run, now)
+            if now >= run.next_idle_check:
+                self._check_idle(run, now)
+            self._check_done()
             return
         elapsed = now - run.stop_started
         mine = {self.shell.pid}
         if run.stop_stage == 0 and elapsed >= _TERM_AFTER:
             run.stop_stage = 1
             survivors = procs.started_since(os.getpid(), run.started_ticks, mine)
-            if survivors:
-                # Ctrl-C again (bash and its programs) first: a program started just as the
-                # first one was sent missed it, and only a program that dies of SIGINT makes
-                # bash abort the rest of the command line. SIGINT is delivered before the
-                # SIGTERM that follows. No second SIGINT to bash alone: landing after the line
-                # ended, it would make bash show its prompt again.
-                self.shell.interrupt()
-            else:
-                self.shell.signal_shell(signal.SIGINT)  # e.g. a loop of builtins
+            # Ctrl-C again first: a program started just as the first one was sent missed it.
+            # Then the abort signal, which ends the command line even if bash's SIGINT trap
+            # would let it go on once its programs die of the SIGTERM that follows.
+            procs.signal_pids(survivors, signal.SIGINT)
+            self.shell.abort()
             procs.signal_pids(survivors, signal.SIGTERM)
         elif run.stop_stage == 1 and elapsed >= _KILL_AFTER:
             run.stop_stage = 2
             procs.signal_pids(
                 procs.started_since(os.getpid(), run.started_ticks, mine), signal.SIGKILL
             )
-            self.shell.signal_shell(signal.SIGINT)
+            self.shell.abort()
         elif run.stop_stage == 2 and elapsed >= _RESET_AFTER:
             run.stop_stage = 3
             self.shell.signal_shell(signal.SIGKILL)
         self._check_done()
+
+    def _check_idle(self, run: Run, now: float) -> None:
+        """A command whose end report went missing: bash reads its next line already. Either
+        the command removed the report (PROMPT_COMMAND) and it is put back, or it closed the
+        shell's own descriptors and the shell is restarted."""
+        run.next_idle_check = now + _IDLE_CHECK
+        self.shell.read_control()
+        if self.shell.finished() is None and not self.shell.repairing and self.shell.idle():
+            if self.shell.detached:
+                run.problem = "the command closed the shell's own descriptors"
+                self.shell.signal_shell(signal.SIGKILL)
+            else:
+                self.shell.repair()
 
     def _check_stdin(self, run: Run, now: float) -> None:
         """Ask the client for a line when the command sits waiting on an empty stdin."""

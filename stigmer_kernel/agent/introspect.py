@@ -3,7 +3,8 @@ inspect and is_complete requests).
 
 Completion and inspection run *inside* the kernel's session (so functions, aliases, variables
 and the cwd of the session count) as hidden commands whose output is parsed here; they leave
-``$?`` as the last user command left it. ``is_complete`` only parses, with ``bash -n``.
+``$?`` as the last user command left it (their last line is ``(exit N)``: bash runs commands at
+top level, where ``return`` is an error). ``is_complete`` only parses, with ``bash -n``.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def completion_code(query: CompletionQuery, last_status: int) -> str:
             'if [[ -d $__stg_x ]]; then printf "%s/\\n" "$__stg_x"; '
             'else printf "%s\\n" "$__stg_x"; fi; done'
         )
-    return f"{body}\nreturn {last_status}"
+    return f"{body}\n{restore_status(last_status)}"
 
 
 def completion_matches(query: CompletionQuery, output: str) -> list[str]:
@@ -99,8 +100,13 @@ def inspect_code(word: str, last_status: int) -> str:
         "else echo __stg_not_found__\n"
         "fi\n"
         "unset __stg_w\n"
-        f"return {last_status}"
+        f"{restore_status(last_status)}"
     )
+
+
+def restore_status(status: int) -> str:
+    """The last line of hidden code: it leaves ``$?`` as the user's last command left it."""
+    return f"(\\builtin exit {status & 0xFF})"
 
 
 def inspect_result(output: str) -> tuple[bool, str]:

@@ -2,23 +2,32 @@
 
 How it works (see docs/architecture.md, "The shell session"):
 
-* bash runs as ``bash --rcfile RC --noediting -i`` in its own session, reading command lines
-  from a pipe on its stdin. Interactive mode gives terminal semantics without a terminal:
-  SIGINT aborts the whole command line (not just the current program) and returns to the prompt.
-* Each command is written to a file and run with ``. FILE </dev/null``: sourcing at top level
-  keeps cwd, variables (``declare`` too), functions and aliases; ``exit N`` is aliased to
-  ``return N``, which ends the sourced command with status N and keeps the session.
-* ``PROMPT_COMMAND`` (read-only) writes an end marker carrying ``$?`` and ``$PWD`` to stdout and
-  a marker to stderr, through saved descriptors 61/62 that point at the same pipes. When both
-  markers arrived, every byte the command wrote before finishing has been read, in order.
-* The markers hold a random token, so output cannot forge them by accident.
+* bash runs as ``bash --rcfile RC --noediting -i`` in its own session. Interactive mode gives
+  terminal semantics without a terminal: SIGINT aborts the whole command line and returns to
+  the prompt. Its stdin is the command pipe; its stdout and stderr are the *control* pipe, which
+  only bash itself writes to (prompts, ``set -x`` traces of what it runs at top level, its own
+  errors). Commands write to the output pipes, saved in bash as descriptors 61 and 62.
+* Each command is one line: ``\\eval $'CODE' <STDIN >&61 2>&62 61>&- 62>&-``. The code runs at
+  top level (cwd, variables, functions and aliases persist; errors read ``bash: ...``), with the
+  output pipes as its stdout and stderr and no descriptor of the session's own.
+* ``PROMPT_COMMAND[999]`` (an element a scalar ``PROMPT_COMMAND=...`` leaves alone) reports the
+  end on the control pipe with a message bash prints itself: a redirection from
+  ``/dev/null/MARKER...`` fails with the expanded name, so no command a user could redefine is
+  called. The report carries ``$?``, ``$LINENO`` (how many lines bash has read: a prompt shown
+  again for no line is told apart) and ``$PWD``. Output cannot forge it: output never goes
+  there. When it arrives, everything the command wrote is already in the output pipes.
+* ``exit`` (anywhere), ``set -e`` and the agent's stop signal end bash through its EXIT trap,
+  which writes the session's state (variables, functions, aliases, options, traps, cwd) to a
+  file; the agent starts a new bash that reads it back, so only the command ended.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
-import shlex
+import re
+import select
 import signal
 import subprocess
 from collections.abc import Mapping
@@ -26,6 +35,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import procs
+from .shell_scripts import (
+    ERR_FD,
+    KIND_END,
+    KIND_REPAIR,
+    KIND_RESULT,
+    KIND_START,
+    OUT_FD,
+    STATE_DONE,
+    command_line,
+    exit_script,
+    late_script,
+    rc_file,
+    repair_line,
+)
 
 #: Environment every session gets, so commands never wait for a human.
 NONINTERACTIVE_ENV = {
@@ -40,160 +63,99 @@ NONINTERACTIVE_ENV = {
     "TERM": "dumb",
 }
 
-_RC_TEMPLATE = r"""
-exec 61>&1 62>&2
-PS1=''; PS2=''; PS0=''; PS4='+ '
-unset HISTFILE MAILCHECK PROMPT_COMMAND
-set +o history
-shopt -s expand_aliases
-shopt -u checkwinsize 2>/dev/null
-alias exit=return
-__stg_m=$'{marker}'
-__stg_f={cmdfile}
-__stg_prompt() {{
-  local __stg_rc=$?
-  printf '%s%d;%s\0' "$__stg_m" "$__stg_rc" "$PWD" >&61
-  printf '%s' "$__stg_m" >&62
-}}
-readonly __stg_m __stg_f
-readonly -f __stg_prompt
-PROMPT_COMMAND=__stg_prompt
-readonly PROMPT_COMMAND
-"""
-
-
 #: Output written between commands (by background jobs) is kept for the next command up to
 #: this many bytes per stream; the rest is counted and dropped, so the agent's memory stays bounded.
 BETWEEN_COMMANDS_LIMIT = 1024 * 1024
 
+#: The signal that makes bash end the command line whatever its traps do with SIGINT: bash runs
+#: its EXIT trap (the state snapshot) for it, then dies of it; the agent restores the state.
+ABORT_SIGNAL = signal.SIGUSR1
 
-class MarkerScanner:
-    """Finds ``marker`` in a byte stream split into arbitrary chunks.
-
-    ``feed`` returns the bytes before the marker (safe to forward now) and whether the marker
-    was seen. Only a tail that could be the start of the marker is held back. With
-    ``payload_end`` set, the bytes after the marker up to that terminator are the payload.
-    Bytes after that (output between commands) go to ``after``, at most ``after_limit`` of
-    them; ``dropped`` counts the bytes past the limit.
-    """
-
-    def __init__(
-        self,
-        marker: bytes,
-        payload_end: bytes | None = None,
-        after_limit: int = BETWEEN_COMMANDS_LIMIT,
-    ) -> None:
-        self.marker = marker
-        self.payload_end = payload_end
-        self.after_limit = after_limit
-        self._pending = b""
-        self.found = False
-        self.payload: bytes | None = None
-        self.after = bytearray()  # bytes that followed the marker (output between commands)
-        self.dropped = 0  # bytes of output between commands discarded past after_limit
-        self.stale = 0  # markers of prompts that ended no command, dropped
-
-    def reset(self) -> None:
-        """Start looking for the next marker; output kept since the last one comes first.
-
-        A whole marker among that output ended no command: bash showed its prompt again (a
-        Ctrl-C reached it after the last command ended). It is dropped, so it cannot be taken
-        for the end of the command about to start.
-        """
-        self.found = False
-        self.payload = None
-        kept = bytes(self.after)
-        start = 0
-        while (index := kept.find(self.marker, start)) >= 0:
-            end = index + len(self.marker)
-            if self.payload_end is not None:
-                close = kept.find(self.payload_end, end)
-                if close < 0:
-                    break  # not whole yet: left as it is
-                end = close + len(self.payload_end)
-            kept = kept[:index] + kept[end:]
-            start = index
-            self.stale += 1
-        self._pending = kept
-        self.after = bytearray()
-
-    def take_pending(self) -> bytes:
-        """Bytes held back at a chunk boundary (call when the stream will not continue)."""
-        data, self._pending = self._pending, b""
-        return data
-
-    def take_after(self) -> bytes:
-        """Remove and return the output kept since the marker (set aside for a hidden run)."""
-        data = bytes(self.after)
-        self.after = bytearray()
-        return data
-
-    def restore_after(self, held: bytes) -> None:
-        """Put ``held`` (from :meth:`take_after`) back before what arrived since, within the cap."""
-        since = self.take_after()
-        self._keep_after(held)
-        self._keep_after(since)
-
-    def feed(self, data: bytes) -> bytes:
-        if self.found:
-            if self.payload is None and self.payload_end is not None:
-                return self._feed_payload(data)
-            self._keep_after(data)
-            return b""
-        buf = self._pending + data
-        index = buf.find(self.marker)
-        if index >= 0:
-            self.found = True
-            self._pending = b""
-            rest = buf[index + len(self.marker) :]
-            if self.payload_end is None:
-                self._keep_after(rest)
-            else:
-                self._feed_payload(rest)
-            return buf[:index]
-        keep = self._partial_suffix(buf)
-        self._pending = buf[len(buf) - keep :] if keep else b""
-        return buf[: len(buf) - keep] if keep else buf
-
-    def _feed_payload(self, data: bytes) -> bytes:
-        self._pending += data
-        assert self.payload_end is not None
-        end = self._pending.find(self.payload_end)
-        if end >= 0:
-            self.payload = self._pending[:end]
-            rest = self._pending[end + len(self.payload_end) :]
-            self._pending = b""
-            self._keep_after(rest)
-        return b""
-
-    def _keep_after(self, data: bytes) -> None:
-        room = max(0, self.after_limit - len(self.after))
-        if len(data) > room:
-            self.dropped += len(data) - room
-            data = data[:room]
-        self.after += data
-
-    def _partial_suffix(self, buf: bytes) -> int:
-        """Length of the longest suffix of ``buf`` that is a proper prefix of the marker."""
-        first = self.marker[:1]
-        start = max(0, len(buf) - len(self.marker) + 1)
-        index = buf.find(first, start)
-        while index >= 0:
-            if self.marker.startswith(buf[index:]):
-                return len(buf) - index
-            index = buf.find(first, index + 1)
-        return 0
+_READ = 65536
 
 
 @dataclass
 class CommandEnd:
     exit_code: int
     cwd: str | None
-    session_ended: bool = False  # bash itself exited; the session was reset
+    session_ended: bool = False  # bash itself exited and a fresh session was started
+    problem: str | None = None  # the session's plumbing was broken: what happened
+
+
+class ControlScanner:
+    """Finds ``MARKER kind payload END`` messages in the control pipe's byte stream.
+
+    Everything else bash prints there (prompts, traces, its own errors) is skipped. Only a tail
+    that could be the start of a marker is kept between chunks.
+    """
+
+    def __init__(self, marker: bytes, end: bytes) -> None:
+        self.marker = marker
+        self.end = end
+        self._buf = b""
+
+    def feed(self, data: bytes) -> list[tuple[str, str]]:
+        buf = self._buf + data
+        found: list[tuple[str, str]] = []
+        pos = 0
+        while True:
+            start = buf.find(self.marker, pos)
+            if start < 0:
+                keep = _partial_suffix(buf[pos:], self.marker)
+                self._buf = buf[len(buf) - keep :] if keep else b""
+                return found
+            stop = buf.find(self.end, start + len(self.marker))
+            if stop < 0:
+                self._buf = buf[start:]
+                if len(self._buf) > 1 << 20:  # a path cannot be that long: no end is coming
+                    self._buf = b""
+                return found
+            body = buf[start + len(self.marker) : stop].decode("utf-8", "surrogateescape")
+            if body:
+                found.append((body[0], body[1:]))
+            pos = stop + len(self.end)
+
+
+def _partial_suffix(buf: bytes, marker: bytes) -> int:
+    """Length of the longest suffix of ``buf`` that is a proper prefix of ``marker``."""
+    for size in range(min(len(buf), len(marker) - 1), 0, -1):
+        if marker.startswith(buf[-size:]):
+            return size
+    return 0
+
+
+class BetweenCommands:
+    """Output that arrived while no command ran (background jobs), kept for the next command
+    up to ``limit`` bytes per stream; the rest is counted in ``dropped``."""
+
+    def __init__(self, limit: int = BETWEEN_COMMANDS_LIMIT) -> None:
+        self.limit = limit
+        self.kept: dict[int, bytearray] = {}
+        self.dropped = 0
+
+    def keep(self, fd: int, data: bytes) -> None:
+        kept = self.kept.setdefault(fd, bytearray())
+        room = max(0, self.limit - len(kept))
+        if len(data) > room:
+            self.dropped += len(data) - room
+            data = data[:room]
+        kept += data
+
+    def take(self, fd: int) -> bytes:
+        return bytes(self.kept.pop(fd, b""))
+
+    def take_dropped(self) -> int:
+        dropped, self.dropped = self.dropped, 0
+        return dropped
 
 
 class BashSession:
-    """One interactive bash process plus the pipes and files to drive it."""
+    """One interactive bash process, the pipes that drive it and its files.
+
+    The command and output pipes outlive a bash (both ends are kept here), so background jobs
+    keep writing and a restarted bash reads the line already sent; the control pipe is new for
+    each bash and only bash holds its write end.
+    """
 
     def __init__(
         self,
@@ -208,67 +170,146 @@ class BashSession:
         self.env = dict(os.environ if env is None else env)
         self.env.update(NONINTERACTIVE_ENV)
         self.proc: subprocess.Popen[bytes] | None = None
-        self.stdout_fd = -1
-        self.stderr_fd = -1
-        self._stdin_fd = -1
+        self.pidfd = -1  # readable when bash exits (Linux >= 5.3), else -1
+        self.stdout_fd = self.stderr_fd = self.ctl_fd = -1
+        self._cmd_r = self._cmd_w = self._out_w = self._err_w = -1
         self.exit_status: int | None = None
-        self.token = os.urandom(12).hex()
-        self.marker = b"\x1e\x1fSTGM" + self.token.encode()
-        self.out_scan = MarkerScanner(self.marker, payload_end=b"\0")
-        self.err_scan = MarkerScanner(self.marker)
-        self.cmd_path = workdir / "command.sh"
-        self.stdin_path = workdir / "stdin"
+        self.lines = 0  # command lines written to the current bash
+        self.ready = False  # the current bash showed its first prompt
+        self.restored = False  # ...after reading back the state of the one before
+        self.detached = False  # its control pipe closed while it lives (`exec`, closed fds)
+        self.repairing = False  # the end report was put back for the current line
+        self.between = BetweenCommands()
+        self._end: CommandEnd | None = None
+        self._result: tuple[int, str] | None = None
+        self._repair_rc: int | None = None
         self.rc_path = workdir / "bashrc"
+        self.stdin_path = workdir / "stdin"
+        self.exit_path = workdir / "exit.sh"
+        self.late_path = workdir / "late.sh"
+        self.state_path = workdir / "state.sh"
+        self.traps_path = workdir / "traps.sh"
+        self._new_token()
+
+    def _new_token(self) -> None:
+        token = os.urandom(12).hex().encode()
+        self.marker = b"\x1e\x1f" + token
+        self.marker_end = b"\x1f\x1e" + token
+        self.scanner = ControlScanner(self.marker, self.marker_end)
 
     @property
     def pid(self) -> int:
         return self.proc.pid if self.proc else -1
 
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.exit_status is None
+
     # -- life cycle ---------------------------------------------------------------------------
-    def spawn(self) -> None:
-        """Start bash; the caller must then read until :meth:`ready` (the first prompt)."""
+    def spawn(self, restore: bool = False, status: int = 0) -> None:
+        """Start bash (reading back the saved state if ``restore``); the caller then reads the
+        control pipe until :attr:`ready`. ``status`` is what ``$?`` holds at the first prompt."""
         self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.token = os.urandom(12).hex()
-        self.marker = b"\x1e\x1fSTGM" + self.token.encode()
-        self.out_scan = MarkerScanner(self.marker, payload_end=b"\0")
-        self.err_scan = MarkerScanner(self.marker)
-        marker_literal = "".join(f"\\x{b:02x}" for b in self.marker)
-        self.rc_path.write_text(
-            _RC_TEMPLATE.format(marker=marker_literal, cmdfile=shlex.quote(str(self.cmd_path)))
-        )
+        if self._cmd_w < 0:
+            self._cmd_r, self._cmd_w = os.pipe()
+            self.stdout_fd, self._out_w = os.pipe()
+            self.stderr_fd, self._err_w = os.pipe()
+            os.set_blocking(self.stdout_fd, False)
+            os.set_blocking(self.stderr_fd, False)
+            os.set_blocking(self._cmd_w, False)  # (bash's end, a separate description, blocks)
+        else:
+            self._discard_input()
+        self.release()
+        if not restore:
+            self.discard_state()
+        self._new_token()
+        # Passed at their own numbers and moved to 61 and 62 by the rc file: never from 61 or 62.
+        passed = [
+            fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 63) if fd in (OUT_FD, ERR_FD) else fd
+            for fd in (self._out_w, self._err_w)
+        ]
+        self._write_scripts(restore, status, passed[0], passed[1])
+        ctl_r, ctl_w = os.pipe()
         cwd = self.cwd if os.path.isdir(self.cwd) else os.path.expanduser("~")
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        in_r, in_w = os.pipe()
         try:
             self.proc = subprocess.Popen(
                 [self.shell, "--rcfile", str(self.rc_path), "--noediting", "-i"],
-                stdin=in_r,
-                stdout=out_w,
-                stderr=err_w,
+                stdin=self._cmd_r,
+                stdout=ctl_w,
+                stderr=ctl_w,
+                pass_fds=tuple(passed),
                 cwd=cwd,
-                env=self.env,
+                # The state read back holds the environment (and its unset variables stay
+                # unset); bash needs nothing from outside to start.
+                env={} if restore else self.env,
                 start_new_session=True,
                 close_fds=True,
             )
         finally:
-            for fd in (out_w, err_w, in_r):
-                os.close(fd)
-        os.set_blocking(out_r, False)
-        os.set_blocking(err_r, False)
-        self.stdout_fd, self.stderr_fd, self._stdin_fd = out_r, err_r, in_w
+            os.close(ctl_w)
+            for fd in passed:
+                if fd not in (self._out_w, self._err_w):
+                    os.close(fd)
+        os.set_blocking(ctl_r, False)
+        self.ctl_fd = ctl_r
         self.exit_status = None
+        self.lines = 0
+        self.ready = self.restored = self.detached = self.repairing = False
+        self._end = self._result = self._repair_rc = None
+        self.pidfd = -1
+        with contextlib.suppress(OSError, AttributeError):
+            self.pidfd = os.pidfd_open(self.proc.pid)
+
+    def _write_scripts(self, restore: bool, status: int, out_fd: int, err_fd: int) -> None:
+        m, e = self.marker.decode(), self.marker_end.decode()
+        text = {
+            self.exit_path: exit_script(
+                traps=self.traps_path, locals_file=self.workdir / "locals", state=self.state_path
+            ),
+            self.rc_path: rc_file(
+                out_fd=out_fd,
+                err_fd=err_fd,
+                marker=m,
+                end=e,
+                exit_sh=self.exit_path,
+                state=self.state_path if restore else None,
+                late_sh=self.late_path if restore else None,
+                status=status,
+            ),
+        }
+        if restore:
+            text[self.late_path] = late_script(traps=self.traps_path, marker=m, end=e)
+        for path, content in text.items():
+            path.write_text(content, encoding="utf-8", errors="surrogateescape")
 
     def close(self) -> None:
         """End bash and every process of its session; close the pipes."""
         if self.proc is not None and self.exit_status is None:
             procs.kill_session(self.proc.pid)
             self.reap(block=True)
-        for fd in (self.stdout_fd, self.stderr_fd, self._stdin_fd):
+        for fd in (
+            self.stdout_fd,
+            self.stderr_fd,
+            self.ctl_fd,
+            self.pidfd,
+            self._cmd_r,
+            self._cmd_w,
+            self._out_w,
+            self._err_w,
+        ):
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        self.stdout_fd = self.stderr_fd = self._stdin_fd = -1
+        self.stdout_fd = self.stderr_fd = self.ctl_fd = self.pidfd = -1
+        self._cmd_r = self._cmd_w = self._out_w = self._err_w = -1
+
+    def release(self) -> None:
+        """Forget a bash that has exited (reaped): its control pipe and pidfd are closed."""
+        for fd in (self.ctl_fd, self.pidfd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.ctl_fd = self.pidfd = -1
 
     def reap(self, block: bool = False) -> bool:
         """Collect bash's exit status if it ended; True if it has."""
@@ -288,57 +329,184 @@ class BashSession:
         self.proc.returncode = self.exit_status
         return True
 
+    def wait_exit(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for bash to exit; True if it has."""
+        if self.reap():
+            return True
+        if self.pidfd >= 0:
+            select.select([self.pidfd], [], [], timeout)
+        return self.reap()
+
+    # -- the saved state ----------------------------------------------------------------------
+    def saved_state(self) -> bool:
+        """True if the EXIT trap of the bash that just exited saved the whole state."""
+        try:
+            with open(self.state_path, "rb") as handle:
+                handle.seek(max(0, os.fstat(handle.fileno()).st_size - len(STATE_DONE)))
+                return handle.read() == STATE_DONE
+        except OSError:
+            return False
+
+    def discard_state(self) -> None:
+        for path in (self.state_path, self.traps_path, self.workdir / "locals"):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
     # -- commands -----------------------------------------------------------------------------
     def begin(self, code: str, stdin: bytes | None = None, stdin_file: Path | None = None) -> None:
-        """Start running ``code``; its end shows as both markers arriving.
+        """Start running ``code``; its end shows as :meth:`finished` returning it.
 
         Its stdin is /dev/null, or the bytes ``stdin``, or the file (FIFO) ``stdin_file``.
         """
-        self.out_scan.reset()
-        self.err_scan.reset()
-        self.cmd_path.write_bytes(code.encode("utf-8", "surrogateescape") + b"\n")
         if stdin is not None:
             self.stdin_path.write_bytes(stdin)
             stdin_file = self.stdin_path
-        if stdin_file is None:
-            line = b'. "$__stg_f" </dev/null\n'
-        else:
-            line = b'. "$__stg_f" <' + shlex.quote(str(stdin_file)).encode() + b"\n"
-        os.write(self._stdin_fd, line)
+        line = command_line(code, stdin_file)
+        self._end = self._result = self._repair_rc = None
+        self.repairing = False
+        self.lines += 1
+        self._write_line(line.encode("utf-8", "surrogateescape"))
+
+    def _write_line(self, line: bytes) -> None:
+        """Write a whole line; bash reads it as the pipe fills (a long line takes a while). A
+        bash that exits meanwhile gets the rest of it no more (see :meth:`_discard_input`)."""
+        view = memoryview(line)
+        while view:
+            try:
+                view = view[os.write(self._cmd_w, view) :]
+            except BlockingIOError:
+                select.select([self.pidfd] if self.pidfd >= 0 else [], [self._cmd_w], [], 1.0)
+                if self.reap():
+                    return
+
+    def _discard_input(self) -> None:
+        """Drop what a bash that exited left unread of the command pipe (a line it died
+        reading), so that the next bash does not run a piece of it."""
+        while select.select([self._cmd_r], [], [], 0)[0]:
+            if not os.read(self._cmd_r, _READ):
+                return
 
     def read(self, fd: int) -> tuple[bytes, bool]:
-        """Read what is available on ``fd``: (output bytes, eof)."""
+        """Read what is available on the output pipe ``fd``: (bytes, eof)."""
         try:
-            data = os.read(fd, 65536)
+            data = os.read(fd, _READ)
         except BlockingIOError:
             return b"", False
         except OSError:
             return b"", True
-        if not data:
-            return b"", True
-        scan = self.out_scan if fd == self.stdout_fd else self.err_scan
-        return scan.feed(data), False
+        return data, not data
+
+    def drain(self, fd: int) -> bytes:
+        """Everything the output pipe ``fd`` holds now."""
+        chunks: list[bytes] = []
+        while True:
+            data, _ = self.read(fd)
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
+
+    def read_control(self) -> None:
+        """Read the control pipe and act on the markers in it."""
+        if self.ctl_fd < 0:
+            return
+        while True:
+            try:
+                data = os.read(self.ctl_fd, _READ)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._on_detached()
+                return
+            for kind, payload in self.scanner.feed(data):
+                self._on_marker(kind, payload)
+
+    def _on_detached(self) -> None:
+        """The control pipe closed. Unless bash is exiting, it exec'd another program (whose
+        cwd is read now, while it can be) or a command closed bash's own descriptors."""
+        with contextlib.suppress(OSError):
+            os.close(self.ctl_fd)
+        self.ctl_fd = -1
+        if self.reap() or _exiting(self.pid):
+            return
+        self.detached = True
+        with contextlib.suppress(OSError):
+            self.cwd = os.readlink(f"/proc/{self.pid}/cwd")
+
+    def _on_marker(self, kind: str, payload: str) -> None:
+        if kind == KIND_START:
+            self.restored = payload == "r"
+        elif kind == KIND_RESULT:
+            status, _, function = payload.partition(";")
+            with contextlib.suppress(ValueError):
+                self._result = (int(status), function)
+        elif kind == KIND_REPAIR:
+            with contextlib.suppress(ValueError):
+                self._repair_rc = int(payload)
+        elif kind == KIND_END:
+            number, _, cwd = payload.partition(";")
+            try:
+                line: int | None = int(number) if number else None  # None: LINENO was unset
+            except ValueError:
+                return  # not a report but the text of one (a trace)
+            if cwd:
+                self.cwd = cwd
+            if not self.ready:
+                self.ready = line in (0, None)
+                if self.ready:
+                    self.discard_state()  # read back (and late.sh has run): used up
+                return
+            if line is not None and line < self.lines:
+                return  # a prompt shown again (a late Ctrl-C): it ended no line
+            self._end = self._make_end()
+
+    def _make_end(self) -> CommandEnd:
+        if self.repairing:
+            code = self._repair_rc if self._repair_rc is not None else -1
+            return CommandEnd(code, self.cwd)
+        if self._result is None or self._result[1]:
+            return CommandEnd(
+                -1,
+                self.cwd,
+                problem="the command redefined or disabled `eval`, which the session runs "
+                "every command with",
+            )
+        return CommandEnd(self._result[0], self.cwd)
+
+    def strip_reports(self, data: bytes) -> bytes:
+        """``data`` without bash's own end reports: they reach a command's stderr only when a
+        command closed the descriptors bash restores its own stderr from."""
+        pattern = re.escape(self.marker) + rb".*?" + re.escape(self.marker_end) + rb"[^\n]*\n?"
+        return re.sub(rb"[^\n]*" + pattern, b"", data, flags=re.DOTALL)
 
     def finished(self) -> CommandEnd | None:
-        """The command's end once both markers arrived, else None."""
-        if not (self.out_scan.found and self.err_scan.found and self.out_scan.payload is not None):
-            return None
-        payload = self.out_scan.payload.decode("utf-8", "surrogateescape")
-        status, _, cwd = payload.partition(";")
+        """The current line's end once bash reported it, else None."""
+        return self._end
+
+    # -- a line whose end report went missing ---------------------------------------------
+    def idle(self) -> bool:
+        """True if bash sits at its prompt reading the command pipe (no line of ours runs)."""
+        if not self.alive:
+            return False
         try:
-            code = int(status)
-        except ValueError:
-            code = -1
-        if cwd:
-            self.cwd = cwd
-        return CommandEnd(exit_code=code, cwd=cwd or None)
+            fields = Path(f"/proc/{self.pid}/syscall").read_text().split()
+            if len(fields) < 2 or int(fields[0]) not in _READ_SYSCALLS:
+                return False
+            info = os.stat(f"/proc/{self.pid}/fd/{int(fields[1], 16)}")
+        except (OSError, ValueError):
+            return False
+        mine = os.fstat(self._cmd_w)
+        return (info.st_dev, info.st_ino) == (mine.st_dev, mine.st_ino)
 
-    def take_dropped(self) -> int:
-        """Bytes of output between commands dropped past the limit since the last call."""
-        dropped = self.out_scan.dropped + self.err_scan.dropped
-        self.out_scan.dropped = self.err_scan.dropped = 0
-        return dropped
+    def repair(self) -> None:
+        """Put the end report back (the command unset PROMPT_COMMAND or replaced the array):
+        one line that reports ``$?``, sets the hook again and leaves ``$?`` as it was."""
+        self.repairing = True
+        self.lines += 1
+        self._write_line(repair_line(self.marker.decode(), self.marker_end.decode()).encode())
 
+    # -- signals ------------------------------------------------------------------------------
     def version(self) -> str:
         """The shell's version (e.g. ``5.2.15(1)-release``), or "" if it cannot tell."""
         try:
@@ -352,12 +520,42 @@ class BashSession:
             return ""
         return out.stdout.decode(errors="replace").strip()
 
-    def interrupt(self) -> None:
-        """Like Ctrl-C at a terminal: SIGINT to bash and its foreground processes."""
-        if self.proc is not None:
-            procs.signal_group(self.proc.pid, signal.SIGINT)
+    def interrupt(self, pids: list[int]) -> None:
+        """Like Ctrl-C at a terminal, for this command only: SIGINT to bash and ``pids`` (the
+        command's processes), never to what earlier commands left running."""
+        self.signal_shell(signal.SIGINT)
+        procs.signal_pids(pids, signal.SIGINT)
+
+    def abort(self) -> None:
+        """End the command line whatever bash's SIGINT trap is (through the EXIT trap)."""
+        self.signal_shell(ABORT_SIGNAL)
+
+    def ignores_sigint(self) -> bool:
+        """True if bash ignores SIGINT (``trap '' INT``): Ctrl-C cannot stop its line."""
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("SigIgn:"):
+                    return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+        except (OSError, ValueError, IndexError):
+            pass
+        return False
 
     def signal_shell(self, sig: int) -> None:
-        if self.proc is not None:
+        if self.alive and self.proc is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.proc.pid, sig)
+
+
+# read(2) and readv(2) syscall numbers by machine (as in stdin.py).
+_READ_SYSCALLS = {0, 19, 63, 65}
+_PF_EXITING = 0x4  # in the flags of /proc/PID/stat from the start of exit(), before its files close
+
+
+def _exiting(pid: int) -> bool:
+    """True if ``pid`` is exiting (or gone): its descriptors closing is no sign of an exec."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        return fields[0] in (b"Z", b"X") or bool(int(fields[6]) & _PF_EXITING)
+    except (OSError, IndexError, ValueError):
+        return True

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ..agent import procs
 from ..protocol import KernelState, Session
 from ..provisioners import AgentHandle
+from ..provisioners.local import process_record
 from .kernels import AGENT_REPLAY_WINDOW, Kernel
 
 if TYPE_CHECKING:
@@ -62,8 +62,9 @@ def save(broker: Broker, kernel: Kernel) -> None:
         "workspace": kernel.workspace,
         "parent": kernel.parent.name if kernel.parent else None,
         "parent_cwd": kernel.parent.cwd if kernel.parent else None,
-        "agent_pid": kernel.agent_pid if kernel.mode == "local" else None,
-        "shell_pgid": kernel.shell_pgid if kernel.mode == "local" else None,
+        # Local: the agent's and bash's pids, each with its start time (the proof asked of a
+        # pid before a restarted server signals it).
+        **(kernel.handle.record() if kernel.handle is not None else {}),
         "jupyter": kernel.channels.connection_info if kernel.channels else None,
         "workdir": workdir.name,
         # A sandbox container restarted for this incarnation keeps its first one's labels.
@@ -121,11 +122,17 @@ def load(runtime_path: Path) -> list[dict[str, Any]]:
 
 
 class AdoptedLocalAgent(AgentHandle):
-    """A local agent started by a previous broker: no longer our child, so watched by pid."""
+    """A local agent started by a previous broker: no longer our child, so watched by pid.
 
-    def __init__(self, pid: int | None, shell_pgid: int | None, workdir: Path) -> None:
-        self._pid = pid
-        self.shell_pgid = shell_pgid
+    Its pid, and bash's, are signalled only while they are still the processes recorded (the
+    same start time): after a crash the OS may have given either pid to an unrelated process.
+    """
+
+    def __init__(self, record: dict[str, Any], workdir: Path) -> None:
+        self._pid = _int(record.get("agent_pid"))
+        self.start = _int(record.get("agent_start"))
+        shell = _int(record.get("shell_pgid"))
+        self._shell = (shell, _int(record.get("shell_start"))) if shell else None
         self.workdir = workdir
         self.killed = False
 
@@ -133,29 +140,49 @@ class AdoptedLocalAgent(AgentHandle):
     def pid(self) -> int | None:
         return self._pid
 
+    @property
+    def shell_pgid(self) -> int | None:
+        return self._shell[0] if self._shell else None
+
+    @shell_pgid.setter
+    def shell_pgid(self, pgid: int | None) -> None:
+        """Bash's pid from a heartbeat of the re-attached agent: recorded with its start time
+        only while it is the child of the recorded agent."""
+        if pgid is None or pgid == self.shell_pgid:
+            return
+        ours = self._pid is not None and procs.start_time(self._pid) == self.start
+        self._shell = (pgid, procs.child_start(pgid, self._pid) if ours and self._pid else None)
+
+    def record(self) -> dict[str, Any]:
+        return process_record(self._pid, self.start, self._shell)
+
     def poll(self) -> str | None:
         if self.killed:
             return "agent killed"
         if not self._pid:
             return None  # unknown pid: the heartbeats decide
-        try:
-            with open(f"/proc/{self._pid}/stat", "rb") as handle:
-                state = handle.read().rsplit(b")", 1)[-1].split()[0]
-        except OSError:
+        info = procs.stat(self._pid)
+        if info is None:
             return f"agent process {self._pid} is gone"
-        if state == b"Z":  # a zombie nobody reaps (our predecessor was its parent)
+        if self.start is not None and info.start != self.start:
+            return f"agent process {self._pid} is gone (its pid now belongs to another process)"
+        if not info.alive:  # a zombie nobody reaps (our predecessor was its parent)
             return f"agent process {self._pid} has exited"
         return None
 
     def kill(self) -> None:
         self.killed = True
-        if self._pid:
-            procs.signal_group(self._pid, signal.SIGKILL)
-        if self.shell_pgid:
-            procs.kill_session(self.shell_pgid)
+        if self._pid:  # with everything below it, if it is still the agent recorded
+            procs.kill_tree(self._pid, self.start, procs.KILL_TIMEOUT)
+        if self._shell is not None:
+            procs.kill_session(self._shell[0], self._shell[1])
 
     def cleanup(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def adopt_all(broker: Broker, records: list[dict[str, Any]]) -> None:
@@ -198,9 +225,7 @@ def _adopt(broker: Broker, record: dict[str, Any]) -> None:
     kernel.adopting = True
     kernel.started_at = time.monotonic()
     if mode == "local":
-        kernel.handle = AdoptedLocalAgent(
-            record.get("agent_pid"), record.get("shell_pgid"), workdir
-        )
+        kernel.handle = AdoptedLocalAgent(record, workdir)
     else:
         provisioner = broker.provisioners.get(mode)
         if not isinstance(provisioner, DockerProvisioner):

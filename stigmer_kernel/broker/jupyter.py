@@ -2,33 +2,41 @@
 
 A kernel gets Jupyter sockets when someone asks for them (``stigmer kernels connection-file``,
 or the kernelspec launcher): shell, control and stdin ROUTERs, an iopub PUB and a heartbeat
-ROUTER that echoes, bound on loopback (or ipc) with the kernel's own Jupyter key. Messages are
-JSON, signed with HMAC-SHA256, as ``jupyter_client`` expects.
+ROUTER that echoes, with the kernel's own Jupyter key. Without a connection to honour they are
+ipc sockets in ``RUNTIME_DIR/jupyter/`` (0700: only the server's user reaches them); a
+kernelspec-launched kernel gets the loopback TCP ports Jupyter chose. Messages are JSON, signed
+with HMAC-SHA256, as ``jupyter_client`` expects.
 
-Everything that runs on the kernel — whoever asked, Jupyter or native client — is published on
-iopub (busy, execute_input, streams, error, idle), parented to the request that caused it; each
-reply goes only to the client that asked. Broker-answered requests (kernel_info, history,
+What runs on the kernel is published on iopub (busy, execute_input, streams, error, idle),
+parented to the request that caused it: everything on an ipc iopub, and on a TCP iopub (which
+every local user can read) only what Jupyter clients asked, never a native client's commands or
+output. Each reply goes only to the client that asked. A TCP connection from another local
+user is closed as soon as it is accepted (broker/connections.py), and the ROUTERs have no
+handover: a peer that learned a client's identity (its session id, on iopub) can neither take
+over its route nor receive its replies. Broker-answered requests (kernel_info, history,
 comm_info, shutdown, interrupt) never wait for the agent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import contextlib
 import fnmatch
 import json
 import logging
 import os
+import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from .._version import __version__
 from ..errors import ProtocolError, RequestError
 from ..protocol import KernelEvent, KernelState, Message, MsgType, Session, new_key
 from ..protocol.constants import PROTOCOL_VERSION, REPLY_FOR
+from .connections import JUPYTER_CAP, JUPYTER_LIMITS, JUPYTER_SMALL_LIMITS, apply_limits
 from .kernels import Kernel, Pending, checked_code
 
 if TYPE_CHECKING:
@@ -73,21 +81,28 @@ class JupyterChannels:
         self.frontend = frontend
         self.broker = frontend.broker
         self.kernel = kernel
-        connection = connection or {}
+        if not connection:
+            connection = {"transport": "ipc", "ip": self._ipc_base()}
         check_connection(connection)
         key = connection.get("key")
         self.key = key.encode() if isinstance(key, str) and key else new_key()
         self.transport = str(connection.get("transport", "tcp"))
         self.ip = str(connection.get("ip", "127.0.0.1"))
+        #: A TCP iopub is readable by every local user: it carries only Jupyter clients' work.
+        self.public = self.transport == "tcp"
         self.session = Session(
             self.key, packing="json", session_id=kernel.session_id, username="kernel"
         )
         self.sockets: dict[str, zmq.Socket[Any]] = {}
         self.ports: dict[str, int] = {}
-        #: The shell connection (its file descriptor) each Jupyter client was last seen on: a
-        #: client counts in ``clients`` until that connection closes (the monitor says so).
+        #: The shell connection (its file descriptor) each Jupyter client sent a correctly signed
+        #: message on: the client counts in ``clients`` until that connection closes (the
+        #: connection guard's monitor says when), and its channels' silent connections are
+        #: ended then (see ``_disconnected``).
         self.client_fds: dict[bytes, int] = {}
-        self.monitor: zmq.Socket[Any] | None = None
+        #: The same for control (a kernel manager may use control alone).
+        self.control_fds: dict[bytes, int] = {}
+        self._kick: asyncio.TimerHandle | None = None
         try:
             for index, name in enumerate(CHANNELS, start=1):
                 wanted = connection.get(f"{name}_port") or 0
@@ -97,58 +112,90 @@ class JupyterChannels:
             raise RequestError(f"cannot bind the Jupyter channels: {exc}", "BadRequest") from None
         self.connection_file = self._write_file()
 
+    def _ipc_base(self) -> str:
+        """A new ipc path prefix in ``RUNTIME_DIR/jupyter/`` (sockets ``PREFIX-1`` to ``-5``),
+        short enough for the 107-character ipc limit wherever the runtime directory passed."""
+        directory = self.broker.runtime.path / "jupyter"
+        directory.mkdir(mode=0o700, exist_ok=True)
+        while True:
+            base = directory / secrets.token_hex(3)
+            if not any(Path(f"{base}-{n}").exists() for n in range(1, len(CHANNELS) + 1)):
+                return str(base)
+
     def _bind(self, name: str, port: int, index: int) -> int:
         sock: zmq.Socket[Any] = self.broker.ctx.socket(zmq.PUB if name == "iopub" else zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 500)
         if name != "iopub":
+            # No ROUTER_HANDOVER: a second connection with a live client's identity is refused.
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         sock.setsockopt(zmq.SNDHWM, 1000)
-        sock.setsockopt(zmq.MAXMSGSIZE, self.broker.config.max_message_bytes)
+        small = name in ("iopub", "hb")  # subscriptions and pings only come in there
+        apply_limits(sock, JUPYTER_SMALL_LIMITS if small else JUPYTER_LIMITS)
         self.sockets[name] = sock
         if self.transport == "ipc":
             port = port or index
-            sock.bind(f"ipc://{self.ip}-{port}")
+            path = f"{self.ip}-{port}"
+            sock.bind(f"ipc://{path}")
+            os.chmod(path, 0o600)
         elif port:
             sock.bind(f"tcp://{self.ip}:{port}")
         else:
             port = sock.bind_to_random_port(f"tcp://{self.ip}")
-        if name == "shell":
-            self.monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-            self.broker.register(self.monitor, self._on_disconnect)
-            self.broker._raw.add(sock)  # its handler reads each message's connection (SRCFD)
-            self.broker.register(sock, self._shell_handler)
-        elif name != "iopub":
+        self.broker.connections.watch(
+            sock,
+            f"kernel {self.kernel.name}'s Jupyter {name}",
+            JUPYTER_CAP,
+            self._disconnected(name) if name in ("shell", "control") else None,
+            owner_only=True,  # TCP: other local users' connections are refused
+        )
+        if name != "iopub":
             self.broker.register(sock, self._handler(name))
         return port
 
+    def _disconnected(self, name: str) -> Any:
+        proven = self.control_fds if name == "control" else self.client_fds
+        # Channels a client of this one reconnects, whose new connections may be stuck.
+        kicked = ("control",) if name == "control" else ("shell", "stdin", "control")
+
+        def on_disconnect(fd: int) -> None:
+            gone = [c for c, f in proven.items() if f == fd]
+            for client in gone:
+                del proven[client]
+            if gone and self.broker.loop is not None:
+                # No ROUTER_HANDOVER: a client that reconnects while its old connection still
+                # held its identity is refused it, silently. Such a new connection delivers
+                # nothing: end it, and it reconnects now that the identity is free.
+                if self._kick is not None:
+                    self._kick.cancel()
+                self._kick = self.broker.loop.call_later(_KICK_AFTER, self._kick_silent, kicked)
+
+        return on_disconnect
+
+    def _kick_silent(self, names: tuple[str, ...]) -> None:
+        self._kick = None
+        for name in names:
+            sock = self.sockets.get(name)
+            if sock is not None:
+                self.broker.connections.kick_silent(sock)
+
     def _handler(self, name: str) -> Any:
+        guard = self.broker.connections
+
         def handle(frames: list[bytes]) -> None:
-            self.frontend.on_frames(self, name, frames)
+            self.frontend.on_frames(self, name, frames, guard.current)
 
         return handle
 
-    def _shell_handler(self, frames: list[Any]) -> None:
-        fd = frames[0].get(zmq.SRCFD)  # the connection it came over
-        self.frontend.on_frames(self, "shell", [f.bytes for f in frames], fd)
-
-    def attached(self, client: bytes, fd: int) -> None:
-        """``client``'s signed message came over shell connection ``fd``: it counts as
-        attached until that connection closes."""
-        seen = self.client_fds
+    def attached(self, channel: str, client: bytes, fd: int) -> None:
+        """``client``'s signed message came over ``channel`` connection ``fd``: it counts as
+        attached there until that connection closes."""
+        if not self.broker.connections.is_live(self.sockets[channel], fd):
+            return  # its connection closed (or was refused) meanwhile
+        seen = self.control_fds if channel == "control" else self.client_fds
         seen.pop(client, None)  # most recent last
         seen[client] = fd
         if len(seen) > _JUPYTER_CLIENTS_KEPT:  # bounded over weeks of reconnecting clients
             del seen[next(iter(seen))]
-
-    def _on_disconnect(self, frames: list[bytes]) -> None:
-        """A shell connection closed: its clients no longer count as attached."""
-        try:
-            fd = parse_monitor_message(frames)["value"]
-        except Exception:  # not a monitor event: nothing to learn from it
-            return
-        for client in [c for c, f in self.client_fds.items() if f == fd]:
-            del self.client_fds[client]
 
     @property
     def connection_info(self) -> dict[str, Any]:
@@ -174,18 +221,21 @@ class JupyterChannels:
         return str(path)
 
     def same_connection(self, connection: dict[str, Any]) -> bool:
+        """Does ``connection`` ask for these channels? (Only what it names counts: a bare
+        ``{"transport": "tcp"}`` matches any TCP channels.)"""
         mine = self.connection_info
         return all(
-            str(connection.get(k)) == str(mine[k])
+            str(connection[k]) == str(mine[k])
             for k in ("key", "ip", "transport", *(f"{n}_port" for n in CHANNELS))
+            if k in connection
         )
 
     def close(self) -> None:
-        if self.monitor is not None:
-            with contextlib.suppress(zmq.ZMQError):
-                self.sockets["shell"].disable_monitor()
-            self.broker.unregister(self.monitor)
-            self.monitor = None
+        if self._kick is not None:
+            self._kick.cancel()
+            self._kick = None
+        for sock in self.sockets.values():
+            self.broker.connections.forget(sock)
         for sock in self.sockets.values():
             if sock in self.broker._handlers:
                 self.broker.unregister(sock)
@@ -228,8 +278,14 @@ class JupyterChannels:
         self.publish_status("starting", None)
 
     # -- iopub: everything that runs on the kernel ----------------------------------------------
+    def _private(self, pending: Pending) -> bool:
+        """A native client's request on a TCP iopub: nothing of it is published."""
+        return self.public and pending.sink.kind != self.kind
+
     def started(self, kernel: Kernel, pending: Pending) -> None:
         pending.started = True
+        if self._private(pending):
+            return
         self.publish_status("busy", pending.header)
         if pending.kind is MsgType.EXECUTE_REQUEST and not pending.silent:
             self.publish(
@@ -241,7 +297,9 @@ class JupyterChannels:
     def output(self, kernel: Kernel, pending: Pending, msg: Message) -> None:
         name = msg.content.get("name")
         data = msg.content.get("data")
-        if name not in ("stdout", "stderr") or not isinstance(data, bytes):
+        if self._private(pending) or name not in ("stdout", "stderr"):
+            return
+        if not isinstance(data, bytes):
             return
         decoder = pending.decoders.get(name)
         if decoder is None:
@@ -251,6 +309,9 @@ class JupyterChannels:
             self.publish(MsgType.STREAM, {"name": name, "text": text}, pending.header)
 
     def finished(self, kernel: Kernel, pending: Pending, content: dict[str, Any]) -> None:
+        if self._private(pending):
+            pending.started = True
+            return
         if not pending.started and pending.kind is not MsgType.IS_COMPLETE_REQUEST:
             pending.started = True
             self.publish_status("busy", pending.header)  # answered before it ever ran
@@ -338,7 +399,7 @@ class JupyterFrontend:
             kernel.channels = None
 
     def on_frames(
-        self, channels: JupyterChannels, channel: str, frames: list[bytes], fd: int | None = None
+        self, channels: JupyterChannels, channel: str, frames: list[bytes], fd: int | None
     ) -> None:
         broker = self.broker
         if channel == "hb":
@@ -355,8 +416,8 @@ class JupyterFrontend:
             return
         kernel = channels.kernel
         client = ids[0]
-        if fd is not None:
-            channels.attached(client, fd)
+        if fd is not None and channel in ("shell", "control"):
+            channels.attached(channel, client, fd)
         mtype = msg.msg_type
         try:
             if channel == "stdin":
@@ -519,8 +580,14 @@ class JupyterFrontend:
         return MsgType.SHUTDOWN_REPLY, {"status": "ok", "restart": bool(msg.content.get("restart"))}
 
 
-#: Jupyter client identities remembered per kernel (for its ``clients`` count).
+#: Jupyter client identities remembered per kernel and channel (replies, ``clients`` count).
 _JUPYTER_CLIENTS_KEPT = 256
+
+
+#: Seconds after a client's connection closed before the silent connections of its channels
+#: are ended (its reconnection has been refused by then, if it was).
+_KICK_AFTER = 0.5
+
 
 _AGENT_KINDS = {
     MsgType.COMPLETE_REQUEST.value: MsgType.COMPLETE_REQUEST,

@@ -27,7 +27,9 @@ import zmq
 from ..errors import ProtocolError, StigmerError
 from ..protocol import KernelState, MsgType, Session
 from ..provisioners import AgentHandle
+from .connections import CLIENT_RCVHWM, Limits, apply_limits
 from .kernels import AGENT_REPLAY_WINDOW, NAME_RE, REMOTE, Kernel
+from .peers import Authenticator, LocalPeers
 
 if TYPE_CHECKING:
     from .server import Broker
@@ -79,7 +81,7 @@ class RemoteEndpoints:
         self.broker = broker
         self.curve_dir = broker.runtime.path / "curve"
         self.authorized_dir = self.curve_dir / "authorized"
-        self.authenticator: Any = None
+        self.authenticator: Authenticator | None = None
         # Public keys the broker made for its own sandbox agents over tcp, by kernel id.
         self.ephemeral: dict[str, bytes] = {}
         self._server_keys: tuple[bytes, bytes] | None = None
@@ -126,11 +128,16 @@ class RemoteEndpoints:
         return allowed
 
     def tcp_router(
-        self, endpoint: str, curve: bool = False, sandbox: bool = False
+        self,
+        endpoint: str,
+        curve: bool = False,
+        sandbox: bool = False,
+        limits: Limits | None = None,
     ) -> zmq.Socket[Any]:
         """A bound ROUTER on ``endpoint``: CurveZMQ unless ``allow_plain_tcp`` (and not
         ``curve``, which forces it). ``sandbox``: the sandboxes' socket, whose peers are
-        checked against the broker's own per-incarnation keys, not the authorized ones."""
+        checked against the broker's own per-incarnation keys, not the authorized ones.
+        ``limits``: its frame size and receive queue (default: the native clients')."""
         host = endpoint.split("://", 1)[-1].rsplit(":", 1)[0]
         plain = self.broker.config.allow_plain_tcp and not curve
         if plain and host not in _LOOPBACK:
@@ -143,21 +150,11 @@ class RemoteEndpoints:
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 1000)
-        sock.setsockopt(zmq.MAXMSGSIZE, self.broker.config.max_message_bytes)
+        apply_limits(sock, limits or Limits(self.broker.config.max_message_bytes, CLIENT_RCVHWM))
         sock.setsockopt(zmq.IPV6, 1)  # tcp://[::1]:PORT too (IPv4 addresses work as before)
         if not plain:
             _public, secret = self.server_keys()
-            if self.authenticator is None:
-                from zmq.auth.thread import ThreadAuthenticator
-
-                self.authenticator = ThreadAuthenticator(self.broker.ctx)
-                self.authenticator.start()
-                self.authenticator.configure_curve_callback(
-                    domain=ZAP_DOMAIN, credentials_provider=self
-                )
-                self.authenticator.configure_curve_callback(
-                    domain=SANDBOX_ZAP_DOMAIN, credentials_provider=_SandboxKeys(self.ephemeral)
-                )
+            self.zap()
             sock.setsockopt(zmq.CURVE_SERVER, 1)
             sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
             sock.setsockopt(
@@ -170,6 +167,20 @@ class RemoteEndpoints:
             raise StigmerError(f"cannot bind {endpoint}: {exc}") from None
         log.info("listening on %s (%s)", endpoint, "plain TCP" if plain else "CurveZMQ")
         return sock
+
+    def zap(self) -> Authenticator:
+        """The context's one ZAP handler, started if it is not: CurveZMQ keys for the TCP
+        sockets, and the mount namespace check of clients.sock (peers.py)."""
+        if self.authenticator is None:
+            self.authenticator = Authenticator(self.broker.ctx, LocalPeers(self.broker.stats))
+            self.authenticator.configure_curve_callback(
+                domain=ZAP_DOMAIN, credentials_provider=self
+            )
+            self.authenticator.configure_curve_callback(
+                domain=SANDBOX_ZAP_DOMAIN, credentials_provider=_SandboxKeys(self.ephemeral)
+            )
+            self.authenticator.start()
+        return self.authenticator
 
     def close(self) -> None:
         if self.authenticator is not None:

@@ -104,7 +104,10 @@ class AutoRouter:
                 f"{kernel.name}~{side}", side, kernel.cwd, kernel.ttl_asked, options, parent=kernel
             )
         except RequestError as exc:
-            if side != "sandbox" or not broker.config.auto_local_fallback:
+            # Only a missing engine falls back to the host: a refused workspace (or any other
+            # reason the sandbox will not take the command) never sends it there.
+            fallback = broker.config.auto_local_fallback and exc.ename == "ModeUnavailable"
+            if side != "sandbox" or not fallback:
                 raise
             decision = pending.decision or {}
             pending.decision = {

@@ -41,10 +41,22 @@ from ..protocol import ExecStatus, KernelEvent, KernelState, Message, MsgType, n
 from ..protocol.session import Session, split_ids
 from ..provisioners import AgentHandle, AgentSpec, LocalProvisioner, Provisioner
 from ..provisioners.docker import TCP_HOST, DockerAgent, DockerProvisioner
+from ..provisioners.workspace import check_workspace
 from ..runtime import RuntimeDir, ServerLock
 from . import adoption
+from .connections import (
+    AGENT_CAP_PER_KERNEL,
+    AGENT_LIMITS,
+    CLIENT_RCVHWM,
+    CLIENT_TCP_CAP,
+    ConnectionGuard,
+    Limits,
+    apply_limits,
+    raise_fd_limit,
+)
 from .kernels import NAME_RE, REMOTE, Kernel, Pending, Registry
 from .native import NativeFrontend
+from .peers import IPC_ZAP_DOMAIN
 from .pool import WarmPool
 from .remote import RemoteAgent, RemoteEndpoints
 from .routing import AutoRouter
@@ -105,7 +117,15 @@ class Broker:
         self.stopping = asyncio.Event()
         self.started_wall = time.time()
         self.drop_log = _DropLog()
-        self.stats = {"client_msgs": 0, "agent_msgs": 0, "dropped_bad": 0, "dropped_slow": 0}
+        self.stats = {
+            "client_msgs": 0,
+            "agent_msgs": 0,
+            "dropped_bad": 0,
+            "dropped_slow": 0,
+            "connections_refused": 0,  # beyond a socket's cap
+            "connections_closed": 0,  # after a bad message, or holding memory (connections.py)
+        }
+        self.connections = ConnectionGuard(self, config.broker_memory_mb << 20)
         self.native = NativeFrontend(self)
         self.frontends: list[NativeFrontend] = [self.native]
         self.client_tcp_sock: zmq.Socket[Any] | None = None
@@ -140,6 +160,7 @@ class Broker:
     # -- start and stop -----------------------------------------------------------------------
     def bind(self) -> None:
         """Take the runtime directory and bind both ROUTERs."""
+        self.connections.set_budget(raise_fd_limit())
         self.runtime.ensure()
         if not self.lock.acquire():
             info = self.runtime.read_info() or {}
@@ -163,24 +184,38 @@ class Broker:
         records = adoption.load(self.runtime.path)
         shutil.rmtree(self.runtime.path / "jupyter", ignore_errors=True)
         (self.runtime.path / "jupyter").mkdir(mode=0o700)
-        self.client_sock = self._router(self.runtime.client_endpoint)
-        self.agent_sock = self._router(self.runtime.agent_endpoint)
+        # Only processes of this server's mount namespace get through (peers.py): ZAP asks.
+        self.remote.zap()
+        self.client_sock = self._router(
+            self.runtime.client_endpoint,
+            Limits(self.config.max_message_bytes, CLIENT_RCVHWM),
+            zap_domain=IPC_ZAP_DOMAIN,
+        )
         # Per agent, at most ~200 chunks (<= 64 KiB) wait for the broker; beyond that the agent's
         # sends block and its command waits on its pipe: backpressure, not memory.
-        self.agent_sock.setsockopt(zmq.RCVHWM, 200)
+        self.agent_sock = self._router(self.runtime.agent_endpoint, AGENT_LIMITS)
+        # Mounted in every sandbox: its connections are capped and watched (connections.py).
+        agent_cap = AGENT_CAP_PER_KERNEL * self.config.max_kernels + 64
+        self.connections.watch(self.agent_sock, "agents.sock", agent_cap)
         for path in (self.runtime.client_socket, self.runtime.agent_socket):
             os.chmod(path, 0o600)
         self.register(self.client_sock, self.native.on_frames)
         self.register(self.agent_sock, self._on_agent_frames)
         if self.config.client_endpoint:
-            self.client_tcp_sock = self.remote.tcp_router(self.config.client_endpoint)
+            self.client_tcp_sock = self.remote.tcp_router(
+                self.config.client_endpoint,
+                limits=Limits(self.config.max_message_bytes, CLIENT_RCVHWM),
+            )
+            self.connections.watch(self.client_tcp_sock, "client TCP socket", CLIENT_TCP_CAP)
             self.native_tcp = NativeFrontend(self, "client_tcp_sock")
             self.native_tcp.session = Session(self.key)
             self.frontends.append(self.native_tcp)
             self.register(self.client_tcp_sock, self.native_tcp.on_frames)
         if self.config.agent_endpoint:
-            tcp = self.agent_tcp_sock = self.remote.tcp_router(self.config.agent_endpoint)
-            tcp.setsockopt(zmq.RCVHWM, 200)
+            tcp = self.agent_tcp_sock = self.remote.tcp_router(
+                self.config.agent_endpoint, limits=AGENT_LIMITS
+            )
+            self.connections.watch(tcp, "agent TCP socket", agent_cap)
             self.register(tcp, lambda frames: self._on_agent_frames(frames, tcp))
         if self.config.sandbox_transport == "tcp":
             self._bind_sandbox_tcp()
@@ -214,7 +249,9 @@ class Broker:
             endpoints.insert(0, f"tcp://{host}:{int(port_file.read_text())}")
         for endpoint in endpoints:
             try:
-                sock = self.remote.tcp_router(endpoint, curve=True, sandbox=True)
+                sock = self.remote.tcp_router(
+                    endpoint, curve=True, sandbox=True, limits=AGENT_LIMITS
+                )
                 break
             except StigmerError as exc:
                 if not endpoint.endswith(":*"):
@@ -226,7 +263,9 @@ class Broker:
                 error = exc
         else:
             raise StigmerError(f"no socket for sandbox agents over tcp: {error}")
-        sock.setsockopt(zmq.RCVHWM, 200)
+        self.connections.watch(
+            sock, "sandbox TCP socket", AGENT_CAP_PER_KERNEL * self.config.max_kernels + 64
+        )
         port = int(sock.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1])
         port_file.write_text(str(port))
         log.info("sandbox agents reach this server at tcp://%s:%d (CurveZMQ)", host, port)
@@ -243,14 +282,17 @@ class Broker:
 
         self.register(sock, on_frames)
 
-    def _router(self, endpoint: str) -> zmq.Socket[Any]:
+    def _router(
+        self, endpoint: str, limits: Limits, zap_domain: str | None = None
+    ) -> zmq.Socket[Any]:
         sock: zmq.Socket[Any] = self.ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, _CLIENT_HWM)
-        sock.setsockopt(zmq.RCVHWM, 1000)
-        sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
+        apply_limits(sock, limits)  # before bind: libzmq copies them to the listener there
+        if zap_domain is not None:
+            sock.setsockopt(zmq.ZAP_DOMAIN, zap_domain.encode())
         sock.bind(endpoint)
         return sock
 
@@ -314,6 +356,7 @@ class Broker:
         for sock in list(self._handlers):
             self.unregister(sock, linger=500)  # the last replies ("server is shutting down") go out
         self.remote.close()
+        self.connections.close()
         self.ctx.term()
         for path in (
             self.runtime.client_socket,
@@ -359,19 +402,30 @@ class Broker:
             handler = self._handlers.get(sock)
             if handler is None or sock.closed:
                 continue
+            raw = sock in self._raw
+            # Sockets others can reach: each message's connection is recorded, and a connection
+            # whose message the handler drops as bad is closed (connections.py).
+            watched = self.connections.watched.get(sock)
             for _ in range(_BATCH):
                 try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=sock not in self._raw)
+                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=not raw and watched is None)
                 except zmq.Again:
                     break
                 except zmq.ZMQError as exc:  # e.g. a socket closed while handling
                     log.debug("recv failed: %s", exc)
                     break
                 handled += 1
+                if watched is not None:
+                    fd = self.connections.delivered(watched, frames)
+                    if not raw:
+                        frames = [frame.bytes for frame in frames]  # type: ignore[union-attr]
+                    bad = self.stats["dropped_bad"]
                 try:
                     handler(frames)
                 except Exception:  # a bug must not take the broker down
                     log.exception("error while handling a message")
+                if watched is not None and self.stats["dropped_bad"] != bad:
+                    self.connections.refuse(watched, fd)
             else:
                 self._ready.add(sock)  # more may be waiting: come back to it
             if handled >= _PASS_LIMIT and self._ready:
@@ -575,9 +629,7 @@ class Broker:
             kernel.image = image if isinstance(image, str) and image else None
             kernel.requirements = requirements if isinstance(requirements, str) else None
             workspace = self.config.sandbox_workspace or options.get("workspace") or cwd
-            if not isinstance(workspace, str) or not os.path.isdir(workspace):
-                raise RequestError(f"workspace {workspace!r} does not exist", "BadRequest")
-            kernel.workspace = os.path.realpath(workspace)
+            kernel.workspace = check_workspace(workspace, self.config)
         gone = self.registry.gone.get(name)
         if gone is not None:
             kernel.notices.append(
@@ -1111,6 +1163,7 @@ class Broker:
                 self._check_kernels()
                 self._reap_handles()
                 self._retry_deferred()
+                self.connections.check_memory()
             except Exception:
                 log.exception("error in maintenance")
 

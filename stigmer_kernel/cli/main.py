@@ -35,6 +35,7 @@ from ..runtime import RuntimeDir
 from . import sandbox as sandbox_cli
 
 EXIT_NOT_RUNNING = 3
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a program ended by SIGPIPE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -132,6 +133,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     conn.add_argument("name")
     conn.add_argument("--mode", choices=["local", "sandbox", "auto", "remote"])
+    conn.add_argument(
+        "--transport",
+        choices=["ipc", "tcp"],
+        default="ipc",
+        help="ipc (default): sockets only you can reach; tcp: loopback ports, for a Jupyter "
+        "client that cannot use ipc (every local user can reach them, and that kernel's iopub "
+        "then shows no native client's commands)",
+    )
     for name, text in (
         ("shutdown", "end a kernel"),
         ("interrupt", "interrupt its command"),
@@ -218,8 +227,22 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `stigmer kernels info X | head -3`: quiet, as a Unix tool is
+        _silence(sys.stdout)
+        return EXIT_BROKEN_PIPE
     parser.print_help()
     return 2
+
+
+def _silence(stream: Any) -> None:
+    """Point ``stream``'s descriptor at /dev/null, so nothing written or flushed to it later
+    (at exit too) raises again once its reader is gone."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 _REMOTE_ENV = {
@@ -337,11 +360,23 @@ async def _run_async(
     from ..client import AsyncClient
 
     out = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
+    closed: set[str] = set()  # streams whose reader went away (`stigmer run -- yes | head -1`)
+    stop_command: list[Any] = []  # set below: interrupts the command
 
     def write(name: str, data: bytes) -> None:
+        if name in closed:
+            return
         stream = out[name]
-        stream.write(data)
-        stream.flush()
+        try:
+            stream.write(data)
+            stream.flush()
+        except BrokenPipeError:
+            # Like a program killed by SIGPIPE: the command is interrupted (it would write on
+            # forever otherwise), the CLI says nothing and exits 141.
+            closed.add(name)
+            _silence(stream)
+            if stop_command:
+                stop_command[0]()
 
     def on_event(event: dict[str, Any]) -> None:
         if event.get("event") == "progress" and event.get("kernel") == args.kernel:
@@ -360,6 +395,14 @@ async def _run_async(
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
+        def on_closed_pipe() -> None:
+            if not interrupted.is_set():
+                interrupted.set()
+                task = loop.create_task(client.interrupt(args.kernel))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+
+        stop_command.append(on_closed_pipe)
         loop.add_signal_handler(signal.SIGINT, on_sigint)
         result = await client.execute(
             code,
@@ -395,6 +438,8 @@ async def _run_async(
             "auto": result.auto,
         }
         print(json.dumps(payload))
+    if "stdout" in closed:
+        return EXIT_BROKEN_PIPE
     if result.status == "timeout":
         print(f"stigmer: {result.evalue}", file=sys.stderr)
         return EXIT_TIMEOUT
@@ -443,8 +488,10 @@ def _server(args: argparse.Namespace, config: Config, parser: argparse.ArgumentP
             with Client(config, autostart=False) as client:
                 client.shutdown_server()
         except StigmerError:
-            pid = info.get("pid")
-            if isinstance(pid, int):
+            # Only the process that holds the directory's lock is signalled: the pid written in
+            # server.json may have been reused by another program since.
+            pid = runtime.lock_holder()
+            if pid is not None and pid == info.get("pid"):
                 os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 15
         while runtime.server_running():
@@ -491,8 +538,9 @@ def _kernels(args: argparse.Namespace, config: Config, parser: argparse.Argument
                 "Jupyter channels listen on the server's loopback only: run `stigmer kernels "
                 "connection-file` on the server's host"
             )
+        connection = {"transport": "tcp"} if args.transport == "tcp" else None
         with Client(config) as client:
-            reply = client.connect_jupyter(args.name, mode=args.mode)
+            reply = client.connect_jupyter(args.name, mode=args.mode, connection=connection)
         print(reply["connection_file"])
         return 0
     runtime = RuntimeDir(config.runtime_dir)

@@ -180,6 +180,13 @@ def _clean(client: Any, config: Config) -> int:
             except docker.errors.NotFound:
                 continue  # removed meanwhile (its server's own cleanup)
             removed_containers += 1
+    from ..provisioners.network import reap_networks
+
+    def dead(labels: Any) -> bool:
+        owner = labels.get(LABEL_RUNTIME)
+        return not (owner and RuntimeDir(Path(owner)).server_running())
+
+    removed_networks = reap_networks(client, LABEL_SERVER, dead)  # and their firewall rules
     removed_images = []
     names = {*DERIVED, BASIC_TAG.rsplit(":", 1)[0], FULL_TAG.rsplit(":", 1)[0]}
     for image in client.images.list():
@@ -191,7 +198,7 @@ def _clean(client: Any, config: Config) -> int:
                 except docker.errors.APIError as exc:
                     _say(f"kept {tag}: {exc.explanation or exc}")
     print(
-        f"removed {removed_containers} container(s) of stopped servers and "
-        f"{len(removed_images)} image(s): {', '.join(removed_images) or '-'}"
+        f"removed {removed_containers} container(s) and {removed_networks} network(s) of "
+        f"stopped servers and {len(removed_images)} image(s): {', '.join(removed_images) or '-'}"
     )
     return 0

@@ -35,6 +35,7 @@ from ..errors import (
     StigmerError,
 )
 from ..protocol import Message, MsgType, Session
+from ..protocol.constants import MAX_STDIN_BYTES
 from ..runtime import RuntimeDir
 from .discovery import ServerAddress, find_server
 from .result import ExecResult
@@ -516,6 +517,12 @@ class AsyncClient:
             content["timeout"] = timeout
         if stdin is not None:
             content["stdin"] = stdin.encode() if isinstance(stdin, str) else stdin
+            if len(content["stdin"]) > MAX_STDIN_BYTES:
+                raise RequestError(
+                    f"stdin is {len(content['stdin']):,} bytes, more than the "
+                    f"{MAX_STDIN_BYTES:,} a command takes — write it to a file and read that",
+                    "BadRequest",
+                )
         if output_limit is not None:
             content["output_limit"] = output_limit
         if ttl is not None:
@@ -592,7 +599,9 @@ class AsyncClient:
         """Give ``kernel`` (created if needed) Jupyter channels; returns ``connection_file``
         (a standard Jupyter connection file) and ``connection`` (its contents).
 
-        ``connection`` asks for specific ports and key (what a kernelspec launcher was given).
+        ``connection`` asks for specific ports and key (what a kernelspec launcher was given),
+        or just ``{"transport": "tcp"}`` for loopback TCP ports (which every local user can
+        reach); without it the channels are ipc sockets only this user reaches.
         """
         content: dict[str, Any] = {
             "kernel": kernel,

@@ -41,6 +41,9 @@ def kernel_name_for(connection: dict[str, Any]) -> str:
 async def run(connection_file: str, mode: str, name: str | None) -> int:
     with open(connection_file, encoding="utf-8") as handle:
         connection = json.load(handle)
+    if connection.get("transport") == "ipc":
+        # Jupyter's ipc paths are relative to the kernel's cwd (ours), not the server's.
+        connection["ip"] = os.path.abspath(str(connection.get("ip") or "kernel-ipc"))
     kernel = name or kernel_name_for(connection)
     ended = asyncio.Event()
     attached = False  # notices about the kernel's past arrive with the connect reply: not ours

@@ -17,6 +17,9 @@ PROTOCOL_VERSION = "5.3"
 MIN_FRAMES = 5
 #: Cap on the number of buffers a message may carry.
 MAX_BUFFERS = 16
+#: Largest ``stdin`` a native execute_request carries (it travels in the request's one content
+#: frame, under the broker's ``max_message_bytes``).
+MAX_STDIN_BYTES = 16 * 1024 * 1024
 
 
 class MsgType(str, enum.Enum):

@@ -62,6 +62,11 @@ class AgentHandle(abc.ABC):
     def cleanup(self) -> None:  # noqa: B027 - optional hook
         """Remove what the agent left behind once it has ended (files, containers)."""
 
+    def record(self) -> dict[str, Any]:
+        """What a restarted server needs to find this agent's host processes again and prove
+        they are still the same (saved in the kernel's re-adoption record)."""
+        return {}
+
     def describe(self) -> dict[str, Any]:
         """Extra fields for ``stigmer kernels list --json``."""
         return {"pid": self.pid}

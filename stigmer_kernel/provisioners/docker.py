@@ -9,10 +9,15 @@ file of its own per-kernel directory, read and deleted by the agent before any c
 directory stays writable, as the agent keeps its session files there (bashrc, command.sh, stdin,
 stdin.fifo).
 
-Hardened by default: runs as the host user's uid:gid, ``--cap-drop ALL``, no-new-privileges,
-pids/memory/CPU limits, an init as PID 1, a configurable network, optional read-only root with a
-tmpfs /tmp. Every container is labelled with its server and kernel; the server removes its
-containers when they expire and when it stops, and at start it removes those of dead servers.
+Hardened by default: never runs as root (the server's own uid, SUDO_UID or nobody for a root
+server, or STIGMER_SANDBOX_USER: workspace.py), ``--cap-drop ALL``, no-new-privileges, the
+agent as PID 1 with its seccomp filter (no set-uid/set-gid file: agent/nosuid.py), runtime and
+config directories in the workspace hidden (workspace.py), pids/memory/CPU limits, tmpfs /tmp
+and /var/tmp of a set size, by default a
+network of the server's own that sandboxes cannot cross to each other or to the host
+(network.py), optional read-only root. Every container is labelled with its server and kernel;
+the server removes its containers when they expire and when it stops, and at start it removes
+those of dead servers.
 
 Nothing here blocks the broker's event loop: Docker calls run on a small thread pool, and the
 engine check (:meth:`DockerProvisioner.check_available`) pings on a thread of its own.
@@ -26,6 +31,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import pwd
 import re
 import shutil
 import threading
@@ -34,10 +40,12 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..errors import ModeUnavailable
+from ..errors import ModeUnavailable, RequestError
 from ..runtime import RuntimeDir
 from .base import AgentHandle, AgentSpec, Provisioner
 from .images import ImageResolver, Progress
+from .network import SandboxNetwork, reap_networks
+from .workspace import SandboxUser, check_workspace, hidden_paths, sandbox_user
 
 log = logging.getLogger("stigmer.sandbox")
 
@@ -53,6 +61,13 @@ KERNEL_DIR = "/run/stigmer-kernel"
 PACKAGE_DIR = "/opt/stigmer"
 WORKSPACE = "/workspace"
 HOME = "/tmp/home"
+#: World-writable directories of the image, each a tmpfs of STIGMER_SANDBOX_TMPFS_SIZE.
+SCRATCH_DIRS = ("/tmp", "/var/tmp")
+#: Debian's other world-writable directory, for lock files: a small tmpfs of fixed size.
+LOCK_DIR = "/run/lock"
+LOCK_DIR_SIZE = "8m"
+#: The empty read-only tmpfs over a runtime or config directory inside the workspace.
+MASK_OPTIONS = "ro,nosuid,nodev,noexec,size=4k"
 #: The name a sandbox reaches the broker's host by (STIGMER_SANDBOX_TRANSPORT=tcp).
 TCP_HOST = "host.docker.internal"
 #: Seconds an answer of the engine check is trusted, whether the engine answered or not.
@@ -107,6 +122,7 @@ class DockerAgent(AgentHandle):
         self.runnable: str | None = None  # the image the container runs (``image`` resolved)
         self._removing = threading.Lock()  # kill() and cleanup() may both queue _remove
         self.reused = False  # a stopped container of an earlier kernel of this name, restarted
+        self.user: str | None = None  # uid:gid its commands run as
 
     @property
     def workdir(self) -> Path:
@@ -163,6 +179,8 @@ class DockerAgent(AgentHandle):
             "container": self.container_id[:12] if self.container_id else None,
             "image": self.image,
             "container_reused": self.reused,
+            "sandbox_user": self.user,
+            **self.provisioner.network.describe(),
         }
 
     def renamed(self, kernel_name: str) -> None:
@@ -194,6 +212,9 @@ class DockerProvisioner(Provisioner):
         self.tcp_host_address = "host-gateway"  # set by the broker for the tcp transport
         self._stopped_lock = threading.Lock()
         self.images = ImageResolver(self.client, BASIC_TIER_TAG, runtime.path / "images.json")
+        owner = {LABEL_SERVER: self.server, LABEL_RUNTIME: str(runtime.path)}
+        self.network = SandboxNetwork(self.client, self.server, owner, config.sandbox_network)
+        self._storage: tuple[str, str] | None = None  # the engine's (storage driver, backing fs)
 
     # -- the engine -----------------------------------------------------------------------------
     def client(self) -> Any:
@@ -258,6 +279,12 @@ class DockerProvisioner(Provisioner):
                 handle.image, self.config.sandbox_auto_pull, spec.requirements, progress
             )
             handle.runnable = runnable
+            try:  # checked when the kernel was made; again here for the pool and restarts
+                check_workspace(spec.workspace or spec.cwd, self.config)
+                user = sandbox_user(self.config)
+            except RequestError as exc:
+                raise _StartError(str(exc)) from None
+            handle.user = str(user)
             stopped = self._take_stopped(spec.kernel_name, runnable, spec.workspace or spec.cwd)
             if stopped is not None:
                 # Its mounts are fixed: this incarnation uses the directory it was made with.
@@ -272,6 +299,7 @@ class DockerProvisioner(Provisioner):
             fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(spec.key)
+            self._hand_over(spec.workdir, user)
             container = self._restart_stopped(handle, stopped) if stopped is not None else None
             if container is None:
                 container = self.client().containers.create(**self._create_args(spec, runnable))
@@ -300,6 +328,7 @@ class DockerProvisioner(Provisioner):
         config = self.config
         package = Path(__file__).resolve().parents[1]
         workspace = spec.workspace or spec.cwd
+        user = sandbox_user(config)
         tcp = spec.curve is not None  # the agent reaches spec.endpoint over the network
         endpoint = (
             spec.endpoint if tcp else f"ipc://{AGENT_SOCKET_DIR}/{self.runtime.agent_socket.name}"
@@ -316,6 +345,7 @@ class DockerProvisioner(Provisioner):
             "--orphan-timeout", str(spec.orphan_timeout),
             "--timeout", str(spec.command_timeout or 0),
             "--output-limit", str(spec.output_limit),
+            "--sandbox",  # its seccomp filter: no set-uid/set-gid file ever (agent/nosuid.py)
             *(["--curve-file", f"{KERNEL_DIR}/curve"] if tcp else []),
         ]  # fmt: skip
         volumes = {
@@ -334,12 +364,12 @@ class DockerProvisioner(Provisioner):
             "image": image,
             "command": args,
             "entrypoint": [],
-            "user": f"{os.getuid()}:{os.getgid()}",
+            "user": str(user),  # never root (workspace.py)
             "environment": {
                 "PYTHONPATH": PACKAGE_DIR,
                 "PYTHONDONTWRITEBYTECODE": "1",
                 "HOME": HOME,
-                "USER": os.environ.get("USER", "stigmer"),
+                "USER": _user_name(user),
                 "STIGMER_SANDBOX": "1",
                 # A disposable sandbox: let pip install into Debian-based Pythons (PEP 668).
                 "PIP_BREAK_SYSTEM_PACKAGES": "1",
@@ -357,17 +387,81 @@ class DockerProvisioner(Provisioner):
             },
             "name": "stigmer-" + re.sub(r"[^a-zA-Z0-9_.-]", "_", spec.kernel_id),
             "hostname": "sandbox",
-            "init": True,
+            # No init: the agent is PID 1, so every process of the container has its seccomp
+            # filter (an unfiltered docker-init could be ptraced by a command into chmod 4755).
+            "init": False,
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges"],
             "pids_limit": config.sandbox_pids,
             "mem_limit": config.sandbox_memory,
             "nano_cpus": int(config.sandbox_cpus * 1e9),
-            "network_mode": config.sandbox_network,
+            # The isolated network is made ready first (firewall: the tcp broker port let in).
+            "network_mode": self.network.mode(
+                int(spec.endpoint.rsplit(":", 1)[1]) if tcp else None
+            ),
             "read_only": config.sandbox_read_only,
-            "tmpfs": {"/tmp": "rw,exec,nosuid,size=1g"} if config.sandbox_read_only else None,
+            # Capped scratch space; a container kept for reuse keeps its /tmp (and HOME) on disk.
+            "tmpfs": tmpfs_mounts(config.sandbox_tmpfs_size)
+            if config.sandbox_cleanup or config.sandbox_read_only
+            else None,
+            "storage_opt": self._storage_opt(),
         }
+        self._hide(create, workspace)
         return create
+
+    def _hide(self, create: dict[str, Any], workspace: str) -> None:
+        """Cover the runtime and config directories (and files) inside the workspace with
+        empty read-only mounts: the sandbox sees an empty directory, or /dev/null."""
+        dirs, files = hidden_paths(workspace, self.config)
+        if dirs:
+            tmpfs = dict(create.get("tmpfs") or {})
+            for path in dirs:
+                tmpfs[_inside(workspace, path)] = MASK_OPTIONS
+            create["tmpfs"] = tmpfs
+        if files:
+            from docker.types import Mount
+
+            create["mounts"] = [
+                Mount(_inside(workspace, path), "/dev/null", type="bind", read_only=True)
+                for path in files
+            ]
+        if dirs or files:
+            log.info("sandbox workspace %s: hidden in it: %s", workspace, ", ".join(dirs + files))
+
+    def _hand_over(self, workdir: Path, user: SandboxUser) -> None:
+        """A root server gives its sandbox uid what the agent must reach: its kernel directory
+        (and the files in it) and the agent socket. The runtime directory stays 0700 root, so
+        no host user reaches either; ``agents/`` (holding nothing else) becomes 0755."""
+        if os.getuid() != 0 or user.uid == 0:
+            return
+        for path in (workdir, *workdir.iterdir()):
+            os.chown(path, user.uid, user.gid, follow_symlinks=False)
+        self._share_agent_socket(user)
+
+    def _share_agent_socket(self, user: SandboxUser) -> None:
+        agents = self.runtime.agents_dir
+        with contextlib.suppress(FileNotFoundError):  # tcp transport: no socket to share
+            os.chown(self.runtime.agent_socket, user.uid, user.gid, follow_symlinks=False)
+            os.chmod(agents, 0o755)
+
+    def _storage_opt(self) -> dict[str, str] | None:
+        """The writable layer's size limit (STIGMER_SANDBOX_DISK); refused at once, with what to
+        do, where the storage driver cannot apply it (overlay2 needs xfs with pquota)."""
+        size = self.config.sandbox_disk
+        if size is None:
+            return None
+        if self._storage is None:
+            info = self.client().info()
+            backing = dict(info.get("DriverStatus") or []).get("Backing Filesystem", "")
+            self._storage = (str(info.get("Driver", "")), str(backing))
+        driver, backing = self._storage
+        if driver == "overlay2" and backing != "xfs":
+            raise _StartError(
+                f"STIGMER_SANDBOX_DISK={size}: Docker's overlay2 storage driver limits a "
+                f"container's disk only on xfs mounted with pquota, and here it is on "
+                f"{backing or 'another filesystem'} — unset STIGMER_SANDBOX_DISK"
+            )
+        return {"size": size}
 
     # -- stopped containers kept for reuse (sandbox_cleanup=false) -------------------------------
     def keep_stopped(self, handle: DockerAgent) -> None:
@@ -475,10 +569,14 @@ class DockerProvisioner(Provisioner):
         handle.container_id = found[0].id
         handle.image = found[0].labels.get("stigmer.image", handle.image)
         handle.runnable = handle.image
+        handle.user = found[0].attrs.get("Config", {}).get("User") or None
         for mount in found[0].attrs.get("Mounts") or []:
             if mount.get("Destination") == WORKSPACE and mount.get("Source"):
                 handle.spec = dataclasses.replace(spec, workspace=str(mount["Source"]))
         self._handles[found[0].id] = handle
+        if os.getuid() == 0:
+            with contextlib.suppress(RequestError):  # its agent comes back to a new socket
+                self._share_agent_socket(sandbox_user(self.config))
         self._ensure_watcher()
         return handle
 
@@ -521,6 +619,17 @@ class DockerProvisioner(Provisioner):
                     removed += 1
         if removed:
             log.info("removed %d leftover sandbox container(s) of stopped servers", removed)
+
+        def network_dead(labels: Any) -> bool:
+            if labels.get(LABEL_SERVER) == self.server:
+                return False  # this server's own (maybe with re-adopted containers): close()
+            owner = labels.get(LABEL_RUNTIME)
+            return not (isinstance(owner, str) and RuntimeDir(Path(owner)).server_running())
+
+        try:
+            reap_networks(self.client(), LABEL_SERVER, network_dead)
+        except Exception as exc:
+            log.info("no leftover network check: %s", exc)
         return removed
 
     def _ensure_watcher(self) -> None:
@@ -562,12 +671,23 @@ class DockerProvisioner(Provisioner):
                 elif code == "137":
                     handle.failure = "the sandbox container was killed (SIGKILL, e.g. docker kill)"
                 else:
-                    handle.failure = f"the sandbox container exited (code {code})"
+                    said = self._agent_said(str(event.get("id", ""))) if code != "0" else ""
+                    handle.failure = f"the sandbox container exited (code {code}){said}"
         except Exception as exc:  # the stream closes at shutdown, or the engine went away
             log.debug("docker event stream ended: %s", exc)
 
+    def _agent_said(self, container_id: str) -> str:
+        """The agent's last words, after a colon, if it refused to start (``agent: ...`` on
+        stderr, e.g. no seccomp filter); else an empty string."""
+        try:
+            tail = self.client().containers.get(container_id).logs(tail=1, stdout=False)
+        except Exception:
+            return ""
+        line = bytes(tail).decode("utf-8", "replace").strip()
+        return f": {line.removeprefix('agent: ')}" if line.startswith("agent: ") else ""
+
     def close(self) -> None:
-        """Remove every container of this server (at shutdown)."""
+        """Remove every container of this server, then its network (at shutdown)."""
         self._pinger.shutdown(wait=False, cancel_futures=True)
         if self._client is None:
             self._pool.shutdown(wait=False)
@@ -590,6 +710,8 @@ class DockerProvisioner(Provisioner):
                 self._events.close()
         self._pool.shutdown(wait=True, cancel_futures=True)
         with contextlib.suppress(Exception):
+            self.network.close()  # no start can follow: remove it, and its firewall rules
+        with contextlib.suppress(Exception):
             self._client.close()
 
 
@@ -609,6 +731,30 @@ class _Stopped:
     @property
     def short(self) -> str:
         return self.container_id[:12]
+
+
+def tmpfs_mounts(size: str) -> dict[str, str]:
+    """The tmpfs mounts over the image's world-writable directories: what a sandbox that runs as
+    an unprivileged uid can write outside /workspace and its kernel directory, capped."""
+    options = "rw,exec,nosuid,nodev,mode=1777,size="
+    mounts = {path: options + size for path in SCRATCH_DIRS}
+    mounts[LOCK_DIR] = options + LOCK_DIR_SIZE
+    return mounts
+
+
+def _inside(workspace: str, path: str) -> str:
+    """Where the host ``path`` inside ``workspace`` is in the container."""
+    return f"{WORKSPACE}/{os.path.relpath(path, workspace)}"
+
+
+def _user_name(user: SandboxUser) -> str:
+    """$USER in a sandbox: the host's name for its uid, else "stigmer"."""
+    if user.uid == os.getuid():
+        return os.environ.get("USER", "stigmer")
+    try:
+        return pwd.getpwuid(user.uid).pw_name
+    except KeyError:
+        return "stigmer"
 
 
 def _created(container: Any) -> float:

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +16,44 @@ from ..agent import procs
 from ..config import EnvVar
 from .base import AgentHandle, AgentSpec, Provisioner
 
+#: Seconds a stopping server waits for its agents to exit before ending their orphans.
+_CLOSE_WAIT = 2.0
+
 
 class LocalAgent(AgentHandle):
-    def __init__(self, proc: subprocess.Popen[bytes], workdir: Path) -> None:
+    def __init__(
+        self, proc: subprocess.Popen[bytes], workdir: Path, provisioner: LocalProvisioner
+    ) -> None:
         self.proc = proc
         self.workdir = workdir
         self.log_path = str(workdir / "agent.log")
-        self.shell_pgid: int | None = None
+        self.provisioner = provisioner
+        # Read while the agent is our unreaped child: its pid cannot belong to anyone else.
+        self.start = procs.start_time(proc.pid)
+        self._shell: tuple[int, int | None] | None = None  # bash's (pid = pgid = sid, start)
 
     @property
     def pid(self) -> int | None:
         return self.proc.pid
 
+    @property
+    def shell_pgid(self) -> int | None:
+        return self._shell[0] if self._shell else None
+
+    @shell_pgid.setter
+    def shell_pgid(self, pgid: int | None) -> None:
+        """Bash's pid as the agent reports it (registration, every heartbeat): recorded with
+        its start time only while it is this agent's child."""
+        if pgid is None or pgid == self.shell_pgid:
+            return
+        alive = self.proc.returncode is None
+        self._shell = (pgid, procs.child_start(pgid, self.proc.pid) if alive else None)
+
+    def record(self) -> dict[str, Any]:
+        return process_record(self.pid, self.start, self._shell)
+
     def poll(self) -> str | None:
-        code = self.proc.poll()
+        code = self._returncode()
         if code is None:
             return None
         if code < 0:
@@ -38,6 +63,15 @@ class LocalAgent(AgentHandle):
                 name = f"signal {-code}"
             return f"agent process {self.proc.pid} was killed by {name}"
         return f"agent process {self.proc.pid} exited with code {code}{self._log_tail()}"
+
+    def _returncode(self) -> int | None:
+        if self.proc.returncode is not None:
+            return self.proc.returncode
+        code = self.proc.poll()
+        if code is not None:
+            # Reparented to the server: what the agent could not end itself (it was killed).
+            self.provisioner.agent_ended(self)
+        return code
 
     def _log_tail(self) -> str:
         try:
@@ -50,12 +84,14 @@ class LocalAgent(AgentHandle):
         return f" ({tail[-1]})" if tail else ""
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            procs.signal_group(self.proc.pid, signal.SIGKILL)
+        if self._returncode() is None:
+            # Stopped, its processes killed, then itself; without /proc, its group.
+            if not procs.kill_tree(self.proc.pid, self.start, procs.KILL_TIMEOUT):
+                procs.signal_group(self.proc.pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
-        if self.shell_pgid and self.shell_pgid > 0:
-            procs.kill_session(self.shell_pgid)
+        if self._shell is not None:
+            procs.kill_session(self._shell[0], self._shell[1])
         # No wait here (this runs in the broker's loop): poll() reaps it later.
 
     def cleanup(self) -> None:
@@ -65,10 +101,76 @@ class LocalAgent(AgentHandle):
         return {"pid": self.proc.pid}
 
 
+def process_record(
+    pid: int | None, start: int | None, shell: tuple[int, int | None] | None
+) -> dict[str, Any]:
+    """A local agent's processes as a re-adoption record holds them: each pid with its start
+    time, the proof a restarted server asks of a pid before it signals it."""
+    return {
+        "agent_pid": pid,
+        "agent_start": start,
+        "shell_pgid": shell[0] if shell else None,
+        "shell_start": shell[1] if shell else None,
+    }
+
+
 class LocalProvisioner(Provisioner):
+    """Starts agents as children of the server, which becomes a child subreaper for them.
+
+    An agent ends every process its kernel started when it ends (it is a subreaper itself); one
+    that is killed cannot, and its processes (bash, daemons that left bash's session) are then
+    reparented to the server. :meth:`agent_ended` ends them: the server's children that are none
+    of its agents and not in its own session (everything an agent starts is in a session of its
+    own, and no process can join another's session), so nothing the server did not start.
+    """
+
     mode = "local"
 
+    def __init__(self) -> None:
+        self._agents: dict[int, LocalAgent] = {}  # agents not yet reaped, by pid
+        self._subreaper: bool | None = None  # set when the first agent starts
+
+    def agent_ended(self, agent: LocalAgent) -> None:
+        """``agent`` exited (and was reaped): end the processes it left to the server."""
+        self._agents.pop(agent.proc.pid, None)
+        self.end_orphans()
+
+    def end_orphans(self) -> None:
+        """SIGKILL and reap the server's children that none of its live agents is (the
+        processes of agents that died), with everything below them."""
+        if not self._subreaper:
+            return
+        me, session = os.getpid(), os.getsid(0)
+        deadline = time.monotonic() + procs.KILL_TIMEOUT
+        while True:
+            left = False
+            for pid in procs.children(me):
+                info = procs.stat(pid)
+                if pid in self._agents or info is None or info.sid == session:
+                    continue  # an agent, gone, or started by the server itself
+                if info.alive:
+                    left = True
+                    # Our child, unreaped: its pid is its own until waited for.
+                    procs.kill_tree(pid, info.start, timeout=procs.KILL_TIMEOUT)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+            if not left or time.monotonic() > deadline:
+                return
+            time.sleep(0.005)
+
+    def close(self) -> None:
+        """At server stop: wait a little for the agents told to end, then end their orphans."""
+        deadline = time.monotonic() + _CLOSE_WAIT
+        for agent in list(self._agents.values()):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                agent.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            if agent.proc.returncode is not None:
+                self._agents.pop(agent.proc.pid, None)
+        self.end_orphans()
+
     def start(self, spec: AgentSpec) -> LocalAgent:
+        if self._subreaper is None:
+            self._subreaper = procs.set_child_subreaper()
         spec.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
         log_path = spec.workdir / "agent.log"
         env = dict(os.environ)
@@ -110,4 +212,5 @@ class LocalProvisioner(Provisioner):
             proc.stdin.close()
         except BrokenPipeError:
             pass  # the agent died at once; poll() will say how
-        return LocalAgent(proc, spec.workdir)
+        agent = self._agents[proc.pid] = LocalAgent(proc, spec.workdir, self)
+        return agent

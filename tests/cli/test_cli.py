@@ -10,40 +10,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import config_path_of, short_tempdir, stigmer_env
-
-
-def stigmer(
-    env: dict[str, str],
-    *args: str,
-    input: bytes | None = None,
-    cwd: str | None = None,
-    timeout: float = 60,
-) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "stigmer_kernel", *args],
-        env=env,
-        input=input,
-        capture_output=True,
-        timeout=timeout,
-        cwd=cwd,
-    )
-
-
-@pytest.fixture
-def env() -> Iterator[dict[str, str]]:
-    runtime = short_tempdir()
-    environment = stigmer_env(runtime)
-    yield environment
-    stigmer(environment, "server", "stop")
-    shutil.rmtree(runtime, ignore_errors=True)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(config_path_of(runtime))
+from tests.cli.conftest import stigmer
+from tests.conftest import short_tempdir
 
 
 def test_run_with_no_server_started(env: dict[str, str]) -> None:

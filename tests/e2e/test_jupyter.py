@@ -104,11 +104,11 @@ def test_connection_file_is_standard(shared: tuple[Client, str]) -> None:
     info = json.loads(Path(path).read_text())
     for key in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"):
         assert isinstance(info[key], int) and info[key] > 0
-    assert (info["transport"], info["ip"], info["signature_scheme"]) == (
-        "tcp",
-        "127.0.0.1",
-        "hmac-sha256",
-    )
+    # ipc by default, in the runtime directory's 0700 jupyter/: no other user reaches it.
+    assert (info["transport"], info["signature_scheme"]) == ("ipc", "hmac-sha256")
+    assert Path(info["ip"]).parent == Path(path).parent
+    for key in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"):
+        assert oct(Path(f"{info['ip']}-{info[key]}").stat().st_mode & 0o777) == "0o600"
     assert len(info["key"]) == 64
     assert oct(Path(path).stat().st_mode & 0o777) == "0o600"
 

@@ -8,10 +8,23 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Server
+from tests.conftest import Server, short_tempdir
 
 #: Built by scripts/build-test-image.sh (debootstrap; no registry is reachable here).
 TEST_IMAGE = os.environ.get("STIGMER_TEST_SANDBOX_IMAGE", "stigmer-test-base:bookworm")
+#: The uid:gid the test servers run sandbox commands as: a root server never runs them as root,
+#: so the fixtures give it one of no account on the host (STIGMER_SANDBOX_USER); a server that is
+#: not root runs them as itself.
+SANDBOX_UID, SANDBOX_GID = (61234, 61234) if os.getuid() == 0 else (os.getuid(), os.getgid())
+
+
+def sandbox_workspace(prefix: str = "stg-ws-") -> str:
+    """A new workspace that sandbox commands (uid :data:`SANDBOX_UID`) can write in, resolved."""
+    path = os.path.realpath(short_tempdir(prefix))
+    if os.getuid() == 0:
+        os.chown(path, SANDBOX_UID, SANDBOX_GID)
+    os.chmod(path, 0o755)
+    return path
 
 
 def _unavailable(reason: str) -> None:
@@ -52,6 +65,8 @@ def sandbox_factory(
 ) -> Callable[..., Server]:
     def make(**settings: str) -> Server:
         settings.setdefault("STIGMER_SANDBOX_IMAGE", TEST_IMAGE)
+        if os.getuid() == 0:
+            settings.setdefault("STIGMER_SANDBOX_USER", f"{SANDBOX_UID}:{SANDBOX_GID}")
         settings.setdefault("STIGMER_HEARTBEAT_INTERVAL", "0.5")
         return server_factory(**settings)
 

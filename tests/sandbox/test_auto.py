@@ -11,6 +11,7 @@ import pytest
 
 from stigmer_kernel import ModeUnavailable
 from tests.conftest import Server, short_tempdir
+from tests.sandbox.conftest import sandbox_workspace
 
 
 def stigmer(
@@ -27,7 +28,7 @@ def stigmer(
 
 
 def test_package_manager_in_container_everyday_command_on_host(sandbox: Server) -> None:
-    workspace = os.path.realpath(short_tempdir("stg-auto-"))
+    workspace = sandbox_workspace("stg-auto-")
     r = stigmer(
         sandbox,
         "run",
@@ -68,7 +69,7 @@ def test_package_manager_in_container_everyday_command_on_host(sandbox: Server) 
 
 
 def test_replies_say_where_and_why_and_cwd_carries(sandbox: Server) -> None:
-    workspace = os.path.realpath(short_tempdir("stg-auto-"))
+    workspace = sandbox_workspace("stg-auto-")
     os.makedirs(os.path.join(workspace, "app"))
     c = sandbox.client()
     r = c.execute("cd app && pwd", kernel="carry", mode="auto", cwd=workspace)

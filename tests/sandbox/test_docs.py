@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import short_tempdir, stigmer_env
-from tests.sandbox.conftest import TEST_IMAGE
+from tests.sandbox.conftest import SANDBOX_GID, SANDBOX_UID, TEST_IMAGE, sandbox_workspace
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCK = re.compile(r"^```bash runnable\n(.*?)^```", re.S | re.M)
@@ -35,8 +35,10 @@ def test_some_pages_have_runnable_blocks() -> None:
 def test_runnable_blocks_of(page: Path, docker_client: Any) -> None:
     runtime = short_tempdir()
     env = stigmer_env(runtime, STIGMER_SANDBOX_IMAGE=TEST_IMAGE)
+    if os.getuid() == 0:  # as the sandbox fixtures: never root, and the scratch dir is its own
+        env["STIGMER_SANDBOX_USER"] = f"{SANDBOX_UID}:{SANDBOX_GID}"
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    scratch = short_tempdir("stg-docs-")
+    scratch = sandbox_workspace("stg-docs-")
     try:
         for index, block in enumerate(BLOCK.findall(page.read_text())):
             proc = subprocess.run(

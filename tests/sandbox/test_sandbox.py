@@ -15,7 +15,13 @@ from typing import Any
 
 from stigmer_kernel import Client
 from tests.conftest import Server, short_tempdir
-from tests.sandbox.conftest import TEST_IMAGE, containers_of
+from tests.sandbox.conftest import (
+    SANDBOX_GID,
+    SANDBOX_UID,
+    TEST_IMAGE,
+    containers_of,
+    sandbox_workspace,
+)
 
 
 def wait_for(predicate: Any, timeout: float = 15.0) -> None:
@@ -51,15 +57,22 @@ def test_hardened_by_default(sandbox: Server, docker_client: Any) -> None:
     host = container.attrs["HostConfig"]
     assert host["CapDrop"] == ["ALL"]
     assert "no-new-privileges" in host["SecurityOpt"]
-    assert host["Init"] is True
+    assert not host["Init"]  # the agent is PID 1: no process of the sandbox lacks its filter
     assert host["PidsLimit"] == 512 and host["Memory"] == 2 * 1024**3
-    assert container.attrs["Config"]["User"] == f"{os.getuid()}:{os.getgid()}"
-    r = c.execute("grep CapEff /proc/self/status; cat /proc/1/comm", kernel="hard", mode="sandbox")
-    assert "0000000000000000" in r.stdout and "docker-init" in r.stdout
+    assert container.attrs["Config"]["User"] == f"{SANDBOX_UID}:{SANDBOX_GID}"
+    r = c.execute(
+        "grep -h -e CapEff -e Seccomp: /proc/self/status; "
+        "tr '\\0' ' ' </proc/1/cmdline; echo; id -u",
+        kernel="hard",
+        mode="sandbox",
+    )
+    assert "0000000000000000" in r.stdout and "Seccomp:\t2" in r.stdout
+    assert "stigmer_kernel.agent" in r.stdout and "--sandbox" in r.stdout
+    assert r.stdout.endswith(f"\n{SANDBOX_UID}\n")
 
 
-def test_files_in_the_workspace_belong_to_the_host_user(sandbox: Server) -> None:
-    workspace = short_tempdir("stg-ws-")
+def test_files_in_the_workspace_belong_to_the_sandbox_user(sandbox: Server) -> None:
+    workspace = sandbox_workspace()
     c = sandbox.client()
     r = c.execute(
         "touch made-inside && mkdir -p sub && echo $HOME && touch $HOME/ok",
@@ -69,8 +82,8 @@ def test_files_in_the_workspace_belong_to_the_host_user(sandbox: Server) -> None
     )
     assert r.exit_code == 0, r.stderr
     made = Path(workspace, "made-inside")
-    assert made.exists() and made.stat().st_uid == os.getuid()
-    assert Path(workspace, "sub").stat().st_uid == os.getuid()
+    assert made.exists() and (made.stat().st_uid, made.stat().st_gid) == (SANDBOX_UID, SANDBOX_GID)
+    assert Path(workspace, "sub").stat().st_uid == SANDBOX_UID
 
 
 def test_timeout_and_interrupt_end_processes_in_the_container(sandbox: Server) -> None:
@@ -122,7 +135,7 @@ def test_without_cleanup_an_expired_sandbox_is_stopped_then_reused(
     it; server stop removes it."""
     srv = sandbox_factory(STIGMER_SANDBOX_TTL="2", STIGMER_SANDBOX_CLEANUP="false")
     c = srv.client()
-    work = short_tempdir("stg-reuse-")
+    work = sandbox_workspace("stg-reuse-")
     first = c.execute("echo kept > ~/installed; X=session", kernel="keep", mode="sandbox", cwd=work)
     assert first.ok
     container = sandbox_info(c, "keep")["container"]
@@ -311,7 +324,7 @@ def test_no_engine_fails_fast_and_local_is_unaffected(server_factory: Any) -> No
 
 
 def test_warm_pool_serves_new_kernels_at_once(sandbox_factory: Any, docker_client: Any) -> None:
-    workspace = os.path.realpath(short_tempdir("stg-pool-"))
+    workspace = sandbox_workspace("stg-pool-")
     srv = sandbox_factory(STIGMER_SANDBOX_WARM="1", STIGMER_SANDBOX_WORKSPACE=workspace)
     wait_for(lambda: len(containers_of(docker_client, srv)) == 1, timeout=30)
     (pooled,) = containers_of(docker_client, srv)

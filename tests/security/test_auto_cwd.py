@@ -12,14 +12,15 @@ from collections.abc import Callable
 import pytest
 
 from stigmer_kernel.broker.routing import _ESCAPES, translate
-from tests.conftest import Server, short_tempdir
+from tests.conftest import Server
+from tests.sandbox.conftest import sandbox_workspace
 
 IN_SANDBOX = "pip --version >/dev/null"  # auto mode sends this command line to the sandbox
 
 
 @pytest.fixture
 def workspace() -> str:
-    path = os.path.realpath(short_tempdir("stg-autocwd-"))
+    path = sandbox_workspace("stg-autocwd-")  # sandboxes run as its owner, never root
     os.makedirs(os.path.join(path, "app"))
     os.symlink("/", os.path.join(path, "hostroot"))
     os.symlink("app", os.path.join(path, "inner"))
@@ -43,7 +44,7 @@ def test_translate_resolves_on_the_host(workspace: str) -> None:
     [
         "export PWD=/workspace/../../../../root",
         "PWD=/workspace/app/../../../../../root",
-        "cd /workspace/hostroot/root",
+        "cd /workspace/hostroot/etc",  # (the sandbox's uid, never root, cannot enter /root)
         "cd /workspace/hostroot",
     ],
 )

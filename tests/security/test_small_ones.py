@@ -6,10 +6,12 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from stigmer_kernel import Client, RequestError
+from stigmer_kernel.runtime import RuntimeDir
 from tests.conftest import Server, short_tempdir
 
 
@@ -68,3 +70,13 @@ def test_kernel_limits_per_client_and_per_server(server_factory: Callable[..., S
     )
     assert cli.returncode == 125
     assert len(cli.stderr.strip().splitlines()) == 1 and "max_kernels 3" in cli.stderr
+
+
+def test_the_lock_holder_is_the_only_pid_server_stop_may_signal(server: Server) -> None:
+    """`server stop` falls back to SIGTERM when the server does not answer: only to the
+    process the kernel's lock table names as the holder of the directory's lock."""
+    assert server.proc is not None
+    assert server.runtime.lock_holder() == server.proc.pid
+    unlocked = RuntimeDir(Path(short_tempdir("stg-nolock-")))
+    unlocked.lock_path.write_text("")
+    assert unlocked.lock_holder() is None

@@ -1,0 +1,212 @@
+"""The bash code a kernel's session runs (docs/architecture.md, "The shell session").
+
+* :func:`rc_file`: bash's ``--rcfile``. It moves the output pipes to fds 61 and 62, installs the
+  EXIT trap (:func:`exit_script`) and the end report (:func:`hook`), reads back a saved state.
+* :func:`command_line`: the one line that runs a command.
+* :func:`hook`: ``PROMPT_COMMAND[999]``, the end report bash prints on its own stderr (the
+  control pipe) before every prompt. It calls no command a user could redefine: a redirection
+  from ``/dev/null/MARKER...`` fails, and bash prints the expanded name.
+* :func:`exit_script`: run by the EXIT trap (``exit``, ``set -e``, the abort signal); it saves
+  the session's state for the next bash. :func:`late_script` sets its options and traps again at
+  that bash's first prompt.
+
+Nothing here does I/O: these are strings, written to the kernel's work directory by
+:class:`~stigmer_kernel.agent.shell.BashSession`.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+#: Descriptors the command's stdout and stderr are kept on in bash (closed for the command).
+OUT_FD = 61
+ERR_FD = 62
+
+# Markers on the control pipe: MARKER KIND PAYLOAD END. Kinds:
+#   s<flag>        the rc file ran (flag "r": the saved state was read back)
+#   r<rc>;<fn>     the end report's first half, printed by `\eval` (fn non-empty or the message
+#                  missing: `eval` is not the builtin)
+#   e<line>;<pwd>  the end report, after the command line numbered <line>
+#   x<rc>          a line the agent sent to put the end report back (the command removed it)
+KIND_START, KIND_RESULT, KIND_END, KIND_REPAIR = "s", "r", "e", "x"
+
+#: The last line of a complete saved state.
+STATE_DONE = b"__stg_ok=r\n"
+
+_HOOK = (
+    "\\eval '! 9</dev/null/\"{m}r$?;${{FUNCNAME[0]-}}{e}\"'; "
+    '! 9</dev/null/"{m}e$LINENO;${{PWD-}}{e}"'
+)
+
+_RC = r"""
+exec 61>&{out} 62>&{err} {out}>&- {err}>&-
+set +o history +H
+unset HISTFILE MAILCHECK PROMPT_COMMAND TMOUT
+shopt -u expand_aliases checkwinsize
+PS1='' PS2='' PS0='' PS4='+ '
+__stg_ok=
+{restore}
+\builtin trap -- '{{ __stg_s=$? __stg_o=$SHELLOPTS __stg_b=$BASHOPTS POSIXLY_CORRECT=y
+  \unset -f enable; \enable . builtin; \. {exitsh}; }} >/dev/null 2>&1' EXIT
+if ((BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] >= 501)); then
+  PROMPT_COMMAND[999]={hook}
+else
+  PROMPT_COMMAND={hook}"${{PROMPT_COMMAND:+; $PROMPT_COMMAND}}"
+fi
+! 9</dev/null/"{start}${{__stg_ok}}{end}"
+\builtin unset -v __stg_ok
+{aliases}
+{status}
+"""
+
+# Reading the saved state back: variables, functions, cwd... in the rc file; options and traps
+# (which would act on the rc file itself) from the first prompt, where $? is kept, except
+# `expand_aliases` and `verbose`, which bash resets after PROMPT_COMMAND.
+_RESTORE = r"""\builtin . {state} 2>/dev/null
+[[ -v __stg_a ]] && \builtin set -- "${{__stg_a[@]}}"
+\builtin unset -v __stg_a
+[[ :${{__stg_b-}}: == *:expand_aliases:* ]] && \builtin shopt -s expand_aliases"""
+
+_RESTORE_VERBOSE = "[[ :${__stg_o-}: == *:verbose:* ]] && \\builtin set -v"
+
+_LATE = r"""# The saved options and traps (docs/architecture.md, "The shell session").
+__stg_k=:history:histexpand:emacs:vi:monitor:login_shell:restricted_shell:
+for __stg_x in ${{SHELLOPTS//:/ }}; do
+  [[ $__stg_k$__stg_o: == *:$__stg_x:* ]] || \builtin set +o "$__stg_x"
+done
+for __stg_x in ${{__stg_o//:/ }}; do
+  [[ $__stg_k == *:$__stg_x:* ]] || \builtin set -o "$__stg_x"
+done
+for __stg_x in ${{BASHOPTS//:/ }}; do
+  [[ $__stg_k$__stg_b: == *:$__stg_x:* ]] || \builtin shopt -u "$__stg_x"
+done
+for __stg_x in ${{__stg_b//:/ }}; do
+  [[ $__stg_k == *:$__stg_x:* ]] || \builtin shopt -s "$__stg_x"
+done
+\builtin unset -v __stg_k __stg_x __stg_o __stg_b
+\builtin . {traps}
+PROMPT_COMMAND[999]={hook}
+"""
+
+# Runs in bash's EXIT trap with stdout and stderr on /dev/null. It may run inside functions:
+# the innermost one's locals are unset first, so that what they hide is what gets saved. The
+# trap saves $? and the options, then sets posix mode, where special builtins (`.`, `unset`)
+# come before functions: that is how user functions named `enable` and `builtin` are removed
+# (and `.` and `builtin` enabled again) before anything else runs.
+_EXIT = r"""\unset -f builtin
+\unset -v POSIXLY_CORRECT
+\builtin set +euo pipefail
+\builtin shopt -u localvar_unset
+\builtin trap -p >| {traps}
+\builtin trap - DEBUG ERR RETURN
+if ((${{#FUNCNAME[@]}} > 1)); then
+  \builtin local -p >| {locals}
+  \builtin mapfile -t __stg_l < {locals}
+  __stg_n=()
+  for __stg_x in "${{__stg_l[@]}}"; do
+    [[ $__stg_x =~ ^declare\ -[-a-zA-Z]*\ ([A-Za-z_][A-Za-z0-9_]*) ]] &&
+      __stg_n+=("${{BASH_REMATCH[1]}}")
+  done
+  __stg_up() {{ \builtin unset -v "$@"; }}
+  __stg_up "${{__stg_n[@]}}"
+  \builtin unset -f __stg_up
+  \builtin unset -v __stg_l __stg_n __stg_x
+else
+  __stg_a=("$@")
+fi
+{{
+  \builtin umask -p
+  [[ -n ${{PWD-}} ]] && \builtin printf '\\builtin cd -- %q\n' "$PWD"
+  \builtin unset -v __stg_s BASH_ARGC BASH_ARGV BASH_ARGV0 BASH_COMMAND \
+    BASH_EXECUTION_STRING BASH_LINENO BASH_REMATCH BASH_SOURCE BASH_SUBSHELL BASHPID DIRSTACK \
+    EPOCHREALTIME EPOCHSECONDS FUNCNAME GROUPS HISTCMD LINENO PIPESTATUS RANDOM SRANDOM _
+  \builtin declare -p
+  \builtin declare -f
+  \builtin declare -F
+  \builtin declare -p BASH_ALIASES
+  \builtin printf '__stg_ok=r\n'
+}} >| {state}
+"""
+
+_QUOTE_RE = re.compile(r"[^ -~]|['\\!]")
+
+
+def _q(path: Path) -> str:
+    return shlex.quote(str(path))
+
+
+def hook(marker: str, end: str) -> str:
+    """The end report (``PROMPT_COMMAND[999]``), ``marker`` and ``end`` as they are."""
+    return _HOOK.format(m=marker, e=end)
+
+
+def rc_file(
+    *,
+    out_fd: int,
+    err_fd: int,
+    marker: str,
+    end: str,
+    exit_sh: Path,
+    state: Path | None = None,
+    late_sh: Path | None = None,
+    status: int = 0,
+) -> str:
+    """The rc file of a bash whose output pipes are passed as ``out_fd`` and ``err_fd``; with
+    ``state`` and ``late_sh``, one that reads back a saved state and ends with ``$?`` set to
+    ``status``."""
+    first = hook(marker, end)
+    if late_sh is not None:
+        first = f"\\builtin . {_q(late_sh)} 2>/dev/null; {first}"
+    return _RC.format(
+        out=out_fd,
+        err=err_fd,
+        restore=_RESTORE.format(state=_q(state)) if state is not None else "",
+        exitsh=_q(exit_sh).replace("'", "'\\''"),  # (inside the trap's single quotes)
+        hook=shlex.quote(first),
+        aliases=_RESTORE_VERBOSE if state is not None else "shopt -s expand_aliases",
+        start=marker + KIND_START,
+        end=end,
+        status=f"(\\builtin exit {status & 0xFF})" if status else "",
+    )
+
+
+def late_script(*, traps: Path, marker: str, end: str) -> str:
+    """Run once from a restored bash's first prompt: options, traps, then the usual hook."""
+    return _LATE.format(traps=_q(traps), hook=shlex.quote(hook(marker, end)))
+
+
+def exit_script(*, traps: Path, locals_file: Path, state: Path) -> str:
+    """Run by the EXIT trap: writes ``traps`` and then ``state`` (last line :data:`STATE_DONE`)."""
+    return _EXIT.format(traps=_q(traps), locals=_q(locals_file), state=_q(state))
+
+
+def command_line(code: str, stdin: Path | None) -> str:
+    """The line that runs ``code`` at top level with the output pipes as its stdout and stderr,
+    ``stdin`` (else /dev/null) as its stdin, and none of the session's descriptors."""
+    source = "/dev/null" if stdin is None else _q(stdin)
+    return (
+        f"\\eval {quote_code(code + chr(10))} <{source} "
+        f">&{OUT_FD} 2>&{ERR_FD} {OUT_FD}>&- {ERR_FD}>&-\n"
+    )
+
+
+def repair_line(marker: str, end: str) -> str:
+    """A line that reports ``$?`` (kind ``x``), sets the hook again and leaves ``$?`` as it was
+    (for a command that unset PROMPT_COMMAND or replaced the array)."""
+    return (
+        f"__stg_r=$? PROMPT_COMMAND[999]={shlex.quote(hook(marker, end))}; "
+        f'! 9</dev/null/"{marker}{KIND_REPAIR}$__stg_r{end}"; '
+        '\\eval "\\builtin unset -v __stg_r; (\\builtin exit $__stg_r)"\n'
+    )
+
+
+def quote_code(code: str) -> str:
+    """``code`` as one ANSI-C quoted word (``$'...'``) on a single line.
+
+    Printable ASCII stays as it is; ``'``, ``\\``, ``!`` (history expansion) and every other
+    byte become ``\\xHH``. NUL bytes, which no bash string can hold, are dropped.
+    """
+    data = code.encode("utf-8", "surrogateescape").replace(b"\0", b"")
+    return "$'" + _QUOTE_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", data.decode("latin-1")) + "'"

@@ -12,17 +12,23 @@ Layout (all owner-only; docs/architecture.md, "The runtime directory", says who 
         server.log              0600, log of a server started in the background
         clients.sock            0600, ipc ROUTER for clients
         images.json             images known to run the agent (sandbox)
-        agents/                 0700, mounted read-only at /run/stigmer in sandbox containers
-            agents.sock         0600, ipc ROUTER for execution agents
+        agents/                 0700, mounted read-only at /run/stigmer in sandbox containers;
+                                0755 once a root server started a sandbox running as another
+                                uid (reached only through that mount: RUNTIME_DIR stays 0700)
+            agents.sock         0600, ipc ROUTER for execution agents; a root server gives it
+                                to the sandbox uid
         kernels/                0700, emptied at a clean stop
-            <name>-<8 hex>/     0700, one kernel incarnation's agent files (bashrc, command.sh,
-                                stdin, stdin.fifo, agent.log; a sandbox's key until read);
-                                mounted at /run/stigmer-kernel in its container
+            <name>-<8 hex>/     0700, one kernel incarnation's agent files (bashrc, exit.sh,
+                                late.sh, state.sh and traps.sh briefly, stdin, stdin.fifo,
+                                agent.log; a sandbox's kernel_id, and its key until read);
+                                mounted at /run/stigmer-kernel in its container; a root
+                                server gives a sandbox's, files and all, to the sandbox uid
         records/                0700, never mounted: <kernel_id>.json (0600), re-adoption records
         curve/                  0700, kept across restarts: server.key, server.key_secret (0600)
             authorized/         0700, public keys of the TCP peers allowed in (NAME.key)
         jupyter/                0700, recreated empty at every server start
             kernel-<name>.json  0600, connection file of a kernel with Jupyter channels
+            <6 hex>-1 .. -5     0600, ipc sockets of a kernel's Jupyter channels (the default)
 
 Clients find their server through this directory alone: ``STIGMER_RUNTIME_DIR`` picks it.
 """

@@ -13,10 +13,11 @@ connection's file descriptor), and the broker:
   belongs to another uid (``sock_diag`` names the owner of the peer's socket; root passes);
 * shuts down a connection whose message failed the broker's checks (signature, frame count,
   identity): a peer without the key gets no second message on that connection;
-* when its RSS passes ``broker_memory_limit``, shuts down every watched connection that has
-  delivered no message for :data:`STALE_AFTER` seconds (a peer in the middle of an endless
-  message delivers none; an idle legitimate peer just reconnects) and hands the freed memory
-  back (``malloc_trim``).
+* when its RSS passes ``broker_memory_mb``, shuts down every watched connection that has
+  delivered no message for :data:`STALE_AFTER` seconds and never a correctly signed one (a
+  peer in the middle of an endless message delivers none; an agent or a Jupyter client that
+  proved its key is spared, as what the broker sends on its connection must arrive) and hands
+  the freed memory back (``malloc_trim``).
 
 "Shut down" is ``shutdown(2)`` on the descriptor libzmq owns, after checking that it still is a
 connection to that socket; libzmq sees a hang-up and closes the connection itself.
@@ -198,6 +199,10 @@ class Watched:
     owner_only: bool = False
     #: Live connections that have not delivered a message yet.
     silent: set[int] = field(default_factory=set)
+    #: Live connections that delivered a message signed with a key the broker gave out (an
+    #: agent, a Jupyter client): never closed by the memory guard, which would lose what the
+    #: broker sends on them (an execute forwarded to an idle agent).
+    proven: set[int] = field(default_factory=set)
 
 
 class ConnectionGuard:
@@ -284,6 +289,7 @@ class ConnectionGuard:
         elif event["event"] == zmq.EVENT_DISCONNECTED:
             watched.closing.discard(fd)
             watched.silent.discard(fd)
+            watched.proven.discard(fd)
             if watched.live.pop(fd, None) is not None:
                 self.total -= 1
             if watched.on_disconnect is not None:
@@ -313,6 +319,13 @@ class ConnectionGuard:
             watched.silent.discard(fd)
         return fd
 
+    def prove(self, sock: zmq.Socket[Any] | None) -> None:
+        """The message being handled on ``sock`` passed its signature check: its connection is
+        a legitimate peer's, spared by the memory guard."""
+        watched = self.watched.get(sock) if sock is not None else None
+        if watched is not None and self.current in watched.live:
+            watched.proven.add(self.current)
+
     def kick_silent(self, sock: zmq.Socket[Any]) -> None:
         """End the connections of ``sock`` that never delivered a message (a client that came
         back while its old connection still held its identity is stuck on one: libzmq refused
@@ -339,14 +352,14 @@ class ConnectionGuard:
         closed = 0
         for watched in self.watched.values():
             for fd, seen in list(watched.live.items()):
-                if seen < stale and fd not in watched.closing:
+                if seen < stale and fd not in watched.closing and fd not in watched.proven:
                     closed += self._shut(watched, fd)
         _malloc_trim()
         self.broker.stats["connections_closed"] += closed
         self._warn(
             "memory",
             f"memory {rss >> 20} MiB over the limit of {self.memory_limit >> 20} MiB "
-            f"(broker_memory_limit): closed {closed} connection(s) that sent nothing for "
+            f"(broker_memory_mb): closed {closed} connection(s) that sent nothing for "
             f"{STALE_AFTER:g}s",
         )
 

@@ -414,6 +414,7 @@ class JupyterFrontend:
             broker.stats["dropped_bad"] += 1
             broker.drop_log(f"a Jupyter client ({channel})", exc)
             return
+        broker.connections.prove(channels.sockets.get(channel))
         kernel = channels.kernel
         client = ids[0]
         if fd is not None and channel in ("shell", "control"):

@@ -63,6 +63,7 @@ class NativeFrontend:
             broker.stats["dropped_bad"] += 1
             broker.drop_log("a client", exc)
             return
+        broker.connections.prove(self.sock)  # a remote client's TCP connection: spared
         client = ids[0]
         handler = self._handlers.get(msg.msg_type)
         if handler is None:

@@ -1058,6 +1058,7 @@ class Broker:
             if sock is not self.agent_socket(kernel) and kernel.agent_identity is not None:
                 raise ProtocolError("an agent message on another kernel's socket")
             kernel.session.verify_frames(msg_frames)
+            self.connections.prove(sock)
             mtype, parent_id = kernel.session.decode_routing(msg_frames)
         except ProtocolError as exc:
             self.stats["dropped_bad"] += 1

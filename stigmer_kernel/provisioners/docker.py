@@ -6,8 +6,8 @@ the runtime directory's ``agents/`` folder mounted read-only at /run/stigmer (a 
 crosses a bind mount, and connecting to it needs no write access to the mount, so the container's
 network can be off and its code cannot remove or replace ``agents.sock``). Its key comes in a
 file of its own per-kernel directory, read and deleted by the agent before any command runs; that
-directory stays writable, as the agent keeps its session files there (bashrc, command.sh, stdin,
-stdin.fifo).
+directory stays writable, as the agent keeps its session files there (bashrc, exit.sh, late.sh,
+state.sh, stdin, stdin.fifo).
 
 Hardened by default: never runs as root (the server's own uid, SUDO_UID or nobody for a root
 server, or STIGMER_SANDBOX_USER: workspace.py), ``--cap-drop ALL``, no-new-privileges, the
@@ -352,7 +352,7 @@ class DockerProvisioner(Provisioner):
             # Read-only: connecting to agents.sock needs no write access to the mount, and
             # code in the sandbox must not remove or replace the socket other kernels use.
             str(self.runtime.agents_dir): {"bind": AGENT_SOCKET_DIR, "mode": "ro"},
-            # Writable: the agent deletes its key and writes bashrc, command.sh, stdin and
+            # Writable: the agent deletes its key and writes bashrc, exit.sh, stdin and
             # stdin.fifo here (its own kernel's directory only).
             str(spec.workdir): {"bind": KERNEL_DIR, "mode": "rw"},
             str(package): {"bind": f"{PACKAGE_DIR}/stigmer_kernel", "mode": "ro"},

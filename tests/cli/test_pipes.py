@@ -28,9 +28,17 @@ def pipeline(
     return cli.returncode, err, head.stdout
 
 
+def quiet(err: bytes) -> bool:
+    """Nothing on stderr (no traceback, no BrokenPipe) but, when the interrupt reached the
+    command only after it wrote more than the output limit (a loaded machine), stigmer's own
+    notice that the rest was discarded."""
+    return all(line.startswith(b"[stigmer] output truncated") for line in err.splitlines() if line)
+
+
 def test_a_closed_stdout_interrupts_an_endless_command(env: dict[str, str]) -> None:
     code, err, out = pipeline(env, ["run", "--", "yes"], ["head", "-1"])
-    assert (code, out, err) == (141, b"y\n", b"")
+    assert (code, out) == (141, b"y\n")
+    assert quiet(err)
     after = stigmer(env, "run", "--", "echo still here")
     assert (after.returncode, after.stdout) == (0, b"still here\n")  # the kernel is not busy
 
@@ -39,7 +47,7 @@ def test_a_closed_stdout_stops_the_rest_of_the_command_line(env: dict[str, str])
     mark = os.path.join(short_tempdir("stg-pipe-"), "ran-to-the-end")
     code, err, out = pipeline(env, ["run", "--", f"seq 1 1000000000; touch {mark}"], ["head", "-1"])
     assert (code, out) == (141, b"1\n")
-    assert b"Traceback" not in err and b"BrokenPipe" not in err and err == b""
+    assert quiet(err)
     assert not os.path.exists(mark)  # interrupted: the line never reached its end
 
 

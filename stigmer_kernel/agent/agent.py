@@ -479,7 +479,7 @@ class Agent:
         if name is StreamName.STDERR:
             if self.shell.marker in data:
                 self.shell.read_control()  # (its end: already there if it was closed)
-                if self.shell.detached:  # bash's own end report, its stderr being lost
+                if self.shell.detached or self.shell.unreported:  # its stderr was lost
                     data = self.shell.strip_reports(data)
             # bash prints "exit" when `exit` runs: held back until it is known whether it did.
             data, run.exit_held = run.exit_held + data, b""
@@ -537,7 +537,7 @@ class Agent:
         self._drain(run)
         status = self.shell.exit_status if self.shell.exit_status is not None else -1
         code = 128 - status if status < 0 else status
-        detached = self.shell.detached
+        detached = self.shell.closed_before_exit(exit_printed=bool(run.exit_held))
         restore = self.shell.saved_state()
         if restore and status >= 0:
             run.exit_held = b""  # bash's "exit" line: the command ran `exit`

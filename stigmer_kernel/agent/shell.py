@@ -36,8 +36,10 @@ from pathlib import Path
 
 from . import procs
 from .shell_scripts import (
+    CTL_FD,
     ERR_FD,
     KIND_END,
+    KIND_EXIT,
     KIND_REPAIR,
     KIND_RESULT,
     KIND_START,
@@ -178,6 +180,9 @@ class BashSession:
         self.ready = False  # the current bash showed its first prompt
         self.restored = False  # ...after reading back the state of the one before
         self.detached = False  # its control pipe closed while it lives (`exec`, closed fds)
+        self.exit_reported = False  # its EXIT trap reported on the control pipe
+        self.unreported = False  # the pipe closed with no exit report, seen as bash ended
+        self.closed_cwd: str | None = None  # bash's cwd then, if it could still be read
         self.repairing = False  # the end report was put back for the current line
         self.between = BetweenCommands()
         self._end: CommandEnd | None = None
@@ -225,7 +230,7 @@ class BashSession:
         self._new_token()
         # Passed at their own numbers and moved to 61 and 62 by the rc file: never from 61 or 62.
         passed = [
-            fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 63) if fd in (OUT_FD, ERR_FD) else fd
+            fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 63) if fd in (CTL_FD, OUT_FD, ERR_FD) else fd
             for fd in (self._out_w, self._err_w)
         ]
         self._write_scripts(restore, status, passed[0], passed[1])
@@ -255,6 +260,8 @@ class BashSession:
         self.exit_status = None
         self.lines = 0
         self.ready = self.restored = self.detached = self.repairing = False
+        self.exit_reported = self.unreported = False
+        self.closed_cwd = None
         self._end = self._result = self._repair_rc = None
         self.pidfd = -1
         with contextlib.suppress(OSError, AttributeError):
@@ -423,19 +430,49 @@ class BashSession:
                 self._on_marker(kind, payload)
 
     def _on_detached(self) -> None:
-        """The control pipe closed. Unless bash is exiting, it exec'd another program (whose
-        cwd is read now, while it can be) or a command closed bash's own descriptors."""
+        """The control pipe closed. After the EXIT trap's report, bash is exiting. Otherwise
+        it exec'd another program or a command closed bash's own descriptors: certainly so if
+        it still runs; if it is ending already (the program exec'd may be done by the time
+        the agent looks), :meth:`closed_before_exit` tells once it has ended. Its cwd is read
+        now, while it can be (a process's cwd is released only after its descriptors)."""
         with contextlib.suppress(OSError):
             os.close(self.ctl_fd)
         self.ctl_fd = -1
-        if self.reap() or _exiting(self.pid):
+        if self.exit_reported:
+            return
+        ending = self.reap() or _exiting(self.pid)
+        with contextlib.suppress(OSError):
+            self.closed_cwd = os.readlink(f"/proc/{self.pid}/cwd")
+        if ending:
+            self.unreported = True
             return
         self.detached = True
-        with contextlib.suppress(OSError):
-            self.cwd = os.readlink(f"/proc/{self.pid}/cwd")
+        if self.closed_cwd is not None:
+            self.cwd = self.closed_cwd
+
+    def closed_before_exit(self, exit_printed: bool) -> bool:
+        """For a bash that has ended: True if its control pipe closed before it exited
+        (`exec`, or a command closed the shell's own descriptors), False if by its exit.
+
+        Every exit through the EXIT trap reports on the control pipe first, so a pipe that
+        closed without that report was closed earlier, unless bash ended without the trap:
+        killed by a signal (SIGKILL), or its `exit` ran a user's EXIT trap instead (bash
+        printed "exit": ``exit_printed``)."""
+        self.read_control()  # (bash is gone: its reports and the pipe's end are all there)
+        if self.detached or not self.unreported:
+            return self.detached
+        if self.saved_state():
+            closed = True  # the EXIT trap ran but its report found no control pipe
+        else:
+            closed = self.exit_status is not None and self.exit_status >= 0 and not exit_printed
+        if closed and self.closed_cwd is not None:
+            self.cwd = self.closed_cwd
+        return closed
 
     def _on_marker(self, kind: str, payload: str) -> None:
-        if kind == KIND_START:
+        if kind == KIND_EXIT:
+            self.exit_reported = True
+        elif kind == KIND_START:
             self.restored = payload == "r"
         elif kind == KIND_RESULT:
             status, _, function = payload.partition(";")

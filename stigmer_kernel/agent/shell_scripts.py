@@ -23,6 +23,8 @@ from pathlib import Path
 #: Descriptors the command's stdout and stderr are kept on in bash (closed for the command).
 OUT_FD = 61
 ERR_FD = 62
+#: bash's copy of its control pipe (closed for the command), for the EXIT trap's report.
+CTL_FD = 60
 
 # Markers on the control pipe: MARKER KIND PAYLOAD END. Kinds:
 #   s<flag>        the rc file ran (flag "r": the saved state was read back)
@@ -30,7 +32,9 @@ ERR_FD = 62
 #                  missing: `eval` is not the builtin)
 #   e<line>;<pwd>  the end report, after the command line numbered <line>
 #   x<rc>          a line the agent sent to put the end report back (the command removed it)
-KIND_START, KIND_RESULT, KIND_END, KIND_REPAIR = "s", "r", "e", "x"
+#   q              the EXIT trap runs: bash is exiting with its control pipe still open (no
+#                  such report before the pipe closes: `exec`, or a command closed it)
+KIND_START, KIND_RESULT, KIND_END, KIND_REPAIR, KIND_EXIT = "s", "r", "e", "x", "q"
 
 #: The last line of a complete saved state.
 STATE_DONE = b"__stg_ok=r\n"
@@ -41,14 +45,15 @@ _HOOK = (
 )
 
 _RC = r"""
-exec 61>&{out} 62>&{err} {out}>&- {err}>&-
+exec 60>&2 61>&{out} 62>&{err} {out}>&- {err}>&-
 set +o history +H
 unset HISTFILE MAILCHECK PROMPT_COMMAND TMOUT
 shopt -u expand_aliases checkwinsize
 PS1='' PS2='' PS0='' PS4='+ '
 __stg_ok=
 {restore}
-\builtin trap -- '{{ __stg_s=$? __stg_o=$SHELLOPTS __stg_b=$BASHOPTS POSIXLY_CORRECT=y
+\builtin trap -- '{{ __stg_s=$?; ! 2>&60 9</dev/null/"{quit}{end}"
+  __stg_o=$SHELLOPTS __stg_b=$BASHOPTS POSIXLY_CORRECT=y
   \unset -f enable; \enable . builtin; \. {exitsh}; }} >/dev/null 2>&1' EXIT
 if ((BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] >= 501)); then
   PROMPT_COMMAND[999]={hook}
@@ -167,6 +172,7 @@ def rc_file(
         hook=shlex.quote(first),
         aliases=_RESTORE_VERBOSE if state is not None else "shopt -s expand_aliases",
         start=marker + KIND_START,
+        quit=marker + KIND_EXIT,
         end=end,
         status=f"(\\builtin exit {status & 0xFF})" if status else "",
     )
@@ -188,7 +194,7 @@ def command_line(code: str, stdin: Path | None) -> str:
     source = "/dev/null" if stdin is None else _q(stdin)
     return (
         f"\\eval {quote_code(code + chr(10))} <{source} "
-        f">&{OUT_FD} 2>&{ERR_FD} {OUT_FD}>&- {ERR_FD}>&-\n"
+        f">&{OUT_FD} 2>&{ERR_FD} {CTL_FD}>&- {OUT_FD}>&- {ERR_FD}>&-\n"
     )
 
 

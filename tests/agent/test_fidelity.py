@@ -300,7 +300,9 @@ def test_traces_errors_and_traps_show_only_the_users_commands(client: Client) ->
 def test_exec_bash_starts_the_new_session_where_it_was(client: Client) -> None:
     client.execute("cd /usr; v=1", kernel="execd")
     assert client.execute("exit 3", kernel="execd").exit_code == 3  # (its state is used up)
-    r = client.execute("cd /; exec bash", kernel="execd")
+    # The cwd is read from the program exec'd while it runs: one that ends at once (`exec bash`
+    # on /dev/null) may be gone before the agent is scheduled, and its cwd with it.
+    r = client.execute("cd /; exec bash -c 'sleep 0.5'", kernel="execd")
     assert r.session_reset and "exec" in (r.evalue or "")
     assert client.execute('pwd; echo "${v-unset}"', kernel="execd").stdout == "/\nunset\n"
 

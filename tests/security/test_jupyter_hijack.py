@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -206,6 +207,7 @@ def test_cli_connection_file_is_ipc_and_works_with_jupyter_clients(server: Serve
         assert "via-ipc\n" in iopub_texts(kc, msg_id)
     finally:
         kc.stop_channels()
+    jupyter_runtime = server.runtime_dir + ".jrt"  # jupyter console's own runtime files
     console = subprocess.run(
         [
             os.path.join(os.path.dirname(sys.executable), "jupyter-console"),
@@ -218,6 +220,7 @@ def test_cli_connection_file_is_ipc_and_works_with_jupyter_clients(server: Serve
         capture_output=True,
         text=True,
         timeout=60,
-        env={**server.env, "JUPYTER_RUNTIME_DIR": server.runtime_dir + ".jrt"},
+        env={**server.env, "JUPYTER_RUNTIME_DIR": jupyter_runtime},
     )
+    shutil.rmtree(jupyter_runtime, ignore_errors=True)
     assert "from-console-42" in console.stdout, (console.stdout, console.stderr)

@@ -22,6 +22,7 @@ import zmq
 from jupyter_client.blocking import BlockingKernelClient
 
 from tests.conftest import Server
+from tests.e2e.test_jupyter import drain_iopub
 from tests.security.conftest import ATTACKER_PYTHON, LocalUser
 
 REPLIES = 12
@@ -153,21 +154,11 @@ def test_a_second_connection_with_a_clients_identity_takes_nothing(server: Serve
 
 
 def iopub_texts(kc: BlockingKernelClient, until: str) -> list[str]:
-    texts = []
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            msg = kc.get_iopub_msg(timeout=0.5)
-        except Empty:
-            continue
-        texts.append(str(msg["content"].get("text") or msg["content"].get("code") or ""))
-        if (
-            msg["msg_type"] == "status"
-            and msg["content"]["execution_state"] == "idle"
-            and msg["parent_header"].get("msg_id") == until
-        ):
-            return texts
-    raise AssertionError(f"no idle for {until}: {texts}")
+    """The text of each iopub message (stream text, execute_input code) up to ``until``'s idle."""
+    return [
+        str(msg["content"].get("text") or msg["content"].get("code") or "")
+        for msg in drain_iopub(kc, until, timeout=15)
+    ]
 
 
 @pytest.mark.parametrize("transport", ["tcp", "ipc"])

@@ -64,6 +64,10 @@ def check_connection(connection: dict[str, Any]) -> None:
     if transport not in ("tcp", "ipc"):
         raise RequestError(f"unsupported transport {transport!r}", "BadRequest")
     ip = str(connection.get("ip", "127.0.0.1"))
+    if transport == "ipc" and connection.get("ip") and not os.path.isabs(ip):
+        raise RequestError(
+            f"ipc path prefix {ip!r} is relative: give an absolute one (or none)", "BadRequest"
+        )
     if transport == "tcp" and ip not in _LOOPBACK:
         raise RequestError(
             f"refusing to bind Jupyter channels on {ip}: only loopback is allowed", "BadRequest"
@@ -82,8 +86,11 @@ class JupyterChannels:
         self.broker = frontend.broker
         self.kernel = kernel
         if not connection:
-            connection = {"transport": "ipc", "ip": self._ipc_base()}
+            connection = {"transport": "ipc"}
         check_connection(connection)
+        if connection.get("transport") == "ipc" and not connection.get("ip"):
+            # Not the default "127.0.0.1", which would be a path relative to the server's cwd.
+            connection = {**connection, "ip": self._ipc_base()}
         key = connection.get("key")
         self.key = key.encode() if isinstance(key, str) and key else new_key()
         self.transport = str(connection.get("transport", "tcp"))

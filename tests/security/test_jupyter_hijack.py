@@ -21,6 +21,7 @@ import pytest
 import zmq
 from jupyter_client.blocking import BlockingKernelClient
 
+from stigmer_kernel.errors import StigmerError
 from tests.conftest import Server
 from tests.e2e.test_jupyter import drain_iopub
 from tests.security.conftest import ATTACKER_PYTHON, LocalUser
@@ -165,6 +166,8 @@ def iopub_texts(kc: BlockingKernelClient, until: str) -> list[str]:
 def test_native_clients_work_is_on_iopub_only_over_ipc(server: Server, transport: str) -> None:
     native = server.client()
     reply = native.connect_jupyter(f"mixed-{transport}", connection={"transport": transport})
+    if transport == "ipc":  # in the private directory, not relative to the server's cwd
+        assert Path(reply["connection"]["ip"]).parent == Path(server.runtime_dir, "jupyter")
     kc = victim_client(reply["connection_file"])
     try:
         marker = uuid.uuid4().hex
@@ -215,3 +218,9 @@ def test_cli_connection_file_is_ipc_and_works_with_jupyter_clients(server: Serve
     )
     shutil.rmtree(jupyter_runtime, ignore_errors=True)
     assert "from-console-42" in console.stdout, (console.stdout, console.stderr)
+
+
+def test_a_relative_ipc_path_is_refused(server: Server) -> None:
+    with pytest.raises(StigmerError, match="relative"):
+        server.client().connect_jupyter("relative", connection={"transport": "ipc", "ip": "x"})
+    assert not Path("x-1").exists()

@@ -42,7 +42,7 @@ test-local-mode: install ## Run the tests that need no Docker engine
 test-sandbox-mode: install test-image ## Run the sandbox and auto-mode tests (real Docker engine)
 	$(BIN)/pytest tests/sandbox
 
-sandbox-build-basic: install ## Build the basic sandbox tier (Python, Node, git; ~650 MB here, see sandbox/README.md)
+sandbox-build-basic: install ## Build the basic sandbox tier (Python, Node.js LTS, git; ~390 MB here, see sandbox/README.md)
 	$(BIN)/stigmer sandbox build basic --tag $(SANDBOX_BASIC_IMAGE) $(BASE_FLAG)
 
 sandbox-build-full: install ## Build the full reference tier (cloud CLIs, kubectl, terraform...)

@@ -64,13 +64,17 @@ class EnvVar(str, enum.Enum):
     SANDBOX_DISK = "STIGMER_SANDBOX_DISK"
     SANDBOX_WORKSPACE = "STIGMER_SANDBOX_WORKSPACE"
     SANDBOX_WARM = "STIGMER_SANDBOX_WARM"
+    SANDBOX_CA_FILE = "STIGMER_SANDBOX_CA_FILE"
     AUTO_LOCAL_FALLBACK = "STIGMER_AUTO_LOCAL_FALLBACK"
+    AUTO_STICKY = "STIGMER_AUTO_STICKY"
     ALLOW_PLAIN_TCP = "STIGMER_ALLOW_PLAIN_TCP"
     MAX_KERNELS = "STIGMER_MAX_KERNELS"
     BROKER_MEMORY_MB = "STIGMER_BROKER_MEMORY_MB"
     MAX_KERNELS_PER_CLIENT = "STIGMER_MAX_KERNELS_PER_CLIENT"
     # Set by the broker for the agents it spawns; never read from user config.
     AGENT_KEY = "STIGMER_AGENT_KEY"
+    # Set by the broker in a local kernel's shell (its name); never read.
+    KERNEL = "STIGMER_KERNEL"
 
 
 def default_runtime_dir() -> Path:
@@ -138,7 +142,9 @@ class Config:
     """Default per-command timeout in seconds for new kernels (none: no limit)."""
 
     output_limit: int = field(default=32 * 1024 * 1024, metadata=_env(EnvVar.OUTPUT_LIMIT))
-    """Bytes of stdout+stderr forwarded per command; the rest is discarded with a notice."""
+    """Bytes of each stream (stdout, stderr) a client keeps in a command's result; the rest is
+    counted (``ExecResult.stdout_dropped``, ``truncated``). Output streamed to callbacks and by
+    ``stigmer run`` is never cut. 0 keeps none."""
 
     kernel_cwd: str | None = field(default=None, metadata={**_env(EnvVar.WORKDIR), "path": True})
     """Working directory of new kernels (none: the directory the client asked from)."""
@@ -242,9 +248,24 @@ class Config:
     sandbox_warm: int = field(default=0, metadata={**_env(EnvVar.SANDBOX_WARM), "zero_ok": True})
     """Started sandbox containers kept ready, so a new sandbox kernel skips container start."""
 
+    sandbox_ca_file: Path = field(
+        default=Path("/etc/ssl/certs/ca-certificates.crt"), metadata=_env(EnvVar.SANDBOX_CA_FILE)
+    )
+    """CA bundle lent to image builds (the tiers, ``--requirements`` layers) for their downloads,
+    e.g. behind a TLS-intercepting proxy; only their discarded download stages see it, no layer
+    of an image holds it. A missing file lends none."""
+
     auto_local_fallback: bool = field(default=False, metadata=_env(EnvVar.AUTO_LOCAL_FALLBACK))
     """Auto mode: run sandbox-bound commands on the host when no Docker engine is reachable
     (default: they fail with a clear error instead)."""
+
+    auto_sticky: bool = field(default=True, metadata=_env(EnvVar.AUTO_STICKY))
+    """Auto mode: once a command of a kernel changed its sandbox (``pip install six``, a system
+    write; not a query such as ``pip list``), the kernel's later commands follow it there, so
+    what was installed is used where it was installed; only reads of the user's files outside
+    the workspace (``cat ~/.gitconfig``) stay on the host. Until the kernel is restarted or
+    gone. Off: each command is decided by the rules alone. A client that sets it sends it with
+    each request (``execute(sticky=...)`` for one command)."""
 
     max_kernels: int = field(default=256, metadata=_env(EnvVar.MAX_KERNELS))
     """Most kernels a server holds at once (an auto kernel counts once); a request for one

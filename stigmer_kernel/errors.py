@@ -13,6 +13,7 @@ Hierarchy::
     │   └── SignatureError          missing, wrong or replayed HMAC signature
     ├── RequestError                the broker answered a request with an error
     │   ├── KernelError             the kernel could not serve it (died, expired, shut down)
+    │   ├── KernelMismatch          the kernel exists with another mode or options than asked
     │   └── ModeUnavailable         the requested execution mode cannot run here
     └── ClientTimeout               no answer from the broker in the allowed time
 
@@ -71,6 +72,12 @@ class RequestError(StigmerError):
 
 class KernelError(RequestError):
     """The kernel could not serve the request."""
+
+
+class KernelMismatch(RequestError):
+    """An existing kernel was asked for with a mode or an option (cwd, sandbox image,
+    requirements, workspace, ttl) it was not created with: ``ModeMismatch`` or
+    ``OptionMismatch`` on the wire. The message says how to restart or remove it."""
 
 
 class ModeUnavailable(RequestError):

@@ -10,9 +10,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,14 @@ from stigmer_kernel.config import Config, load_config
 from stigmer_kernel.runtime import RuntimeDir
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0) -> None:
+    """Return once ``predicate()`` is true; fail the test if it is not within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.1)
 
 
 #: Every directory :func:`short_tempdir` made in this session, removed when the session ends.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -37,8 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heartbeat-interval", type=float, default=1.0)
     parser.add_argument("--orphan-timeout", type=float, default=60.0)
     parser.add_argument("--timeout", type=float, default=0.0, help="default command timeout")
-    parser.add_argument("--output-limit", type=int, default=32 * 1024 * 1024)
+    parser.add_argument(
+        "--output-limit", type=int, default=0, help="bytes of output per command (0: no limit)"
+    )
     parser.add_argument("--key-file", help="read the key from this file, then delete it")
+    parser.add_argument(
+        "--env-file",
+        help="the shell's environment, a JSON object (read, then deleted); default: the agent's",
+    )
     parser.add_argument(
         "--kernel-id-file",
         help="read the kernel id from this file (a sandbox container started again for a new "
@@ -116,6 +123,18 @@ def main(argv: list[str] | None = None) -> int:
     if not key:
         print(f"agent: no key on stdin nor in {EnvVar.AGENT_KEY.value}", file=sys.stderr)
         return 2
+    shell_env = None
+    if args.env_file:
+        try:
+            with open(args.env_file, encoding="utf-8") as handle:
+                shell_env = json.load(handle)
+            os.unlink(args.env_file)
+        except (OSError, ValueError) as exc:
+            parser.error(f"cannot read --env-file: {exc}")
+        if not isinstance(shell_env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in shell_env.items()
+        ):
+            parser.error("--env-file must hold a JSON object of strings")
     home = os.environ.get("HOME")
     if home and not os.path.isdir(home):
         with contextlib.suppress(OSError):
@@ -140,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         output_limit=args.output_limit,
         join=args.join,
         curve=curve,
+        env=shell_env,
     )
     return Agent(opts).run()
 

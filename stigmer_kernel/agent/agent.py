@@ -29,7 +29,14 @@ import zmq
 from .._version import __version__
 from ..errors import ProtocolError
 from ..protocol import ExecStatus, Message, MsgType, Session
-from ..protocol.constants import EXIT_INTERRUPTED, EXIT_TIMEOUT, REPLY_FOR, StreamName
+from ..protocol.constants import (
+    EXIT_INTERRUPTED,
+    EXIT_TIMEOUT,
+    REPLY_FOR,
+    STDIN_ACK_EVERY,
+    STDIN_WINDOW,
+    StreamName,
+)
 from . import introspect, procs
 from .shell import BETWEEN_COMMANDS_LIMIT, BashSession, CommandEnd
 from .stdin import StdinPipe
@@ -44,6 +51,8 @@ _IDLE_CHECK = 1.0  # seconds between checks that a running command's end report 
 _ABORT_WAIT = 0.3  # seconds a stopped command waits for bash to act on the abort signal
 _STARTUP_TIMEOUT = 10.0
 _STDIN_POLL = 0.1  # seconds between checks for a command waiting on interactive stdin
+_STDIN_END_POLL = 0.02  # seconds between checks that bash opened the FIFO (to close it at EOF)
+_STDIN_PIPE_SIZE = 1024 * 1024  # capacity asked for the FIFO of streamed stdin (the usual cap)
 _SEND_RETRY = 0.25  # seconds a blocked send waits before checking that the broker still answers
 #: Requests that need the session and so wait their turn.
 _QUEUED = {
@@ -67,9 +76,12 @@ class Run:
     started: float
     started_ticks: int
     deadline: float | None
-    output_limit: int
+    output_limit: int  # bytes of output sent at most (0: no limit)
     execution_count: int
+    window: int = 0  # stream messages sent ahead of the broker's output_ack (0: no flow control)
     sent: int = 0
+    messages: int = 0  # stream messages sent
+    acked: int = 0  # of which the broker said they reached the client
     dropped: int = 0
     stop_reason: str | None = None  # "timeout" | "interrupted"
     stop_started: float = 0.0
@@ -78,6 +90,10 @@ class Run:
     query: introspect.CompletionQuery | None = None
     allow_stdin: bool = False
     waiting_input: bool = False
+    stdin_stream: bool = False  # stdin arrives in stdin_chunk messages, into the FIFO
+    stdin_eof: bool = False  # ... and has ended: the FIFO closes once all of it is in
+    stdin_written: int = 0  # bytes of it written into the FIFO
+    stdin_acked: int = 0  # ... as last told in a stdin_ack
     next_stdin_check: float = 0.0
     next_idle_check: float = 0.0
     exit_held: bytes = b""  # a trailing "exit\n" on stderr, sent unless the command ran `exit`
@@ -86,6 +102,11 @@ class Run:
     @property
     def hidden(self) -> bool:
         return self.kind is not MsgType.EXECUTE_REQUEST
+
+    @property
+    def held_back(self) -> bool:
+        """The client is behind: the command's output is not read until it catches up."""
+        return self.window > 0 and self.messages - self.acked >= self.window
 
 
 @dataclass
@@ -99,9 +120,10 @@ class AgentOptions:
     heartbeat_interval: float = 1.0
     orphan_timeout: float = 60.0
     command_timeout: float | None = None
-    output_limit: int = 32 * 1024 * 1024
+    output_limit: int = 0  # bytes of output sent per command at most (0: no limit)
     join: str | None = None  # a remote agent: the kernel name it offers to serve
     curve: tuple[bytes, bytes, bytes] | None = None  # (server public, our public, our secret)
+    env: dict[str, str] | None = None  # the shell's environment (None: the agent's own)
 
 
 def secure(sock: zmq.Socket[Any], opts: AgentOptions) -> None:
@@ -173,7 +195,7 @@ class Agent:
         self.sock.setsockopt(zmq.SNDHWM, 1000)
         # ...but a send blocked for good (the broker is gone) must not stop the orphan check.
         self.sock.setsockopt(zmq.SNDTIMEO, int(_SEND_RETRY * 1000))
-        self.shell = BashSession(opts.workdir, opts.cwd, opts.shell, env=_clean_env())
+        self.shell = BashSession(opts.workdir, opts.cwd, opts.shell, env=_clean_env(opts.env))
         self.queue: collections.deque[Message] = collections.deque()
         self.run_state: Run | None = None
         self.execution_count = 0
@@ -289,22 +311,33 @@ class Agent:
     def _loop(self) -> None:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
-        registered_fds: tuple[int, ...] = (-1, -1, -1, -1)
+        registered_fds: tuple[int, ...] = (-1, -1, -1, -1, -1)
         while not self.stopping:
             shell = self.shell
-            fds = (shell.stdout_fd, shell.stderr_fd, shell.ctl_fd, shell.pidfd)
+            run = self.run_state
+            # Streamed stdin the FIFO could not take yet: written when it has room.
+            feed = self.stdin_pipe.fd if self.stdin_pipe.pending else -1
+            if run is not None and run.held_back:  # the command waits on its full pipe
+                fds = (-1, -1, shell.ctl_fd, shell.pidfd, feed)
+            else:
+                fds = (shell.stdout_fd, shell.stderr_fd, shell.ctl_fd, shell.pidfd, feed)
             if fds != registered_fds:
                 for fd in registered_fds:
                     if fd >= 0:
                         poller.unregister(fd)
-                for fd in fds:
+                for fd in fds[:4]:
                     if fd >= 0:
                         poller.register(fd, zmq.POLLIN)
+                if feed >= 0:
+                    poller.register(feed, zmq.POLLOUT)
                 registered_fds = fds
             timeout_ms = self._next_timer_ms()
-            for sock_or_fd, _ in poller.poll(timeout_ms):
+            for sock_or_fd, events in poller.poll(timeout_ms):
                 if sock_or_fd is self.sock:
                     self._drain_socket()
+                elif events & zmq.POLLOUT:
+                    if run is not None and run is self.run_state:
+                        self._feed_stdin(run)
                 else:
                     self._on_output(int(sock_or_fd))
             self._tick()
@@ -322,6 +355,8 @@ class Agent:
         waits = [1.0]
         if run.allow_stdin:
             waits.append(run.next_stdin_check - now)
+        if run.stdin_eof and self.stdin_pipe.fd >= 0 and not self.stdin_pipe.pending:
+            waits.append(_STDIN_END_POLL)  # closed once bash has opened it
         if run.stop_reason is not None:
             waits.append(0.1)
         elif run.deadline is not None:
@@ -372,6 +407,21 @@ class Agent:
                 self._reply_aborted(queued, "the kernel is shutting down")
             self.queue.clear()
             self.send(MsgType.AGENT_GOODBYE, {"kernel_id": self.opts.kernel_id})
+        elif mtype == MsgType.STDIN_CHUNK.value:
+            run = self.run_state
+            if run is None or not run.stdin_stream or msg.parent_id != run.msg.msg_id:
+                return  # its command ended: what it did not read goes
+            data = msg.content.get("data")
+            if isinstance(data, bytes) and data and not run.stdin_eof:
+                self.stdin_pipe.pending += data
+            if msg.content.get("eof") is True:
+                run.stdin_eof = True
+            self._feed_stdin(run)
+        elif mtype == MsgType.OUTPUT_ACK.value:
+            run = self.run_state
+            acked = msg.content.get("delivered")
+            if run is not None and msg.parent_id == run.msg.msg_id and isinstance(acked, int):
+                run.acked = max(run.acked, acked)
         elif mtype == MsgType.AGENT_WELCOME.value:
             self.heartbeat.last_ack = time.monotonic()
         else:
@@ -413,6 +463,7 @@ class Agent:
             limit = content.get("output_limit")
             if not isinstance(limit, int) or limit <= 0:
                 limit = self.opts.output_limit
+            window = content.get("window")
             count = content.get("execution_count")
             if kind is MsgType.EXECUTE_REQUEST:
                 if isinstance(count, int):
@@ -429,8 +480,12 @@ class Agent:
                 deadline=now + timeout if timeout and kind is MsgType.EXECUTE_REQUEST else None,
                 output_limit=limit,
                 execution_count=self.execution_count,
+                window=window if isinstance(window, int) and window > 0 else 0,
                 query=query,
                 allow_stdin=allow_stdin and stdin is None,
+                stdin_stream=stdin is None
+                and kind is MsgType.EXECUTE_REQUEST
+                and content.get("stdin_stream") is True,
                 next_stdin_check=now + _STDIN_POLL,
             )
             self.heartbeat.busy = True
@@ -450,11 +505,18 @@ class Agent:
             run.next_idle_check = now + _IDLE_CHECK
             if self.shell.reap():  # bash ended since the last command: this one gets the next
                 self._restart_idle()
-            if run.allow_stdin:
+            env = content.get("env") if kind is MsgType.EXECUTE_REQUEST else None
+            env = env if isinstance(env, dict) else None  # this command's own variables
+            if run.stdin_stream:
+                self.stdin_pipe.open(_STDIN_PIPE_SIZE)
+                self.shell.begin(script, stdin_file=self.stdin_pipe.path, env=env)
+                # Credit: the client sends its stdin from now on, ``window`` bytes ahead.
+                self.send(MsgType.STDIN_ACK, {"written": 0, "window": STDIN_WINDOW}, parent=msg)
+            elif run.allow_stdin:
                 self.stdin_pipe.open()
-                self.shell.begin(script, stdin_file=self.stdin_pipe.path)
+                self.shell.begin(script, stdin_file=self.stdin_pipe.path, env=env)
             else:
-                self.shell.begin(script, stdin)
+                self.shell.begin(script, stdin, env=env)
 
     def _streams(self) -> tuple[tuple[int, StreamName], tuple[int, StreamName]]:
         return (
@@ -495,14 +557,16 @@ class Agent:
         self._send_stream(run, name, data)
 
     def _send_stream(self, run: Run, name: StreamName, data: bytes) -> None:
-        room = run.output_limit - run.sent
-        if room <= 0:
-            run.dropped += len(data)
-            return
-        if len(data) > room:
-            run.dropped += len(data) - room
-            data = data[:room]
+        if run.output_limit > 0:  # a cut the request asked for
+            room = run.output_limit - run.sent
+            if room <= 0:
+                run.dropped += len(data)
+                return
+            if len(data) > room:
+                run.dropped += len(data) - room
+                data = data[:room]
         run.sent += len(data)
+        run.messages += 1
         self.send(MsgType.STREAM, {"name": name.value, "data": data}, parent=run.msg)
 
     def _check_done(self) -> None:
@@ -585,7 +649,7 @@ class Agent:
         if run.exit_held and not run.hidden:
             self._send_stream(run, StreamName.STDERR, run.exit_held)
         run.exit_held = b""
-        if run.allow_stdin:
+        if run.allow_stdin or run.stdin_stream:
             self.stdin_pipe.close()
         if run.hidden:
             self._finish_hidden(run, end)
@@ -719,6 +783,8 @@ class Agent:
                 self._begin_stop(run, "timeout")
             elif run.allow_stdin and now >= run.next_stdin_check:
                 self._check_stdin(run, now)
+            if run.stdin_eof:
+                self._end_stdin(run)
             if now >= run.next_idle_check:
                 self._check_idle(run, now)
             self._check_done()
@@ -769,6 +835,24 @@ class Agent:
             run.waiting_input = True
             self.send(MsgType.INPUT_REQUEST, {"prompt": "", "password": False}, parent=run.msg)
 
+    def _feed_stdin(self, run: Run) -> None:
+        """Write streamed stdin into the FIFO as far as it takes it; acknowledge what went in
+        (the client sends more as this frees room), and end it once the client's input did."""
+        run.stdin_written += self.stdin_pipe.flush()
+        unacked = run.stdin_written - run.stdin_acked
+        if unacked >= STDIN_ACK_EVERY or (unacked and not self.stdin_pipe.pending):
+            run.stdin_acked = run.stdin_written
+            self.send(MsgType.STDIN_ACK, {"written": run.stdin_written}, parent=run.msg)
+        if run.stdin_eof:
+            self._end_stdin(run)
+
+    def _end_stdin(self, run: Run) -> None:
+        """The client's stdin ended and all of it is in the FIFO: close our end, so the command
+        reads EOF after the rest, once bash holds the FIFO open for it."""
+        pipe = self.stdin_pipe
+        if pipe.fd >= 0 and not pipe.pending and pipe.opened_by(self.shell.pid):
+            pipe.close()
+
     def _reap_orphans(self) -> None:
         """Collect exited children other than bash (orphans reparented to us)."""
         if not self.subreaper:
@@ -786,9 +870,10 @@ class Agent:
                 return
 
 
-def _clean_env() -> dict[str, str]:
-    """The agent's environment minus what must not reach user commands."""
-    env = dict(os.environ)
+def _clean_env(given: dict[str, str] | None = None) -> dict[str, str]:
+    """The shell's environment (``given``, else the agent's) minus what must not reach user
+    commands."""
+    env = dict(os.environ if given is None else given)
     for name in list(env):
         if name.startswith("STIGMER_AGENT_"):
             del env[name]

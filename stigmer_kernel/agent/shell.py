@@ -34,10 +34,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..environment import NAME_RE
 from . import procs
 from .shell_scripts import (
     CTL_FD,
     ERR_FD,
+    KIND_BUILTIN,
     KIND_END,
     KIND_EXIT,
     KIND_REPAIR,
@@ -45,11 +47,14 @@ from .shell_scripts import (
     KIND_START,
     OUT_FD,
     STATE_DONE,
+    TMPENV_FLAG,
     command_line,
     exit_script,
     late_script,
+    quote_code,
     rc_file,
     repair_line,
+    tmpenv_script,
 )
 
 #: Environment every session gets, so commands never wait for a human.
@@ -118,6 +123,18 @@ class ControlScanner:
             pos = stop + len(self.end)
 
 
+def assignments(env: Mapping[str, str]) -> str:
+    """``NAME=$'VALUE' ...`` put before a command line: bash sets them for that line's ``eval``
+    only (temporary assignments before a builtin, exported to what it runs) and puts back what
+    was there afterwards, an interrupt included. Names bash cannot assign are skipped (the
+    broker refuses them)."""
+    return f"{TMPENV_FLAG}=1 " + "".join(
+        f"{name}={quote_code(value)} "
+        for name, value in env.items()
+        if isinstance(name, str) and isinstance(value, str) and NAME_RE.match(name)
+    )
+
+
 def _partial_suffix(buf: bytes, marker: bytes) -> int:
     """Length of the longest suffix of ``buf`` that is a proper prefix of ``marker``."""
     for size in range(min(len(buf), len(marker) - 1), 0, -1):
@@ -184,6 +201,8 @@ class BashSession:
         self.unreported = False  # the pipe closed with no exit report, seen as bash ended
         self.closed_cwd: str | None = None  # bash's cwd then, if it could still be read
         self.repairing = False  # the end report was put back for the current line
+        self.builtin_ok = False  # the last end report ran `builtin eval` (see command_line)
+        self._probe_ok = False  # ...and this one's did, so far
         self.between = BetweenCommands()
         self._end: CommandEnd | None = None
         self._result: tuple[int, str] | None = None
@@ -194,6 +213,9 @@ class BashSession:
         self.late_path = workdir / "late.sh"
         self.state_path = workdir / "state.sh"
         self.traps_path = workdir / "traps.sh"
+        #: The names of the running command's own variables, for the EXIT trap (empty if none).
+        self.tmpenv_path = workdir / "tmpenv.sh"
+        self._tmpenv_written = False
         self._new_token()
 
     def _new_token(self) -> None:
@@ -261,6 +283,7 @@ class BashSession:
         self.lines = 0
         self.ready = self.restored = self.detached = self.repairing = False
         self.exit_reported = self.unreported = False
+        self.builtin_ok = self._probe_ok = False
         self.closed_cwd = None
         self._end = self._result = self._repair_rc = None
         self.pidfd = -1
@@ -271,7 +294,10 @@ class BashSession:
         m, e = self.marker.decode(), self.marker_end.decode()
         text = {
             self.exit_path: exit_script(
-                traps=self.traps_path, locals_file=self.workdir / "locals", state=self.state_path
+                traps=self.traps_path,
+                locals_file=self.workdir / "locals",
+                state=self.state_path,
+                tmpenv=self.tmpenv_path,
             ),
             self.rc_path: rc_file(
                 out_fd=out_fd,
@@ -360,15 +386,31 @@ class BashSession:
                 path.unlink()
 
     # -- commands -----------------------------------------------------------------------------
-    def begin(self, code: str, stdin: bytes | None = None, stdin_file: Path | None = None) -> None:
+    def begin(
+        self,
+        code: str,
+        stdin: bytes | None = None,
+        stdin_file: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         """Start running ``code``; its end shows as :meth:`finished` returning it.
 
-        Its stdin is /dev/null, or the bytes ``stdin``, or the file (FIFO) ``stdin_file``.
+        Its stdin is /dev/null, or the bytes ``stdin``, or the file (FIFO) ``stdin_file``;
+        ``env`` holds variables set for this command only.
         """
         if stdin is not None:
             self.stdin_path.write_bytes(stdin)
             stdin_file = self.stdin_path
-        line = command_line(code, stdin_file)
+        # Temporary assignments need the plain `eval` (`builtin eval` does not keep them).
+        line = command_line(code, stdin_file, tested=self.builtin_ok and not env)
+        if env:
+            line = assignments(env) + line
+            # An `exit` in the command must not keep them (the EXIT trap saves the state).
+            self.tmpenv_path.write_text(tmpenv_script([n for n in env if NAME_RE.match(n)]))
+            self._tmpenv_written = True
+        elif self._tmpenv_written:
+            self.tmpenv_path.write_text("")
+            self._tmpenv_written = False
         self._end = self._result = self._repair_rc = None
         self.repairing = False
         self.lines += 1
@@ -478,6 +520,8 @@ class BashSession:
             status, _, function = payload.partition(";")
             with contextlib.suppress(ValueError):
                 self._result = (int(status), function)
+        elif kind == KIND_BUILTIN:
+            self._probe_ok = not payload
         elif kind == KIND_REPAIR:
             with contextlib.suppress(ValueError):
                 self._repair_rc = int(payload)
@@ -489,6 +533,7 @@ class BashSession:
                 return  # not a report but the text of one (a trace)
             if cwd:
                 self.cwd = cwd
+            self.builtin_ok, self._probe_ok = self._probe_ok, False
             if not self.ready:
                 self.ready = line in (0, None)
                 if self.ready:

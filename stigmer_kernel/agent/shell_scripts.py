@@ -34,13 +34,17 @@ CTL_FD = 60
 #   x<rc>          a line the agent sent to put the end report back (the command removed it)
 #   q              the EXIT trap runs: bash is exiting with its control pipe still open (no
 #                  such report before the pipe closes: `exec`, or a command closed it)
+#   b<fn>          printed through `\builtin eval` (fn empty): `builtin` is bash's own, so the
+#                  next line may run its command with it (see :func:`command_line`)
 KIND_START, KIND_RESULT, KIND_END, KIND_REPAIR, KIND_EXIT = "s", "r", "e", "x", "q"
+KIND_BUILTIN = "b"
 
 #: The last line of a complete saved state.
 STATE_DONE = b"__stg_ok=r\n"
 
 _HOOK = (
     "\\eval '! 9</dev/null/\"{m}r$?;${{FUNCNAME[0]-}}{e}\"'; "
+    "\\builtin eval '! 9</dev/null/\"{m}b${{FUNCNAME[0]-}}{e}\"'; "
     '! 9</dev/null/"{m}e$LINENO;${{PWD-}}{e}"'
 )
 
@@ -121,6 +125,7 @@ if ((${{#FUNCNAME[@]}} > 1)); then
 else
   __stg_a=("$@")
 fi
+[[ -s {tmpenv} ]] && \builtin . {tmpenv}
 {{
   \builtin umask -p
   [[ -n ${{PWD-}} ]] && \builtin printf '\\builtin cd -- %q\n' "$PWD"
@@ -183,18 +188,46 @@ def late_script(*, traps: Path, marker: str, end: str) -> str:
     return _LATE.format(traps=_q(traps), hook=shlex.quote(hook(marker, end)))
 
 
-def exit_script(*, traps: Path, locals_file: Path, state: Path) -> str:
-    """Run by the EXIT trap: writes ``traps`` and then ``state`` (last line :data:`STATE_DONE`)."""
-    return _EXIT.format(traps=_q(traps), locals=_q(locals_file), state=_q(state))
+def exit_script(*, traps: Path, locals_file: Path, state: Path, tmpenv: Path) -> str:
+    """Run by the EXIT trap: writes ``traps`` and then ``state`` (last line :data:`STATE_DONE`).
+    ``tmpenv``, when not empty, unsets the command's own variables first (see
+    :func:`tmpenv_script`), so that the values they hid are what is saved."""
+    return _EXIT.format(traps=_q(traps), locals=_q(locals_file), state=_q(state), tmpenv=_q(tmpenv))
 
 
-def command_line(code: str, stdin: Path | None) -> str:
-    """The line that runs ``code`` at top level with the output pipes as its stdout and stderr,
-    ``stdin`` (else /dev/null) as its stdin, and none of the session's descriptors."""
-    source = "/dev/null" if stdin is None else _q(stdin)
+#: Set (to 1) before a line with temporary variables, with them: the EXIT trap sees it only
+#: while they are still in effect (bash has dropped them already after a `set -e` exit).
+TMPENV_FLAG = "__stg_t"
+
+
+def tmpenv_script(names: list[str]) -> str:
+    """Unsets a command's temporary variables (``NAME=VALUE`` before its line) in the EXIT
+    trap, if still in effect: the value each one hid (or none) comes back, as after the line
+    in a shell."""
     return (
-        f"\\eval {quote_code(code + chr(10))} <{source} "
-        f">&{OUT_FD} 2>&{ERR_FD} {CTL_FD}>&- {OUT_FD}>&- {ERR_FD}>&-\n"
+        f"[[ -n ${{{TMPENV_FLAG}-}} ]] && \\builtin unset -v -- {TMPENV_FLAG} "
+        + " ".join(names)
+        + "\n"
+    )
+
+
+def command_line(code: str, stdin: Path | None, *, tested: bool = False) -> str:
+    """The line that runs ``code`` at top level with the output pipes as its stdout and stderr,
+    ``stdin`` (else /dev/null) as its stdin, and none of the session's descriptors.
+
+    With ``tested`` (the last end report found `builtin` to be bash's own, and no temporary
+    assignments precede the line), the code runs as ``\\builtin eval CODE && for _ in; do :;
+    done``: the status of the first command of an `&&` list is tested, so bash neither runs
+    the ERR trap nor exits for ``set -e`` when the line fails (the code's own failures did
+    that already, inside); `builtin` bypasses the rule that turns ``set -e`` and the ERR trap
+    off inside an `eval` whose status is tested. The empty loop (no command, so no DEBUG trap
+    or trace) keeps the status. A plain ``\\eval`` runs the ERR trap a second time for a line
+    whose last command failed, and exits for ``set -e`` after ``false && true``."""
+    source = "/dev/null" if stdin is None else _q(stdin)
+    runner, tail = ("\\builtin eval", " && for _ in; do :; done") if tested else ("\\eval", "")
+    return (
+        f"{runner} {quote_code(code + chr(10))} <{source} "
+        f">&{OUT_FD} 2>&{ERR_FD} {CTL_FD}>&- {OUT_FD}>&- {ERR_FD}>&-{tail}\n"
     )
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..agent import procs
+from ..auto import Escalation
 from ..protocol import KernelState, Session
 from ..provisioners import AgentHandle
 from ..provisioners.local import process_record
@@ -62,6 +63,10 @@ def save(broker: Broker, kernel: Kernel) -> None:
         "workspace": kernel.workspace,
         "parent": kernel.parent.name if kernel.parent else None,
         "parent_cwd": kernel.parent.cwd if kernel.parent else None,
+        # Auto: what made the parent's later commands follow it to the sandbox (sticky).
+        "escalation": kernel.parent.escalation.to_dict()
+        if kernel.parent and kernel.parent.escalation
+        else None,
         # Local: the agent's and bash's pids, each with its start time (the proof asked of a
         # pid before a restarted server signals it).
         **(kernel.handle.record() if kernel.handle is not None else {}),
@@ -213,6 +218,7 @@ def _adopt(broker: Broker, record: dict[str, Any]) -> None:
                 record.get("ttl"),
                 {"workspace": record.get("workspace")},
             )
+        parent.escalation = parent.escalation or Escalation.from_dict(record.get("escalation"))
     kernel = Kernel(
         name=name, mode=mode, ttl=float(record["ttl"]), cwd=str(record["cwd"]), parent=parent
     )

@@ -75,8 +75,9 @@ AGENT_LIMITS = Limits(max_frame=16 * 1024 * 1024, rcvhwm=200)
 JUPYTER_LIMITS = Limits(max_frame=16 * 1024 * 1024, rcvhwm=32)
 #: Jupyter heartbeat pings and iopub subscriptions: a few bytes each.
 JUPYTER_SMALL_LIMITS = Limits(max_frame=4096, rcvhwm=16)
-#: Native clients: requests carry code (<= 4 MiB) and stdin (<= ``MAX_STDIN_BYTES``); the frame
-#: limit is ``Config.max_message_bytes``.
+#: Native clients: requests carry code (<= 4 MiB) and stdin (<= ``STDIN_INLINE_MAX`` from our
+#: client; more streams in ``stdin_chunk`` messages); the frame limit is
+#: ``Config.max_message_bytes``.
 CLIENT_RCVHWM = 64
 #: Live connections per socket: a Jupyter channel (a few clients each), the agent sockets (two
 #: per agent: main and heartbeat; so per kernel allowed, with room for restarts), and a TCP

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..auto import Escalation
 from ..protocol import KernelState, Message, MsgType, Session
 from ..provisioners import AgentHandle
 
@@ -82,9 +83,15 @@ class Pending:
     channel: str = "shell"  # Jupyter channel the reply goes to
     execution_count: int = 0
     forwarded: bool = False
-    lost: int = 0  # output messages dropped because the client was not reading
+    lost: int = 0  # output messages dropped (their client was gone)
+    delivered: int = 0  # stream messages that reached the client's socket (flow.py)
+    acked: int = 0  # ... as last told to the agent in an output_ack
+    stdin_sent: int = 0  # streamed stdin: bytes forwarded to the agent (stdin_chunk)
+    stdin_written: int = 0  # ... of which the agent wrote into the command's stdin (stdin_ack)
+    stdin_ended: bool = False  # ... the client sent its end (eof)
     decoders: dict[str, Any] = field(default_factory=dict)  # per-stream UTF-8 decoders (iopub)
     decision: dict[str, str] | None = None  # auto mode: where it ran and why
+    sticky: bool | None = None  # auto mode: sticky escalation asked for (None: auto_sticky)
     tell_mode: bool = False  # the request named no mode: its reply says the kernel's
     run_at: float = 0.0  # monotonic time it went to the agent
     started: bool = False  # busy was published for it (Jupyter iopub)
@@ -135,10 +142,13 @@ class Kernel:
     image: str | None = None  # sandbox image asked for (None: the configured one)
     requirements: str | None = None  # sandbox requirements file content
     workspace: str | None = None  # sandbox workspace on the host
+    env: dict[str, str] | None = None  # host kernels: the environment its creator sent
     parent: Kernel | None = None  # the auto kernel this one is a side of
     children: dict[str, Kernel] = field(default_factory=dict)  # auto: "local"/"sandbox" sides
     last_side: str | None = None  # auto: the side the previous command ran on
+    escalation: Escalation | None = None  # auto: what first changed its sandbox (sticky)
     ttl_asked: float | None = None  # auto: the TTL the request gave its sides (None: by mode)
+    ttls: dict[str, float] | None = None  # TTL by mode from its creator's settings (auto sides)
     adopting: bool = False  # left by a dead broker: waiting for its agent to re-attach
     closing: bool = False  # being removed or restarted: what it queued must not start now
     agent_sock: Any = None  # the socket its agent speaks on (None: the ipc agent socket)
@@ -204,6 +214,9 @@ class Kernel:
             info["death_reason"] = self.death_reason
         if self.children:
             info["sides"] = {mode: child.name for mode, child in self.children.items()}
+        if self.mode == "auto":
+            info["workspace"] = self.workspace
+            info["escalated"] = self.escalation.to_dict() if self.escalation else None
         if self.parent is not None:
             info["auto_parent"] = self.parent.name
         return info

@@ -13,12 +13,14 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
+from ..environment import checked_env
 from ..errors import ProtocolError, RequestError
 from ..protocol import KernelEvent, Message, MsgType, Session
-from ..protocol.constants import REPLY_FOR
+from ..protocol.constants import REPLY_FOR, STDIN_CHUNK_MAX, STDIN_WINDOW
 from ..protocol.session import split_ids
 from .jupyter import check_connection
 from .kernels import Kernel, Pending, checked_code
+from .options import apply_restart
 
 if TYPE_CHECKING:
     from .server import Broker
@@ -39,10 +41,12 @@ class NativeFrontend:
             MsgType.KERNEL_INFO_REQUEST.value: self._kernel_info,
             MsgType.KERNEL_LIST_REQUEST.value: self._list,
             MsgType.KERNEL_SHUTDOWN_REQUEST.value: self._shutdown_kernel,
+            MsgType.KERNEL_RESTART_REQUEST.value: self._restart_kernel,
             MsgType.KERNEL_CONNECT_REQUEST.value: self._connect,
             MsgType.SERVER_INFO_REQUEST.value: self._server_info,
             MsgType.SERVER_SHUTDOWN_REQUEST.value: self._server_shutdown,
             MsgType.DETACH_REQUEST.value: self._detach,
+            MsgType.STDIN_CHUNK.value: self._stdin_chunk,
         }
 
     @property
@@ -140,6 +144,14 @@ class NativeFrontend:
     def input_request(self, kernel: Kernel, pending: Pending, msg: Message) -> None:
         log.warning("kernel %s asked a native client for input; ignored", kernel.name)
 
+    def stdin_ack(self, pending: Pending, msg: Message, frames: list[bytes]) -> None:
+        """The agent's stdin_ack (credit for streamed stdin): noted, and to the client."""
+        written = msg.content.get("written")
+        if isinstance(written, int):
+            pending.stdin_written = max(pending.stdin_written, written)
+        out = [pending.client, *self.session.resign(frames)]
+        self.broker.send(self.sock, out, must_arrive=True)
+
     # -- handlers -------------------------------------------------------------------------------
     def _attach(self, kernel: Kernel, client: bytes, request: Message) -> None:
         kernel.clients[client] = self
@@ -152,6 +164,15 @@ class NativeFrontend:
     def _execute(self, client: bytes, msg: Message) -> None:
         content = msg.content
         checked_code(content)
+        _checked_envs(content)
+        sticky = content.get("sticky")
+        if sticky is not None and not isinstance(sticky, bool):
+            raise RequestError("'sticky' must be true or false (auto mode)", "BadRequest")
+        streamed = content.get("stdin_stream", False)
+        if not isinstance(streamed, bool) or (streamed and content.get("stdin") is not None):
+            raise RequestError(
+                "'stdin_stream' must be true or false, and not given with 'stdin'", "BadRequest"
+            )
         kernel = self._kernel_for(client, msg)
         agent_content = {k: v for k, v in content.items() if k in _AGENT_FIELDS}
         agent_content["allow_stdin"] = False  # native clients feed stdin up front
@@ -165,6 +186,7 @@ class NativeFrontend:
             store_history=bool(content.get("store_history", True)),
             stop_on_error=bool(content.get("stop_on_error", False)),
             tell_mode=not content.get("mode"),
+            sticky=sticky,
         )
         self.broker.submit(kernel, pending)
 
@@ -182,14 +204,15 @@ class NativeFrontend:
         self._attach(kernel, client, msg)
         return kernel
 
-    def _named(self, client: bytes, msg: Message) -> Kernel:
+    def _named(self, client: bytes, msg: Message, attach: bool = True) -> Kernel:
         name = msg.content.get("kernel") or "default"
         kernel = self.broker.registry.by_name.get(name) if isinstance(name, str) else None
         if kernel is None:
             gone = self.broker.registry.gone.get(name) if isinstance(name, str) else None
             detail = f" ({gone['event']}: {gone['reason']})" if gone else ""
             raise RequestError(f"no kernel named {name!r}{detail}", "NoSuchKernel")
-        kernel.clients[client] = self
+        if attach:
+            kernel.clients[client] = self
         return kernel
 
     def _interrupt(self, client: bytes, msg: Message) -> None:
@@ -203,7 +226,7 @@ class NativeFrontend:
         )
 
     def _kernel_info(self, client: bytes, msg: Message) -> None:
-        kernel = self._named(client, msg)
+        kernel = self._named(client, msg, attach=False)  # looking does not count as a client
         self.reply_to(
             client,
             msg,
@@ -223,12 +246,33 @@ class NativeFrontend:
             client, msg, MsgType.KERNEL_SHUTDOWN_REPLY, {"status": "ok", "kernel": kernel.name}
         )
 
+    def _restart_kernel(self, client: bytes, msg: Message) -> None:
+        """A fresh session for a kernel, with its options or the new ones the request gives."""
+        kernel = self._named(client, msg)
+        if kernel.parent is not None:
+            raise RequestError(
+                f"kernel {kernel.name!r} is a side of auto kernel {kernel.parent.name!r}: "
+                f"restart that one (`stigmer kernels restart {kernel.parent.name}`)",
+                "BadRequest",
+            )
+        self.broker.check_restartable(kernel)  # before anything changes
+        changed = apply_restart(kernel, msg.content, self.broker.config)
+        reason = "restarted by request" + (f" with {', '.join(changed)}" if changed else "")
+        self.broker.restart_kernel(kernel, reason)  # every attached client is told
+        self.reply_to(
+            client,
+            msg,
+            MsgType.KERNEL_RESTART_REPLY,
+            {"status": "ok", "kernel": kernel.name, "kernel_id": kernel.id, "reason": reason},
+        )
+
     def _connect(self, client: bytes, msg: Message) -> None:
         """Give a kernel Jupyter sockets (created if needed) and say how to reach them."""
         content = msg.content
         connection = content.get("connection")
         if isinstance(connection, dict):
             check_connection(connection)
+        _checked_envs(content)
         kernel = self._kernel_for(client, msg)
         channels = self.broker.jupyter.open_channels(
             kernel, connection if isinstance(connection, dict) else None
@@ -260,6 +304,7 @@ class NativeFrontend:
                 "client_endpoint": broker.runtime.client_endpoint,
                 "agent_endpoint": broker.runtime.agent_endpoint,
                 "execution_mode": broker.config.execution_mode.value,
+                "auto_sticky": broker.config.auto_sticky,
                 "kernel_ttl": broker.config.kernel_ttl,
                 "kernels": len(broker.registry),
                 "uptime": round(time.time() - broker.started_wall, 3),
@@ -274,6 +319,84 @@ class NativeFrontend:
     def _detach(self, client: bytes, msg: Message) -> None:
         self.broker.client_gone(client, self.sock)
 
+    def _stdin_chunk(self, client: bytes, msg: Message) -> None:
+        """A piece of the stdin of a command this client runs with ``stdin_stream``: to the
+        agent running it. Refused unless that command runs now and is this client's, and
+        unless it stays within ``2 * STDIN_WINDOW`` bytes ahead of the agent's stdin_ack."""
+        data, eof = msg.content.get("data", b""), msg.content.get("eof", False)
+        if not isinstance(data, bytes) or not isinstance(eof, bool):
+            raise RequestError("stdin_chunk needs bytes 'data' and a boolean 'eof'", "BadRequest")
+        if len(data) > STDIN_CHUNK_MAX:
+            raise RequestError(
+                f"stdin_chunk data is more than {STDIN_CHUNK_MAX:,} bytes; send smaller chunks",
+                "BadRequest",
+            )
+        kernel, pending = self._stdin_target(client, msg)
+        if pending.stdin_ended:
+            raise RequestError("the command's stdin already ended (eof was sent)", "BadRequest")
+        if pending.stdin_sent + len(data) - pending.stdin_written > 2 * STDIN_WINDOW:
+            raise RequestError(
+                f"more than {2 * STDIN_WINDOW:,} bytes of stdin ahead of the agent's stdin_ack; "
+                "wait for its acknowledgements",
+                "StdinOverflow",
+            )
+        pending.stdin_sent += len(data)
+        pending.stdin_ended = eof
+        assert kernel.session is not None and kernel.agent_identity is not None
+        chunk = kernel.session.msg(
+            MsgType.STDIN_CHUNK.value, {"data": data, "eof": eof}, pending.header
+        )
+        frames = kernel.session.serialize(chunk, [kernel.agent_identity])
+        self.broker.send(self.broker.agent_socket(kernel), frames, must_arrive=True)
+
+    def _stdin_target(self, client: bytes, msg: Message) -> tuple[Kernel, Pending]:
+        """The kernel (an auto kernel's side) running the request a stdin_chunk is parented to."""
+        name = msg.content.get("kernel") or "default"
+        kernel = self.broker.registry.by_name.get(name) if isinstance(name, str) else None
+        for candidate in [kernel, *kernel.children.values()] if kernel is not None else []:
+            pending = candidate.running
+            if (
+                pending is None
+                or pending.msg_id != msg.parent_id
+                or candidate.agent_identity is None
+                or candidate.session is None
+            ):
+                continue
+            if pending.client != client:
+                raise RequestError("that command belongs to another client", "NotOwner")
+            if pending.content.get("stdin_stream") is not True:
+                raise RequestError(
+                    "that command was not started with stdin_stream: its stdin is not taken",
+                    "BadRequest",
+                )
+            return candidate, pending
+        raise RequestError(
+            f"no command of request {msg.parent_id!r} runs on kernel {name!r} (it ended, or "
+            "has not started: send stdin after the agent's first stdin_ack)",
+            "NotRunning",
+        )
+
 
 #: Fields of a native execute_request the agent acts on.
-_AGENT_FIELDS = {"code", "timeout", "stdin", "output_limit", "silent", "store_history"}
+_AGENT_FIELDS = {
+    "code",
+    "timeout",
+    "stdin",
+    "stdin_stream",
+    "output_limit",
+    "silent",
+    "store_history",
+    "env",
+}
+
+
+def _checked_envs(content: dict[str, Any]) -> None:
+    """Refuse a bad ``env`` (this command's variables) or ``kernel_env`` (a new host kernel's
+    environment) before anything is created; an empty or absent one is dropped."""
+    for field, shell_names in (("env", True), ("kernel_env", False)):
+        if content.get(field) is None:
+            content.pop(field, None)
+        elif checked := checked_env(content[field], field, shell_names=shell_names):
+            content[field] = checked
+        elif field == "env":
+            del content[field]  # nothing to set: the command line stays as it always is

@@ -9,6 +9,13 @@ The workspace is the same directory on both sides (mounted at /workspace in the 
 ``cd`` inside the workspace carries across: before a command runs on the other side than the
 previous one, that side changes to the translated directory. Variables, functions, aliases and
 background jobs do not carry across (two shells), nor do directories outside the workspace.
+
+Sticky escalation: the first command that changes the sandbox side (:attr:`Decision.escalates`)
+is recorded as the kernel's ``escalation`` when it is handed to that side (not when it fell back
+to the host), and :func:`decide` sends later commands after it (``auto_sticky``, or the request's
+``sticky``). A restart of the auto kernel ends it; a side that dies or expires does not (what it
+installed in the workspace, ``node_modules`` or a ``.venv``, is still there, and still runs in
+the sandbox).
 """
 
 from __future__ import annotations
@@ -17,10 +24,11 @@ import os
 import posixpath
 from typing import TYPE_CHECKING, Any
 
-from ..auto import decide
+from ..auto import Escalation, decide
 from ..errors import RequestError
 from ..protocol import ExecStatus, KernelState, Message, MsgType
 from ..provisioners.docker import WORKSPACE
+from . import adoption
 from .kernels import Kernel, Pending
 
 if TYPE_CHECKING:
@@ -50,6 +58,8 @@ class AutoRouter:
         kernel.image = image if isinstance(image, str) and image else None
         kernel.requirements = requirements if isinstance(requirements, str) else None
         kernel.workspace = os.path.realpath(workspace)
+        env = options.get("kernel_env")
+        kernel.env = env if isinstance(env, dict) else None  # for its local side only
         kernel.state = KernelState.IDLE
         kernel.id = f"{name}-auto"
         kernel.session_id = os.urandom(16).hex()
@@ -61,18 +71,35 @@ class AutoRouter:
         broker = self.broker
         while kernel.running is None and kernel.queue and not kernel.closing:
             pending = kernel.queue.popleft()
+            before = kernel.escalation
             if pending.kind is not MsgType.EXECUTE_REQUEST:
                 side = kernel.last_side or "local"  # completion etc.: where the user last was
             else:
-                decision = decide(pending.code, requirements=bool(kernel.requirements))
+                sticky = broker.config.auto_sticky if pending.sticky is None else pending.sticky
+                decision = decide(
+                    pending.code,
+                    requirements=bool(kernel.requirements),
+                    escalation=before,
+                    sticky=sticky,
+                    workspace=kernel.workspace,
+                )
                 pending.decision = decision.to_dict()
                 side = decision.mode
+                if side == "sandbox" and before is None and decision.escalates:
+                    # Set first: a side taken from the warm pool saves its record (with this)
+                    # as it is created, for a server that re-adopts it after a restart.
+                    kernel.escalation = Escalation.of(pending.code, decision)
             try:
                 child = self._child(kernel, side, pending)
+                if child.mode != "sandbox":
+                    kernel.escalation = before  # it fell back to the host: nothing changed there
                 self._carry_cwd(kernel, child, pending)
                 kernel.running = pending
                 broker.submit(child, pending)
+                if kernel.escalation is not before:
+                    adoption.save(broker, child)  # a server restart keeps it (if it has a record)
             except RequestError as exc:
+                kernel.escalation = before
                 kernel.running = None
                 message = str(exc)
                 if pending.decision is not None and exc.ename == "ModeUnavailable":
@@ -98,6 +125,7 @@ class AutoRouter:
             "sandbox_image": kernel.image,
             "requirements": kernel.requirements,
             "workspace": kernel.workspace,
+            "kernel_env": kernel.env,
         }
         try:
             child = broker.create_kernel(

@@ -38,12 +38,14 @@ from ..errors import (
     StigmerError,
 )
 from ..protocol import ExecStatus, KernelEvent, KernelState, Message, MsgType, new_key
+from ..protocol.constants import OUTPUT_WINDOW
 from ..protocol.session import Session, split_ids
 from ..provisioners import AgentHandle, AgentSpec, LocalProvisioner, Provisioner
 from ..provisioners.docker import TCP_HOST, DockerAgent, DockerProvisioner
 from ..provisioners.workspace import check_workspace
 from ..runtime import RuntimeDir, ServerLock
 from . import adoption
+from . import options as options_of
 from .connections import (
     AGENT_CAP_PER_KERNEL,
     AGENT_LIMITS,
@@ -54,6 +56,7 @@ from .connections import (
     apply_limits,
     raise_fd_limit,
 )
+from .flow import OutputFlow
 from .kernels import NAME_RE, REMOTE, Kernel, Pending, Registry
 from .native import NativeFrontend
 from .peers import IPC_ZAP_DOMAIN
@@ -138,6 +141,7 @@ class Broker:
         self.jupyter = JupyterFrontend(self)
         self.pool = WarmPool(self)
         self.auto = AutoRouter(self)
+        self.flow = OutputFlow(self)
         self._handlers: dict[zmq.Socket[Any], Handler] = {}
         self._ready: set[zmq.Socket[Any]] = set()
         self._raw: set[zmq.Socket[Any]] = set()  # sockets whose handler takes zmq.Frame objects
@@ -147,6 +151,7 @@ class Broker:
         # reads or is gone, instead of being dropped.
         self._deferred: dict[tuple[zmq.Socket[Any], bytes], collections.deque[list[bytes]]] = {}
         self._maintenance: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     @property
     def clients(self) -> Session:
@@ -308,13 +313,7 @@ class Broker:
         sandbox = self.provisioners.get(ExecutionMode.SANDBOX.value)
         if isinstance(sandbox, DockerProvisioner):
             # Leftovers of dead servers go, without delaying start-up.
-            adopting = [k for k in self.registry if k.adopting]
-            adoptable = {k.id for k in adopting} | {
-                k.handle.container_id
-                for k in adopting
-                if isinstance(k.handle, DockerAgent) and k.handle.container_id
-            }
-            self.loop.run_in_executor(None, sandbox.reap_leftovers, adoptable, self.started_wall)
+            self._sweeper = asyncio.create_task(self._sweep(sandbox), name="stigmer-sweep")
             if self.pool.size and self.pool.workspace:
                 with contextlib.suppress(RequestError):
                     sandbox.check_available()
@@ -330,11 +329,32 @@ class Broker:
         finally:
             await self._shutdown()
 
+    async def _sweep(self, sandbox: DockerProvisioner) -> None:
+        """Remove dead servers' leftovers once the engine answers: a slow or not yet started
+        engine is asked again, less often each time (up to once a minute)."""
+        delay = 1.0
+        while True:
+            # Every kernel known now (being re-adopted, or adopted by the time of a retry).
+            known = {k.id for k in self.registry} | {
+                k.handle.container_id
+                for k in self.registry
+                if isinstance(k.handle, DockerAgent) and k.handle.container_id
+            }
+            done = await asyncio.get_running_loop().run_in_executor(
+                None, sandbox.reap_leftovers, known, self.started_wall
+            )
+            if done is not None:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 60.0)
+
     def request_stop(self) -> None:
         self.stopping.set()
 
     async def _shutdown(self) -> None:
         log.info("stopping: ending %d kernel(s)", len(self.registry))
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._maintenance is not None:
             self._maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -352,6 +372,7 @@ class Broker:
         self._reaping.clear()
         for provisioner in self.provisioners.values():
             provisioner.close()
+        self.flow.close()
         self._retry_deferred()
         for sock in list(self._handlers):
             self.unregister(sock, linger=500)  # the last replies ("server is shutting down") go out
@@ -486,6 +507,7 @@ class Broker:
         """A peer of ``sock`` (default: the native client socket) is gone: forget it there."""
         sock = sock or self.client_sock
         self._deferred.pop((sock, client), None)  # type: ignore[arg-type]
+        self.flow.client_gone(client)
         for kernel in self.registry:
             frontend = kernel.clients.get(client)
             if frontend is not None and frontend.sock is sock:
@@ -520,8 +542,9 @@ class Broker:
                 "BadRequest",
             )
         existing = self.registry.by_name.get(name)
-        if not mode and existing is not None and existing.mode != REMOTE:
-            mode = existing.mode  # no mode named: the kernel's own (remote ones must be asked)
+        asked = options_of.chosen(options or {})  # what the caller chose, not its defaults
+        if existing is not None and existing.mode != REMOTE and "mode" not in asked:
+            mode = existing.mode  # no mode chosen: the kernel's own (remote ones must be asked)
         mode = mode or self.config.execution_mode.value
         if mode != REMOTE and mode not in {m.value for m in ExecutionMode}:
             raise RequestError(
@@ -538,20 +561,14 @@ class Broker:
                     "NoSuchKernel",
                 )
             if kernel.mode != mode:
-                raise RequestError(
-                    f"kernel {name!r} runs in {kernel.mode} mode, not {mode}; "
-                    "use another kernel name or the same mode",
-                    "ModeMismatch",
-                )
+                raise options_of.mode_mismatch(kernel, mode)
+            options_of.check_existing(kernel, options or {}, asked, self.config)
             self._check_remote_alive(kernel)
             return kernel
         if kernel is not None:
             if kernel.mode != mode:
-                raise RequestError(
-                    f"kernel {name!r} runs in {kernel.mode} mode, not {mode}; "
-                    "use another kernel name or the same mode",
-                    "ModeMismatch",
-                )
+                raise options_of.mode_mismatch(kernel, mode)
+            options_of.check_existing(kernel, options or {}, asked, self.config)
             if kernel.state is KernelState.DEAD:
                 self.restart_kernel(
                     kernel,
@@ -560,7 +577,9 @@ class Broker:
                     quiet=not kernel.came_up,  # no session was ever lost: nothing to announce
                 )
             return kernel
-        cwd = self.config.kernel_cwd or cwd or os.path.expanduser("~")
+        if "cwd" not in asked:  # a cwd the caller chose wins over the server's kernel_cwd
+            cwd = self.config.kernel_cwd or cwd
+        cwd = cwd or os.path.expanduser("~")
         if not isinstance(cwd, str) or not os.path.isabs(cwd) or not os.path.isdir(cwd):
             raise RequestError(f"working directory {cwd!r} does not exist", "BadRequest")
         self._check_kernel_limits(client)
@@ -599,8 +618,15 @@ class Broker:
         parent: Kernel | None = None,
     ) -> Kernel:
         """A new kernel (name and cwd already checked); raises RequestError if it cannot be."""
+        # The creating client's kernel_ttl and sandbox_ttl, if it sent them (an auto kernel's
+        # sides take its own).
+        ttls = parent.ttls if parent is not None else options_of.ttls(options or {}, self.config)
         if mode == ExecutionMode.AUTO.value:
-            return self.auto.create(name, cwd, ttl, options or {})
+            auto = self.auto.create(name, cwd, ttl, options or {})
+            auto.ttls = ttls
+            if ttls and auto.ttl_asked is None:
+                auto.ttl = max(ttls.values())
+            return auto
         provisioner = self.provisioners.get(mode)
         if provisioner is None:
             raise RequestError(
@@ -612,6 +638,8 @@ class Broker:
         if check is not None:
             check()
         default_ttl = self.config.sandbox_ttl if mode == "sandbox" else self.config.kernel_ttl
+        if ttls:
+            default_ttl = ttls.get(mode, default_ttl)
         kernel = Kernel(
             name=name,
             mode=mode,
@@ -630,8 +658,10 @@ class Broker:
             kernel.requirements = requirements if isinstance(requirements, str) else None
             workspace = self.config.sandbox_workspace or options.get("workspace") or cwd
             kernel.workspace = check_workspace(workspace, self.config)
+        elif mode == ExecutionMode.LOCAL.value and isinstance(options.get("kernel_env"), dict):
+            kernel.env = options["kernel_env"]  # a host kernel only: sandboxes get none of it
         gone = self.registry.gone.get(name)
-        if gone is not None:
+        if gone is not None and gone.get("tell", True):
             kernel.notices.append(
                 {"event": gone["event"], "reason": f"{gone['reason']}; a new kernel was started"}
             )
@@ -673,11 +703,12 @@ class Broker:
             heartbeat_interval=self.config.heartbeat_interval,
             orphan_timeout=max(60.0, 10 * self.config.dead_after),
             command_timeout=self.config.command_timeout,
-            output_limit=self.config.output_limit,
+            output_limit=0,  # streamed output is never cut (clients cap what they keep)
             image=kernel.image,
             requirements=kernel.requirements,
             workspace=kernel.workspace,
             on_progress=self._progress_reporter(kernel),
+            env=kernel.env,
         )
         try:
             kernel.handle = provisioner.start(spec)
@@ -731,6 +762,7 @@ class Broker:
                 self.fail_all(kernel, ExecStatus.ABORTED, "KernelRestarted", reason)
                 kernel.closing = False
             kernel.execution_count = 0
+            kernel.escalation = None  # a fresh sandbox holds nothing installed (sticky ends)
             if kernel.channels is not None:
                 kernel.session_id = os.urandom(16).hex()
                 kernel.channels.new_incarnation(kernel)
@@ -784,6 +816,18 @@ class Broker:
         if kernel.state is KernelState.DEAD:
             return
         log.warning("kernel %s died: %s", kernel.name, reason)
+        never_up = kernel.state is KernelState.STARTING  # this incarnation never registered
+        # A kernel whose very first start failed (a missing image...) is not kept: its name
+        # must not stay bound to a mode and options that cannot run. Jupyter kernels stay (a
+        # Jupyter program holds their connection), as do re-adopted and pooled ones.
+        forget = (
+            never_up
+            and not kernel.came_up
+            and kernel.restarts == 0
+            and not kernel.adopting
+            and kernel.channels is None
+            and kernel not in self.pool.kernels
+        )
         kernel.state = KernelState.DEAD
         kernel.death_reason = reason
         if kernel.handle is not None:
@@ -792,14 +836,23 @@ class Broker:
             kernel.handle = None
         kernel.agent_identity = None
         self.registry.unindex(kernel)
-        self.fail_all(
-            kernel, ExecStatus.ERROR, "KernelDied", f"kernel {kernel.name!r} died: {reason}"
-        )
+        message = f"kernel {kernel.name!r} died: {reason}"
+        if forget:
+            message += "; the kernel was not kept, so the next request for it starts a new one"
+        elif never_up:
+            message += f"; remove it with `stigmer kernels shutdown {kernel.name}`"
+        self.fail_all(kernel, ExecStatus.ERROR, "KernelDied", message)
+        if forget:
+            self.remove_kernel(kernel, KernelEvent.DIED, reason, tell_successor=False)
+            return
         self.kernel_event(kernel, KernelEvent.DIED, reason)
         if kernel.channels is not None:
             kernel.channels.publish_status("dead", None)
 
-    def remove_kernel(self, kernel: Kernel, event: KernelEvent, reason: str) -> None:
+    def remove_kernel(
+        self, kernel: Kernel, event: KernelEvent, reason: str, tell_successor: bool = True
+    ) -> None:
+        """Remove ``kernel``; the next kernel of its name is told why (``tell_successor``)."""
         log.info("kernel %s %s: %s", kernel.name, event.value, reason)
         kernel.closing = True  # an auto kernel's queue must not go to a side being removed
         for child in list(kernel.children.values()):
@@ -814,7 +867,8 @@ class Broker:
         )
         self.kernel_event(kernel, event, reason)
         self.stop_agent(kernel)
-        self.registry.remove(kernel, {"event": event.value, "reason": reason, "at": time.time()})
+        gone = {"event": event.value, "reason": reason, "at": time.time()}
+        self.registry.remove(kernel, {**gone, "tell": tell_successor})
         kernel.state = KernelState.DEAD
         if kernel.channels is not None and kernel.parent is None:
             self.jupyter.close_channels(kernel)
@@ -865,8 +919,16 @@ class Broker:
             raise RequestError("duplicate msg_id", "BadRequest")
         if kernel.state is KernelState.DEAD and not kernel.adopting:
             # e.g. its agent could not even start: nothing would ever take the request
+            if self.registry.by_name.get(kernel.name) is not kernel:  # its first start failed
+                raise RequestError(
+                    f"kernel {kernel.name!r} died: {kernel.death_reason}; the kernel was not "
+                    "kept, so the next request for it starts a new one",
+                    "KernelDied",
+                )
             raise RequestError(
-                f"kernel {kernel.name!r} is dead: {kernel.death_reason}", "KernelDied"
+                f"kernel {kernel.name!r} is dead: {kernel.death_reason}; remove it with "
+                f"`stigmer kernels shutdown {kernel.name}`",
+                "KernelDied",
             )
         kernel.pending[pending.msg_id] = pending
         if not (
@@ -920,6 +982,8 @@ class Broker:
     def _forward(self, kernel: Kernel, pending: Pending) -> bool:
         """Send ``pending`` to the agent; False if its socket cannot reach it at all."""
         assert kernel.session is not None and kernel.agent_identity is not None
+        if pending.kind is MsgType.EXECUTE_REQUEST:
+            pending.content["window"] = OUTPUT_WINDOW  # flow control of its output (flow.py)
         msg = Message(header=pending.header, content=pending.content)
         frames = kernel.session.serialize(msg, [kernel.agent_identity])
         sock = self.agent_socket(kernel)
@@ -940,6 +1004,7 @@ class Broker:
     ) -> None:
         """``pending`` is answered: tell its client and observers, then move the queue on."""
         kernel.pending.pop(pending.msg_id, None)
+        self.flow.forget(pending)
         if kernel.running is pending:
             kernel.running = None
         with contextlib.suppress(ValueError):
@@ -1068,8 +1133,7 @@ class Broker:
         pending = kernel.pending.get(parent_id) if parent_id else None
         if mtype == MsgType.STREAM.value:
             if pending is not None and identity == kernel.agent_identity:
-                if not pending.sink.stream(kernel, pending, msg_frames):
-                    pending.lost += 1
+                self.flow.output(kernel, pending, msg_frames)
                 if kernel.channels is not None and not pending.silent:
                     kernel.channels.output(kernel, pending, kernel.session.decode(msg_frames))
             return
@@ -1084,12 +1148,24 @@ class Broker:
             cwd = msg.content.get("cwd")
             if isinstance(cwd, str):
                 kernel.cwd = cwd
-            if pending.lost:
-                msg.content["lost_messages"] = pending.lost
-            self.complete(kernel, pending, msg.content, None if pending.lost else msg_frames)
+
+            def finish() -> None:
+                if kernel.pending.get(pending.msg_id) is not pending:
+                    return  # answered meanwhile (its kernel died, ...)
+                if pending.lost:
+                    msg.content["lost_messages"] = pending.lost
+                self.complete(kernel, pending, msg.content, None if pending.lost else msg_frames)
+
+            if not self.flow.hold_reply(pending, finish):  # after the output it waits behind
+                finish()
         elif mtype == MsgType.INPUT_REQUEST.value:
             if pending is not None:
                 pending.sink.input_request(kernel, pending, msg)
+        elif mtype == MsgType.STDIN_ACK.value:  # credit for streamed stdin, to its client
+            sink = pending.sink if pending is not None else None
+            if isinstance(sink, NativeFrontend) and identity == kernel.agent_identity:
+                assert pending is not None
+                sink.stdin_ack(pending, msg, msg_frames)
         elif mtype == MsgType.AGENT_HEARTBEAT.value:
             if kernel.adopting and kernel.agent_identity is None:
                 adoption.attach(self, kernel, identity, msg.content)

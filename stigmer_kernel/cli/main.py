@@ -1,22 +1,26 @@
 """The ``stigmer`` command. It parses arguments, builds a Config, and calls the client.
 
 Exit codes: a command's own exit code for ``stigmer run``; 124 when it timed out; 130 when it
-was interrupted; 125 when stigmer itself failed (one line on stderr says why); 2 for usage errors.
+was interrupted; 141 when stdout was closed (the command is interrupted); 125 when stigmer itself
+failed (one line on stderr says why); 2 for usage errors and options an existing kernel lacks.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import enum
 import json
 import os
 import re
 import shlex
 import signal
+import stat
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .._version import __version__
 from ..config import (
@@ -29,8 +33,12 @@ from ..config import (
     read_config_file,
     write_config_file,
 )
-from ..errors import ServerNotRunning, StigmerError
-from ..protocol.constants import EXIT_INTERRUPTED, EXIT_STIGMER_ERROR, EXIT_TIMEOUT
+from ..errors import KernelMismatch, RequestError, ServerNotRunning, StigmerError
+from ..protocol.constants import (
+    EXIT_INTERRUPTED,
+    EXIT_STIGMER_ERROR,
+    EXIT_TIMEOUT,
+)
 from ..runtime import RuntimeDir
 from . import sandbox as sandbox_cli
 
@@ -71,28 +79,66 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run a shell command and exit with its exit code")
+    run = sub.add_parser(
+        "run",
+        help="run a shell command and exit with its exit code",
+        description="Run shell code on a warm kernel (created on first use) and stream its "
+        "output; exit with the command's exit code.",
+        epilog=_RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_argument(
         "--mode",
         choices=["local", "sandbox", "auto", "remote"],
-        help="execution mode (default: STIGMER_EXECUTION_MODE or the saved execution_mode if "
-        "set, else an existing "
-        "kernel's own mode, else the server's default, local unless started with "
-        "--execution-mode); remote: a kernel whose agent joined from another host",
+        help="execution mode; an existing kernel must have it (default: an existing kernel's "
+        "own mode; for a new one STIGMER_EXECUTION_MODE or the saved execution_mode if set, "
+        "else the server's default, local unless started with --execution-mode); remote: a "
+        "kernel whose agent joined from another host",
     )
     run.add_argument("--kernel", "-k", default="default", help="kernel name (default: default)")
     run.add_argument("--timeout", "-t", type=float, help="end the command after S seconds")
-    run.add_argument("--cwd", help="working directory if this creates the kernel")
-    run.add_argument("--sandbox-image", help="image of a sandbox kernel this creates")
+    run.add_argument(
+        "--cwd",
+        metavar="DIR",
+        help="working directory of a kernel this creates (default: STIGMER_WORKDIR, else the "
+        "current directory); an existing kernel must be there, else exit 2 (see `stigmer "
+        "kernels restart`)",
+    )
+    run.add_argument(
+        "--sandbox-image",
+        metavar="IMAGE",
+        help="image of a sandbox or auto kernel this creates; an existing kernel must have it",
+    )
     run.add_argument(
         "--requirements",
         metavar="FILE",
-        help="pip requirements baked into the sandbox (of a sandbox or auto kernel) this creates",
+        help="pip requirements baked into the sandbox of a sandbox or auto kernel this creates; "
+        "an existing kernel must have been made with them",
     )
     run.add_argument(
+        "--env",
+        "-e",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set a variable for this command only (repeatable); a kernel this creates also "
+        "starts with this process's environment (local mode)",
+    )
+    given = run.add_mutually_exclusive_group()
+    given.add_argument(
         "--stdin",
         action="store_true",
-        help="pass this process's stdin to the command (default: /dev/null)",
+        default=None,
+        help="pass this process's stdin to the command, even a terminal (default: passed when "
+        "it is a file, a pipe or a socket, else the command reads /dev/null); it is streamed "
+        "while the command runs, read only as fast as the command reads and no further once "
+        "it ends",
+    )
+    given.add_argument(
+        "--no-stdin",
+        dest="stdin",
+        action="store_false",
+        help="the command reads /dev/null, whatever this process's stdin is",
     )
     run.add_argument(
         "--explain",
@@ -121,18 +167,29 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--kernel-ttl", type=float, help="idle seconds before a kernel expires")
     ssub.add_parser("stop", help="stop the server and every kernel it runs")
     status = ssub.add_parser("status", help="is a server running? (exit 3 if not)")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    logs = ssub.add_parser("logs", help="print the log of a server started in the background")
+    logs.add_argument(
+        "--follow", "-f", action="store_true", help="keep printing what it logs (Ctrl-C ends)"
+    )
+    logs.add_argument(
+        "--lines", "-n", type=int, metavar="N", help="only the last N lines (default: all)"
+    )
 
     kernels = sub.add_parser("kernels", help="list, inspect, interrupt or shut down kernels")
     ksub = kernels.add_subparsers(dest="action", metavar="ACTION", required=True)
     klist = ksub.add_parser("list", help="list kernels")
-    klist.add_argument("--json", action="store_true")
+    klist.add_argument("--json", action="store_true", help="print a JSON list")
     conn = ksub.add_parser(
         "connection-file",
         help="print the path of a Jupyter connection file for a kernel (created if needed)",
     )
-    conn.add_argument("name")
-    conn.add_argument("--mode", choices=["local", "sandbox", "auto", "remote"])
+    conn.add_argument("name", help="kernel name")
+    conn.add_argument(
+        "--mode",
+        choices=["local", "sandbox", "auto", "remote"],
+        help="mode of a kernel this creates (default: as for `stigmer run`)",
+    )
     conn.add_argument(
         "--transport",
         choices=["ipc", "tcp"],
@@ -141,20 +198,40 @@ def _parser() -> argparse.ArgumentParser:
         "client that cannot use ipc (every local user can reach them, and that kernel's iopub "
         "then shows no native client's commands)",
     )
+    shutdown = ksub.add_parser("shutdown", help="end a kernel, or every kernel with --all")
+    shutdown.add_argument("name", nargs="?", help="kernel name")
+    shutdown.add_argument("--all", action="store_true", help="end every kernel of the server")
     for name, text in (
-        ("shutdown", "end a kernel"),
         ("interrupt", "interrupt its command"),
         ("info", "show one kernel as JSON"),
     ):
         one = ksub.add_parser(name, help=text)
-        one.add_argument("name")
+        one.add_argument("name", help="kernel name")
+
+    restart = ksub.add_parser(
+        "restart",
+        help="give a kernel a fresh session with its options (those given here replace them)",
+        description="A fresh session of kernel NAME: variables, functions and jobs are gone, "
+        "its mode stays. It starts in the kernel's current directory and with its sandbox "
+        "image and requirements, unless given here (the new ones are kept for later restarts).",
+    )
+    restart.add_argument("name", help="kernel name")
+    restart.add_argument("--cwd", help="start in DIR (a sandbox's workspace follows it)")
+    restart.add_argument(
+        "--sandbox-image", metavar="IMAGE", help="image of a sandbox or auto kernel's sandbox"
+    )
+    restart.add_argument(
+        "--requirements",
+        metavar="FILE",
+        help="pip requirements baked into its sandbox (an empty file: none)",
+    )
 
     sandbox_cli.add_parser(sub)
 
     curve = sub.add_parser("curve", help="CurveZMQ keys for clients and agents on other hosts")
     cvsub = curve.add_subparsers(dest="action", metavar="ACTION", required=True)
     keygen = cvsub.add_parser("keygen", help="make a key pair NAME.key / NAME.key_secret")
-    keygen.add_argument("name")
+    keygen.add_argument("name", help="base name of the two files")
     keygen.add_argument("--dir", default=".", help="where to write them (default: here)")
     authorize = cvsub.add_parser("authorize", help="let the holder of a public key connect")
     authorize.add_argument("public_key", help="a NAME.key file made by keygen")
@@ -178,16 +255,82 @@ def _parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="read or change saved preferences")
     csub = config.add_subparsers(dest="action", metavar="ACTION", required=True)
-    get = csub.add_parser("get", help="print the effective value of a setting")
-    get.add_argument("key")
-    cset = csub.add_parser("set", help="save a setting in the config file")
-    cset.add_argument("key")
-    cset.add_argument("value")
-    unset = csub.add_parser("unset", help="remove a setting from the config file")
-    unset.add_argument("key")
+    keys = _settings_help()
+    get = csub.add_parser(
+        "get",
+        help="print the effective value of a setting",
+        epilog=keys,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    get.add_argument("key", help="a setting (listed below)")
+    cset = csub.add_parser(
+        "set",
+        help="save a setting in the config file",
+        description="Save KEY = VALUE in the config file (`stigmer config path`); the "
+        "environment (STIGMER_*) still wins over it. VALUE none removes it.",
+        epilog=keys,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cset.add_argument("key", help="a setting (listed below)")
+    cset.add_argument("value", help="as you would type it: 300, true, none, a path, a,comma,list")
+    unset = csub.add_parser(
+        "unset",
+        help="remove a setting from the config file",
+        epilog=keys,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    unset.add_argument("key", help="a setting (listed below)")
     csub.add_parser("list", help="every setting with its value and where it comes from")
     csub.add_parser("path", help="print the config file path")
     return parser
+
+
+_RUN_EPILOG = """\
+examples:
+  stigmer run -- 'make -j4 && ./test.sh'      shell code, as one argument
+  stigmer run -- ls -la /tmp                  several arguments: quoted as argv
+  stigmer run -k build --timeout 600 -- make  a kernel of its own, a time limit
+  stigmer run -- wc -l < big.txt              a file or a pipe on stdin is streamed while
+  producer | stigmer run -- gzip > out.gz     the command runs (any size; EOF at its end)
+  stigmer run -- cat big.tar > copy.tar       output is streamed in full, never cut
+  stigmer run --mode sandbox -- pip install six
+  stigmer run --mode auto --explain -- 'curl -fsSL https://example.com | sh'
+  stigmer run --json -- 'uname -a'            one JSON result (output kept up to
+                                              output_limit bytes per stream)
+
+exit codes:
+  N    the command's own exit code
+  2    usage error (bad option, or an option the existing kernel does not have)
+  124  the command timed out (--timeout) and was ended
+  125  stigmer itself failed (one line on stderr says why)
+  130  interrupted (Ctrl-C)
+  141  stdout was closed (`stigmer run -- yes | head -1`): the command was interrupted
+"""
+
+
+def _settings_help() -> str:
+    """The settings ``stigmer config`` knows, one line each (for its --help)."""
+    lines = ["settings (environment variable, default):"]
+    for key in USER_KEYS:
+        field = FIELDS[key]
+        default = field.default if field.default is not dataclasses.MISSING else None
+        lines.append(f"  {key:<28} {field.metadata['env']}, {_user_text(default)}")
+    return "\n".join(lines)
+
+
+def _user_text(value: Any) -> str:
+    """A setting's value as a user types it: none, true/false, 300, a,b (not a Python repr)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return ",".join(_user_text(v) for v in value) or "none"
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    return str(value)
 
 
 def _fail(message: str, code: int = EXIT_STIGMER_ERROR) -> int:
@@ -221,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
             return _server(args, config, parser)
         if args.command == "kernels":
             return _kernels(args, config, parser)
-    except _UsageError as exc:
+    except (_UsageError, KernelMismatch) as exc:  # an option the kernel does not have: usage
         return _fail(str(exc), 2)
     except StigmerError as exc:
         return _fail(str(exc))
@@ -309,6 +452,30 @@ def _server_side_mode(config: Config, kernel: str, remote: Any = None) -> str:
         return config.execution_mode.value
 
 
+def _explain_auto(config: Config, kernel: str, remote: Any, code: str, requirements: bool) -> str:
+    """Where auto mode would run ``code`` on ``kernel`` now: by the rules, or after the
+    kernel's escalation (sticky) as the server holds it."""
+    from ..auto import Escalation, explain
+    from ..client import Client
+
+    info: dict[str, Any] = {}
+    sticky = config.auto_sticky
+    try:
+        with Client(config, autostart=False, remote=remote) as client:
+            info = next((k for k in client.list_kernels() if k["name"] == kernel), {})
+            if "auto_sticky" not in config.explicit:
+                sticky = bool(client.server_info().get("auto_sticky", sticky))
+    except StigmerError:
+        pass  # no server runs: no kernel has escalated
+    return explain(
+        code,
+        requirements,
+        escalation=Escalation.from_dict(info.get("escalated")),
+        sticky=sticky,
+        workspace=info.get("workspace"),
+    )
+
+
 def _command_text(argv: list[str]) -> str:
     if argv and argv[0] == "--":
         argv = argv[1:]
@@ -317,8 +484,26 @@ def _command_text(argv: list[str]) -> str:
     return argv[0] if len(argv) == 1 else shlex.join(argv)
 
 
+def _env_options(items: list[str]) -> dict[str, str]:
+    """``--env NAME=VALUE`` options as a map (a later one wins), checked as the client checks
+    ``execute(env=...)``."""
+    from ..environment import checked_env
+
+    env: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise _UsageError(f"--env takes NAME=VALUE, not {item[:80]!r}")
+        env[name] = value
+    try:
+        return checked_env(env, "--env")
+    except RequestError as exc:
+        raise _UsageError(str(exc)) from None
+
+
 def _run(args: argparse.Namespace, config: Config) -> int:
     code = _command_text(args.argv)
+    args.env_vars = _env_options(args.env)
     if args.timeout is not None and not args.timeout > 0:
         raise _UsageError(f"--timeout must be a positive number of seconds, not {args.timeout:g}")
     if not args.kernel:
@@ -333,16 +518,13 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         if value and named in ("local", "remote"):
             raise _UsageError(f"{flag} applies to sandbox and auto kernels, not to {named} mode")
     if args.explain:
-        from ..auto import decide
-
         mode = named or _server_side_mode(config, args.kernel, _remote(args))
         if mode != "auto":
             print(f"{mode}: mode {mode} runs every command there (no auto decision)")
             return 0
-        decision = decide(code, requirements=bool(args.requirements))
-        print(f"{decision.mode}: {decision.reason} (rule: {decision.rule})")
+        print(_explain_auto(config, args.kernel, _remote(args), code, bool(args.requirements)))
         return 0
-    stdin = sys.stdin.buffer.read() if args.stdin else None
+    stdin = _stdin_source(args.stdin)
     if args.requirements:
         try:
             with open(args.requirements, encoding="utf-8") as handle:
@@ -354,18 +536,39 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     return asyncio.run(_run_async(args, config, code, stdin))
 
 
+def _stdin_source(wanted: bool | None) -> BinaryIO | None:
+    """This process's stdin if the command gets it, else None (it reads /dev/null).
+
+    ``--stdin`` (True) passes any stdin, ``--no-stdin`` (False) none; by default a regular file
+    or a pipe (``cmd < file``, ``producer | stigmer run ...``) or a socket is passed, and a
+    terminal or a device (/dev/null) is not. It is streamed while the command runs (see
+    ``AsyncClient.execute``): read only as fast as the command reads, and no further once the
+    command ends.
+    """
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (AttributeError, ValueError, OSError):
+        return None  # no stdin at all (closed descriptor)
+    if wanted is None:
+        wanted = stat.S_ISREG(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+    return sys.stdin.buffer if wanted else None
+
+
 async def _run_async(
-    args: argparse.Namespace, config: Config, code: str, stdin: bytes | None
+    args: argparse.Namespace, config: Config, code: str, stdin: BinaryIO | None
 ) -> int:
     from ..client import AsyncClient
+    from .progress import ProgressDisplay
 
     out = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
     closed: set[str] = set()  # streams whose reader went away (`stigmer run -- yes | head -1`)
     stop_command: list[Any] = []  # set below: interrupts the command
+    display = ProgressDisplay()  # a sandbox image's pull or build, until the command writes
 
     def write(name: str, data: bytes) -> None:
         if name in closed:
             return
+        display.close()
         stream = out[name]
         try:
             stream.write(data)
@@ -380,9 +583,13 @@ async def _run_async(
 
     def on_event(event: dict[str, Any]) -> None:
         if event.get("event") == "progress" and event.get("kernel") == args.kernel:
-            print(f"stigmer: {event.get('reason')}", file=sys.stderr, flush=True)
+            display.report(str(event.get("reason")))
 
-    async with AsyncClient(config, on_event=on_event, remote=_remote(args)) as client:
+    remote = _remote(args)
+    # A kernel this creates starts with our environment (a remote server's, with its own).
+    async with AsyncClient(
+        config, on_event=on_event, remote=remote, inherit_env=remote is None
+    ) as client:
         loop = asyncio.get_running_loop()
         interrupted = asyncio.Event()
         tasks: set[asyncio.Task[Any]] = set()
@@ -404,17 +611,22 @@ async def _run_async(
 
         stop_command.append(on_closed_pipe)
         loop.add_signal_handler(signal.SIGINT, on_sigint)
-        result = await client.execute(
-            code,
-            kernel=args.kernel,
-            mode=args.mode,
-            timeout=args.timeout,
-            cwd=os.path.abspath(args.cwd) if args.cwd else None,
-            stdin=stdin,
-            on_output=None if args.json else write,
-            sandbox_image=args.sandbox_image,
-            requirements=args.requirements_text,
-        )
+        try:
+            result = await client.execute(
+                code,
+                kernel=args.kernel,
+                mode=args.mode,
+                timeout=args.timeout,
+                cwd=os.path.abspath(args.cwd) if args.cwd else None,
+                stdin=stdin,
+                on_output=None if args.json else write,
+                output_limit=None if args.json else 0,  # streamed in full, nothing kept here
+                sandbox_image=args.sandbox_image,
+                requirements=args.requirements_text,
+                env=args.env_vars,
+            )
+        finally:
+            display.close()
         loop.remove_signal_handler(signal.SIGINT)
     for event in result.events:
         print(
@@ -432,6 +644,8 @@ async def _run_async(
             "stdout": result.stdout,
             "stderr": result.stderr,
             "truncated": result.truncated,
+            "stdout_dropped": result.stdout_dropped,
+            "stderr_dropped": result.stderr_dropped,
             "ename": result.ename,
             "evalue": result.evalue,
             "events": result.events,
@@ -519,9 +733,47 @@ def _server(args: argparse.Namespace, config: Config, parser: argparse.ArgumentP
             print(f"  mode:           {info['execution_mode']}")
             print(f"  kernels:        {info['kernels']}")
             print(f"  uptime:         {info['uptime']:.0f}s")
+            if remote is None:
+                print(f"  log:            {runtime.log_path}  (stigmer server logs)")
         return 0
+    if args.action == "logs":
+        return _logs(runtime, args.follow, args.lines)
     parser.parse_args(["server", "--help"])
     return 2
+
+
+def _logs(runtime: RuntimeDir, follow: bool, lines: int | None) -> int:
+    """Print server.log (the last ``lines``), then with ``follow`` what is appended to it."""
+    path = runtime.log_path
+    if not path.exists():
+        raise StigmerError(
+            f"no server log at {path}: a server started with `stigmer server start "
+            "--foreground` logs to its terminal"
+        )
+    try:
+        with open(path, "rb") as handle:
+            _copy_log(handle, follow, lines)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise StigmerError(f"cannot read {path}: {exc.strerror}") from None
+    return 0
+
+
+def _copy_log(handle: Any, follow: bool, lines: int | None) -> None:
+    out = sys.stdout.buffer
+    data = handle.read()
+    if lines is not None:
+        data = b"".join(data.splitlines(keepends=True)[-lines:]) if lines > 0 else b""
+    out.write(data)
+    out.flush()
+    while follow:
+        chunk = handle.read()
+        if chunk:
+            out.write(chunk)
+            out.flush()
+        else:
+            time.sleep(0.2)
 
 
 # -- kernels --------------------------------------------------------------------------------------
@@ -539,7 +791,7 @@ def _kernels(args: argparse.Namespace, config: Config, parser: argparse.Argument
                 "connection-file` on the server's host"
             )
         connection = {"transport": "tcp"} if args.transport == "tcp" else None
-        with Client(config) as client:
+        with Client(config, inherit_env=True) as client:
             reply = client.connect_jupyter(args.name, mode=args.mode, connection=connection)
         print(reply["connection_file"])
         return 0
@@ -559,8 +811,28 @@ def _kernels(args: argparse.Namespace, config: Config, parser: argparse.Argument
             else:
                 _print_table(kernels)
         elif args.action == "shutdown":
-            client.shutdown_kernel(args.name)
-            print(f"kernel {args.name!r} shut down")
+            if args.all == bool(args.name):
+                raise _UsageError("give a kernel NAME or --all (not both)")
+            names = [k["name"] for k in client.list_kernels()] if args.all else [args.name]
+            for name in names:
+                try:
+                    client.shutdown_kernel(name)
+                except RequestError as exc:
+                    if not args.all or exc.ename != "NoSuchKernel":
+                        raise
+                    continue  # ended meanwhile (an auto kernel's side went with it)
+                print(f"kernel {name!r} shut down")
+            if args.all and not names:
+                print("no kernels")
+        elif args.action == "restart":
+            requirements = _read_requirements(args.requirements) if args.requirements else None
+            reply = client.restart_kernel(
+                args.name,
+                cwd=os.path.abspath(args.cwd) if args.cwd else None,
+                sandbox_image=args.sandbox_image,
+                requirements=requirements,
+            )
+            print(f"kernel {args.name!r} {reply.get('reason', 'restarted')}")
         elif args.action == "interrupt":
             reply = client.interrupt(args.name)
             print(
@@ -573,6 +845,14 @@ def _kernels(args: argparse.Namespace, config: Config, parser: argparse.Argument
             info.pop("status", None)
             print(json.dumps(info, indent=2))
     return 0
+
+
+def _read_requirements(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise StigmerError(f"cannot read {path}: {exc.strerror}") from None
 
 
 def _print_table(kernels: list[dict[str, Any]]) -> None:
@@ -685,7 +965,7 @@ def _config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     config = load_config({"runtime_dir": args.runtime_dir}).to_dict()
     if args.action == "get":
         value = config[args.key]
-        print("" if value is None else value)
+        print("" if value is None else _user_text(value))
         return 0
     if args.action == "list":
         for key in USER_KEYS:
@@ -693,7 +973,7 @@ def _config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             source = "env" if os.environ.get(var) else "file" if key in stored else "default"
             if key == "runtime_dir" and args.runtime_dir:
                 source = "--runtime-dir"
-            print(f"{key} = {config[key]!r}  ({source}; {var})")
+            print(f"{key} = {_user_text(config[key])}  ({source}; {var})")
         return 0
     parser.parse_args(["config", "--help"])
     return 2

@@ -2,10 +2,13 @@
 
 * ``build basic|full`` builds ``sandbox/Dockerfile.sandbox.<tier>`` (``--base-image`` sets the
   ``BASE_IMAGE`` build argument, e.g. an offline Debian image where no registry is reachable);
-* ``pull`` pulls ``STIGMER_SANDBOX_IMAGE`` with progress;
+* ``pull`` pulls ``STIGMER_SANDBOX_IMAGE``;
 * ``test`` runs ``python --version``, ``node --version`` and ``git --version`` in an image;
 * ``clean`` removes stigmer's images (tiers, agent layers, requirements layers) and containers
   left by servers that are not running.
+
+``build`` and ``pull`` draw a progress bar when stderr is a terminal, plain lines otherwise
+(``progress.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from ..errors import StigmerError
 from ..provisioners.docker import LABEL_RUNTIME, LABEL_SERVER
 from ..provisioners.images import sandbox_dir, staged_context
 from ..runtime import RuntimeDir
+from .progress import ProgressDisplay
 
 BASIC_TAG = "ghcr.io/stigmer/agent-sandbox-basic:latest"
 FULL_TAG = "stigmer-sandbox-full:latest"
@@ -32,14 +36,22 @@ def add_parser(sub: Any) -> None:
     sandbox = sub.add_parser("sandbox", help="build, pull, test or clean sandbox images")
     ssub = sandbox.add_subparsers(dest="action", metavar="ACTION", required=True)
     build = ssub.add_parser("build", help="build a tier's image from sandbox/Dockerfile.sandbox.*")
-    build.add_argument("tier", choices=["basic", "full"])
+    build.add_argument("tier", choices=["basic", "full"], help="which tier's Dockerfile")
     build.add_argument("--tag", help=f"image tag (default: {BASIC_TAG} / {FULL_TAG})")
     build.add_argument("--base-image", help="BASE_IMAGE build argument (default: python:3.11-slim)")
     pull = ssub.add_parser("pull", help="pull the sandbox image (STIGMER_SANDBOX_IMAGE)")
-    pull.add_argument("image", nargs="?")
+    pull.add_argument("image", nargs="?", help="image to pull (default: STIGMER_SANDBOX_IMAGE)")
     test = ssub.add_parser("test", help="check python, node and git in an image")
-    test.add_argument("image", nargs="?")
-    ssub.add_parser("clean", help="remove stigmer's images and dead servers' containers")
+    test.add_argument("image", nargs="?", help="image to check (default: STIGMER_SANDBOX_IMAGE)")
+    ssub.add_parser(
+        "clean",
+        help="delete stigmer's images and dead servers' containers and networks",
+        description="Deletes the images stigmer makes or names: the tiers ("
+        f"{BASIC_TAG}, {FULL_TAG}) and the derived agent and requirements layers "
+        f"({', '.join(DERIVED)}); the next sandbox kernel builds or pulls them again. Also "
+        "removes the containers and networks of servers that are no longer running. Images "
+        "a container still uses are kept.",
+    )
 
 
 def _client() -> Any:
@@ -86,7 +98,7 @@ def _build(client: Any, args: argparse.Namespace, config: Config) -> int:
         )
     buildargs = {"BASE_IMAGE": args.base_image} if args.base_image else {}
     _say(f"building {tag} from {directory}/Dockerfile.sandbox.{args.tier}")
-    with staged_context(directory) as context:
+    with staged_context(directory, config.sandbox_ca_file) as context:
         _stream_build(client, context, f"Dockerfile.sandbox.{args.tier}", tag, buildargs)
     size = client.images.get(tag).attrs["Size"]
     print(f"built {tag} ({size / 1e6:.0f} MB)")
@@ -99,19 +111,19 @@ def _stream_build(
     import docker.errors
 
     try:
-        for event in client.api.build(
-            path=context,
-            dockerfile=dockerfile,
-            tag=tag,
-            buildargs=buildargs,
-            rm=True,
-            forcerm=True,
-            decode=True,
-        ):
-            if "stream" in event and str(event["stream"]).strip():
-                sys.stderr.write(str(event["stream"]))
-            if "error" in event:
-                raise StigmerError(f"build of {tag} failed: {str(event['error']).strip()}")
+        with ProgressDisplay() as display:
+            for event in client.api.build(
+                path=context,
+                dockerfile=dockerfile,
+                tag=tag,
+                buildargs=buildargs,
+                rm=True,
+                forcerm=True,
+                decode=True,
+            ):
+                display.build_event(tag, event)
+                if "error" in event:
+                    raise StigmerError(f"build of {tag} failed: {str(event['error']).strip()}")
     except docker.errors.APIError as exc:
         raise StigmerError(f"build of {tag} failed: {exc.explanation or exc}") from None
 
@@ -122,12 +134,11 @@ def _pull(client: Any, image: str) -> int:
     repo, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "")
     _say(f"pulling {image}")
     try:
-        for event in client.api.pull(repo, tag=tag or "latest", stream=True, decode=True):
-            if "error" in event:
-                raise StigmerError(f"pull of {image} failed: {event['error']}")
-            status = event.get("status", "")
-            if status and not event.get("progressDetail"):
-                _say(f"{event.get('id', '')} {status}".strip())
+        with ProgressDisplay() as display:
+            for event in client.api.pull(repo, tag=tag or "latest", stream=True, decode=True):
+                if "error" in event:
+                    raise StigmerError(f"pull of {image} failed: {event['error']}")
+                display.pull_event(image, event)
     except docker.errors.APIError as exc:
         raise StigmerError(f"pull of {image} failed: {exc.explanation or exc}") from None
     print(f"pulled {image}")

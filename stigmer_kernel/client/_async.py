@@ -16,16 +16,18 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import zmq
 import zmq.asyncio
 
 from ..config import Config, load_config
+from ..environment import checked_env, client_environment
 from ..errors import (
     ClientTimeout,
     KernelError,
+    KernelMismatch,
     ModeUnavailable,
     ProtocolError,
     RequestError,
@@ -35,8 +37,8 @@ from ..errors import (
     StigmerError,
 )
 from ..protocol import Message, MsgType, Session
-from ..protocol.constants import MAX_STDIN_BYTES
 from ..runtime import RuntimeDir
+from ._stdin import StdinFeed, StdinSource, prepare
 from .discovery import ServerAddress, find_server
 from .result import ExecResult
 
@@ -48,7 +50,12 @@ EventCallback = Callable[[dict[str, Any]], Any]
 
 #: How often a waiting request checks that the server process still exists.
 _LIVENESS_PERIOD = 1.0
+#: Messages (output chunks of <= 64 KiB) queued here before the server holds the rest: a
+#: caller that does not keep up (a slow stdout) then slows the command, not our memory.
+_RCVHWM = 256
 _REQUEST_ERRORS = {
+    "ModeMismatch": KernelMismatch,
+    "OptionMismatch": KernelMismatch,
     "ModeUnavailable": ModeUnavailable,
     "NoSuchKernel": KernelError,
 }
@@ -70,8 +77,12 @@ class _Call:
         on_stdout: OutputCallback | None,
         on_stderr: OutputCallback | None,
         on_output: RawOutputCallback | None = None,
+        keep: int | None = None,
     ) -> None:
         self.on_output = on_output
+        self.keep = keep  # bytes of each stream kept for the result (None: all)
+        self.kept = {"stdout": 0, "stderr": 0}
+        self.dropped = {"stdout": 0, "stderr": 0}
         self.future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self.on = {"stdout": on_stdout, "stderr": on_stderr}
         self.decoders = {
@@ -80,11 +91,19 @@ class _Call:
         }
         self.chunks: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
         self.events: list[dict[str, Any]] = []
+        self.feed: StdinFeed | None = None  # the command's stdin, streamed while it runs
 
     def stream(self, name: str, data: bytes) -> None:
         if name not in self.chunks:
             return
-        self.chunks[name].append(data)
+        if self.keep is None:
+            self.chunks[name].append(data)
+        else:  # streamed in full below; kept up to the limit
+            room = max(0, self.keep - self.kept[name])
+            if room:
+                self.chunks[name].append(data[:room])
+                self.kept[name] += min(room, len(data))
+            self.dropped[name] += max(0, len(data) - room)
         if self.on_output is not None:
             _run_callback("on_output", self.on_output, name, data)
         callback = self.on[name]
@@ -221,7 +240,10 @@ class AsyncClient:
     """Asyncio client. ``async with AsyncClient() as c: r = await c.execute("ls")``.
 
     It finds the server of ``STIGMER_RUNTIME_DIR`` (or ``config.runtime_dir``) and, unless
-    ``autostart`` is false, starts one in the background when none runs.
+    ``autostart`` is false, starts one in the background when none runs. With
+    ``inherit_env=True``, the local kernels it creates start with this process's environment
+    (as the ``stigmer`` CLI's do); by default they start with the server's. Sandbox and remote
+    kernels never get a host environment.
     """
 
     def __init__(
@@ -232,9 +254,18 @@ class AsyncClient:
         autostart: bool = True,
         on_event: EventCallback | None = None,
         remote: RemoteServer | None = None,
+        inherit_env: bool = False,
     ) -> None:
         overrides = {"runtime_dir": str(runtime_dir)} if runtime_dir is not None else None
+        if inherit_env and remote is not None:
+            raise StigmerError(
+                "inherit_env sends this host's environment, and a remote server's kernels run "
+                "on its host — pass kernel_env={...} to the calls that create them instead"
+            )
         self.remote = remote
+        #: Kernels this client creates start with its environment (``os.environ`` when the
+        #: request is sent, minus stigmer's internals); without it, with the server's.
+        self.inherit_env = inherit_env
         self.config = config or load_config(overrides)
         self.autostart = autostart
         self.on_event = on_event
@@ -271,7 +302,7 @@ class AsyncClient:
             if self.remote is not None:
                 self.remote.secure(sock)
             sock.setsockopt(zmq.LINGER, 500)
-            sock.setsockopt(zmq.RCVHWM, 0)
+            sock.setsockopt(zmq.RCVHWM, _RCVHWM)
             sock.setsockopt(zmq.IDENTITY, f"c:{os.getpid()}:{os.urandom(6).hex()}".encode())
             if self.remote is not None:
                 self._link = _Link(self.remote.endpoint, sock)
@@ -359,6 +390,9 @@ class AsyncClient:
                     if isinstance(data, str):
                         data = data.encode()
                     call.stream(str(msg.content.get("name")), data)
+            elif mtype == MsgType.STDIN_ACK.value:
+                if call is not None and call.feed is not None:
+                    call.feed.grant(msg.content)
             elif mtype == MsgType.KERNEL_EVENT.value:
                 if call is not None:
                     call.events.append(msg.content)
@@ -376,6 +410,8 @@ class AsyncClient:
         on_stderr: OutputCallback | None = None,
         timeout: float | None = None,
         on_output: RawOutputCallback | None = None,
+        keep: int | None = None,
+        feed: StdinFeed | None = None,
     ) -> tuple[Message, _Call]:
         if self._closed:
             raise StigmerError("this client is closed")
@@ -384,13 +420,16 @@ class AsyncClient:
             raise self._reader_error()
         assert self._sock is not None and self._session is not None and self.address
         msg = self._session.msg(msg_type.value, content)
-        call = _Call(on_stdout, on_stderr, on_output)
+        call = _Call(on_stdout, on_stderr, on_output, keep)
+        call.feed = feed
         self._calls[msg.msg_id] = call
         try:
             if self._link is not None:
                 await self._link.send(self._session.serialize(msg))
             else:
                 await self._sock.send_multipart(self._session.serialize(msg), copy=False)
+            if feed is not None:
+                feed.start(self._stdin_sender(msg, str(content.get("kernel") or "default")))
             sent_at, sent_to = time.time(), self.address
             loop = asyncio.get_running_loop()
             deadline = None if timeout is None else loop.time() + timeout
@@ -441,6 +480,26 @@ class AsyncClient:
                 )
         finally:
             self._calls.pop(msg.msg_id, None)
+            if feed is not None:
+                feed.stop()  # the command ended (or the wait did): no more of its stdin
+
+    def _stdin_sender(
+        self, request: Message, kernel: str
+    ) -> Callable[[bytes, bool], Coroutine[Any, Any, None]]:
+        """Sends ``request``'s streamed stdin, one stdin_chunk at a time."""
+
+        async def send(data: bytes, eof: bool) -> None:
+            assert self._sock is not None and self._session is not None
+            chunk = self._session.msg(
+                MsgType.STDIN_CHUNK.value, {"kernel": kernel, "data": data, "eof": eof}, request
+            )
+            frames = self._session.serialize(chunk)
+            if self._link is not None:
+                await self._link.send(frames)
+            else:
+                await self._sock.send_multipart(frames, copy=False)
+
+        return send
 
     def _follow_restart(self, runtime: RuntimeDir, pid: int) -> bool:
         """The server of our runtime directory is now process ``pid``: take its key (a new one
@@ -464,6 +523,16 @@ class AsyncClient:
             error = _REQUEST_ERRORS.get(ename, RequestError)
             raise error(str(content.get("evalue", "request failed")), ename)
 
+    def _add_kernel_env(self, content: dict[str, Any], given: Mapping[str, str] | None) -> None:
+        """``kernel_env`` of a request that may create a kernel: ``given``, else this process's
+        environment with ``inherit_env``, else none (the server's)."""
+        if given is not None:
+            content["kernel_env"] = checked_env(given, "kernel_env", shell_names=False)
+        elif self.inherit_env:
+            content["kernel_env"] = checked_env(
+                client_environment(), "kernel_env", shell_names=False
+            )
+
     # -- API ----------------------------------------------------------------------------------
     def _default_mode(self) -> str | None:
         """The mode a request names when the caller gave none: this client's configured mode
@@ -473,6 +542,25 @@ class AsyncClient:
             return self.config.execution_mode.value
         return None
 
+    def _add_kernel_options(self, content: dict[str, Any], **given: Any) -> None:
+        """Say which kernel options the caller chose (``explicit``: an existing kernel must
+        have them), and add this client's own settings as defaults for a kernel the request
+        creates: its ``kernel_cwd``, ``sandbox_image``, ``kernel_ttl`` and ``sandbox_ttl``,
+        when its config set them (a server started earlier has its own)."""
+        content["explicit"] = sorted(name for name, value in given.items() if value is not None)
+        config = self.config
+        if given.get("cwd") is None and "kernel_cwd" in config.explicit and config.kernel_cwd:
+            content["cwd"] = config.kernel_cwd
+        if content.get("sandbox_image") is None and "sandbox_image" in config.explicit:
+            content["sandbox_image"] = config.sandbox_image
+        settings = {
+            name: getattr(config, name)
+            for name in ("kernel_ttl", "sandbox_ttl")
+            if name in config.explicit
+        }
+        if settings:
+            content["settings"] = settings
+
     async def execute(
         self,
         code: str,
@@ -481,7 +569,7 @@ class AsyncClient:
         mode: str | None = None,
         timeout: float | None = None,
         cwd: str | None = None,
-        stdin: str | bytes | None = None,
+        stdin: StdinSource | None = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
         output_limit: int | None = None,
@@ -490,19 +578,38 @@ class AsyncClient:
         sandbox_image: str | None = None,
         requirements: str | None = None,
         workspace: str | None = None,
+        env: Mapping[str, str] | None = None,
+        kernel_env: Mapping[str, str] | None = None,
+        sticky: bool | None = None,
     ) -> ExecResult:
         """Run shell ``code`` on ``kernel`` (created on first use) and return its result.
 
         ``timeout`` ends the command (and everything it started) after that many seconds;
-        ``stdin`` becomes the command's standard input (otherwise it reads /dev/null);
+        ``stdin`` becomes the command's standard input (otherwise it reads /dev/null): bytes
+        or str, a binary file object or an (async) iterator of bytes, streamed while the
+        command runs (any size, bounded memory; it sees EOF at the source's end, and the
+        source is read no further once the command ends, so a pipe that never closes is fine);
+        a file object with a pipe, socket or terminal descriptor is read from the descriptor,
+        as :mod:`subprocess` does; small input known at once travels in the request;
         ``cwd`` is the working directory of a kernel this call creates (default: ours).
         Sandbox kernels (``mode="sandbox"``) this call creates use ``sandbox_image``, bake in
         ``requirements`` (the text of a pip requirements file) and mount ``workspace`` (default:
         ``cwd``) at /workspace.
         ``on_stdout``/``on_stderr`` get decoded text as it is written; ``on_output`` gets
-        ``(stream_name, raw_bytes)``.
-        Request problems (bad kernel name, unavailable mode) raise :class:`RequestError`;
-        everything about the command itself, including its kernel dying, is in the result.
+        ``(stream_name, raw_bytes)``: all of it, never cut (a callback that is slow slows the
+        command, which waits on its pipe). The result keeps the first ``output_limit`` bytes
+        of each stream (default: the ``output_limit`` setting, 32 MiB; 0 keeps none); what it
+        did not keep is counted in ``stdout_dropped``/``stderr_dropped`` and makes
+        ``truncated`` true.
+        ``env`` sets variables for this command only, in any mode (the next command does not
+        see them); ``kernel_env`` is the whole environment of a local kernel this call creates
+        (default: this process's with ``inherit_env``, else the server's).
+        ``sticky`` (auto kernels): whether this command follows the kernel to the sandbox once
+        an earlier one changed it there (default: the ``auto_sticky`` setting, ours if it was
+        set, else the server's); ``False`` decides it by the rules alone.
+        Request problems (bad kernel name, unavailable mode, a bad ``env``) raise
+        :class:`RequestError`; everything about the command itself, including its kernel
+        dying, is in the result.
         """
         content: dict[str, Any] = {
             "code": code,
@@ -515,16 +622,9 @@ class AsyncClient:
         }
         if timeout is not None:
             content["timeout"] = timeout
-        if stdin is not None:
-            content["stdin"] = stdin.encode() if isinstance(stdin, str) else stdin
-            if len(content["stdin"]) > MAX_STDIN_BYTES:
-                raise RequestError(
-                    f"stdin is {len(content['stdin']):,} bytes, more than the "
-                    f"{MAX_STDIN_BYTES:,} a command takes — write it to a file and read that",
-                    "BadRequest",
-                )
-        if output_limit is not None:
-            content["output_limit"] = output_limit
+        keep = self.config.output_limit if output_limit is None else output_limit
+        if keep < 0:
+            raise RequestError(f"output_limit must be >= 0 bytes, not {keep}", "BadRequest")
         if ttl is not None:
             content["ttl"] = ttl
         if sandbox_image is not None:
@@ -533,14 +633,47 @@ class AsyncClient:
             content["requirements"] = requirements
         if workspace is not None:
             content["workspace"] = workspace
+        if env:
+            content["env"] = checked_env(env, "env")
+        own_timeout = "command_timeout" in self.config.explicit  # our setting, not the server's
+        if timeout is None and own_timeout and self.config.command_timeout is not None:
+            content["timeout"] = self.config.command_timeout
+        if sticky is None and "auto_sticky" in self.config.explicit:
+            sticky = self.config.auto_sticky  # our setting travels with the request
+        if sticky is not None:
+            content["sticky"] = sticky
+        self._add_kernel_options(
+            content,
+            mode=mode,
+            cwd=cwd,
+            ttl=ttl,
+            sandbox_image=sandbox_image,
+            requirements=requirements,
+            workspace=workspace,
+        )
+        self._add_kernel_env(content, kernel_env)
+        feed = None
+        if stdin is not None:  # last: reading it may start here
+            inline, feed = prepare(stdin)
+            if feed is not None:
+                content["stdin_stream"] = True
+            else:
+                content["stdin"] = inline
         reply, call = await self._request(
-            MsgType.EXECUTE_REQUEST, content, on_stdout, on_stderr, on_output=on_output
+            MsgType.EXECUTE_REQUEST,
+            content,
+            on_stdout,
+            on_stderr,
+            on_output=on_output,
+            keep=keep,
+            feed=feed,
         )
         c = reply.content
         if c.get("status") == "error" and c.get("ename") in (
             "BadRequest",
             "ModeUnavailable",
             "ModeMismatch",
+            "OptionMismatch",
             "KernelBusy",
             "TooManyKernels",
         ):
@@ -558,7 +691,9 @@ class AsyncClient:
             duration=float(c.get("duration") or 0.0),
             execution_count=c.get("execution_count"),
             cwd=c.get("cwd"),
-            truncated=bool(c.get("truncated")),
+            truncated=bool(c.get("truncated") or any(call.dropped.values())),
+            stdout_dropped=call.dropped["stdout"],
+            stderr_dropped=call.dropped["stderr"],
             lost_messages=int(c.get("lost_messages") or 0),
             session_reset=bool(c.get("session_reset")),
             ename=c.get("ename"),
@@ -588,6 +723,29 @@ class AsyncClient:
         )
         self._raise_for(reply)
 
+    async def restart_kernel(
+        self,
+        kernel: str,
+        *,
+        cwd: str | None = None,
+        sandbox_image: str | None = None,
+        requirements: str | None = None,
+    ) -> dict[str, Any]:
+        """Give ``kernel`` a fresh session (variables, functions and jobs are gone) with the
+        options it has; ``cwd``, ``sandbox_image`` and ``requirements`` replace its own. Its
+        mode never changes. Returns ``kernel``, the new ``kernel_id`` and the ``reason``."""
+        content: dict[str, Any] = {"kernel": kernel}
+        for name, value in (
+            ("cwd", cwd),
+            ("sandbox_image", sandbox_image),
+            ("requirements", requirements),
+        ):
+            if value is not None:
+                content[name] = value
+        reply, _ = await self._request(MsgType.KERNEL_RESTART_REQUEST, content, timeout=30)
+        self._raise_for(reply)
+        return reply.content
+
     async def connect_jupyter(
         self,
         kernel: str = "default",
@@ -595,9 +753,11 @@ class AsyncClient:
         mode: str | None = None,
         cwd: str | None = None,
         connection: dict[str, Any] | None = None,
+        kernel_env: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """Give ``kernel`` (created if needed) Jupyter channels; returns ``connection_file``
         (a standard Jupyter connection file) and ``connection`` (its contents).
+        ``kernel_env``: as for :meth:`execute`.
 
         ``connection`` asks for specific ports and key (what a kernelspec launcher was given),
         or just ``{"transport": "tcp"}`` for loopback TCP ports (which every local user can
@@ -610,6 +770,8 @@ class AsyncClient:
         }
         if connection is not None:
             content["connection"] = connection
+        self._add_kernel_options(content, mode=mode, cwd=cwd)
+        self._add_kernel_env(content, kernel_env)
         reply, _ = await self._request(MsgType.KERNEL_CONNECT_REQUEST, content, timeout=30)
         self._raise_for(reply)
         return reply.content

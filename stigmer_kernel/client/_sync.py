@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
 from ..config import Config
-from ._async import AsyncClient, EventCallback, OutputCallback, RemoteServer
+from ._async import AsyncClient, EventCallback, OutputCallback, RawOutputCallback, RemoteServer
+from ._stdin import StdinSource
 from .result import ExecResult
 
 T = TypeVar("T")
@@ -30,9 +31,17 @@ class Client:
         autostart: bool = True,
         on_event: EventCallback | None = None,
         remote: RemoteServer | None = None,
+        inherit_env: bool = False,
     ) -> None:
+        """See :class:`AsyncClient` (``inherit_env``: the local kernels it creates start
+        with this process's environment; default: the server's)."""
         self._async = AsyncClient(
-            config, runtime_dir=runtime_dir, autostart=autostart, on_event=on_event, remote=remote
+            config,
+            runtime_dir=runtime_dir,
+            autostart=autostart,
+            on_event=on_event,
+            remote=remote,
+            inherit_env=inherit_env,
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -83,7 +92,7 @@ class Client:
         mode: str | None = None,
         timeout: float | None = None,
         cwd: str | None = None,
-        stdin: str | bytes | None = None,
+        stdin: StdinSource | None = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
         output_limit: int | None = None,
@@ -91,11 +100,18 @@ class Client:
         sandbox_image: str | None = None,
         requirements: str | None = None,
         workspace: str | None = None,
+        on_output: RawOutputCallback | None = None,
+        env: Mapping[str, str] | None = None,
+        kernel_env: Mapping[str, str] | None = None,
+        sticky: bool | None = None,
     ) -> ExecResult:
         """See :meth:`AsyncClient.execute`."""
         return self._call(
             self._async.execute(
                 code,
+                env=env,
+                kernel_env=kernel_env,
+                sticky=sticky,
                 sandbox_image=sandbox_image,
                 requirements=requirements,
                 workspace=workspace,
@@ -108,6 +124,7 @@ class Client:
                 on_stderr=on_stderr,
                 output_limit=output_limit,
                 ttl=ttl,
+                on_output=on_output,
             )
         )
 
@@ -123,6 +140,22 @@ class Client:
     def shutdown_kernel(self, kernel: str) -> None:
         self._call(self._async.shutdown_kernel(kernel))
 
+    def restart_kernel(
+        self,
+        kernel: str,
+        *,
+        cwd: str | None = None,
+        sandbox_image: str | None = None,
+        requirements: str | None = None,
+    ) -> dict[str, Any]:
+        """See :meth:`AsyncClient.restart_kernel`."""
+        result: dict[str, Any] = self._call(
+            self._async.restart_kernel(
+                kernel, cwd=cwd, sandbox_image=sandbox_image, requirements=requirements
+            )
+        )
+        return result
+
     def connect_jupyter(
         self,
         kernel: str = "default",
@@ -130,10 +163,13 @@ class Client:
         mode: str | None = None,
         cwd: str | None = None,
         connection: dict[str, Any] | None = None,
+        kernel_env: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """See :meth:`AsyncClient.connect_jupyter`."""
         return self._call(
-            self._async.connect_jupyter(kernel, mode=mode, cwd=cwd, connection=connection)
+            self._async.connect_jupyter(
+                kernel, mode=mode, cwd=cwd, connection=connection, kernel_env=kernel_env
+            )
         )
 
     def server_info(self) -> dict[str, Any]:

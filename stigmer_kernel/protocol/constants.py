@@ -17,9 +17,24 @@ PROTOCOL_VERSION = "5.3"
 MIN_FRAMES = 5
 #: Cap on the number of buffers a message may carry.
 MAX_BUFFERS = 16
-#: Largest ``stdin`` a native execute_request carries (it travels in the request's one content
-#: frame, under the broker's ``max_message_bytes``).
-MAX_STDIN_BYTES = 16 * 1024 * 1024
+#: Streamed stdin (``stdin_stream`` in a native execute_request): stdin up to this many bytes
+#: known in full at once travels in the request's ``stdin`` field instead (no extra round trip).
+STDIN_INLINE_MAX = 1024 * 1024
+#: Bytes of a command's stdin a client sends ahead of the agent's ``stdin_ack`` (which counts
+#: the bytes written into the command's stdin pipe). A command that does not read makes the
+#: client stop reading its own stdin, as a full pipe does in a shell.
+STDIN_WINDOW = 2 * 1024 * 1024
+#: ``data`` of one ``stdin_chunk``: the most our client sends; the most the broker accepts.
+STDIN_CHUNK = 256 * 1024
+STDIN_CHUNK_MAX = 1024 * 1024
+#: The agent acknowledges stdin every this many bytes written (and whenever its buffer empties).
+STDIN_ACK_EVERY = 256 * 1024
+#: Flow control of a command's output: stream messages (<= 64 KiB each) an agent sends ahead
+#: of the broker's ``output_ack`` (which says how many reached the client's socket). A client
+#: that reads slowly makes the command wait on its pipe, as a slow reader does in a shell.
+OUTPUT_WINDOW = 64
+#: The broker acknowledges a command's output every this many delivered stream messages.
+OUTPUT_ACK_EVERY = 16
 
 
 class MsgType(str, enum.Enum):
@@ -31,6 +46,7 @@ class MsgType(str, enum.Enum):
     KERNEL_INFO_REQUEST = "kernel_info_request"
     KERNEL_LIST_REQUEST = "kernel_list_request"
     KERNEL_SHUTDOWN_REQUEST = "kernel_shutdown_request"
+    KERNEL_RESTART_REQUEST = "kernel_restart_request"
     SERVER_INFO_REQUEST = "server_info_request"
     SERVER_SHUTDOWN_REQUEST = "server_shutdown_request"
     DETACH_REQUEST = "detach_request"
@@ -41,6 +57,7 @@ class MsgType(str, enum.Enum):
     KERNEL_INFO_REPLY = "kernel_info_reply"
     KERNEL_LIST_REPLY = "kernel_list_reply"
     KERNEL_SHUTDOWN_REPLY = "kernel_shutdown_reply"
+    KERNEL_RESTART_REPLY = "kernel_restart_reply"
     SERVER_INFO_REPLY = "server_info_reply"
     SERVER_SHUTDOWN_REPLY = "server_shutdown_reply"
     ERROR_REPLY = "error_reply"
@@ -73,6 +90,9 @@ class MsgType(str, enum.Enum):
     # broker -> agent
     AGENT_WELCOME = "agent_welcome"
     AGENT_SHUTDOWN = "agent_shutdown"
+    OUTPUT_ACK = "output_ack"  # flow control: how many of a command's stream messages arrived
+    STDIN_CHUNK = "stdin_chunk"  # streamed stdin (client -> broker -> agent)
+    STDIN_ACK = "stdin_ack"  # its flow control: bytes written to the command (agent -> client)
 
 
 #: Requests a client may send and the reply type each gets.
@@ -82,6 +102,7 @@ REPLY_FOR: dict[MsgType, MsgType] = {
     MsgType.KERNEL_INFO_REQUEST: MsgType.KERNEL_INFO_REPLY,
     MsgType.KERNEL_LIST_REQUEST: MsgType.KERNEL_LIST_REPLY,
     MsgType.KERNEL_SHUTDOWN_REQUEST: MsgType.KERNEL_SHUTDOWN_REPLY,
+    MsgType.KERNEL_RESTART_REQUEST: MsgType.KERNEL_RESTART_REPLY,
     MsgType.SERVER_INFO_REQUEST: MsgType.SERVER_INFO_REPLY,
     MsgType.SERVER_SHUTDOWN_REQUEST: MsgType.SERVER_SHUTDOWN_REPLY,
     MsgType.KERNEL_CONNECT_REQUEST: MsgType.KERNEL_CONNECT_REPLY,

@@ -8,7 +8,7 @@ sandboxes) all fit behind this interface; the broker never knows which one it is
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,9 @@ class AgentSpec:
     requirements: str | None = None  # pip requirements baked into a derived image
     workspace: str | None = None  # host directory mounted at /workspace (default: cwd)
     on_progress: Callable[[str], None] | None = None  # thread-safe progress reports
+    #: A host kernel's environment as its creator sent it (None: the server's); provisioners of
+    #: sandboxes never read it (see stigmer_kernel/environment.py).
+    env: Mapping[str, str] | None = None
     #: CurveZMQ for an agent that reaches ``endpoint`` over TCP: (server public key, the agent's
     #: public key, its secret key), z85.
     curve: tuple[bytes, bytes, bytes] | None = None

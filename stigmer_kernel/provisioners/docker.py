@@ -211,7 +211,9 @@ class DockerProvisioner(Provisioner):
         self._stopped: dict[str, _Stopped] = {}
         self.tcp_host_address = "host-gateway"  # set by the broker for the tcp transport
         self._stopped_lock = threading.Lock()
-        self.images = ImageResolver(self.client, BASIC_TIER_TAG, runtime.path / "images.json")
+        self.images = ImageResolver(
+            self.client, BASIC_TIER_TAG, runtime.path / "images.json", config.sandbox_ca_file
+        )
         owner = {LABEL_SERVER: self.server, LABEL_RUNTIME: str(runtime.path)}
         self.network = SandboxNetwork(self.client, self.server, owner, config.sandbox_network)
         self._storage: tuple[str, str] | None = None  # the engine's (storage driver, backing fs)
@@ -580,22 +582,25 @@ class DockerProvisioner(Provisioner):
         self._ensure_watcher()
         return handle
 
-    def reap_leftovers(self, keep: set[str] | None = None, before: float | None = None) -> int:
+    def reap_leftovers(
+        self, keep: set[str] | None = None, before: float | None = None
+    ) -> int | None:
         """Remove containers left by servers that are not running (this one's past included),
         except those of kernels in ``keep`` (being re-adopted) and the still running containers
-        of another runtime directory's server (it may be restarting)."""
+        of another runtime directory's server (it may be restarting). Returns how many went,
+        or None if the engine could not be asked (the caller tries again later)."""
         removed = 0
         unreachable, _ = ping_engine()  # a hung engine costs a few seconds, not the client's 120
         if unreachable is not None:
-            log.info("no leftover check: %s", unreachable)
-            return 0
+            log.info("no leftover check yet: %s", unreachable)
+            return None
         try:
             containers = self.client().containers.list(
                 all=True, ignore_removed=True, filters={"label": LABEL_SERVER}
             )
         except Exception as exc:
-            log.info("no leftover check: %s", exc)
-            return 0
+            log.info("no leftover check yet: %s", exc)
+            return None
         for container in containers:
             labels = container.labels or {}
             if labels.get(LABEL_KERNEL_ID) in (keep or set()) or container.id in (keep or set()):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -14,8 +15,11 @@ from typing import Any
 
 from ..agent import procs
 from ..config import EnvVar
+from ..environment import kernel_environment
 from .base import AgentHandle, AgentSpec, Provisioner
 
+#: The kernel's shell environment in its work directory, until the agent has read it.
+ENV_FILE = "env.json"
 #: Seconds a stopping server waits for its agents to exit before ending their orphans.
 _CLOSE_WAIT = 2.0
 
@@ -99,6 +103,18 @@ class LocalAgent(AgentHandle):
 
     def describe(self) -> dict[str, Any]:
         return {"pid": self.proc.pid}
+
+
+def _write_env(spec: AgentSpec) -> Path:
+    """The kernel's shell environment, in a file of its private directory that the agent reads
+    and deletes: the agent's own environment (the server's, with this package on PYTHONPATH)
+    stays its own."""
+    path = spec.workdir / ENV_FILE
+    env = kernel_environment(spec.env, spec.kernel_name)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(env, handle)  # ASCII, \u escapes: any text (and lone surrogates) round-trips
+    return path
 
 
 def process_record(
@@ -193,6 +209,7 @@ class LocalProvisioner(Provisioner):
             "--orphan-timeout", str(spec.orphan_timeout),
             "--timeout", str(spec.command_timeout or 0),
             "--output-limit", str(spec.output_limit),
+            "--env-file", str(_write_env(spec)),
         ]  # fmt: skip
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(

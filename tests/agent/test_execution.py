@@ -201,11 +201,18 @@ def test_hundred_thousand_lines_arrive_complete_and_in_order(client: Client) -> 
     assert not r.truncated
 
 
-def test_output_cap_truncates_with_a_notice(client: Client) -> None:
-    r = client.execute("head -c 5000000 /dev/zero | tr '\\0' x; echo; echo end", output_limit=1000)
-    assert r.truncated
+def test_output_limit_caps_what_the_result_keeps_and_says_so(client: Client) -> None:
+    seen: list[int] = []
+    r = client.execute(
+        "head -c 5000000 /dev/zero | tr '\\0' x; echo; echo end",
+        output_limit=1000,
+        on_output=lambda name, data: seen.append(len(data)) if name == "stdout" else None,
+    )
+    assert r.truncated and r.stdout_truncated and not r.stderr_truncated
     assert len(r.stdout_bytes) == 1000
-    assert "output truncated" in r.stderr
+    assert r.stdout_dropped == 5_000_005 - 1000
+    assert sum(seen) == 5_000_005  # the callback got it all
+    assert r.stderr == ""  # no notice mixed into the command's own output
     assert client.execute("echo fine").stdout == "fine\n"
 
 

@@ -334,7 +334,10 @@ def test_a_shell_that_ends_between_commands_is_reported_with_the_next_one(
     _wait_for(lambda: _shells_of(client, "between") not in ([], [old]), "the next bash")
     r = client.execute('echo "$? $v"', kernel="between")
     assert (r.stdout, r.session_reset) == ("1 kept\n", False)
-    os.kill(_shell_of(client, "between"), signal.SIGKILL)  # no state: said so, once
+    killed = _shell_of(client, "between")
+    os.kill(killed, signal.SIGKILL)  # no state: said so, once
+    # (A command sent before the agent sees the death goes to the dying shell, and dies too.)
+    _wait_for(lambda: _shells_of(client, "between") not in ([], [killed]), "the next bash")
     r = client.execute('echo "${v-unset}"', kernel="between")
     assert (r.stdout, r.session_reset) == ("unset\n", True)
     assert "fresh session" in (r.evalue or "")

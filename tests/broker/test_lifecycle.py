@@ -16,7 +16,7 @@ from jupyter_client import BlockingKernelClient
 
 from stigmer_kernel import AsyncClient
 from stigmer_kernel.protocol import Session
-from tests.conftest import Server, processes_matching, short_tempdir
+from tests.conftest import Server, processes_matching, short_tempdir, wait_for
 
 
 def _marks(work: str) -> str:
@@ -40,6 +40,16 @@ async def _wait_until_busy(c: AsyncClient, kernel: str, pending: int, side: str 
             return
         assert time.monotonic() < deadline, f"{kernel} not busy in time: {states}"
         await asyncio.sleep(0.05)
+
+
+def _wait_gone(pid: int, timeout: float = 15.0) -> None:
+    """Until process ``pid`` (an agent) has exited: after that it cannot run anything."""
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), timeout=timeout)
+
+
+async def _agent_pid(c: AsyncClient, name: str) -> int:
+    (pid,) = [k["pid"] for k in await c.list_kernels() if k["name"] == name]
+    return int(pid)
 
 
 async def _queue_behind_a_sleeper(
@@ -67,14 +77,16 @@ def test_removing_an_auto_kernel_aborts_its_queue_and_starts_nothing(server: Ser
     async def main() -> list[Any]:
         async with AsyncClient(server.config, autostart=False) as c:
             tasks = await _queue_behind_a_sleeper(c, "a1", "auto", work)
+            agents.append(await _agent_pid(c, "a1~local"))
             await c.shutdown_kernel("a1")
             results = await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
-            await asyncio.sleep(1.0)  # anything wrongly started would have run by now
             names = [k["name"] for k in await c.list_kernels()]
             assert not any(n.startswith("a1") for n in names), names
             return results
 
+    agents: list[int] = []
     results = asyncio.run(main())
+    _wait_gone(agents[0])  # the only agent that could have run them
     assert [r.ename for r in results] == ["KernelShutdown"] * 4
     assert "queued" not in _marks(work)
     assert processes_matching("--kernel-id a1~local") == []
@@ -91,8 +103,14 @@ def _restart_behind_a_queue(server: Server, kernel: str, mode: str, work: str) -
     async def main() -> list[Any]:
         async with AsyncClient(server.config, autostart=False) as ac:
             tasks = await _queue_behind_a_sleeper(ac, kernel, mode, work)
+            old = await _agent_pid(ac, f"{kernel}~local" if mode == "auto" else kernel)
             jc.shutdown(restart=True)
-            return await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
+            results = await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
+            # The old agent (grace period included) is gone; a barrier through the new one
+            # runs after anything wrongly handed to it.
+            _wait_gone(old)
+            await ac.execute("echo barrier >> runs", kernel=kernel, mode=mode, cwd=work)
+            return results
 
     try:
         return asyncio.run(main())
@@ -104,8 +122,7 @@ def test_restarting_an_auto_kernel_aborts_its_queue_then_serves_again(server: Se
     work = short_tempdir("stg-auto-rs-")
     results = _restart_behind_a_queue(server, "a2", "auto", work)
     assert [r.ename for r in results] == ["KernelRestarted"] * 4
-    time.sleep(1.0)
-    assert "queued" not in _marks(work)
+    assert _marks(work) == "barrier\n"
     r = server.client().execute("echo again; pwd", kernel="a2", mode="auto")
     assert r.ok and r.stdout == f"again\n{os.path.realpath(work)}\n"
 
@@ -116,8 +133,7 @@ def test_restarting_a_kernel_never_hands_aborted_requests_to_the_old_agent(
     work = short_tempdir("stg-rs-")
     results = _restart_behind_a_queue(server, "l1", "local", work)
     assert [r.ename for r in results] == ["KernelRestarted"] * 4
-    time.sleep(2.5)  # the old agent's grace period: nothing queued reached it
-    assert "queued" not in _marks(work)
+    assert _marks(work) == "barrier\n"  # nothing queued reached the old agent or the new
 
 
 def test_a_kernel_whose_agent_cannot_start_answers_at_once(server: Server) -> None:

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,7 +21,7 @@ from jupyter_client import BlockingKernelClient
 
 from stigmer_kernel.errors import RequestError
 from stigmer_kernel.protocol import Session
-from tests.conftest import Server, short_tempdir
+from tests.conftest import Server, short_tempdir, wait_for
 
 HOST_IP, REMOTE_IP = "10.231.9.1", "10.231.9.2"
 
@@ -93,13 +93,6 @@ def start_agent(ns: str, srv: Server, name: str, cert: str, port: int) -> subpro
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.1)
 
 
 def test_remote_agent_joins_over_curve_and_a_cut_link_is_a_dead_agent(

@@ -49,7 +49,7 @@ def test_timeout_exit_code_and_message(env: dict[str, str]) -> None:
 
 
 def test_stdin_is_forwarded_only_when_asked(env: dict[str, str]) -> None:
-    assert stigmer(env, "run", "--", "wc -c", input=b"abc").stdout.strip() == b"0"
+    assert stigmer(env, "run", "--no-stdin", "--", "wc -c", input=b"abc").stdout.strip() == b"0"
     assert stigmer(env, "run", "--stdin", "--", "wc -c", input=b"abc").stdout.strip() == b"3"
 
 
@@ -90,16 +90,19 @@ def test_server_start_stop_status(env: dict[str, str]) -> None:
 
 
 def test_config_precedence(env: dict[str, str]) -> None:
-    assert stigmer(env, "config", "get", "kernel_ttl").stdout == b"3600.0\n"
+    assert stigmer(env, "config", "get", "kernel_ttl").stdout == b"3600\n"
     assert stigmer(env, "config", "set", "kernel_ttl", "120").returncode == 0
-    assert stigmer(env, "config", "get", "kernel_ttl").stdout == b"120.0\n"
+    assert stigmer(env, "config", "get", "kernel_ttl").stdout == b"120\n"
     with_env = dict(env, STIGMER_KERNEL_TTL="60")
-    assert stigmer(with_env, "config", "get", "kernel_ttl").stdout == b"60.0\n"
-    # Flags beat the environment: the server started with --kernel-ttl uses it.
+    assert stigmer(with_env, "config", "get", "kernel_ttl").stdout == b"60\n"
+    # Flags beat the environment: the server started with --kernel-ttl uses it for kernels
+    # whose client sets no TTL of its own; a client's own setting travels with its request.
     assert stigmer(with_env, "server", "start", "--kernel-ttl", "30").returncode == 0
     stigmer(env, "run", "--kernel", "t", "--", "true")
-    (k,) = json.loads(stigmer(env, "kernels", "list", "--json").stdout)
-    assert k["ttl"] == 30.0
+    assert stigmer(env, "config", "unset", "kernel_ttl").returncode == 0
+    stigmer(env, "run", "--kernel", "u", "--", "true")
+    listed = json.loads(stigmer(env, "kernels", "list", "--json").stdout)
+    assert {k["name"]: k["ttl"] for k in listed} == {"t": 120.0, "u": 30.0}
     bad = stigmer(env, "config", "set", "kernel_ttl", "soon")
     assert bad.returncode == 125
     assert (
@@ -278,9 +281,13 @@ def test_the_servers_default_mode_applies_to_requests_that_name_none(env: dict[s
     assert fresh.stdout.startswith(b"sandbox: ")
     joined = stigmer(env, "run", "--explain", "--kernel", "l", "--", "pip", "install", "x")
     assert joined.stdout.startswith(b"local: mode local runs every command there")
-    # A mode the client was configured with is still named, and checked.
-    clash = stigmer(dict(env, STIGMER_EXECUTION_MODE="local"), "run", "--kernel", "m", "--", "true")
-    assert clash.returncode == 125 and b"runs in auto mode, not local" in clash.stderr
+    # A mode the client was configured with is a default for new kernels: an existing one
+    # keeps its own; a mode named on the command line must match it (exit 2).
+    configured = dict(env, STIGMER_EXECUTION_MODE="local")
+    joined = stigmer(configured, "run", "--kernel", "m", "--", "true")
+    assert joined.returncode == 0, joined.stderr
+    clash = stigmer(env, "run", "--mode", "local", "--kernel", "m", "--", "true")
+    assert clash.returncode == 2 and b"runs in auto mode, not local" in clash.stderr
 
 
 def test_a_server_started_for_a_client_keeps_its_own_default_mode(env: dict[str, str]) -> None:

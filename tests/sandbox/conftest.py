@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import shutil
+import tempfile
+import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,6 +40,21 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+#: Repositories of the images tests (and the code they drive) build: those made during the
+#: session are removed at its end. TEST_IMAGE, built by a script, is kept.
+TEST_BUILT = (
+    "stigmer-test-bare",
+    "stigmer-sandbox-basic",
+    "stigmer-sandbox-full",
+    "stigmer-agent-layer",
+    "stigmer-requirements",
+)
+
+
+def _test_built(client: Any) -> set[str]:
+    return {image.id for name in TEST_BUILT for image in client.images.list(name)}
+
+
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[Any]:
     try:
@@ -46,8 +68,112 @@ def docker_client() -> Iterator[Any]:
         client.images.get(TEST_IMAGE)
     except Exception:
         _unavailable(f"no image {TEST_IMAGE}; run scripts/build-test-image.sh")
+    before = _test_built(client)
     yield client
+    for image in _test_built(client) - before:
+        with contextlib.suppress(Exception):  # one still in use by someone's container stays
+            client.images.remove(image, force=True, noprune=False)
     client.close()
+
+
+#: A cold build of the basic tier takes 60-90 s here (apt in two stages, ~60 MB of downloads),
+#: of the full tier's core stage ~55 s more: the timeout of the tests that build them.
+TIER_BUILD_TIMEOUT = 600
+#: The basic tier as the suite builds it, once per session (:func:`basic_tier`).
+SUITE_TIER_TAG = "stigmer-sandbox-basic:tests"
+
+
+def build_tier(
+    client: Any, context: str, dockerfile: str, tag: str, target: str | None = None, **args: str
+) -> tuple[list[str], str | None]:
+    """Build a tier's Dockerfile from ``context`` on the offline base: (output lines, error)."""
+    chunks: list[str] = []  # a step's stderr comes a few characters at a time, coloured
+    error: str | None = None
+    for event in client.api.build(
+        path=context,
+        dockerfile=dockerfile,
+        tag=tag,
+        target=target,
+        buildargs={"BASE_IMAGE": TEST_IMAGE, **args},
+        rm=True,
+        forcerm=True,
+        decode=True,
+    ):
+        chunks.append(str(event.get("stream", "")))
+        if "error" in event:
+            error = str(event["error"])
+            break
+    return re.sub(r"\x1b\[[0-9;]*m", "", "".join(chunks)).splitlines(), error
+
+
+def first_stage_images(lines: list[str]) -> list[str]:
+    """The ids of the images a classic build made for its first stage (the download stage)
+    from its COPY step on (the images before it, base and apt step, are shared with every
+    other build): the ones that hold the lent CA."""
+    ids: list[str] = []
+    stage, step = 0, ""
+    for line in lines:
+        if line.startswith("Step "):
+            step = line.split(" : ", 1)[-1]
+            stage += step.startswith("FROM ")
+        elif (
+            line.startswith(" ---> ")
+            and " " not in line[6:].strip()
+            and stage == 1
+            and (ids or step.startswith("COPY "))
+        ):
+            ids.append(line[6:].strip())
+    return ids
+
+
+@dataclass(frozen=True)
+class MarkedCA:
+    """The host's CA bundle plus a comment line with ``marker``: any copy of it in an image can
+    be found. Builds get it as STIGMER_SANDBOX_CA_FILE (or ``staged_context``'s ``ca_file``)."""
+
+    path: Path
+    marker: str
+
+
+@pytest.fixture(scope="session")
+def marked_ca() -> Iterator[MarkedCA]:
+    marker = f"stigmer-tier-test-{uuid.uuid4().hex}"
+    path = Path(tempfile.mkdtemp(prefix="stg-ca-")) / "ca.crt"
+    system = Path("/etc/ssl/certs/ca-certificates.crt")
+    path.write_bytes(system.read_bytes() + f"\n# {marker}\n".encode())
+    yield MarkedCA(path, marker)
+    shutil.rmtree(path.parent)
+
+
+@dataclass(frozen=True)
+class BuiltTier:
+    image: Any
+    #: The download stage's images from the COPY of the marked CA on (removed at the end).
+    fetch_stage: list[str]
+
+
+@pytest.fixture(scope="session")
+def basic_tier(docker_client: Any, marked_ca: MarkedCA) -> Iterator[BuiltTier]:
+    """The basic tier, built once per session as :data:`SUITE_TIER_TAG` by the product's staging
+    with :func:`marked_ca` lent (a later build with the same CA, e.g. ``make sandbox-build-basic``
+    with STIGMER_SANDBOX_CA_FILE, finds every step cached). A test that uses it needs
+    ``@pytest.mark.timeout(TIER_BUILD_TIMEOUT)``."""
+    from stigmer_kernel.provisioners import images
+
+    directory = images.sandbox_dir()
+    assert directory is not None
+    with images.staged_context(directory, marked_ca.path) as context:
+        assert marked_ca.marker in (Path(context) / "host-ca.crt").read_text()
+        lines, error = build_tier(
+            docker_client, context, "Dockerfile.sandbox.basic", SUITE_TIER_TAG
+        )
+    assert error is None, "\n".join(lines[-30:]) + error
+    fetch_stage = first_stage_images(lines)
+    assert fetch_stage, lines
+    yield BuiltTier(docker_client.images.get(SUITE_TIER_TAG), fetch_stage)
+    for image_id in reversed(fetch_stage):  # docker_client's cleanup removes the image itself
+        with contextlib.suppress(Exception):
+            docker_client.images.remove(image_id, noprune=True)
 
 
 def containers_of(client: Any, server: Server) -> list[Any]:

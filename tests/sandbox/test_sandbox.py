@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from stigmer_kernel import Client
-from tests.conftest import Server, short_tempdir
+from tests.conftest import Server, short_tempdir, wait_for
 from tests.sandbox.conftest import (
     SANDBOX_GID,
     SANDBOX_UID,
@@ -22,13 +22,6 @@ from tests.sandbox.conftest import (
     containers_of,
     sandbox_workspace,
 )
-
-
-def wait_for(predicate: Any, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.1)
 
 
 def sandbox_info(client: Client, name: str) -> dict[str, Any]:
@@ -93,13 +86,19 @@ def test_timeout_and_interrupt_end_processes_in_the_container(sandbox: Server) -
     left = c.execute("ps -eo comm | grep -c '^sleep' || true", kernel="stop", mode="sandbox")
     assert left.stdout.strip() == "0"
     results: list[Any] = []
+    started = threading.Event()
     worker = threading.Thread(
         target=lambda: results.append(
-            c.execute("sleep 200; echo never", kernel="stop", mode="sandbox")
+            c.execute(
+                "echo started; sleep 200; echo never",
+                kernel="stop",
+                mode="sandbox",
+                on_stdout=lambda _text: started.set(),
+            )
         )
     )
     worker.start()
-    time.sleep(1.0)
+    assert started.wait(timeout=15), "the command did not start"
     c.interrupt("stop")
     worker.join(timeout=15)
     assert results[0].status == "interrupted"
@@ -228,7 +227,7 @@ def test_leftovers_that_cannot_be_readopted_are_removed_at_start(
     assert set(containers) == {"orphan", "keeper"}
     containers["orphan"].pause()  # its agent cannot answer the new server
     # An unlabelled-kernel container of this runtime dir (no record) goes at once.
-    stray = docker_client.containers.create(
+    docker_client.containers.create(
         TEST_IMAGE,
         ["sleep", "60"],
         labels={
@@ -238,18 +237,14 @@ def test_leftovers_that_cannot_be_readopted_are_removed_at_start(
         },
     )
     sandbox.start()  # a new server on the same runtime directory
-    wait_for(
-        lambda: (
-            {
-                k.labels["stigmer.kernel"]
-                for k in containers_of(docker_client, sandbox)
-                if k.labels.get("stigmer.kernel")
-            }
-            == {"keeper"}
-        ),
-        timeout=30,
-    )
-    assert stray.id not in {k.id for k in containers_of(docker_client, sandbox)}
+
+    def left() -> set[str]:
+        return {
+            k.labels.get("stigmer.kernel") or k.id for k in containers_of(docker_client, sandbox)
+        }
+
+    # The orphan goes when its re-adoption fails, the stray with the start-up sweep.
+    wait_for(lambda: left() == {"keeper"}, timeout=30)
     # Re-adopted with its session state: cwd and variables survived the broker's death.
     assert c.execute("pwd; echo $KEPT", kernel="keeper", mode="sandbox").stdout == "/tmp\nyes\n"
 

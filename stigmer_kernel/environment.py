@@ -18,6 +18,7 @@ from collections.abc import Mapping
 
 from .config import EnvVar
 from .errors import RequestError
+from .protocol import ErrorName
 
 #: Largest environment a request may carry (names plus values, UTF-8, one ``=`` and one NUL
 #: each), for ``env`` and ``kernel_env`` alike.
@@ -43,7 +44,7 @@ SERVER_ONLY = frozenset({"JPY_PARENT_PID", "JPY_SESSION_NAME"})
 
 
 def _bad(message: str) -> RequestError:
-    return RequestError(message, "BadRequest")
+    return RequestError(message, ErrorName.BAD_REQUEST)
 
 
 def checked_env(value: object, field: str = "env", *, shell_names: bool = True) -> dict[str, str]:

@@ -62,12 +62,13 @@ class SignatureError(ProtocolError):
 class RequestError(StigmerError):
     """The broker answered a request with an error.
 
-    ``ename`` is a short machine-readable name (for example ``KernelDied``).
+    ``ename`` is a short machine-readable name (for example ``KernelDied``), one of
+    ``stigmer_kernel.protocol.ErrorName`` when the broker sent it; a plain string either way.
     """
 
     def __init__(self, message: str, ename: str = "RequestError") -> None:
         super().__init__(message)
-        self.ename = ename
+        self.ename = str(ename)
 
 
 class KernelError(RequestError):

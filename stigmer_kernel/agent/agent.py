@@ -28,7 +28,7 @@ import zmq
 
 from .._version import __version__
 from ..errors import ProtocolError
-from ..protocol import ExecStatus, Message, MsgType, Session
+from ..protocol import ErrorName, ExecStatus, Message, MsgType, Session
 from ..protocol.constants import (
     EXIT_INTERRUPTED,
     EXIT_TIMEOUT,
@@ -688,15 +688,15 @@ class Agent:
         }
         if status is ExecStatus.TIMEOUT:
             assert run.deadline is not None
-            content["ename"] = "Timeout"
+            content["ename"] = ErrorName.TIMEOUT
             content["evalue"] = (
                 f"command timed out after {run.deadline - run.started:g}s and was ended"
             )
         elif status is ExecStatus.INTERRUPTED:
-            content["ename"] = "Interrupted"
+            content["ename"] = ErrorName.INTERRUPTED
             content["evalue"] = "command interrupted"
         elif status is ExecStatus.ERROR:
-            content["ename"] = "CommandFailed"
+            content["ename"] = ErrorName.COMMAND_FAILED
             content["evalue"] = f"exit code {exit_code}"
         if end.problem is not None:
             content["evalue"] = end.problem
@@ -752,7 +752,7 @@ class Agent:
                 "status": ExecStatus.ABORTED.value,
                 "exit_code": None,
                 "duration": 0.0,
-                "ename": "Aborted",
+                "ename": ErrorName.ABORTED,
                 "evalue": reason,
             },
             parent=msg,

@@ -34,7 +34,15 @@ import zmq
 
 from .._version import __version__
 from ..errors import ProtocolError, RequestError
-from ..protocol import KernelEvent, KernelState, Message, MsgType, Session, new_key
+from ..protocol import (
+    ErrorName,
+    KernelEvent,
+    KernelState,
+    Message,
+    MsgType,
+    Session,
+    new_key,
+)
 from ..protocol.constants import PROTOCOL_VERSION, REPLY_FOR
 from .connections import JUPYTER_CAP, JUPYTER_LIMITS, JUPYTER_SMALL_LIMITS, apply_limits
 from .kernels import Kernel, Pending, checked_code
@@ -59,18 +67,20 @@ def check_connection(connection: dict[str, Any]) -> None:
     """Refuse a connection we would not bind, before anything is created for it."""
     scheme = connection.get("signature_scheme", "hmac-sha256")
     if scheme != "hmac-sha256":
-        raise RequestError(f"unsupported signature_scheme {scheme!r}", "BadRequest")
+        raise RequestError(f"unsupported signature_scheme {scheme!r}", ErrorName.BAD_REQUEST)
     transport = str(connection.get("transport", "tcp"))
     if transport not in ("tcp", "ipc"):
-        raise RequestError(f"unsupported transport {transport!r}", "BadRequest")
+        raise RequestError(f"unsupported transport {transport!r}", ErrorName.BAD_REQUEST)
     ip = str(connection.get("ip", "127.0.0.1"))
     if transport == "ipc" and connection.get("ip") and not os.path.isabs(ip):
         raise RequestError(
-            f"ipc path prefix {ip!r} is relative: give an absolute one (or none)", "BadRequest"
+            f"ipc path prefix {ip!r} is relative: give an absolute one (or none)",
+            ErrorName.BAD_REQUEST,
         )
     if transport == "tcp" and ip not in _LOOPBACK:
         raise RequestError(
-            f"refusing to bind Jupyter channels on {ip}: only loopback is allowed", "BadRequest"
+            f"refusing to bind Jupyter channels on {ip}: only loopback is allowed",
+            ErrorName.BAD_REQUEST,
         )
 
 
@@ -116,7 +126,9 @@ class JupyterChannels:
                 self.ports[name] = self._bind(name, int(wanted), index)
         except (zmq.ZMQError, ValueError, TypeError, OverflowError) as exc:
             self.close()
-            raise RequestError(f"cannot bind the Jupyter channels: {exc}", "BadRequest") from None
+            raise RequestError(
+                f"cannot bind the Jupyter channels: {exc}", ErrorName.BAD_REQUEST
+            ) from None
         self.connection_file = self._write_file()
 
     def _ipc_base(self) -> str:
@@ -369,7 +381,7 @@ class JupyterChannels:
 
 
 def _error_content(content: dict[str, Any]) -> dict[str, Any]:
-    ename = str(content.get("ename") or "CommandFailed")
+    ename = str(content.get("ename") or ErrorName.COMMAND_FAILED)
     evalue = str(content.get("evalue") or "")
     return {"ename": ename, "evalue": evalue, "traceback": [f"\x1b[0;31m{ename}\x1b[0m: {evalue}"]}
 
@@ -386,7 +398,7 @@ class JupyterFrontend:
                 raise RequestError(
                     f"kernel {kernel.name!r} already has Jupyter channels with another "
                     f"connection ({kernel.channels.connection_file})",
-                    "BadRequest",
+                    ErrorName.BAD_REQUEST,
                 )
             return kernel.channels
         kernel.channels = JupyterChannels(self, kernel, connection)
@@ -455,7 +467,7 @@ class JupyterFrontend:
                 ename, evalue = exc.ename, str(exc)
             else:
                 broker.drop_log(f"a Jupyter client ({channel})", f"malformed {mtype}: {exc!r}")
-                ename, evalue = "BadRequest", f"malformed {mtype} request: {exc}"
+                ename, evalue = ErrorName.BAD_REQUEST, f"malformed {mtype} request: {exc}"
             try:
                 reply_type = REPLY_FOR[MsgType(mtype)]
             except (ValueError, KeyError):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..auto import Escalation
-from ..protocol import KernelState, Message, MsgType, Session
+from ..protocol import ErrorName, KernelState, Message, MsgType, Session
 from ..provisioners import AgentHandle
 
 if TYPE_CHECKING:
@@ -35,9 +35,9 @@ def checked_code(content: dict[str, Any]) -> str:
 
     code = content.get("code")
     if not isinstance(code, str):
-        raise RequestError("execute_request needs a string 'code'", "BadRequest")
+        raise RequestError("execute_request needs a string 'code'", ErrorName.BAD_REQUEST)
     if len(code) > MAX_CODE:
-        raise RequestError(f"code is longer than {MAX_CODE:,} characters", "BadRequest")
+        raise RequestError(f"code is longer than {MAX_CODE:,} characters", ErrorName.BAD_REQUEST)
     return code
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .._version import __version__
 from ..environment import checked_env
 from ..errors import ProtocolError, RequestError
-from ..protocol import KernelEvent, Message, MsgType, Session
+from ..protocol import ErrorName, KernelEvent, Message, MsgType, Session
 from ..protocol.constants import REPLY_FOR, STDIN_CHUNK_MAX, STDIN_WINDOW
 from ..protocol.session import split_ids
 from .jupyter import check_connection
@@ -72,7 +72,10 @@ class NativeFrontend:
         handler = self._handlers.get(msg.msg_type)
         if handler is None:
             self.error_reply(
-                client, msg, "UnknownMessageType", f"unknown message type {msg.msg_type!r}"
+                client,
+                msg,
+                ErrorName.UNKNOWN_MESSAGE_TYPE,
+                f"unknown message type {msg.msg_type!r}",
             )
             return
         try:
@@ -81,7 +84,9 @@ class NativeFrontend:
             self.error_reply(client, msg, exc.ename, str(exc))
         except Exception as exc:  # signed but malformed (a field of the wrong type...)
             broker.drop_log("a client", f"malformed {msg.msg_type}: {exc!r}")
-            self.error_reply(client, msg, "BadRequest", f"malformed {msg.msg_type} request: {exc}")
+            self.error_reply(
+                client, msg, ErrorName.BAD_REQUEST, f"malformed {msg.msg_type} request: {exc}"
+            )
 
     # -- sending --------------------------------------------------------------------------------
     def reply_to(
@@ -167,11 +172,12 @@ class NativeFrontend:
         _checked_envs(content)
         sticky = content.get("sticky")
         if sticky is not None and not isinstance(sticky, bool):
-            raise RequestError("'sticky' must be true or false (auto mode)", "BadRequest")
+            raise RequestError("'sticky' must be true or false (auto mode)", ErrorName.BAD_REQUEST)
         streamed = content.get("stdin_stream", False)
         if not isinstance(streamed, bool) or (streamed and content.get("stdin") is not None):
             raise RequestError(
-                "'stdin_stream' must be true or false, and not given with 'stdin'", "BadRequest"
+                "'stdin_stream' must be true or false, and not given with 'stdin'",
+                ErrorName.BAD_REQUEST,
             )
         kernel = self._kernel_for(client, msg)
         agent_content = {k: v for k, v in content.items() if k in _AGENT_FIELDS}
@@ -210,7 +216,7 @@ class NativeFrontend:
         if kernel is None:
             gone = self.broker.registry.gone.get(name) if isinstance(name, str) else None
             detail = f" ({gone['event']}: {gone['reason']})" if gone else ""
-            raise RequestError(f"no kernel named {name!r}{detail}", "NoSuchKernel")
+            raise RequestError(f"no kernel named {name!r}{detail}", ErrorName.NO_SUCH_KERNEL)
         if attach:
             kernel.clients[client] = self
         return kernel
@@ -253,7 +259,7 @@ class NativeFrontend:
             raise RequestError(
                 f"kernel {kernel.name!r} is a side of auto kernel {kernel.parent.name!r}: "
                 f"restart that one (`stigmer kernels restart {kernel.parent.name}`)",
-                "BadRequest",
+                ErrorName.BAD_REQUEST,
             )
         self.broker.check_restartable(kernel)  # before anything changes
         changed = apply_restart(kernel, msg.content, self.broker.config)
@@ -325,20 +331,24 @@ class NativeFrontend:
         unless it stays within ``2 * STDIN_WINDOW`` bytes ahead of the agent's stdin_ack."""
         data, eof = msg.content.get("data", b""), msg.content.get("eof", False)
         if not isinstance(data, bytes) or not isinstance(eof, bool):
-            raise RequestError("stdin_chunk needs bytes 'data' and a boolean 'eof'", "BadRequest")
+            raise RequestError(
+                "stdin_chunk needs bytes 'data' and a boolean 'eof'", ErrorName.BAD_REQUEST
+            )
         if len(data) > STDIN_CHUNK_MAX:
             raise RequestError(
                 f"stdin_chunk data is more than {STDIN_CHUNK_MAX:,} bytes; send smaller chunks",
-                "BadRequest",
+                ErrorName.BAD_REQUEST,
             )
         kernel, pending = self._stdin_target(client, msg)
         if pending.stdin_ended:
-            raise RequestError("the command's stdin already ended (eof was sent)", "BadRequest")
+            raise RequestError(
+                "the command's stdin already ended (eof was sent)", ErrorName.BAD_REQUEST
+            )
         if pending.stdin_sent + len(data) - pending.stdin_written > 2 * STDIN_WINDOW:
             raise RequestError(
                 f"more than {2 * STDIN_WINDOW:,} bytes of stdin ahead of the agent's stdin_ack; "
                 "wait for its acknowledgements",
-                "StdinOverflow",
+                ErrorName.STDIN_OVERFLOW,
             )
         pending.stdin_sent += len(data)
         pending.stdin_ended = eof
@@ -363,17 +373,17 @@ class NativeFrontend:
             ):
                 continue
             if pending.client != client:
-                raise RequestError("that command belongs to another client", "NotOwner")
+                raise RequestError("that command belongs to another client", ErrorName.NOT_OWNER)
             if pending.content.get("stdin_stream") is not True:
                 raise RequestError(
                     "that command was not started with stdin_stream: its stdin is not taken",
-                    "BadRequest",
+                    ErrorName.BAD_REQUEST,
                 )
             return candidate, pending
         raise RequestError(
             f"no command of request {msg.parent_id!r} runs on kernel {name!r} (it ended, or "
             "has not started: send stdin after the agent's first stdin_ack)",
-            "NotRunning",
+            ErrorName.NOT_RUNNING,
         )
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import ExecutionMode, parse_value
 from ..errors import ConfigError, RequestError
+from ..protocol import ErrorName
 from ..provisioners.workspace import check_workspace
 from .kernels import REMOTE, Kernel
 from .routing import translate
@@ -54,12 +55,12 @@ def chosen(content: dict[str, Any]) -> frozenset[str]:
     if given is None:
         return frozenset({"mode"}) if content.get("mode") else frozenset()
     if not isinstance(given, list) or not all(isinstance(name, str) for name in given):
-        raise RequestError("'explicit' must be a list of field names", "BadRequest")
+        raise RequestError("'explicit' must be a list of field names", ErrorName.BAD_REQUEST)
     unknown = sorted(set(given) - set(KERNEL_OPTIONS))
     if unknown:
         raise RequestError(
             f"'explicit' names {', '.join(unknown)}; it may name {', '.join(KERNEL_OPTIONS)}",
-            "BadRequest",
+            ErrorName.BAD_REQUEST,
         )
     return frozenset(name for name in given if content.get(name) is not None)
 
@@ -71,7 +72,7 @@ def ttls(content: dict[str, Any], config: Config) -> dict[str, float] | None:
     if settings is None:
         return None
     if not isinstance(settings, dict):
-        raise RequestError("'settings' must be a map", "BadRequest")
+        raise RequestError("'settings' must be a map", ErrorName.BAD_REQUEST)
     values: dict[str, float] = {}
     for key, raw in settings.items():
         if key not in REQUEST_SETTINGS:
@@ -79,12 +80,12 @@ def ttls(content: dict[str, Any], config: Config) -> dict[str, float] | None:
                 f"setting {key!r} is the server's: set it where the server starts (`stigmer "
                 f"server stop`, then start it with the new value); a request may carry "
                 f"{', '.join(REQUEST_SETTINGS)}",
-                "BadRequest",
+                ErrorName.BAD_REQUEST,
             )
         try:
             values[key] = parse_value(key, raw)
         except ConfigError as exc:
-            raise RequestError(str(exc), "BadRequest") from None
+            raise RequestError(str(exc), ErrorName.BAD_REQUEST) from None
     if not values:
         return None
     return {
@@ -98,12 +99,12 @@ def mode_mismatch(kernel: Kernel, mode: str) -> RequestError:
         return RequestError(
             f"kernel {kernel.name!r} runs in remote mode, not {mode} (its agent joined from "
             "another host) — reach it with --mode remote, or name another kernel (--kernel NAME)",
-            "ModeMismatch",
+            ErrorName.MODE_MISMATCH,
         )
     return RequestError(
         f"kernel {kernel.name!r} runs in {kernel.mode} mode, not {mode}; a mode applies to a "
         f"new kernel only — {_remove_hint(kernel)}",
-        "ModeMismatch",
+        ErrorName.MODE_MISMATCH,
     )
 
 
@@ -159,7 +160,7 @@ def check_existing(
     raise RequestError(
         f"kernel {kernel.name!r} exists and keeps its own options: {'; '.join(differences)} "
         f"— {hint}",
-        "OptionMismatch",
+        ErrorName.OPTION_MISMATCH,
     )
 
 
@@ -195,17 +196,19 @@ def apply_restart(kernel: Kernel, content: dict[str, Any], config: Config) -> li
     if cwd is not None and (
         not isinstance(cwd, str) or not os.path.isabs(cwd) or not os.path.isdir(cwd)
     ):
-        raise RequestError(f"working directory {cwd!r} does not exist", "BadRequest")
+        raise RequestError(f"working directory {cwd!r} does not exist", ErrorName.BAD_REQUEST)
     if image is not None and (not isinstance(image, str) or not image):
-        raise RequestError("'sandbox_image' must be an image name", "BadRequest")
+        raise RequestError("'sandbox_image' must be an image name", ErrorName.BAD_REQUEST)
     if requirements is not None and not isinstance(requirements, str):
-        raise RequestError("'requirements' must be the text of a requirements file", "BadRequest")
+        raise RequestError(
+            "'requirements' must be the text of a requirements file", ErrorName.BAD_REQUEST
+        )
     if (image is not None or requirements is not None) and kernel.mode not in (SANDBOX, AUTO):
         raise RequestError(
             f"kernel {kernel.name!r} is a {kernel.mode} kernel: --sandbox-image and "
             f"--requirements apply to sandbox and auto kernels — {_remove_hint(kernel)} "
             "with --mode sandbox",
-            "BadRequest",
+            ErrorName.BAD_REQUEST,
         )
     workspace = None
     if cwd is not None and kernel.mode in (SANDBOX, AUTO) and not config.sandbox_workspace:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..auto import Escalation, decide
 from ..errors import RequestError
-from ..protocol import ExecStatus, KernelState, Message, MsgType
+from ..protocol import ErrorName, ExecStatus, KernelState, Message, MsgType
 from ..provisioners.docker import WORKSPACE
 from . import adoption
 from .kernels import Kernel, Pending
@@ -43,7 +43,7 @@ class AutoRouter:
         config = self.broker.config
         workspace = config.sandbox_workspace or options.get("workspace") or cwd
         if not isinstance(workspace, str) or not os.path.isdir(workspace):
-            raise RequestError(f"workspace {workspace!r} does not exist", "BadRequest")
+            raise RequestError(f"workspace {workspace!r} does not exist", ErrorName.BAD_REQUEST)
         asked = isinstance(ttl, (int, float)) and not isinstance(ttl, bool) and ttl > 0
         kernel = Kernel(
             name=name,
@@ -102,7 +102,7 @@ class AutoRouter:
                 kernel.escalation = before
                 kernel.running = None
                 message = str(exc)
-                if pending.decision is not None and exc.ename == "ModeUnavailable":
+                if pending.decision is not None and exc.ename == ErrorName.MODE_UNAVAILABLE:
                     message = (
                         f"this command needs the sandbox ({pending.decision['reason']}), but "
                         f"{message.split(' — ')[0]} — start Docker, run it with --mode local, "
@@ -134,7 +134,7 @@ class AutoRouter:
         except RequestError as exc:
             # Only a missing engine falls back to the host: a refused workspace (or any other
             # reason the sandbox will not take the command) never sends it there.
-            fallback = broker.config.auto_local_fallback and exc.ename == "ModeUnavailable"
+            fallback = broker.config.auto_local_fallback and exc.ename == ErrorName.MODE_UNAVAILABLE
             if side != "sandbox" or not fallback:
                 raise
             decision = pending.decision or {}

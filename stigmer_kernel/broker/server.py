@@ -37,7 +37,15 @@ from ..errors import (
     ServerAlreadyRunning,
     StigmerError,
 )
-from ..protocol import ExecStatus, KernelEvent, KernelState, Message, MsgType, new_key
+from ..protocol import (
+    ErrorName,
+    ExecStatus,
+    KernelEvent,
+    KernelState,
+    Message,
+    MsgType,
+    new_key,
+)
 from ..protocol.constants import OUTPUT_WINDOW
 from ..protocol.session import Session, split_ids
 from ..provisioners import AgentHandle, AgentSpec, LocalProvisioner, Provisioner
@@ -539,7 +547,7 @@ class Broker:
             raise RequestError(
                 "kernel names are 1-64 letters, digits, '.', '_' or '-', "
                 "not starting with a symbol",
-                "BadRequest",
+                ErrorName.BAD_REQUEST,
             )
         existing = self.registry.by_name.get(name)
         asked = options_of.chosen(options or {})  # what the caller chose, not its defaults
@@ -548,7 +556,7 @@ class Broker:
         mode = mode or self.config.execution_mode.value
         if mode != REMOTE and mode not in {m.value for m in ExecutionMode}:
             raise RequestError(
-                f"unknown mode {mode!r}: use local, sandbox, auto or remote", "BadRequest"
+                f"unknown mode {mode!r}: use local, sandbox, auto or remote", ErrorName.BAD_REQUEST
             )
         kernel = self.registry.by_name.get(name)
         if mode == REMOTE or (kernel is not None and kernel.mode == REMOTE):
@@ -558,7 +566,7 @@ class Broker:
                 raise RequestError(
                     f"no remote agent has joined as kernel {name!r} — start one on its host "
                     f"with `python -m stigmer_kernel.agent --join {name} ...`",
-                    "NoSuchKernel",
+                    ErrorName.NO_SUCH_KERNEL,
                 )
             if kernel.mode != mode:
                 raise options_of.mode_mismatch(kernel, mode)
@@ -581,7 +589,7 @@ class Broker:
             cwd = self.config.kernel_cwd or cwd
         cwd = cwd or os.path.expanduser("~")
         if not isinstance(cwd, str) or not os.path.isabs(cwd) or not os.path.isdir(cwd):
-            raise RequestError(f"working directory {cwd!r} does not exist", "BadRequest")
+            raise RequestError(f"working directory {cwd!r} does not exist", ErrorName.BAD_REQUEST)
         self._check_kernel_limits(client)
         kernel = self.create_kernel(name, mode, cwd, ttl, options)
         kernel.creator = client
@@ -596,7 +604,7 @@ class Broker:
                 f"this server already holds {len(top)} kernels (max_kernels {limit}) — shut "
                 "some down (`stigmer kernels list`, `stigmer kernels shutdown NAME`) or raise "
                 "STIGMER_MAX_KERNELS and restart the server",
-                "TooManyKernels",
+                ErrorName.TOO_MANY_KERNELS,
             )
         mine = sum(1 for k in top if client is not None and k.creator == client)
         limit = self.config.max_kernels_per_client
@@ -605,7 +613,7 @@ class Broker:
                 f"this client already created {mine} live kernels (max_kernels_per_client "
                 f"{limit}) — reuse or shut down some, or raise STIGMER_MAX_KERNELS_PER_CLIENT "
                 "and restart the server",
-                "TooManyKernels",
+                ErrorName.TOO_MANY_KERNELS,
             )
 
     def create_kernel(
@@ -632,7 +640,7 @@ class Broker:
             raise RequestError(
                 f"{mode} mode is not available in this version of stigmer-kernel "
                 "— run with --mode local or --mode sandbox",
-                "ModeUnavailable",
+                ErrorName.MODE_UNAVAILABLE,
             )
         check = getattr(provisioner, "check_available", None)
         if check is not None:
@@ -759,7 +767,7 @@ class Broker:
                 for child in list(kernel.children.values()):
                     self.restart_kernel(child, reason, requester, requested)
             finally:
-                self.fail_all(kernel, ExecStatus.ABORTED, "KernelRestarted", reason)
+                self.fail_all(kernel, ExecStatus.ABORTED, ErrorName.KERNEL_RESTARTED, reason)
                 kernel.closing = False
             kernel.execution_count = 0
             kernel.escalation = None  # a fresh sandbox holds nothing installed (sticky ends)
@@ -773,7 +781,7 @@ class Broker:
         if kernel.state is not KernelState.DEAD:
             kernel.closing = True  # nothing aborted here may reach the old agent meanwhile
             try:
-                self.fail_all(kernel, ExecStatus.ABORTED, "KernelRestarted", reason)
+                self.fail_all(kernel, ExecStatus.ABORTED, ErrorName.KERNEL_RESTARTED, reason)
             finally:
                 kernel.closing = False
             self.stop_agent(kernel)
@@ -795,7 +803,7 @@ class Broker:
             raise RequestError(
                 f"remote kernel {kernel.name!r} cannot be restarted from here — restart its "
                 "agent on its host",
-                "RestartUnavailable",
+                ErrorName.RESTART_UNAVAILABLE,
             )
         modes = [c.mode for c in kernel.children.values()] if kernel.children else [kernel.mode]
         for mode in modes:
@@ -809,7 +817,7 @@ class Broker:
             raise RequestError(
                 f"remote kernel {kernel.name!r} lost its agent ({kernel.death_reason}) — start "
                 "the agent again on its host",
-                "KernelDied",
+                ErrorName.KERNEL_DIED,
             )
 
     def kernel_died(self, kernel: Kernel, reason: str) -> None:
@@ -841,7 +849,7 @@ class Broker:
             message += "; the kernel was not kept, so the next request for it starts a new one"
         elif never_up:
             message += f"; remove it with `stigmer kernels shutdown {kernel.name}`"
-        self.fail_all(kernel, ExecStatus.ERROR, "KernelDied", message)
+        self.fail_all(kernel, ExecStatus.ERROR, ErrorName.KERNEL_DIED, message)
         if forget:
             self.remove_kernel(kernel, KernelEvent.DIED, reason, tell_successor=False)
             return
@@ -862,7 +870,7 @@ class Broker:
         self.fail_all(
             kernel,
             ExecStatus.ABORTED,
-            "KernelShutdown",
+            ErrorName.KERNEL_SHUTDOWN,
             f"kernel {kernel.name!r} was {event.value}: {reason}",
         )
         self.kernel_event(kernel, event, reason)
@@ -913,22 +921,22 @@ class Broker:
         if len(kernel.pending) >= _MAX_PENDING:
             raise RequestError(
                 f"kernel {kernel.name!r} has {_MAX_PENDING} requests queued; try later",
-                "KernelBusy",
+                ErrorName.KERNEL_BUSY,
             )
         if pending.msg_id in kernel.pending:
-            raise RequestError("duplicate msg_id", "BadRequest")
+            raise RequestError("duplicate msg_id", ErrorName.BAD_REQUEST)
         if kernel.state is KernelState.DEAD and not kernel.adopting:
             # e.g. its agent could not even start: nothing would ever take the request
             if self.registry.by_name.get(kernel.name) is not kernel:  # its first start failed
                 raise RequestError(
                     f"kernel {kernel.name!r} died: {kernel.death_reason}; the kernel was not "
                     "kept, so the next request for it starts a new one",
-                    "KernelDied",
+                    ErrorName.KERNEL_DIED,
                 )
             raise RequestError(
                 f"kernel {kernel.name!r} is dead: {kernel.death_reason}; remove it with "
                 f"`stigmer kernels shutdown {kernel.name}`",
-                "KernelDied",
+                ErrorName.KERNEL_DIED,
             )
         kernel.pending[pending.msg_id] = pending
         if not (
@@ -1063,7 +1071,7 @@ class Broker:
                     kernel,
                     pending,
                     ExecStatus.ABORTED,
-                    "Aborted",
+                    ErrorName.ABORTED,
                     "aborted: an earlier command failed (stop_on_error)",
                 )
 
@@ -1083,7 +1091,7 @@ class Broker:
                 kernel,
                 pending,
                 ExecStatus.INTERRUPTED,
-                "Interrupted",
+                ErrorName.INTERRUPTED,
                 "interrupted before the kernel had started",
             )
         return bool(waiting)

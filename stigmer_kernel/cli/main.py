@@ -38,6 +38,7 @@ from ..protocol.constants import (
     EXIT_INTERRUPTED,
     EXIT_STIGMER_ERROR,
     EXIT_TIMEOUT,
+    ErrorName,
 )
 from ..runtime import RuntimeDir
 from . import sandbox as sandbox_cli
@@ -818,7 +819,7 @@ def _kernels(args: argparse.Namespace, config: Config, parser: argparse.Argument
                 try:
                     client.shutdown_kernel(name)
                 except RequestError as exc:
-                    if not args.all or exc.ename != "NoSuchKernel":
+                    if not args.all or exc.ename != ErrorName.NO_SUCH_KERNEL:
                         raise
                     continue  # ended meanwhile (an auto kernel's side went with it)
                 print(f"kernel {name!r} shut down")

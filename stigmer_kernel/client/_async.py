@@ -26,9 +26,6 @@ from ..config import Config, load_config
 from ..environment import checked_env, client_environment
 from ..errors import (
     ClientTimeout,
-    KernelError,
-    KernelMismatch,
-    ModeUnavailable,
     ProtocolError,
     RequestError,
     RuntimeDirError,
@@ -36,8 +33,9 @@ from ..errors import (
     ServerNotRunning,
     StigmerError,
 )
-from ..protocol import Message, MsgType, Session
+from ..protocol import ErrorName, Message, MsgType, Session
 from ..runtime import RuntimeDir
+from ._errors import raise_for, refused
 from ._stdin import StdinFeed, StdinSource, prepare
 from .discovery import ServerAddress, find_server
 from .result import ExecResult
@@ -53,12 +51,6 @@ _LIVENESS_PERIOD = 1.0
 #: Messages (output chunks of <= 64 KiB) queued here before the server holds the rest: a
 #: caller that does not keep up (a slow stdout) then slows the command, not our memory.
 _RCVHWM = 256
-_REQUEST_ERRORS = {
-    "ModeMismatch": KernelMismatch,
-    "OptionMismatch": KernelMismatch,
-    "ModeUnavailable": ModeUnavailable,
-    "NoSuchKernel": KernelError,
-}
 
 
 def _run_callback(what: str, callback: Callable[..., Any], *args: Any) -> None:
@@ -517,11 +509,7 @@ class AsyncClient:
 
     @staticmethod
     def _raise_for(reply: Message) -> None:
-        content = reply.content
-        if content.get("status") == "error":
-            ename = str(content.get("ename", "RequestError"))
-            error = _REQUEST_ERRORS.get(ename, RequestError)
-            raise error(str(content.get("evalue", "request failed")), ename)
+        raise_for(reply.content)
 
     def _add_kernel_env(self, content: dict[str, Any], given: Mapping[str, str] | None) -> None:
         """``kernel_env`` of a request that may create a kernel: ``given``, else this process's
@@ -624,7 +612,9 @@ class AsyncClient:
             content["timeout"] = timeout
         keep = self.config.output_limit if output_limit is None else output_limit
         if keep < 0:
-            raise RequestError(f"output_limit must be >= 0 bytes, not {keep}", "BadRequest")
+            raise RequestError(
+                f"output_limit must be >= 0 bytes, not {keep}", ErrorName.BAD_REQUEST
+            )
         if ttl is not None:
             content["ttl"] = ttl
         if sandbox_image is not None:
@@ -669,14 +659,7 @@ class AsyncClient:
             feed=feed,
         )
         c = reply.content
-        if c.get("status") == "error" and c.get("ename") in (
-            "BadRequest",
-            "ModeUnavailable",
-            "ModeMismatch",
-            "OptionMismatch",
-            "KernelBusy",
-            "TooManyKernels",
-        ):
+        if refused(c):
             self._raise_for(reply)
         exit_code = c.get("exit_code")
         auto = c.get("auto") if isinstance(c.get("auto"), dict) else None

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from .constants import DELIM, PROTOCOL_VERSION, ExecStatus, KernelEvent, KernelState, MsgType
+from .constants import (
+    DELIM,
+    PROTOCOL_VERSION,
+    ErrorName,
+    ExecStatus,
+    KernelEvent,
+    KernelState,
+    MsgType,
+)
 from .session import Message, Session, Signer, new_key, split_ids
 
 __all__ = [
     "DELIM",
     "PROTOCOL_VERSION",
+    "ErrorName",
     "ExecStatus",
     "KernelEvent",
     "KernelState",

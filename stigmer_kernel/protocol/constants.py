@@ -1,4 +1,4 @@
-"""Protocol constants: message types, frame markers, states, statuses.
+"""Protocol constants: message types, frame markers, states, statuses, error names.
 
 Every message on every socket uses the Jupyter wire layout (see docs/protocol.md)::
 
@@ -132,6 +132,42 @@ class ExecStatus(str, enum.Enum):
     TIMEOUT = "timeout"  # the command ran past its timeout and was ended
     INTERRUPTED = "interrupted"  # an interrupt_request ended it
     ABORTED = "aborted"  # never started: the kernel died or shut down first
+
+
+class ErrorName(str, enum.Enum):
+    """``ename`` of a reply with status ``error``, ``timeout``, ``interrupted`` or ``aborted``.
+
+    The one list of names on the wire; docs/protocol.md's "Error names" table says who sends
+    each and when, and the client's table (client/_errors.py) the exception each raises.
+    ``str()`` and f-strings give the wire value, as ``==`` with a plain string does.
+    """
+
+    # A request refused before any kernel ran it.
+    BAD_REQUEST = "BadRequest"  # a field is missing, of the wrong type or out of range
+    UNKNOWN_MESSAGE_TYPE = "UnknownMessageType"  # no handler for that msg_type (error_reply)
+    NO_SUCH_KERNEL = "NoSuchKernel"  # no kernel of that name (or no remote agent joined as it)
+    MODE_UNAVAILABLE = "ModeUnavailable"  # that mode cannot run here (no Docker engine...)
+    MODE_MISMATCH = "ModeMismatch"  # the kernel exists in another mode than the one asked
+    OPTION_MISMATCH = "OptionMismatch"  # the kernel exists with another cwd, image, ttl...
+    RESTART_UNAVAILABLE = "RestartUnavailable"  # a remote kernel cannot be restarted from here
+    KERNEL_BUSY = "KernelBusy"  # the kernel's queue is full
+    TOO_MANY_KERNELS = "TooManyKernels"  # max_kernels or max_kernels_per_client reached
+    # A stdin_chunk refused (its error_reply is parented to the chunk).
+    NOT_RUNNING = "NotRunning"  # the request it feeds does not run now (ended, not started)
+    NOT_OWNER = "NotOwner"  # the request it feeds is another client's
+    STDIN_OVERFLOW = "StdinOverflow"  # more than two stdin windows ahead of the stdin_acks
+    # A request the kernel took but could not finish.
+    KERNEL_DIED = "KernelDied"  # its agent died, could not start, or (remote) went silent
+    KERNEL_SHUTDOWN = "KernelShutdown"  # the kernel expired, was shut down, or the server stopped
+    KERNEL_RESTARTED = "KernelRestarted"  # a Jupyter restart of a live kernel dropped it
+    ABORTED = "Aborted"  # never run: stop_on_error after a failure, or the agent stopping
+    # A command that ran (the agent's verdict).
+    COMMAND_FAILED = "CommandFailed"  # it exited non-zero
+    TIMEOUT = "Timeout"  # it ran past its timeout and was ended
+    INTERRUPTED = "Interrupted"  # an interrupt ended it (or cancelled it while queued)
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class KernelEvent(str, enum.Enum):

@@ -41,6 +41,7 @@ from typing import Any
 
 from ..config import Config
 from ..errors import ModeUnavailable, RequestError
+from ..protocol import ErrorName
 from ..runtime import RuntimeDir
 from .base import AgentHandle, AgentSpec, Provisioner
 from .images import ImageResolver, Progress
@@ -244,7 +245,7 @@ class DockerProvisioner(Provisioner):
             concurrent.futures.wait([self._ping], timeout=ENGINE_CHECK_WAIT)
             self._take_ping_answer()
         if self._engine_error is not None:
-            raise ModeUnavailable(self._engine_error, "ModeUnavailable")
+            raise ModeUnavailable(self._engine_error, ErrorName.MODE_UNAVAILABLE)
         if self._checked_at is not None:
             self._ensure_watcher()
 

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from ..config import Config, EnvVar, default_config_path, default_runtime_dir
 from ..errors import ModeUnavailable, RequestError
+from ..protocol import ErrorName
 from ..runtime import MARKER
 
 #: nobody:nogroup, for a root server with no other choice.
@@ -76,7 +77,7 @@ def sandbox_user(config: Config, env: Mapping[str, str] | None = None) -> Sandbo
             raise ModeUnavailable(
                 f"{EnvVar.SANDBOX_USER.value}={config.sandbox_user}: a server running as uid "
                 f"{own} can only run its sandboxes as itself — unset it, or run the server as root",
-                "ModeUnavailable",
+                ErrorName.MODE_UNAVAILABLE,
             )
         gid = int(gid_text) if gid_text else _primary_group(uid)
         return SandboxUser(uid, gid, EnvVar.SANDBOX_USER.value)
@@ -107,11 +108,12 @@ def _primary_group(uid: int) -> int:
 def check_workspace(workspace: object, config: Config) -> str:
     """The workspace a sandbox may have, resolved; RequestError (BadRequest) if it may not."""
     if not isinstance(workspace, str) or not os.path.isdir(workspace):
-        raise RequestError(f"workspace {workspace!r} does not exist", "BadRequest")
+        raise RequestError(f"workspace {workspace!r} does not exist", ErrorName.BAD_REQUEST)
     real = os.path.realpath(workspace)
     if real == "/":
         raise RequestError(
-            f"workspace / would give a sandbox the whole host — {HOW_TO_CHOOSE}", "BadRequest"
+            f"workspace / would give a sandbox the whole host — {HOW_TO_CHOOSE}",
+            ErrorName.BAD_REQUEST,
         )
     user = sandbox_user(config)
     homes = {os.path.realpath(os.path.expanduser("~"))}
@@ -123,20 +125,20 @@ def check_workspace(workspace: object, config: Config) -> str:
             raise RequestError(
                 f"workspace {real} {what} the home directory {home}, which a sandbox must not "
                 f"see or change — {HOW_TO_CHOOSE}",
-                "BadRequest",
+                ErrorName.BAD_REQUEST,
             )
     holder = _sensitive_holder(real, config)
     if holder is not None:
         raise RequestError(
             f"workspace {real} is inside {holder}, which a sandbox must not see — {HOW_TO_CHOOSE}",
-            "BadRequest",
+            ErrorName.BAD_REQUEST,
         )
     if not _can_enter(real, user):
         raise RequestError(
             f"workspace {real} cannot be entered by uid {user.uid}, which sandbox commands run "
             f"as ({user.source}) — give it access (chown {user} or chmod o+rx), or set "
             f"{EnvVar.SANDBOX_USER.value} to its owner",
-            "BadRequest",
+            ErrorName.BAD_REQUEST,
         )
     return real
 

@@ -5,6 +5,7 @@ Hierarchy::
     StigmerError                    root: catch this to catch everything below
     ├── ConfigError                 a setting has a bad value or the config file is unreadable
     ├── RuntimeDirError             the runtime directory is unusable (owner, mode, path length)
+    ├── CurveKeyError               a CurveZMQ key file is missing, malformed or open to others
     ├── ServerError                 about the broker process itself
     │   ├── ServerNotRunning        no server answers for this runtime directory
     │   ├── ServerAlreadyRunning    another server holds this runtime directory's lock
@@ -33,6 +34,10 @@ class ConfigError(StigmerError):
 
 class RuntimeDirError(StigmerError):
     """The runtime directory cannot be used safely."""
+
+
+class CurveKeyError(StigmerError):
+    """A CurveZMQ key file cannot be used (stigmer_kernel/curve.py)."""
 
 
 class ServerError(StigmerError):

@@ -17,7 +17,8 @@ import tempfile
 from pathlib import Path
 
 from ..config import EnvVar
-from ..errors import StigmerError
+from ..curve import client_keys, take_agent_keys
+from ..errors import CurveKeyError, StigmerError
 from . import nosuid, procs
 from .agent import Agent, AgentOptions
 
@@ -79,25 +80,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.join:
         if not (args.server_key and args.curve_cert):
             parser.error("--join needs --server-key and --curve-cert (CurveZMQ)")
-        import zmq.auth
-
-        server_public, _ = zmq.auth.load_certificate(args.server_key)
-        public, secret = zmq.auth.load_certificate(args.curve_cert)
-        if secret is None:
-            parser.error(f"{args.curve_cert} holds no secret key")
-        curve = (server_public, public, secret)
+        try:
+            curve = client_keys(args.server_key, args.curve_cert)
+        except CurveKeyError as exc:
+            parser.error(str(exc))
         os.environ[EnvVar.AGENT_KEY.value] = os.urandom(32).hex()  # a key of its own choosing
         args.kernel_id = args.kernel_id or f"{args.join}-r{os.urandom(4).hex()}"
     elif args.curve_file:
         try:
-            with open(args.curve_file, "rb") as handle:
-                lines = handle.read().split()
-            os.unlink(args.curve_file)
+            curve = take_agent_keys(args.curve_file)
         except OSError as exc:
             parser.error(f"cannot read --curve-file: {exc}")
-        if len(lines) != 3 or any(len(k) != 40 for k in lines):
+        except CurveKeyError:
             parser.error("--curve-file must hold three z85 keys")
-        curve = (lines[0], lines[1], lines[2])
     if args.kernel_id_file and not args.kernel_id:
         try:
             with open(args.kernel_id_file, encoding="ascii") as handle:

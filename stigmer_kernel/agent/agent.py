@@ -27,6 +27,7 @@ from typing import Any
 import zmq
 
 from .._version import __version__
+from ..curve import ClientKeys, make_client
 from ..errors import ProtocolError
 from ..protocol import ErrorName, ExecStatus, Message, MsgType, Session
 from ..protocol.constants import (
@@ -122,17 +123,14 @@ class AgentOptions:
     command_timeout: float | None = None
     output_limit: int = 0  # bytes of output sent per command at most (0: no limit)
     join: str | None = None  # a remote agent: the kernel name it offers to serve
-    curve: tuple[bytes, bytes, bytes] | None = None  # (server public, our public, our secret)
+    curve: ClientKeys | None = None  # CurveZMQ to the broker over TCP (remote, sandbox on tcp)
     env: dict[str, str] | None = None  # the shell's environment (None: the agent's own)
 
 
 def secure(sock: zmq.Socket[Any], opts: AgentOptions) -> None:
     """CurveZMQ on a TCP connection to the broker (remote agents)."""
     if opts.curve is not None:
-        server_public, public, secret = opts.curve
-        sock.setsockopt(zmq.CURVE_SERVERKEY, server_public)
-        sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
-        sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
+        make_client(sock, opts.curve)
 
 
 class Heartbeat(threading.Thread):

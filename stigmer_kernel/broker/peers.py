@@ -13,12 +13,13 @@ address ``localhost:UID:GID:PID``; the handler compares ``/proc/PID/ns/mnt`` wit
 own. A peer whose namespace cannot be read (it is gone, or of another uid that hides it) is
 refused. Nothing is checked per message.
 
-That ZAP handler is the context's only one, so it also answers for the CurveZMQ sockets
-(broker/remote.py's callbacks). Limits, said in docs/reliability.md: a server that itself runs
-in a container (the compose setup) sees no pid of processes outside its pid namespace (libzmq
-reports pid 0); there such a peer is let in (the host's ``stigmer`` is one) and the workspace
-masks alone keep sandboxes from its runtime directory. A client of the same uid in another
-mount namespace of this host (a flatpak or a systemd unit with PrivateTmp) is refused as well.
+That ZAP handler is the context's only one, so it also answers for the CurveZMQ sockets (the
+checks of stigmer_kernel/curve.py, which broker/remote.py gives it). Limits, said in
+docs/reliability.md: a server that itself runs in a container (the compose setup) sees no pid of
+processes outside its pid namespace (libzmq reports pid 0); there such a peer is let in (the
+host's ``stigmer`` is one) and the workspace masks alone keep sandboxes from its runtime
+directory. A client of the same uid in another mount namespace of this host (a flatpak or a
+systemd unit with PrivateTmp) is refused as well.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Protocol
+from typing import Any
 
 import zmq
 from zmq.utils import z85
 
+from ..curve import CurveCheck
 from ..errors import StigmerError
 
 log = logging.getLogger("stigmer.broker")
@@ -108,14 +110,6 @@ class LocalPeers:
                 "refused a connection to clients.sock from pid %s (uid %s): %s", pid, uid, why
             )
         return False
-
-
-class CurveCheck(Protocol):
-    """Who decides on a CurveZMQ peer of one ZAP domain (broker/remote.py)."""
-
-    def callback(self, domain: str, key: bytes) -> bool:
-        """``key``: the peer's public key, z85."""
-        ...
 
 
 class Authenticator:

@@ -4,7 +4,8 @@ The ipc sockets need no more than file permissions. A TCP endpoint (``client_end
 ``agent_endpoint``) is a separate socket secured with CurveZMQ: traffic is encrypted and every
 peer must present a public key found in ``RUNTIME_DIR/curve/authorized/`` (ZAP rejects unknown
 keys at the handshake, before a single message reaches the broker). Plain TCP is refused unless
-the endpoint is on loopback and ``allow_plain_tcp`` is set.
+the endpoint is on loopback and ``allow_plain_tcp`` is set. The keys, their files and the ZAP
+checks are stigmer_kernel/curve.py's; this module binds the sockets.
 
 A remote agent joins on its own (the broker cannot start processes on other hosts):
 ``python -m stigmer_kernel.agent --endpoint tcp://HOST:PORT --join NAME --server-key FILE
@@ -17,13 +18,20 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from ..curve import (
+    SANDBOX_ZAP_DOMAIN,
+    ZAP_DOMAIN,
+    AuthorizedKeys,
+    SandboxKeys,
+    authorized_dir,
+    make_server,
+    server_keys,
+)
 from ..errors import ProtocolError, StigmerError
 from ..protocol import KernelState, MsgType, Session
 from ..provisioners import AgentHandle
@@ -37,25 +45,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("stigmer.broker")
 
 _LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
-ZAP_DOMAIN = "stigmer"  # the ZAP domain of our CurveZMQ sockets (the authenticator matches it)
-#: The ZAP domain of the sandboxes' tcp socket: only the keys the broker made for its own
-#: sandbox agents pass there, and those keys pass nowhere else.
-SANDBOX_ZAP_DOMAIN = "stigmer-sandbox"
-
-
-class _SandboxKeys:
-    """ZAP credentials for the sandbox domain: this broker's per-incarnation keys."""
-
-    def __init__(self, keys: dict[str, bytes]) -> None:
-        self.keys = keys
-        self.logged = 0.0
-
-    def callback(self, domain: str, key: bytes) -> bool:
-        allowed = key in self.keys.values()
-        if not allowed and time.monotonic() - self.logged > 10:  # a peer retries: log rarely
-            self.logged = time.monotonic()
-            log.warning("refused a sandbox agent with a CurveZMQ key this server did not make")
-        return allowed
 
 
 class RemoteAgent(AgentHandle):
@@ -79,53 +68,17 @@ class RemoteAgent(AgentHandle):
 class RemoteEndpoints:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
-        self.curve_dir = broker.runtime.path / "curve"
-        self.authorized_dir = self.curve_dir / "authorized"
         self.authenticator: Authenticator | None = None
         # Public keys the broker made for its own sandbox agents over tcp, by kernel id.
         self.ephemeral: dict[str, bytes] = {}
         self._server_keys: tuple[bytes, bytes] | None = None
-        self._keys: set[bytes] = set()
-        self._keys_mtime = -1.0
 
     # -- CurveZMQ ---------------------------------------------------------------------------------
     def server_keys(self) -> tuple[bytes, bytes]:
         """(public, secret) of this runtime directory's server certificate, made if missing."""
-        import zmq.auth
-
-        if self._server_keys is not None:
-            return self._server_keys
-        curve_dirs(self.broker.runtime.path)
-        secret_file = self.curve_dir / "server.key_secret"
-        if not secret_file.exists():
-            zmq.auth.create_certificates(str(self.curve_dir), "server")
-            os.chmod(secret_file, 0o600)
-        public, secret = zmq.auth.load_certificate(str(secret_file))
-        assert secret is not None
-        self._server_keys = public, secret
-        return public, secret
-
-    def callback(self, domain: str, key: bytes) -> bool:
-        """ZAP: is this client public key (z85) authorized? Reads the directory when it changes."""
-        import zmq.auth
-
-        try:
-            mtime = self.authorized_dir.stat().st_mtime
-        except OSError:
-            return False
-        if mtime != self._keys_mtime:
-            keys = set()
-            for path in self.authorized_dir.glob("*.key"):
-                try:
-                    public, _ = zmq.auth.load_certificate(str(path))
-                    keys.add(public)
-                except (OSError, ValueError):
-                    log.warning("ignored unreadable CURVE key %s", path)
-            self._keys, self._keys_mtime = keys, mtime
-        allowed = key in self._keys
-        if not allowed:
-            log.warning("refused a CurveZMQ peer with an unknown public key")
-        return allowed
+        if self._server_keys is None:
+            self._server_keys = server_keys(self.broker.runtime.path)
+        return self._server_keys
 
     def tcp_router(
         self,
@@ -155,11 +108,7 @@ class RemoteEndpoints:
         if not plain:
             _public, secret = self.server_keys()
             self.zap()
-            sock.setsockopt(zmq.CURVE_SERVER, 1)
-            sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
-            sock.setsockopt(
-                zmq.ZAP_DOMAIN, (SANDBOX_ZAP_DOMAIN if sandbox else ZAP_DOMAIN).encode()
-            )
+            make_server(sock, secret, SANDBOX_ZAP_DOMAIN if sandbox else ZAP_DOMAIN)
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
@@ -174,10 +123,12 @@ class RemoteEndpoints:
         if self.authenticator is None:
             self.authenticator = Authenticator(self.broker.ctx, LocalPeers(self.broker.stats))
             self.authenticator.configure_curve_callback(
-                domain=ZAP_DOMAIN, credentials_provider=self
+                domain=ZAP_DOMAIN,
+                credentials_provider=AuthorizedKeys(authorized_dir(self.broker.runtime.path)),
             )
             self.authenticator.configure_curve_callback(
-                domain=SANDBOX_ZAP_DOMAIN, credentials_provider=_SandboxKeys(self.ephemeral)
+                domain=SANDBOX_ZAP_DOMAIN,
+                credentials_provider=SandboxKeys(self.ephemeral),
             )
             self.authenticator.start()
         return self.authenticator
@@ -244,33 +195,3 @@ class RemoteEndpoints:
         )
         self.broker.register_agent(kernel, identity, msg)
         return True
-
-
-def authorize(runtime_path: Path, public_key_file: Path) -> Path:
-    """Copy a public key (zmq.auth certificate) into the authorized directory."""
-    import shutil
-
-    import zmq.auth
-
-    zmq.auth.load_certificate(str(public_key_file))  # refuse what is not a certificate
-    target_dir = curve_dirs(runtime_path) / "authorized"
-    target = target_dir / public_key_file.name
-    shutil.copyfile(public_key_file, target)
-    os.utime(target_dir)  # the running server re-reads the directory
-    return target
-
-
-def curve_dirs(runtime_path: Path) -> Path:
-    """``RUNTIME_DIR/curve/`` and its ``authorized/``, owner-only (0700), made if missing.
-
-    An existing one with other permissions (e.g. 0755 from an older ``stigmer curve
-    authorize``, which made ``curve/`` with the umask's mode) is set back to 0700: only the
-    owner's own processes read them (a remote peer gets ``server.key`` from the owner, who copies
-    it), and the authorized keys decide who may connect. Returns the ``curve/`` path.
-    """
-    curve = runtime_path / "curve"
-    for directory in (curve, curve / "authorized"):
-        directory.mkdir(mode=0o700, exist_ok=True)
-        if stat.S_IMODE(directory.stat().st_mode) != 0o700:
-            directory.chmod(0o700)
-    return curve

@@ -30,6 +30,7 @@ import zmq
 
 from .._version import __version__
 from ..config import Config, ExecutionMode
+from ..curve import ClientKeys, keypair
 from ..errors import (
     ProtocolError,
     RequestError,
@@ -695,9 +696,9 @@ class Broker:
         curve = None
         kernel.agent_sock = None
         if kernel.mode == ExecutionMode.SANDBOX.value and self.sandbox_tcp_sock is not None:
-            public, secret = zmq.curve_keypair()  # this incarnation's, known to ZAP until it ends
+            public, secret = keypair()  # this incarnation's, known to ZAP until it ends
             self.remote.ephemeral[kernel.id] = public
-            curve = (self.remote.server_keys()[0], public, secret)
+            curve = ClientKeys(self.remote.server_keys()[0], public, secret)
             endpoint, kernel.agent_sock = self.sandbox_endpoint, self.sandbox_tcp_sock
         spec = AgentSpec(
             kernel_id=kernel.id,

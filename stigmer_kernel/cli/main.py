@@ -33,7 +33,7 @@ from ..config import (
     read_config_file,
     write_config_file,
 )
-from ..errors import KernelMismatch, RequestError, ServerNotRunning, StigmerError
+from ..errors import CurveKeyError, KernelMismatch, RequestError, ServerNotRunning, StigmerError
 from ..protocol.constants import (
     EXIT_INTERRUPTED,
     EXIT_STIGMER_ERROR,
@@ -892,35 +892,25 @@ def _printable(text: str) -> str:
 
 # -- curve ---------------------------------------------------------------------------------------
 def _curve(args: argparse.Namespace, config: Config) -> int:
-    import zmq.auth
-
-    from ..broker.remote import authorize
+    from .. import curve
 
     runtime = RuntimeDir(config.runtime_dir)
     if args.action == "keygen":
         os.makedirs(args.dir, exist_ok=True)
-        public, secret = zmq.auth.create_certificates(args.dir, args.name)
-        os.chmod(secret, 0o600)
+        public, secret = curve.keygen(args.dir, args.name)
         print(f"public key: {public}\nsecret key: {secret} (keep it on the host that connects)")
         return 0
     if args.action == "authorize":
         runtime.ensure()
         try:
-            target = authorize(runtime.path, Path(args.public_key))
-        except (OSError, ValueError) as exc:
+            target = curve.authorize(runtime.path, Path(args.public_key))
+        except (OSError, CurveKeyError) as exc:
             raise StigmerError(f"cannot authorize {args.public_key}: {exc}") from None
         print(f"authorized {target.name}: its holder may connect to {runtime.path}'s TCP endpoints")
         return 0
     if args.action == "server-key":
         runtime.ensure()
-        from ..broker.remote import curve_dirs
-
-        directory = runtime.path / "curve"
-        curve_dirs(runtime.path)
-        if not (directory / "server.key").exists():
-            zmq.auth.create_certificates(str(directory), "server")
-            os.chmod(directory / "server.key_secret", 0o600)
-        print(directory / "server.key")
+        print(curve.ensure_server_keys(runtime.path))
         return 0
     raise StigmerError("usage: stigmer curve {keygen,authorize,server-key} ...")
 

@@ -23,6 +23,7 @@ import zmq
 import zmq.asyncio
 
 from ..config import Config, load_config
+from ..curve import client_keys, make_client
 from ..environment import checked_env, client_environment
 from ..errors import (
     ClientTimeout,
@@ -217,15 +218,8 @@ class RemoteServer:
     client_cert: str
 
     def secure(self, sock: Any) -> None:
-        import zmq.auth
-
-        server_public, _ = zmq.auth.load_certificate(self.server_public_key)
-        public, secret = zmq.auth.load_certificate(self.client_cert)
-        if secret is None:
-            raise StigmerError(f"{self.client_cert} holds no secret key")
-        sock.setsockopt(zmq.CURVE_SERVERKEY, server_public)
-        sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
-        sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
+        """CurveZMQ on ``sock``; :class:`CurveKeyError` if a key file cannot be used."""
+        make_client(sock, client_keys(self.server_public_key, self.client_cert))
 
 
 class AsyncClient:

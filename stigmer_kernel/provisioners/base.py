@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..curve import ClientKeys
+
 
 @dataclass(frozen=True)
 class AgentSpec:
@@ -36,9 +38,9 @@ class AgentSpec:
     #: A host kernel's environment as its creator sent it (None: the server's); provisioners of
     #: sandboxes never read it (see stigmer_kernel/environment.py).
     env: Mapping[str, str] | None = None
-    #: CurveZMQ for an agent that reaches ``endpoint`` over TCP: (server public key, the agent's
-    #: public key, its secret key), z85.
-    curve: tuple[bytes, bytes, bytes] | None = None
+    #: CurveZMQ for an agent that reaches ``endpoint`` over TCP: the server's public key, the
+    #: agent's public and secret key, z85.
+    curve: ClientKeys | None = None
 
 
 class AgentHandle(abc.ABC):

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
+from ..curve import write_agent_keys
 from ..errors import ModeUnavailable, RequestError
 from ..protocol import ErrorName
 from ..runtime import RuntimeDir
@@ -295,9 +296,7 @@ class DockerProvisioner(Provisioner):
             spec.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
             (spec.workdir / "kernel_id").write_text(spec.kernel_id, encoding="ascii")
             if spec.curve is not None:
-                fd = os.open(spec.workdir / "curve", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(b"\n".join(spec.curve) + b"\n")
+                write_agent_keys(spec.workdir / "curve", spec.curve)
             key_file = spec.workdir / "key"
             fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as f:

@@ -1,0 +1,277 @@
+"""CurveZMQ keys: the one place that makes, reads, writes, authorizes and checks them.
+
+Used by the broker (its server certificate, the ZAP checks of its TCP sockets, the keys of its
+sandbox agents over tcp), the CLI (``stigmer curve keygen|authorize|server-key``), the client
+(:class:`~stigmer_kernel.client.RemoteServer`) and the agent (``--join``, ``--curve-file``).
+It imports no broker, client or CLI module.
+
+Files (``zmq.auth`` certificates, so czmq and pyzmq read them too)::
+
+    NAME.key                   the public key; the umask's mode (it is handed around)
+    NAME.key_secret            public and secret key; 0600, and refused when others may open it
+    RUNTIME_DIR/curve/         0700, kept across restarts
+        server.key             the server's public key (``stigmer curve server-key`` prints it)
+        server.key_secret      its secret, made with server.key when missing
+        authorized/            0700: the NAME.key of every TCP peer allowed in
+    kernels/<id>/curve         a sandbox agent's three keys, z85, one a line (0600; the agent
+                               reads, then deletes it)
+
+A key is 40 characters of z85 (32 bytes). Keys travel as z85 ``bytes`` everywhere here, as
+libzmq's socket options and ZAP User-Ids take them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+import time
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import zmq
+from zmq.utils.z85 import Z85CHARS
+
+from .errors import CurveKeyError
+
+# The ZAP checks run in the broker, whose log names them.
+log = logging.getLogger("stigmer.broker")
+
+#: The ZAP domain of the broker's CurveZMQ sockets for other hosts (the authorized keys).
+ZAP_DOMAIN = "stigmer"
+#: The ZAP domain of the sandboxes' tcp socket: only the keys the broker made for its own
+#: sandbox agents pass there, and those keys pass nowhere else.
+SANDBOX_ZAP_DOMAIN = "stigmer-sandbox"
+#: The base name of the server's certificate in ``RUNTIME_DIR/curve/``.
+SERVER_NAME = "server"
+PUBLIC_SUFFIX = ".key"
+SECRET_SUFFIX = ".key_secret"
+_KEY_LENGTH = 40  # z85 of 32 bytes
+_Z85 = frozenset(Z85CHARS)
+
+
+class ClientKeys(NamedTuple):
+    """What a CurveZMQ client needs: the server's public key, its own public and secret key."""
+
+    server_public: bytes
+    public: bytes
+    secret: bytes
+
+
+# -- key pairs and their files -------------------------------------------------------------------
+def keypair() -> tuple[bytes, bytes]:
+    """A new (public, secret) pair, z85, in memory only."""
+    return zmq.curve_keypair()
+
+
+def keygen(directory: str, name: str) -> tuple[str, str]:
+    """Write a new pair as ``directory/NAME.key`` and ``NAME.key_secret`` (0600); their paths."""
+    import zmq.auth
+
+    public, secret = zmq.auth.create_certificates(directory, name)
+    os.chmod(secret, 0o600)
+    return public, secret
+
+
+def _is_key(key: bytes) -> bool:
+    return len(key) == _KEY_LENGTH and _Z85.issuperset(key)
+
+
+def _load(path: str | os.PathLike[str]) -> tuple[bytes, bytes | None]:
+    import zmq.auth
+
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except ValueError:
+        raise CurveKeyError(
+            f"{path} is not a CurveZMQ key file (no public key): make one with "
+            "`stigmer curve keygen`"
+        ) from None
+    except OSError as exc:  # pyzmq's own for a missing file has no strerror
+        raise CurveKeyError(f"cannot read {path}: {exc.strerror or 'no such file'}") from None
+    if not _is_key(public):
+        raise CurveKeyError(f"{path} holds a malformed public key (not 40 characters of z85)")
+    return public, secret
+
+
+def read_public(path: str | os.PathLike[str]) -> bytes:
+    """The public key of a NAME.key (or NAME.key_secret) file."""
+    return _load(path)[0]
+
+
+def read_secret(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
+    """(public, secret) of a NAME.key_secret file, which only its owner may open."""
+    public, secret = _load(path)
+    if secret is None:
+        raise CurveKeyError(f"{path} holds no secret key")
+    if not _is_key(secret):
+        raise CurveKeyError(f"{path} holds a malformed secret key (not 40 characters of z85)")
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError as exc:
+        raise CurveKeyError(f"cannot read {path}: {exc.strerror}") from None
+    if mode & 0o077:
+        raise CurveKeyError(
+            f"{path} is open to other users (mode {mode:04o}): a secret key must be its "
+            f"owner's alone — chmod 600 {path}"
+        )
+    try:
+        matches = zmq.curve_public(secret) == public
+    except (ValueError, zmq.ZMQError):
+        matches = False
+    if not matches:
+        raise CurveKeyError(f"{path}: its secret key is not the one of its public key")
+    return public, secret
+
+
+def client_keys(
+    server_key_file: str | os.PathLike[str], cert_file: str | os.PathLike[str]
+) -> ClientKeys:
+    """A client's or a joining agent's keys: the server's ``server.key``, its own secret file."""
+    server_public = read_public(server_key_file)
+    public, secret = read_secret(cert_file)
+    return ClientKeys(server_public, public, secret)
+
+
+# -- a sandbox agent's keys over tcp (--curve-file) ----------------------------------------------
+def write_agent_keys(path: Path, keys: ClientKeys) -> None:
+    """The three keys, z85, one a line, in a new 0600 file (``--curve-file``)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(b"\n".join(keys) + b"\n")
+
+
+def take_agent_keys(path: str) -> ClientKeys:
+    """Read the keys :func:`write_agent_keys` wrote, then delete the file. OSError if it cannot
+    be read or deleted; :class:`CurveKeyError` if it holds anything but three keys."""
+    with open(path, "rb") as handle:
+        lines = handle.read().split()
+    os.unlink(path)
+    if len(lines) != 3 or any(len(k) != _KEY_LENGTH for k in lines):
+        raise CurveKeyError(f"{path} must hold three z85 keys")
+    return ClientKeys(lines[0], lines[1], lines[2])
+
+
+# -- the runtime directory's keys ------------------------------------------------------------------
+def curve_dirs(runtime_path: Path) -> Path:
+    """``RUNTIME_DIR/curve/`` and its ``authorized/``, owner-only (0700), made if missing.
+
+    An existing one with other permissions (e.g. 0755 from an older ``stigmer curve
+    authorize``, which made ``curve/`` with the umask's mode) is set back to 0700: only the
+    owner's own processes read them (a remote peer gets ``server.key`` from the owner, who copies
+    it), and the authorized keys decide who may connect. Returns the ``curve/`` path.
+    """
+    curve = runtime_path / "curve"
+    for directory in (curve, curve / "authorized"):
+        directory.mkdir(mode=0o700, exist_ok=True)
+        if stat.S_IMODE(directory.stat().st_mode) != 0o700:
+            directory.chmod(0o700)
+    return curve
+
+
+def server_key_file(runtime_path: Path) -> Path:
+    """``RUNTIME_DIR/curve/server.key``, the public half a remote peer is given."""
+    return runtime_path / "curve" / (SERVER_NAME + PUBLIC_SUFFIX)
+
+
+def ensure_server_keys(runtime_path: Path) -> Path:
+    """Make the server's pair if its secret file is missing; the path of its public key."""
+    directory = curve_dirs(runtime_path)
+    if not (directory / (SERVER_NAME + SECRET_SUFFIX)).exists():
+        keygen(str(directory), SERVER_NAME)
+    return server_key_file(runtime_path)
+
+
+def server_keys(runtime_path: Path) -> tuple[bytes, bytes]:
+    """(public, secret) of this runtime directory's server certificate, made if missing."""
+    ensure_server_keys(runtime_path)
+    return read_secret(runtime_path / "curve" / (SERVER_NAME + SECRET_SUFFIX))
+
+
+def authorized_dir(runtime_path: Path) -> Path:
+    return runtime_path / "curve" / "authorized"
+
+
+def authorize(runtime_path: Path, public_key_file: Path) -> Path:
+    """Copy a public key file into the authorized directory (under its own name)."""
+    read_public(public_key_file)  # refuse what is not a key file
+    target_dir = curve_dirs(runtime_path) / "authorized"
+    target = target_dir / public_key_file.name
+    shutil.copyfile(public_key_file, target)
+    os.utime(target_dir)  # the running server re-reads the directory
+    return target
+
+
+def authorized_keys(directory: Path) -> set[bytes]:
+    """The public keys of the ``*.key`` files in ``directory``; unreadable ones are skipped
+    (and logged)."""
+    keys = set()
+    for path in directory.glob("*" + PUBLIC_SUFFIX):
+        try:
+            keys.add(read_public(path))
+        except CurveKeyError:
+            log.warning("ignored unreadable CURVE key %s", path)
+    return keys
+
+
+# -- ZAP checks ------------------------------------------------------------------------------------
+class CurveCheck(Protocol):
+    """Who decides on a CurveZMQ peer of one ZAP domain (the ZAP handler asks it)."""
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """``key``: the peer's public key, z85."""
+        ...
+
+
+class AuthorizedKeys:
+    """ZAP check of :data:`ZAP_DOMAIN`: is a peer's key in the authorized directory? Reads
+    the directory again when its mtime changed; no directory refuses all."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._keys: set[bytes] = set()
+        self._mtime = -1.0
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        try:
+            mtime = self.directory.stat().st_mtime
+        except OSError:
+            return False
+        if mtime != self._mtime:
+            self._keys, self._mtime = authorized_keys(self.directory), mtime
+        allowed = key in self._keys
+        if not allowed:
+            log.warning("refused a CurveZMQ peer with an unknown public key")
+        return allowed
+
+
+class SandboxKeys:
+    """ZAP check of :data:`SANDBOX_ZAP_DOMAIN`: the keys the broker made for its sandbox
+    agents, by kernel id (the owner adds and drops them)."""
+
+    def __init__(self, keys: dict[str, bytes]) -> None:
+        self.keys = keys
+        self.logged = 0.0
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        allowed = key in self.keys.values()
+        if not allowed and time.monotonic() - self.logged > 10:  # a peer retries: log rarely
+            self.logged = time.monotonic()
+            log.warning("refused a sandbox agent with a CurveZMQ key this server did not make")
+        return allowed
+
+
+# -- sockets ---------------------------------------------------------------------------------------
+def make_server(sock: zmq.Socket[Any], secret: bytes, domain: str) -> None:
+    """CurveZMQ server on ``sock`` (before bind): its secret key, peers checked in ``domain``."""
+    sock.setsockopt(zmq.CURVE_SERVER, 1)
+    sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
+    sock.setsockopt(zmq.ZAP_DOMAIN, domain.encode())
+
+
+def make_client(sock: zmq.Socket[Any], keys: ClientKeys) -> None:
+    """CurveZMQ client on ``sock`` (before connect)."""
+    sock.setsockopt(zmq.CURVE_SERVERKEY, keys.server_public)
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
+    sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)

@@ -249,7 +249,7 @@ class ConnectionGuard:
             owner_only=owner_only and isinstance(address, int),
         )
         self.watched[sock] = watched
-        self.broker.register(monitor, lambda frames: self._on_event(watched, frames))
+        self.broker.reactor.register(monitor, lambda frames: self._on_event(watched, frames))
 
     def forget(self, sock: zmq.Socket[Any]) -> None:
         """Stop watching ``sock`` (before it is closed)."""
@@ -259,7 +259,7 @@ class ConnectionGuard:
         self.total -= len(watched.live)
         with contextlib.suppress(zmq.ZMQError):
             sock.disable_monitor()
-        self.broker.unregister(watched.monitor)
+        self.broker.reactor.unregister(watched.monitor)
 
     def _on_event(self, watched: Watched, frames: list[bytes]) -> None:
         try:

@@ -108,7 +108,7 @@ class OutputFlow:
             MsgType.OUTPUT_ACK.value, {"delivered": pending.delivered}, pending.header
         )
         frames = kernel.session.serialize(ack, [kernel.agent_identity])
-        self.broker.send(self.broker.agent_socket(kernel), frames, must_arrive=True)
+        self.broker.reactor.send(self.broker.agent_socket(kernel), frames, must_arrive=True)
 
     def _schedule(self, delay: float) -> None:
         loop = self.broker.loop

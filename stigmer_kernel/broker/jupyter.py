@@ -168,7 +168,7 @@ class JupyterChannels:
             owner_only=True,  # TCP: other local users' connections are refused
         )
         if name != "iopub":
-            self.broker.register(sock, self._handler(name))
+            self.broker.reactor.register(sock, self._handler(name))
         return port
 
     def _disconnected(self, name: str) -> Any:
@@ -256,8 +256,8 @@ class JupyterChannels:
         for sock in self.sockets.values():
             self.broker.connections.forget(sock)
         for sock in self.sockets.values():
-            if sock in self.broker._handlers:
-                self.broker.unregister(sock)
+            if self.broker.reactor.registered(sock):
+                self.broker.reactor.unregister(sock)
             else:
                 sock.close(500)
         self.sockets.clear()
@@ -274,7 +274,7 @@ class JupyterChannels:
         parent: dict[str, Any],
     ) -> None:
         msg = self.session.msg(msg_type.value, content, parent)
-        self.broker.send(
+        self.broker.reactor.send(
             self.sockets.get(channel), self.session.serialize(msg, [client]), must_arrive=True
         )
 
@@ -422,7 +422,7 @@ class JupyterFrontend:
     ) -> None:
         broker = self.broker
         if channel == "hb":
-            broker.send(channels.sockets.get("hb"), frames)
+            broker.reactor.send(channels.sockets.get("hb"), frames)
             return
         broker.stats["client_msgs"] += 1
         try:
@@ -431,7 +431,7 @@ class JupyterFrontend:
                 raise ProtocolError("no routing id")
         except ProtocolError as exc:
             broker.stats["dropped_bad"] += 1
-            broker.drop_log(f"a Jupyter client ({channel})", exc)
+            broker.reactor.drop_log(f"a Jupyter client ({channel})", exc)
             return
         broker.connections.prove(channels.sockets.get(channel))
         kernel = channels.kernel
@@ -466,7 +466,9 @@ class JupyterFrontend:
             if isinstance(exc, RequestError):
                 ename, evalue = exc.ename, str(exc)
             else:
-                broker.drop_log(f"a Jupyter client ({channel})", f"malformed {mtype}: {exc!r}")
+                broker.reactor.drop_log(
+                    f"a Jupyter client ({channel})", f"malformed {mtype}: {exc!r}"
+                )
                 ename, evalue = ErrorName.BAD_REQUEST, f"malformed {mtype} request: {exc}"
             try:
                 reply_type = REPLY_FOR[MsgType(mtype)]

@@ -65,7 +65,7 @@ class NativeFrontend:
             msg = self.session.decode(msg_frames)
         except ProtocolError as exc:
             broker.stats["dropped_bad"] += 1
-            broker.drop_log("a client", exc)
+            broker.reactor.drop_log("a client", exc)
             return
         broker.connections.prove(self.sock)  # a remote client's TCP connection: spared
         client = ids[0]
@@ -83,7 +83,7 @@ class NativeFrontend:
         except RequestError as exc:
             self.error_reply(client, msg, exc.ename, str(exc))
         except Exception as exc:  # signed but malformed (a field of the wrong type...)
-            broker.drop_log("a client", f"malformed {msg.msg_type}: {exc!r}")
+            broker.reactor.drop_log("a client", f"malformed {msg.msg_type}: {exc!r}")
             self.error_reply(
                 client, msg, ErrorName.BAD_REQUEST, f"malformed {msg.msg_type} request: {exc}"
             )
@@ -97,7 +97,9 @@ class NativeFrontend:
         content: dict[str, Any],
     ) -> None:
         reply = self.session.msg(msg_type.value, content, parent)
-        self.broker.send(self.sock, self.session.serialize(reply, [client]), must_arrive=True)
+        self.broker.reactor.send(
+            self.sock, self.session.serialize(reply, [client]), must_arrive=True
+        )
 
     def error_reply(self, client: bytes, request: Message, ename: str, evalue: str) -> None:
         try:
@@ -131,18 +133,18 @@ class NativeFrontend:
         targets = [c for c in targets if c != exclude]
         for client in targets:
             msg = self.session.msg(MsgType.KERNEL_EVENT.value, content, parent)
-            self.broker.send(self.sock, self.session.serialize(msg, [client]))
+            self.broker.reactor.send(self.sock, self.session.serialize(msg, [client]))
 
     # -- the sink of native requests --------------------------------------------------------------
     def stream(self, kernel: Kernel, pending: Pending, frames: list[bytes]) -> bool:
-        return self.broker.send(self.sock, [pending.client, *self.session.resign(frames)])
+        return self.broker.reactor.send(self.sock, [pending.client, *self.session.resign(frames)])
 
     def reply(
         self, kernel: Kernel, pending: Pending, content: dict[str, Any], frames: list[bytes] | None
     ) -> None:
         if frames is not None:
             out = [pending.client, *self.session.resign(frames)]
-            self.broker.send(self.sock, out, must_arrive=True)
+            self.broker.reactor.send(self.sock, out, must_arrive=True)
         else:
             self.reply_to(pending.client, pending.header, REPLY_FOR[pending.kind], content)
 
@@ -155,7 +157,7 @@ class NativeFrontend:
         if isinstance(written, int):
             pending.stdin_written = max(pending.stdin_written, written)
         out = [pending.client, *self.session.resign(frames)]
-        self.broker.send(self.sock, out, must_arrive=True)
+        self.broker.reactor.send(self.sock, out, must_arrive=True)
 
     # -- handlers -------------------------------------------------------------------------------
     def _attach(self, kernel: Kernel, client: bytes, request: Message) -> None:
@@ -357,7 +359,7 @@ class NativeFrontend:
             MsgType.STDIN_CHUNK.value, {"data": data, "eof": eof}, pending.header
         )
         frames = kernel.session.serialize(chunk, [kernel.agent_identity])
-        self.broker.send(self.broker.agent_socket(kernel), frames, must_arrive=True)
+        self.broker.reactor.send(self.broker.agent_socket(kernel), frames, must_arrive=True)
 
     def _stdin_target(self, client: bytes, msg: Message) -> tuple[Kernel, Pending]:
         """The kernel (an auto kernel's side) running the request a stdin_chunk is parented to."""

@@ -151,16 +151,18 @@ class RemoteEndpoints:
             return False
         if self.broker.config.allow_plain_tcp:
             # Without CurveZMQ nobody vouches for the peer, and it would choose its own key.
-            self.broker.drop_log("a remote agent", "joining needs CurveZMQ, refused on plain TCP")
+            self.broker.reactor.drop_log(
+                "a remote agent", "joining needs CurveZMQ, refused on plain TCP"
+            )
             return True
         if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-            self.broker.drop_log("a remote agent", f"bad kernel name {name!r}")
+            self.broker.reactor.drop_log("a remote agent", f"bad kernel name {name!r}")
             return True
         session = Session(key.encode(), replay_window=AGENT_REPLAY_WINDOW)
         try:
             session.verify_frames(msg_frames)
         except ProtocolError as exc:
-            self.broker.drop_log("a remote agent", exc)
+            self.broker.reactor.drop_log("a remote agent", exc)
             return True
         registry = self.broker.registry
         existing = registry.by_name.get(name)
@@ -168,7 +170,7 @@ class RemoteEndpoints:
             if existing.state is not KernelState.DEAD or existing.mode != REMOTE:
                 # A dead local or sandbox kernel stays what it was: its clients' next command
                 # must run on this host, never on the one that asked for the name.
-                self.broker.drop_log("a remote agent", f"kernel name {name!r} is taken")
+                self.broker.reactor.drop_log("a remote agent", f"kernel name {name!r} is taken")
                 return True
             registry.remove(existing, {"event": "restarted", "reason": "a new remote agent"})
         kernel = Kernel(

@@ -5,25 +5,19 @@ routes outputs back to the client that asked (and to Jupyter iopub subscribers),
 heartbeats, expires idle kernels and tells clients the truth: a request on a dead kernel gets an
 error reply naming the cause, never silence. It never runs commands itself.
 
-Socket discipline (see docs/architecture.md): every socket is a plain ZeroMQ socket drained by
-:meth:`Broker._pump` without blocking. A socket is pumped when its file descriptor fires *and*
-after every send on it, because ZeroMQ descriptors are edge-triggered and any operation may
-consume the edge. Every send is non-blocking: a client that stops reading loses output (counted),
-it never stalls the broker.
+Its sockets are registered with one :class:`~.reactor.Reactor`, which pumps them without
+blocking and sends without blocking (see reactor.py and docs/architecture.md).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import errno
 import logging
 import os
 import shutil
 import signal
 import time
-from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -70,42 +64,17 @@ from .kernels import NAME_RE, REMOTE, Kernel, Pending, Registry
 from .native import NativeFrontend
 from .peers import IPC_ZAP_DOMAIN
 from .pool import WarmPool
+from .reactor import Reactor
 from .remote import RemoteAgent, RemoteEndpoints
 from .routing import AutoRouter
 
 log = logging.getLogger("stigmer.broker")
 
-_BATCH = 256  # messages handled per socket per pump pass
-_PASS_LIMIT = 1024  # messages per pump call before yielding to the event loop
 _START_TIMEOUT = 30.0  # seconds an agent may take to register
 _PREPARE_TIMEOUT = 600.0  # ... counted from the last progress report while its image is prepared
 _STOP_GRACE = 2.0  # seconds an agent gets to exit after agent_shutdown
 _MAX_PENDING = 10000  # requests queued on one kernel
 _CLIENT_HWM = 1000  # messages (<= 64 KiB each) queued for one client before drops start
-
-Handler = Callable[[list[Any]], None]  # bytes, or zmq.Frame for the sockets in Broker._raw
-
-
-class _DropLog:
-    """Logs dropped messages without letting a flood of garbage flood the log."""
-
-    def __init__(self, per_second: int = 10) -> None:
-        self.per_second = per_second
-        self.window = 0.0
-        self.count = 0
-        self.suppressed = 0
-
-    def __call__(self, where: str, reason: object) -> None:
-        now = time.monotonic()
-        if now - self.window >= 1.0:
-            if self.suppressed:
-                log.warning("%d more bad messages dropped (not logged)", self.suppressed)
-            self.window, self.count, self.suppressed = now, 0, 0
-        if self.count < self.per_second:
-            self.count += 1
-            log.warning("dropped a bad message from %s: %s", where, reason)
-        else:
-            self.suppressed += 1
 
 
 class Broker:
@@ -128,7 +97,6 @@ class Broker:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopping = asyncio.Event()
         self.started_wall = time.time()
-        self.drop_log = _DropLog()
         self.stats = {
             "client_msgs": 0,
             "agent_msgs": 0,
@@ -138,6 +106,7 @@ class Broker:
             "connections_closed": 0,  # after a bad message, or holding memory (connections.py)
         }
         self.connections = ConnectionGuard(self, config.broker_memory_mb << 20)
+        self.reactor = Reactor(self.stats, guard=self.connections, on_gone=self.client_gone)
         self.native = NativeFrontend(self)
         self.frontends: list[NativeFrontend] = [self.native]
         self.client_tcp_sock: zmq.Socket[Any] | None = None
@@ -151,14 +120,7 @@ class Broker:
         self.pool = WarmPool(self)
         self.auto = AutoRouter(self)
         self.flow = OutputFlow(self)
-        self._handlers: dict[zmq.Socket[Any], Handler] = {}
-        self._ready: set[zmq.Socket[Any]] = set()
-        self._raw: set[zmq.Socket[Any]] = set()  # sockets whose handler takes zmq.Frame objects
-        self._pump_scheduled = False
         self._reaping: list[AgentHandle] = []
-        # Replies that met a full queue: retried in order (up to 10000 per peer) until the peer
-        # reads or is gone, instead of being dropped.
-        self._deferred: dict[tuple[zmq.Socket[Any], bytes], collections.deque[list[bytes]]] = {}
         self._maintenance: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -213,8 +175,8 @@ class Broker:
         self.connections.watch(self.agent_sock, "agents.sock", agent_cap)
         for path in (self.runtime.client_socket, self.runtime.agent_socket):
             os.chmod(path, 0o600)
-        self.register(self.client_sock, self.native.on_frames)
-        self.register(self.agent_sock, self._on_agent_frames)
+        self.reactor.register(self.client_sock, self.native.on_frames)
+        self.reactor.register(self.agent_sock, self._on_agent_frames)
         if self.config.client_endpoint:
             self.client_tcp_sock = self.remote.tcp_router(
                 self.config.client_endpoint,
@@ -224,13 +186,13 @@ class Broker:
             self.native_tcp = NativeFrontend(self, "client_tcp_sock")
             self.native_tcp.session = Session(self.key)
             self.frontends.append(self.native_tcp)
-            self.register(self.client_tcp_sock, self.native_tcp.on_frames)
+            self.reactor.register(self.client_tcp_sock, self.native_tcp.on_frames)
         if self.config.agent_endpoint:
             tcp = self.agent_tcp_sock = self.remote.tcp_router(
                 self.config.agent_endpoint, limits=AGENT_LIMITS
             )
             self.connections.watch(tcp, "agent TCP socket", agent_cap)
-            self.register(tcp, lambda frames: self._on_agent_frames(frames, tcp))
+            self.reactor.register(tcp, lambda frames: self._on_agent_frames(frames, tcp))
         if self.config.sandbox_transport == "tcp":
             self._bind_sandbox_tcp()
         adoption.adopt_all(self, records)
@@ -288,13 +250,12 @@ class Broker:
         sandbox = self.provisioners.get(ExecutionMode.SANDBOX.value)
         if isinstance(sandbox, DockerProvisioner):
             sandbox.tcp_host_address = dial  # what TCP_HOST names inside containers
-        self._raw.add(sock)  # its handler reads the ZAP User-Id of each message
 
         def on_frames(frames: list[Any]) -> None:
             user = frames[-1].get("User-Id")  # the z85 key ZAP accepted for that connection
             self._on_agent_frames([f.bytes for f in frames], sock, curve_user=str(user))
 
-        self.register(sock, on_frames)
+        self.reactor.register(sock, on_frames, raw=True)  # it reads each message's ZAP User-Id
 
     def _router(
         self, endpoint: str, limits: Limits, zap_domain: str | None = None
@@ -315,9 +276,7 @@ class Broker:
         if self.client_sock is None:
             self.bind()
         self.loop = asyncio.get_running_loop()
-        for sock in self._handlers:
-            self.loop.add_reader(sock.fileno(), self._mark, sock)
-            self._mark(sock)
+        self.reactor.start(self.loop)
         self._maintenance = asyncio.create_task(self._maintain(), name="stigmer-maintenance")
         sandbox = self.provisioners.get(ExecutionMode.SANDBOX.value)
         if isinstance(sandbox, DockerProvisioner):
@@ -382,9 +341,8 @@ class Broker:
         for provisioner in self.provisioners.values():
             provisioner.close()
         self.flow.close()
-        self._retry_deferred()
-        for sock in list(self._handlers):
-            self.unregister(sock, linger=500)  # the last replies ("server is shutting down") go out
+        self.reactor.retry_deferred()
+        self.reactor.close(linger=500)  # the last replies ("server is shutting down") go out
         self.remote.close()
         self.connections.close()
         self.ctx.term()
@@ -401,121 +359,10 @@ class Broker:
         self.lock.release()
         log.info("stopped")
 
-    # -- sockets and the pump -------------------------------------------------------------------
-    def register(self, sock: zmq.Socket[Any], handler: Handler) -> None:
-        self._handlers[sock] = handler
-        if self.loop is not None:
-            self.loop.add_reader(sock.fileno(), self._mark, sock)
-            self._mark(sock)
-
-    def unregister(self, sock: zmq.Socket[Any], linger: int = 0) -> None:
-        if self._handlers.pop(sock, None) is not None and self.loop is not None:
-            with contextlib.suppress(Exception):
-                self.loop.remove_reader(sock.fileno())
-        self._ready.discard(sock)
-        self._raw.discard(sock)
-        for key in [k for k in self._deferred if k[0] is sock]:
-            del self._deferred[key]
-        sock.close(linger)
-
-    def _mark(self, sock: zmq.Socket[Any]) -> None:
-        self._ready.add(sock)
-        if not self._pump_scheduled and self.loop is not None:
-            self._pump_scheduled = True
-            self.loop.call_soon(self._pump)
-
-    def _pump(self) -> None:
-        self._pump_scheduled = False
-        handled = 0
-        while self._ready:
-            sock = self._ready.pop()
-            handler = self._handlers.get(sock)
-            if handler is None or sock.closed:
-                continue
-            raw = sock in self._raw
-            # Sockets others can reach: each message's connection is recorded, and a connection
-            # whose message the handler drops as bad is closed (connections.py).
-            watched = self.connections.watched.get(sock)
-            for _ in range(_BATCH):
-                try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=not raw and watched is None)
-                except zmq.Again:
-                    break
-                except zmq.ZMQError as exc:  # e.g. a socket closed while handling
-                    log.debug("recv failed: %s", exc)
-                    break
-                handled += 1
-                if watched is not None:
-                    fd = self.connections.delivered(watched, frames)
-                    if not raw:
-                        frames = [frame.bytes for frame in frames]  # type: ignore[union-attr]
-                    bad = self.stats["dropped_bad"]
-                try:
-                    handler(frames)
-                except Exception:  # a bug must not take the broker down
-                    log.exception("error while handling a message")
-                if watched is not None and self.stats["dropped_bad"] != bad:
-                    self.connections.refuse(watched, fd)
-            else:
-                self._ready.add(sock)  # more may be waiting: come back to it
-            if handled >= _PASS_LIMIT and self._ready:
-                self._pump_scheduled = True  # let timers run, then carry on
-                assert self.loop is not None
-                self.loop.call_soon(self._pump)
-                return
-
-    def send(
-        self, sock: zmq.Socket[Any] | None, frames: list[bytes], must_arrive: bool = False
-    ) -> bool:
-        """Non-blocking send; False if the peer is gone or not reading.
-
-        With ``must_arrive`` (final replies), a full queue defers the message for a retry
-        instead of dropping it.
-        """
-        if sock is None or sock.closed:
-            return False
-        key = (sock, frames[0])
-        if must_arrive and key in self._deferred:
-            self._deferred[key].append(frames)  # keep the order of what must arrive
-            return False
-        try:
-            sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-            return True
-        except zmq.Again:
-            if must_arrive and sock.type == zmq.ROUTER:
-                self._deferred.setdefault(key, collections.deque(maxlen=10000)).append(frames)
-            else:
-                self.stats["dropped_slow"] += 1
-            return False
-        except zmq.ZMQError as exc:
-            if exc.errno == errno.EHOSTUNREACH:
-                self.client_gone(frames[0], sock)
-                return False
-            raise
-        finally:
-            self._mark(sock)
-
-    def _retry_deferred(self) -> None:
-        for key, queue in list(self._deferred.items()):
-            while queue:
-                sock = key[0]
-                try:
-                    sock.send_multipart(queue[0], flags=zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
-                except zmq.ZMQError:
-                    queue.clear()
-                    break
-                finally:
-                    self._mark(sock)
-                queue.popleft()
-            if not queue:
-                self._deferred.pop(key, None)
-
     def client_gone(self, client: bytes, sock: zmq.Socket[Any] | None = None) -> None:
         """A peer of ``sock`` (default: the native client socket) is gone: forget it there."""
         sock = sock or self.client_sock
-        self._deferred.pop((sock, client), None)  # type: ignore[arg-type]
+        self.reactor.forget_peer(sock, client)
         self.flow.client_gone(client)
         for kernel in self.registry:
             frontend = kernel.clients.get(client)
@@ -885,7 +732,7 @@ class Broker:
     def stop_agent(self, kernel: Kernel) -> None:
         if kernel.agent_identity is not None and kernel.session is not None:
             bye = kernel.session.msg(MsgType.AGENT_SHUTDOWN.value, {})
-            self.send(
+            self.reactor.send(
                 self.agent_socket(kernel), kernel.session.serialize(bye, [kernel.agent_identity])
             )
         self.registry.unindex(kernel)
@@ -997,8 +844,8 @@ class Broker:
         frames = kernel.session.serialize(msg, [kernel.agent_identity])
         sock = self.agent_socket(kernel)
         # A full queue defers the request (it will arrive); an unreachable peer does not.
-        sent = self.send(sock, frames, must_arrive=True)
-        if not sent and (sock, frames[0]) not in self._deferred:
+        sent = self.reactor.send(sock, frames, must_arrive=True)
+        if not sent and not self.reactor.deferred(sock, frames[0]):
             return False
         pending.run_at = time.monotonic()
         pending.forwarded = True
@@ -1082,7 +929,7 @@ class Broker:
             return self.auto.interrupt(kernel, parent)
         if kernel.agent_identity is not None and kernel.session is not None:
             note = kernel.session.msg(MsgType.INTERRUPT_REQUEST.value, {}, parent)
-            self.send(
+            self.reactor.send(
                 self.agent_socket(kernel), kernel.session.serialize(note, [kernel.agent_identity])
             )
             return kernel.running is not None
@@ -1136,7 +983,7 @@ class Broker:
             mtype, parent_id = kernel.session.decode_routing(msg_frames)
         except ProtocolError as exc:
             self.stats["dropped_bad"] += 1
-            self.drop_log("an agent", exc)
+            self.reactor.drop_log("an agent", exc)
             return
         kernel.last_beat = time.monotonic()
         pending = kernel.pending.get(parent_id) if parent_id else None
@@ -1149,7 +996,7 @@ class Broker:
         try:
             msg = kernel.session.decode(msg_frames)
         except ProtocolError as exc:
-            self.drop_log("an agent", exc)
+            self.reactor.drop_log("an agent", exc)
             return
         if mtype in _REPLIES:
             if pending is None or identity != kernel.agent_identity:
@@ -1182,19 +1029,21 @@ class Broker:
             if isinstance(pgid, int) and pgid > 0:
                 self._set_shell_pgid(kernel, pgid)
             ack = kernel.session.msg(MsgType.AGENT_HEARTBEAT.value, {}, msg)
-            self.send(sock, kernel.session.serialize(ack, [identity]))
+            self.reactor.send(sock, kernel.session.serialize(ack, [identity]))
         elif mtype == MsgType.AGENT_REGISTER.value:
             self.register_agent(kernel, identity, msg, sock)
         elif mtype == MsgType.AGENT_GOODBYE.value:
             pass
         else:
-            self.drop_log("an agent", f"unknown message type {mtype!r}")
+            self.reactor.drop_log("an agent", f"unknown message type {mtype!r}")
 
     def input_reply(self, kernel: Kernel, value: str, parent: Message) -> None:
         if kernel.agent_identity is None or kernel.session is None or kernel.running is None:
             return
         msg = kernel.session.msg(MsgType.INPUT_REPLY.value, {"value": value}, parent)
-        self.send(self.agent_socket(kernel), kernel.session.serialize(msg, [kernel.agent_identity]))
+        self.reactor.send(
+            self.agent_socket(kernel), kernel.session.serialize(msg, [kernel.agent_identity])
+        )
 
     def _set_shell_pgid(self, kernel: Kernel, pgid: int) -> None:
         kernel.shell_pgid = pgid
@@ -1210,7 +1059,7 @@ class Broker:
     ) -> None:
         """An agent's registration: it now serves ``kernel`` (on ``sock``)."""
         if kernel.state is not KernelState.STARTING or kernel.agent_identity is not None:
-            self.drop_log("an agent", f"second registration for kernel {kernel.id} refused")
+            self.reactor.drop_log("an agent", f"second registration for kernel {kernel.id} refused")
             return
         assert kernel.session is not None
         kernel.agent_identity = identity
@@ -1226,7 +1075,7 @@ class Broker:
         kernel.state = KernelState.IDLE
         kernel.last_beat = time.monotonic()
         welcome = kernel.session.msg(MsgType.AGENT_WELCOME.value, {"kernel": kernel.name}, msg)
-        self.send(self.agent_socket(kernel), kernel.session.serialize(welcome, [identity]))
+        self.reactor.send(self.agent_socket(kernel), kernel.session.serialize(welcome, [identity]))
         log.info(
             "kernel %s ready (agent pid %s, %.0f ms)",
             kernel.name,
@@ -1248,7 +1097,7 @@ class Broker:
             try:
                 self._check_kernels()
                 self._reap_handles()
-                self._retry_deferred()
+                self.reactor.retry_deferred()
                 self.connections.check_memory()
             except Exception:
                 log.exception("error in maintenance")

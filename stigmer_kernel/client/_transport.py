@@ -6,8 +6,8 @@ incoming message to the request it answers (by ``parent_header.msg_id``): stream
 its :class:`Call`, ``stdin_ack`` credit to its stdin feed, the reply to its future. While a
 request waits, it checks that the server still runs (or that the link to a remote one holds)
 and follows a server that restarted. Should the reader itself end, every pending and later
-request fails at once with the reason. It knows no request's contents: that is the API's
-(``_async.py``).
+request fails at once with the reason. What a request says and what its reply means are the
+API's (``_async.py``); of the content, the transport reads only the kernel its stdin goes to.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ._async import AsyncClient, RemoteServer
+from ._async import AsyncClient
+from ._remote import RemoteServer
 from ._sync import Client
 from .result import ExecResult
 

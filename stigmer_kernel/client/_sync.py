@@ -13,8 +13,10 @@ from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
 from ..config import Config
-from ._async import AsyncClient, EventCallback, OutputCallback, RawOutputCallback, RemoteServer
+from ._async import AsyncClient
+from ._remote import RemoteServer
 from ._stdin import StdinSource
+from ._transport import EventCallback, OutputCallback, RawOutputCallback
 from .result import ExecResult
 
 T = TypeVar("T")

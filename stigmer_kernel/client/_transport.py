@@ -1,0 +1,377 @@
+"""The client's delivery loop: one DEALER socket to the server and the requests in flight on it.
+
+:class:`Transport` connects (finding or autostarting a local server, or over CurveZMQ to a
+:class:`RemoteServer`), signs and sends each request, and runs a reader task that routes every
+incoming message to the request it answers (by ``parent_header.msg_id``): streams and events to
+its :class:`Call`, ``stdin_ack`` credit to its stdin feed, the reply to its future. While a
+request waits, it checks that the server still runs (or that the link to a remote one holds)
+and follows a server that restarted. Should the reader itself end, every pending and later
+request fails at once with the reason. What a request says and what its reply means are the
+API's (``_async.py``); of the content, the transport reads only the kernel its stdin goes to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from ..config import Config
+from ..errors import (
+    ClientTimeout,
+    ProtocolError,
+    RuntimeDirError,
+    ServerError,
+    ServerNotRunning,
+    StigmerError,
+)
+from ..protocol import Message, MsgType, Session
+from ..runtime import RuntimeDir
+from ._remote import Link, RemoteServer
+from ._stdin import StdinFeed
+from .discovery import ServerAddress, find_server
+
+log = logging.getLogger("stigmer.client")
+
+OutputCallback = Callable[[str], Any]
+RawOutputCallback = Callable[[str, bytes], Any]
+EventCallback = Callable[[dict[str, Any]], Any]
+
+#: How often a waiting request checks that the server process still exists.
+_LIVENESS_PERIOD = 1.0
+#: Messages (output chunks of <= 64 KiB) queued here before the server holds the rest: a
+#: caller that does not keep up (a slow stdout) then slows the command, not our memory.
+_RCVHWM = 256
+
+
+def run_callback(what: str, callback: Callable[..., Any], *args: Any) -> None:
+    """Call a user callback; an exception it raises is logged, never passed to the reader."""
+    try:
+        callback(*args)
+    except Exception:
+        log.exception("the %s callback raised; the request carries on without it", what)
+
+
+class Call:
+    """A request in flight: collects outputs until its reply arrives."""
+
+    def __init__(
+        self,
+        on_stdout: OutputCallback | None,
+        on_stderr: OutputCallback | None,
+        on_output: RawOutputCallback | None = None,
+        keep: int | None = None,
+    ) -> None:
+        self.on_output = on_output
+        self.keep = keep  # bytes of each stream kept for the result (None: all)
+        self.kept = {"stdout": 0, "stderr": 0}
+        self.dropped = {"stdout": 0, "stderr": 0}
+        self.future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self.on = {"stdout": on_stdout, "stderr": on_stderr}
+        self.decoders = {
+            "stdout": codecs.getincrementaldecoder("utf-8")("replace"),
+            "stderr": codecs.getincrementaldecoder("utf-8")("replace"),
+        }
+        self.chunks: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+        self.events: list[dict[str, Any]] = []
+        self.feed: StdinFeed | None = None  # the command's stdin, streamed while it runs
+
+    def stream(self, name: str, data: bytes) -> None:
+        if name not in self.chunks:
+            return
+        if self.keep is None:
+            self.chunks[name].append(data)
+        else:  # streamed in full below; kept up to the limit
+            room = max(0, self.keep - self.kept[name])
+            if room:
+                self.chunks[name].append(data[:room])
+                self.kept[name] += min(room, len(data))
+            self.dropped[name] += max(0, len(data) - room)
+        if self.on_output is not None:
+            run_callback("on_output", self.on_output, name, data)
+        callback = self.on[name]
+        if callback is not None:
+            text = self.decoders[name].decode(data)
+            if text:
+                run_callback(f"on_{name}", callback, text)
+
+    def output(self, name: str) -> bytes:
+        """What was kept of stream ``name`` for the result."""
+        return b"".join(self.chunks[name])
+
+    def flush(self) -> None:
+        for name, callback in self.on.items():
+            if callback is not None:
+                text = self.decoders[name].decode(b"", final=True)
+                if text:
+                    run_callback(f"on_{name}", callback, text)
+
+
+class Transport:
+    """One DEALER to the server, the sessions that sign on it and the requests in flight.
+
+    ``on_event`` gets every ``kernel_event`` (on the reader task; it must not raise).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        autostart: bool,
+        remote: RemoteServer | None,
+        on_event: Callable[[dict[str, Any]], None],
+    ) -> None:
+        self.config = config
+        self.autostart = autostart
+        self.remote = remote
+        self.on_event = on_event
+        self.address: ServerAddress | None = None
+        self._ctx: zmq.asyncio.Context | None = None
+        self._sock: zmq.asyncio.Socket | None = None
+        self._session: Session | None = None
+        self._old_session: Session | None = None  # the previous server's, after a restart
+        self._calls: dict[str, Call] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._reader_failure: BaseException | None = None  # why the reader ended, if it did
+        self._closed = False
+        # A remote server: the CurveZMQ link as the socket monitor reports it.
+        self._link: Link | None = None
+
+    # -- life cycle ---------------------------------------------------------------------------
+    async def connect(self) -> None:
+        """Find the server (or autostart one), open the DEALER and start the reader; once."""
+        if self._sock is not None:
+            return
+        loop = asyncio.get_running_loop()
+        if self.remote is not None:
+            self.address = ServerAddress(
+                self.remote.endpoint, self.remote.key, 0, RuntimeDir(self.config.runtime_dir)
+            )
+        else:
+            self.address = await loop.run_in_executor(
+                None, lambda: find_server(self.config, self.autostart)
+            )
+        self._session = Session(self.address.key)
+        self._ctx = zmq.asyncio.Context()
+        sock = self._ctx.socket(zmq.DEALER)
+        try:
+            if self.remote is not None:
+                self.remote.secure(sock)
+            sock.setsockopt(zmq.LINGER, 500)
+            sock.setsockopt(zmq.RCVHWM, _RCVHWM)
+            sock.setsockopt(zmq.IDENTITY, f"c:{os.getpid()}:{os.urandom(6).hex()}".encode())
+            if self.remote is not None:
+                self._link = Link(self.remote.endpoint, sock)
+            sock.connect(self.address.endpoint)
+        except BaseException as exc:
+            if self._link is not None:
+                self._link.close_now()
+                self._link = None
+            sock.close(linger=0)
+            if isinstance(exc, zmq.ZMQError):
+                raise StigmerError(f"cannot connect to {self.address.endpoint}: {exc}") from None
+            raise
+        self._sock = sock
+        self._reader = asyncio.create_task(self._read_loop(), name="stigmer-client-reader")
+        self._reader.add_done_callback(self._reader_ended)
+
+    async def aclose(self) -> None:
+        """Say ``detach_request``, stop the reader, fail what still waits, close the socket."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._sock is not None and self._session is not None:
+            with contextlib.suppress(zmq.ZMQError):  # zmq.Again: no link to say goodbye on
+                bye = self._session.msg(MsgType.DETACH_REQUEST.value, {})
+                await self._sock.send_multipart(self._session.serialize(bye), flags=zmq.NOBLOCK)
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.wait({self._reader})  # whatever it ended with was seen by _reader_ended
+        if self._link is not None:
+            await self._link.close()
+        for call in self._calls.values():
+            if not call.future.done():
+                call.future.set_exception(StigmerError("client closed"))
+        self._calls.clear()
+        if self._sock is not None:
+            self._sock.close(linger=200)
+        if self._ctx is not None:
+            self._ctx.term()
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def _reader_ended(self, task: asyncio.Task[None]) -> None:
+        """The reader stopped outside :meth:`aclose`: no reply can arrive any more."""
+        cause = task.exception() if not task.cancelled() else asyncio.CancelledError()
+        if self._closed:
+            return
+        self._reader_failure = cause or RuntimeError("the reader task returned")
+        for call in self._calls.values():
+            if not call.future.done():
+                call.future.set_exception(self._reader_error())
+
+    def _reader_error(self) -> StigmerError:
+        cause = self._reader_failure
+        reason = type(cause).__name__ + (f": {cause}" if str(cause) else "")
+        error = StigmerError(
+            f"this client stopped receiving messages ({reason}); "
+            "its requests cannot get replies — close it and use a new client"
+        )
+        error.__cause__ = cause
+        return error
+
+    async def _read_loop(self) -> None:
+        assert self._sock is not None and self._session is not None
+        while True:
+            frames = await self._sock.recv_multipart()
+            try:
+                _, msg = self._session.deserialize(frames)
+            except ProtocolError:
+                if self._old_session is None:
+                    continue
+                try:  # the last words of a server that restarted, signed with its old key
+                    _, msg = self._old_session.deserialize(frames)
+                except ProtocolError:
+                    continue
+            mtype = msg.msg_type
+            call = self._calls.get(msg.parent_id or "")
+            if mtype == MsgType.STREAM.value:
+                if call is not None:
+                    data = msg.content.get("data", b"")
+                    if isinstance(data, str):
+                        data = data.encode()
+                    call.stream(str(msg.content.get("name")), data)
+            elif mtype == MsgType.STDIN_ACK.value:
+                if call is not None and call.feed is not None:
+                    call.feed.grant(msg.content)
+            elif mtype == MsgType.KERNEL_EVENT.value:
+                if call is not None:
+                    call.events.append(msg.content)
+                self.on_event(msg.content)
+            elif call is not None and not call.future.done():
+                call.future.set_result(msg)
+
+    async def request(
+        self,
+        msg_type: MsgType,
+        content: dict[str, Any],
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        timeout: float | None = None,
+        on_output: RawOutputCallback | None = None,
+        keep: int | None = None,
+        feed: StdinFeed | None = None,
+    ) -> tuple[Message, Call]:
+        """Send ``content`` as a ``msg_type`` (connecting first) and wait for its reply, with
+        the :class:`Call` that collected its output and events. :class:`ClientTimeout` after
+        ``timeout`` seconds; :class:`ServerNotRunning` if the server (or the link to it) goes
+        first; :class:`ServerError` if it restarted with the request possibly run."""
+        if self._closed:
+            raise StigmerError("this client is closed")
+        await self.connect()
+        if self._reader_failure is not None:
+            raise self._reader_error()
+        assert self._sock is not None and self._session is not None and self.address
+        msg = self._session.msg(msg_type.value, content)
+        call = Call(on_stdout, on_stderr, on_output, keep)
+        call.feed = feed
+        self._calls[msg.msg_id] = call
+        try:
+            if self._link is not None:
+                await self._link.send(self._session.serialize(msg))
+            else:
+                await self._sock.send_multipart(self._session.serialize(msg), copy=False)
+            if feed is not None:
+                feed.start(self._stdin_sender(msg, str(content.get("kernel") or "default")))
+            sent_at, sent_to = time.time(), self.address
+            loop = asyncio.get_running_loop()
+            deadline = None if timeout is None else loop.time() + timeout
+            runtime: RuntimeDir = self.address.runtime
+            while True:
+                wait = _LIVENESS_PERIOD
+                if deadline is not None:
+                    wait = min(wait, max(0.0, deadline - loop.time()))
+                done, _ = await asyncio.wait({call.future}, timeout=wait)
+                if done:
+                    reply = call.future.result()
+                    call.flush()
+                    return reply, call
+                if deadline is not None and loop.time() >= deadline:
+                    raise ClientTimeout(f"no reply to {msg_type.value} within {timeout:g}s")
+                if self._link is not None:
+                    self._link.check(sent=True)  # a server on another host: is the link there?
+                    continue
+                if not runtime.server_running():
+                    raise ServerNotRunning(
+                        f"the stigmer server of {runtime.path} stopped before answering"
+                    )
+                info = runtime.read_info() or {}
+                pid = info.get("pid")
+                if not isinstance(pid, int) or pid == sent_to.pid:
+                    continue
+                if pid != self.address.pid and not self._follow_restart(runtime, pid):
+                    continue  # its key is not there yet: look again at the next check
+                if self.address.key != sent_to.key:
+                    # A clean restart makes a new key: the new server dropped what was signed
+                    # with the old one unread (the old one would have answered it, and an
+                    # answer still queued here is read first), so it is sent again, once per
+                    # restart.
+                    done, _ = await asyncio.wait({call.future}, timeout=0.2)
+                    if done:
+                        continue  # answered after all: returned at the top of the loop
+                    await self._sock.send_multipart(self._session.serialize(msg), copy=False)
+                    sent_at, sent_to = time.time(), self.address
+                    continue
+                started = info.get("started")
+                if isinstance(started, (int, float)) and started < sent_at:
+                    sent_to = self.address  # it restarted before this was sent: the new one has it
+                    continue
+                raise ServerError(
+                    f"the stigmer server restarted (pid {sent_to.pid} -> {pid}) while this "
+                    f"{msg_type.value} was in flight; it may or may not have run — check "
+                    "before retrying"
+                )
+        finally:
+            self._calls.pop(msg.msg_id, None)
+            if feed is not None:
+                feed.stop()  # the command ended (or the wait did): no more of its stdin
+
+    def _stdin_sender(
+        self, request: Message, kernel: str
+    ) -> Callable[[bytes, bool], Coroutine[Any, Any, None]]:
+        """Sends ``request``'s streamed stdin, one stdin_chunk at a time."""
+
+        async def send(data: bytes, eof: bool) -> None:
+            assert self._sock is not None and self._session is not None
+            chunk = self._session.msg(
+                MsgType.STDIN_CHUNK.value, {"kernel": kernel, "data": data, "eof": eof}, request
+            )
+            frames = self._session.serialize(chunk)
+            if self._link is not None:
+                await self._link.send(frames)
+            else:
+                await self._sock.send_multipart(frames, copy=False)
+
+        return send
+
+    def _follow_restart(self, runtime: RuntimeDir, pid: int) -> bool:
+        """The server of our runtime directory is now process ``pid``: take its key (a new one
+        after a clean restart) so requests and replies are signed and checked with it. False
+        if its key cannot be read yet."""
+        assert self.address is not None
+        try:
+            key = runtime.read_key()
+        except RuntimeDirError:
+            return False
+        if key != self.address.key:
+            self._old_session, self._session = self._session, Session(key)
+        self.address = dataclasses.replace(self.address, pid=pid, key=key)
+        return True

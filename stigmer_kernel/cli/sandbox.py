@@ -23,6 +23,7 @@ from ..errors import StigmerError
 from ..provisioners.docker import LABEL_RUNTIME, LABEL_SERVER
 from ..provisioners.images import sandbox_dir, staged_context
 from ..runtime import RuntimeDir
+from .common import load
 from .progress import ProgressDisplay
 
 BASIC_TAG = "ghcr.io/stigmer/agent-sandbox-basic:latest"
@@ -68,7 +69,8 @@ def _client() -> Any:
     return client
 
 
-def run(args: argparse.Namespace, config: Config) -> int:
+def run(args: argparse.Namespace) -> int:
+    config = load(args)
     client = _client()
     if args.action == "build":
         return _build(client, args, config)

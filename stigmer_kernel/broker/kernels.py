@@ -23,7 +23,7 @@ from ..protocol import ErrorName, KernelState, Message, MsgType, Session
 from ..provisioners import AgentHandle
 
 if TYPE_CHECKING:
-    from .jupyter import JupyterChannels
+    from .jupyter_channels import JupyterChannels
 
 #: Longest shell code one execute request may carry.
 MAX_CODE = 1024 * 1024

@@ -18,7 +18,7 @@ from ..errors import ProtocolError, RequestError
 from ..protocol import ErrorName, KernelEvent, Message, MsgType, Session
 from ..protocol.constants import REPLY_FOR, STDIN_CHUNK_MAX, STDIN_WINDOW
 from ..protocol.session import split_ids
-from .jupyter import check_connection
+from .jupyter_channels import check_connection
 from .kernels import Kernel, Pending, checked_code
 from .options import apply_restart
 

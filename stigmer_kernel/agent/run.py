@@ -1,0 +1,135 @@
+"""One command's state and what its reply says: plain data in, message content out (no I/O).
+
+:class:`Run` is what the agent knows about the request running now: when it started, its limits,
+the output and stdin it has moved so far, how far a stop has escalated.
+:func:`execute_reply` and :func:`hidden_reply` build the content of its reply once it has ended.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..protocol import ErrorName, ExecStatus, Message, MsgType
+from ..protocol.constants import EXIT_INTERRUPTED, EXIT_TIMEOUT
+from . import introspect
+from .shell import CommandEnd
+
+
+@dataclass
+class Run:
+    """One execute request in progress."""
+
+    msg: Message
+    code: str
+    kind: MsgType  # EXECUTE_REQUEST, or a hidden COMPLETE_REQUEST / INSPECT_REQUEST
+    started: float
+    started_ticks: int
+    deadline: float | None
+    output_limit: int  # bytes of output sent at most (0: no limit)
+    execution_count: int
+    window: int = 0  # stream messages sent ahead of the broker's output_ack (0: no flow control)
+    sent: int = 0
+    messages: int = 0  # stream messages sent
+    acked: int = 0  # of which the broker said they reached the client
+    dropped: int = 0
+    stop_reason: str | None = None  # "timeout" | "interrupted"
+    stop_started: float = 0.0
+    stop_stage: int = 0
+    captured: list[bytes] = field(default_factory=list)  # output of hidden runs
+    query: introspect.CompletionQuery | None = None
+    allow_stdin: bool = False
+    waiting_input: bool = False
+    stdin_stream: bool = False  # stdin arrives in stdin_chunk messages, into the FIFO
+    stdin_eof: bool = False  # ... and has ended: the FIFO closes once all of it is in
+    stdin_written: int = 0  # bytes of it written into the FIFO
+    stdin_acked: int = 0  # ... as last told in a stdin_ack
+    next_stdin_check: float = 0.0
+    next_idle_check: float = 0.0
+    exit_held: bytes = b""  # a trailing "exit\n" on stderr, sent unless the command ran `exit`
+    problem: str | None = None  # what broke the session, when the agent ended bash for it
+
+    @property
+    def hidden(self) -> bool:
+        return self.kind is not MsgType.EXECUTE_REQUEST
+
+    @property
+    def held_back(self) -> bool:
+        """The client is behind: the command's output is not read until it catches up."""
+        return self.window > 0 and self.messages - self.acked >= self.window
+
+
+def execute_reply(
+    run: Run, end: CommandEnd, now: float, cwd: str | None, stopping: bool
+) -> dict[str, Any]:
+    """The ``execute_reply`` content for a user command that ended as ``end``, in ``cwd``, at
+    ``now`` (monotonic). ``stopping``: the agent is shutting down, so no fresh session follows."""
+    exit_code: int | None = end.exit_code
+    if end.problem is not None and end.exit_code < 0:
+        exit_code = None  # the command may not have run at all
+    if run.stop_reason == "timeout":
+        status = ExecStatus.TIMEOUT
+        exit_code = EXIT_TIMEOUT
+    elif run.stop_reason == "interrupted":
+        status = ExecStatus.INTERRUPTED
+        exit_code = EXIT_INTERRUPTED
+    elif end.problem is not None:
+        status = ExecStatus.ERROR
+    else:
+        status = ExecStatus.OK if exit_code == 0 else ExecStatus.ERROR
+    content: dict[str, Any] = {
+        "status": status.value,
+        "exit_code": exit_code,
+        "duration": round(now - run.started, 6),
+        "execution_count": run.execution_count,
+        "cwd": cwd,
+        "truncated": bool(run.dropped),
+        "session_reset": end.session_ended,
+    }
+    if status is ExecStatus.TIMEOUT:
+        assert run.deadline is not None
+        content["ename"] = ErrorName.TIMEOUT
+        content["evalue"] = f"command timed out after {run.deadline - run.started:g}s and was ended"
+    elif status is ExecStatus.INTERRUPTED:
+        content["ename"] = ErrorName.INTERRUPTED
+        content["evalue"] = "command interrupted"
+    elif status is ExecStatus.ERROR:
+        content["ename"] = ErrorName.COMMAND_FAILED
+        content["evalue"] = f"exit code {exit_code}"
+    if end.problem is not None:
+        content["evalue"] = end.problem
+    if end.session_ended and not stopping:
+        content["evalue"] = (
+            content.get("evalue", "") + "; the shell exited, so a fresh session was started "
+            "(variables and functions were reset)"
+        ).lstrip("; ")
+    elif end.problem is not None:
+        content["evalue"] += "; the shell was restarted with its state (variables, "
+        "functions, options and cwd kept)"
+    return content
+
+
+def hidden_reply(run: Run) -> tuple[MsgType, dict[str, Any]]:
+    """The reply type and content of a completion or inspection, from the output it captured."""
+    output = b"".join(run.captured).decode("utf-8", "replace")
+    content: dict[str, Any]
+    if run.kind is MsgType.COMPLETE_REQUEST:
+        assert run.query is not None
+        content = {
+            "status": "ok",
+            "matches": introspect.completion_matches(run.query, output),
+            "cursor_start": run.query.cursor_start,
+            "cursor_end": run.query.cursor_end,
+            "metadata": {},
+        }
+        reply_type = MsgType.COMPLETE_REPLY
+    else:
+        found, text = introspect.inspect_result(output)
+        content = {
+            "status": "ok",
+            "found": found,
+            "data": {"text/plain": text} if found else {},
+            "metadata": {},
+        }
+        reply_type = MsgType.INSPECT_REPLY
+    return reply_type, content

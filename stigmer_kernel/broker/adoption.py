@@ -162,12 +162,11 @@ def _adopt(broker: Broker, record: dict[str, Any]) -> None:
     kernel.adopting = True
     kernel.started_at = time.monotonic()
     provisioner = broker.provisioners.get(mode)
-    handle = provisioner.adopt(record, workdir) if provisioner is not None else None
-    if handle is None:  # a mode this server cannot re-adopt (or does not have)
+    if provisioner is None:  # a mode this server does not have
         shutil.rmtree(workdir, ignore_errors=True)
         forget(broker.runtime.path, kernel.id)
         return
-    kernel.handle = handle
+    # Its CurveZMQ key first: the agent may come back while the provisioner looks for it.
     public = record.get("curve_public")
     if isinstance(public, str) and broker.sandbox_tcp_sock is None:
         log.warning(
@@ -178,6 +177,13 @@ def _adopt(broker: Broker, record: dict[str, Any]) -> None:
     if isinstance(public, str) and broker.sandbox_tcp_sock is not None:
         broker.remote.ephemeral[kernel.id] = public.encode()
         kernel.agent_sock = broker.sandbox_tcp_sock
+    handle = provisioner.adopt(record, workdir)
+    if handle is None:  # a backend that cannot re-adopt
+        broker.remote.ephemeral.pop(kernel.id, None)
+        shutil.rmtree(workdir, ignore_errors=True)
+        forget(broker.runtime.path, kernel.id)
+        return
+    kernel.handle = handle
     if parent is not None:
         parent.children[mode] = kernel
         kernel.channels = parent.channels

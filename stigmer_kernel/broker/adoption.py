@@ -25,11 +25,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..agent import procs
 from ..auto import Escalation
 from ..protocol import KernelState, Session
-from ..provisioners import AgentHandle
-from ..provisioners.local import process_record
 from .kernels import AGENT_REPLAY_WINDOW, Kernel
 
 if TYPE_CHECKING:
@@ -73,7 +70,7 @@ def save(broker: Broker, kernel: Kernel) -> None:
         "jupyter": kernel.channels.connection_info if kernel.channels else None,
         "workdir": workdir.name,
         # A sandbox container restarted for this incarnation keeps its first one's labels.
-        "container": getattr(kernel.handle, "container_id", None),
+        "container": kernel.handle.resource_id if kernel.handle is not None else None,
         # A sandbox agent over tcp: the CurveZMQ key it may come back with.
         "curve_public": (broker.remote.ephemeral.get(kernel.id) or b"").decode() or None,
     }
@@ -87,8 +84,8 @@ def save(broker: Broker, kernel: Kernel) -> None:
 def _workdir(broker: Broker, kernel: Kernel) -> Path:
     """The kernel's directory: ``kernels/<id>``, unless its agent runs in a restarted sandbox
     container, whose mounts still name the directory it was created with."""
-    workdir = getattr(kernel.handle, "workdir", None)
-    if isinstance(workdir, Path):
+    workdir = kernel.handle.workdir if kernel.handle is not None else None
+    if workdir is not None:
         return workdir
     return broker.runtime.path / "kernels" / kernel.id
 
@@ -126,70 +123,6 @@ def load(runtime_path: Path) -> list[dict[str, Any]]:
     return records
 
 
-class AdoptedLocalAgent(AgentHandle):
-    """A local agent started by a previous broker: no longer our child, so watched by pid.
-
-    Its pid, and bash's, are signalled only while they are still the processes recorded (the
-    same start time): after a crash the OS may have given either pid to an unrelated process.
-    """
-
-    def __init__(self, record: dict[str, Any], workdir: Path) -> None:
-        self._pid = _int(record.get("agent_pid"))
-        self.start = _int(record.get("agent_start"))
-        shell = _int(record.get("shell_pgid"))
-        self._shell = (shell, _int(record.get("shell_start"))) if shell else None
-        self.workdir = workdir
-        self.killed = False
-
-    @property
-    def pid(self) -> int | None:
-        return self._pid
-
-    @property
-    def shell_pgid(self) -> int | None:
-        return self._shell[0] if self._shell else None
-
-    @shell_pgid.setter
-    def shell_pgid(self, pgid: int | None) -> None:
-        """Bash's pid from a heartbeat of the re-attached agent: recorded with its start time
-        only while it is the child of the recorded agent."""
-        if pgid is None or pgid == self.shell_pgid:
-            return
-        ours = self._pid is not None and procs.start_time(self._pid) == self.start
-        self._shell = (pgid, procs.child_start(pgid, self._pid) if ours and self._pid else None)
-
-    def record(self) -> dict[str, Any]:
-        return process_record(self._pid, self.start, self._shell)
-
-    def poll(self) -> str | None:
-        if self.killed:
-            return "agent killed"
-        if not self._pid:
-            return None  # unknown pid: the heartbeats decide
-        info = procs.stat(self._pid)
-        if info is None:
-            return f"agent process {self._pid} is gone"
-        if self.start is not None and info.start != self.start:
-            return f"agent process {self._pid} is gone (its pid now belongs to another process)"
-        if not info.alive:  # a zombie nobody reaps (our predecessor was its parent)
-            return f"agent process {self._pid} has exited"
-        return None
-
-    def kill(self) -> None:
-        self.killed = True
-        if self._pid:  # with everything below it, if it is still the agent recorded
-            procs.kill_tree(self._pid, self.start, procs.KILL_TIMEOUT)
-        if self._shell is not None:
-            procs.kill_session(self._shell[0], self._shell[1])
-
-    def cleanup(self) -> None:
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def _int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-
-
 def adopt_all(broker: Broker, records: list[dict[str, Any]]) -> None:
     """Re-create the kernels of ``records``; their agents re-attach by heartbeat."""
     for record in records:
@@ -204,8 +137,6 @@ def adopt_all(broker: Broker, records: list[dict[str, Any]]) -> None:
 
 
 def _adopt(broker: Broker, record: dict[str, Any]) -> None:
-    from ..provisioners.docker import DockerProvisioner
-
     name, mode = str(record["name"]), str(record["mode"])
     workdir = _record_workdir(broker.runtime.path, record)
     parent = None
@@ -230,28 +161,29 @@ def _adopt(broker: Broker, record: dict[str, Any]) -> None:
     kernel.state = KernelState.STARTING
     kernel.adopting = True
     kernel.started_at = time.monotonic()
-    if mode == "local":
-        kernel.handle = AdoptedLocalAgent(record, workdir)
-    else:
-        provisioner = broker.provisioners.get(mode)
-        if not isinstance(provisioner, DockerProvisioner):
-            shutil.rmtree(workdir, ignore_errors=True)
-            forget(broker.runtime.path, kernel.id)
-            return
-        public = record.get("curve_public")
-        if isinstance(public, str) and broker.sandbox_tcp_sock is None:
-            log.warning(
-                "kernel %s: its sandbox agent used the tcp transport, which this server does "
-                "not listen on (STIGMER_SANDBOX_TRANSPORT): it cannot come back",
-                name,
-            )
-        if isinstance(public, str) and broker.sandbox_tcp_sock is not None:
-            broker.remote.ephemeral[kernel.id] = public.encode()
-            kernel.agent_sock = broker.sandbox_tcp_sock
-        container = record.get("container")
-        kernel.handle = provisioner.adopt(
-            kernel.id, name, workdir, container if isinstance(container, str) else None
+    provisioner = broker.provisioners.get(mode)
+    if provisioner is None:  # a mode this server does not have
+        shutil.rmtree(workdir, ignore_errors=True)
+        forget(broker.runtime.path, kernel.id)
+        return
+    # Its CurveZMQ key first: the agent may come back while the provisioner looks for it.
+    public = record.get("curve_public")
+    if isinstance(public, str) and broker.sandbox_tcp_sock is None:
+        log.warning(
+            "kernel %s: its sandbox agent used the tcp transport, which this server does "
+            "not listen on (STIGMER_SANDBOX_TRANSPORT): it cannot come back",
+            name,
         )
+    if isinstance(public, str) and broker.sandbox_tcp_sock is not None:
+        broker.remote.ephemeral[kernel.id] = public.encode()
+        kernel.agent_sock = broker.sandbox_tcp_sock
+    handle = provisioner.adopt(record, workdir)
+    if handle is None:  # a backend that cannot re-adopt
+        broker.remote.ephemeral.pop(kernel.id, None)
+        shutil.rmtree(workdir, ignore_errors=True)
+        forget(broker.runtime.path, kernel.id)
+        return
+    kernel.handle = handle
     if parent is not None:
         parent.children[mode] = kernel
         kernel.channels = parent.channels

@@ -14,7 +14,6 @@ import time
 from typing import TYPE_CHECKING
 
 from ..protocol import KernelState
-from ..provisioners.docker import DockerAgent
 from . import adoption
 from .kernels import Kernel
 
@@ -85,7 +84,7 @@ class WarmPool:
             setattr(kernel, attr, getattr(pooled, attr))
         kernel.last_activity = time.monotonic()
         self.broker.registry.by_id[kernel.id] = kernel
-        if isinstance(kernel.handle, DockerAgent):
+        if kernel.handle is not None:
             kernel.handle.renamed(kernel.name)
         adoption.save(self.broker, kernel)  # now a named kernel: re-adoptable after a crash
         self.refill()

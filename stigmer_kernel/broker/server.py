@@ -44,7 +44,7 @@ from ..protocol import (
 from ..protocol.constants import OUTPUT_WINDOW
 from ..protocol.session import Session, split_ids
 from ..provisioners import AgentHandle, AgentSpec, LocalProvisioner, Provisioner
-from ..provisioners.docker import TCP_HOST, DockerAgent, DockerProvisioner
+from ..provisioners.docker import TCP_HOST, DockerProvisioner
 from ..provisioners.workspace import check_workspace
 from ..runtime import RuntimeDir, ServerLock
 from . import adoption
@@ -248,8 +248,8 @@ class Broker:
         self.sandbox_tcp_sock = sock
         self.sandbox_endpoint = f"tcp://{TCP_HOST}:{port}"
         sandbox = self.provisioners.get(ExecutionMode.SANDBOX.value)
-        if isinstance(sandbox, DockerProvisioner):
-            sandbox.tcp_host_address = dial  # what TCP_HOST names inside containers
+        if sandbox is not None:
+            sandbox.set_tcp_host(dial)  # what TCP_HOST names inside containers
 
         def on_frames(frames: list[Any]) -> None:
             user = frames[-1].get("User-Id")  # the z85 key ZAP accepted for that connection
@@ -278,14 +278,13 @@ class Broker:
         self.loop = asyncio.get_running_loop()
         self.reactor.start(self.loop)
         self._maintenance = asyncio.create_task(self._maintain(), name="stigmer-maintenance")
+        # Leftovers of dead servers go, without delaying start-up.
+        self._sweeper = asyncio.create_task(self._sweep(), name="stigmer-sweep")
         sandbox = self.provisioners.get(ExecutionMode.SANDBOX.value)
-        if isinstance(sandbox, DockerProvisioner):
-            # Leftovers of dead servers go, without delaying start-up.
-            self._sweeper = asyncio.create_task(self._sweep(sandbox), name="stigmer-sweep")
-            if self.pool.size and self.pool.workspace:
-                with contextlib.suppress(RequestError):
-                    sandbox.check_available()
-                    self.pool.refill()
+        if sandbox is not None and self.pool.size and self.pool.workspace:
+            with contextlib.suppress(RequestError):
+                sandbox.check_available()
+                self.pool.refill()
         log.info(
             "stigmer server %s ready (pid %d) on %s",
             __version__,
@@ -297,24 +296,25 @@ class Broker:
         finally:
             await self._shutdown()
 
-    async def _sweep(self, sandbox: DockerProvisioner) -> None:
-        """Remove dead servers' leftovers once the engine answers: a slow or not yet started
+    async def _sweep(self) -> None:
+        """Remove dead servers' leftovers once each backend answers: a slow or not yet started
         engine is asked again, less often each time (up to once a minute)."""
-        delay = 1.0
-        while True:
-            # Every kernel known now (being re-adopted, or adopted by the time of a retry).
-            known = {k.id for k in self.registry} | {
-                k.handle.container_id
-                for k in self.registry
-                if isinstance(k.handle, DockerAgent) and k.handle.container_id
-            }
-            done = await asyncio.get_running_loop().run_in_executor(
-                None, sandbox.reap_leftovers, known, self.started_wall
-            )
-            if done is not None:
-                return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 60.0)
+        for provisioner in self.provisioners.values():
+            delay = 1.0
+            while True:
+                # Every kernel known now (being re-adopted, or adopted by the time of a retry).
+                known = {k.id for k in self.registry} | {
+                    k.handle.resource_id
+                    for k in self.registry
+                    if k.handle is not None and k.handle.resource_id
+                }
+                done = await asyncio.get_running_loop().run_in_executor(
+                    None, provisioner.reap_leftovers, known, self.started_wall
+                )
+                if done is not None:
+                    break
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
 
     def request_stop(self) -> None:
         self.stopping.set()
@@ -490,9 +490,7 @@ class Broker:
                 "— run with --mode local or --mode sandbox",
                 ErrorName.MODE_UNAVAILABLE,
             )
-        check = getattr(provisioner, "check_available", None)
-        if check is not None:
-            check()
+        provisioner.check_available()
         default_ttl = self.config.sandbox_ttl if mode == "sandbox" else self.config.kernel_ttl
         if ttls:
             default_ttl = ttls.get(mode, default_ttl)
@@ -655,9 +653,10 @@ class Broker:
             )
         modes = [c.mode for c in kernel.children.values()] if kernel.children else [kernel.mode]
         for mode in modes:
-            check = getattr(self.provisioners.get(mode), "check_available", None)
-            if check is not None:
-                check()  # no engine: say so now, rather than fail to start a container later
+            provisioner = self.provisioners.get(mode)
+            if provisioner is not None:
+                # No engine: say so now, rather than fail to start a container later.
+                provisioner.check_available()
 
     @staticmethod
     def _check_remote_alive(kernel: Kernel) -> None:
@@ -1047,7 +1046,7 @@ class Broker:
 
     def _set_shell_pgid(self, kernel: Kernel, pgid: int) -> None:
         kernel.shell_pgid = pgid
-        if kernel.handle is not None and hasattr(kernel.handle, "shell_pgid"):
+        if kernel.handle is not None:
             kernel.handle.shell_pgid = pgid
 
     def register_agent(

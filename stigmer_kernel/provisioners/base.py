@@ -3,6 +3,21 @@
 The broker asks a provisioner to start an agent for a kernel and gets an :class:`AgentHandle`
 it can poll and kill. Local processes, Docker containers (and later Kubernetes pods or cloud
 sandboxes) all fit behind this interface; the broker never knows which one it is talking to.
+
+The whole contract, for a backend to implement (the hooks with a default have nothing to do in
+a backend that lacks the concept):
+
+- :meth:`Provisioner.check_available`: can this mode start agents now (else a mode-unavailable
+  :class:`~stigmer_kernel.errors.RequestError`)?
+- :meth:`Provisioner.start`: start an agent for a kernel incarnation.
+- :meth:`Provisioner.adopt`: a handle on an agent a previous broker started (from the kernel's
+  re-adoption record, which :meth:`AgentHandle.record` and :attr:`AgentHandle.resource_id` fed).
+- :meth:`Provisioner.reap_leftovers`: remove what dead servers left (containers, networks).
+- :meth:`Provisioner.set_tcp_host`: where agents that dial the broker over TCP find it.
+- :meth:`Provisioner.close`: release everything at broker shutdown.
+
+and, per agent, :class:`AgentHandle`: poll, kill, cleanup, its work directory, bash's process
+group, the resource that makes it (a container), what ``kernels list`` shows.
 """
 
 from __future__ import annotations
@@ -59,6 +74,31 @@ class AgentHandle(abc.ABC):
     def kill(self) -> None:
         """End the agent and everything it started, at once."""
 
+    @property
+    def workdir(self) -> Path | None:
+        """The kernel's directory on the host, if the handle knows it (it may differ from the
+        broker's ``kernels/<id>``: a restarted sandbox container keeps its first mounts)."""
+        return None
+
+    @property
+    def shell_pgid(self) -> int | None:
+        """Bash's process group on the host, if the agent's bash is a host process."""
+        return None
+
+    @shell_pgid.setter  # noqa: B027 - optional hook
+    def shell_pgid(self, pgid: int | None) -> None:
+        """Bash's pid as the agent reports it (registration, heartbeats); ignored by a handle
+        whose bash the host cannot signal."""
+
+    @property
+    def resource_id(self) -> str | None:
+        """The backend's id of what runs the agent (a container id), kept in the re-adoption
+        record so that :meth:`Provisioner.adopt` finds that very one again; None if none."""
+        return None
+
+    def renamed(self, kernel_name: str) -> None:  # noqa: B027 - optional hook
+        """A named kernel took this (pooled) agent over."""
+
     def exit_hint(self, since: float) -> str | None:
         """Why a command that ended by SIGKILL after ``since`` (monotonic) was killed, if known
         (e.g. the sandbox's memory limit)."""
@@ -82,9 +122,30 @@ class Provisioner(abc.ABC):
 
     mode: str
 
+    def check_available(self) -> None:  # noqa: B027 - optional hook
+        """Raise a :class:`~stigmer_kernel.errors.RequestError` named ``MODE_UNAVAILABLE``, with
+        what to do next, if this mode cannot start agents now (no engine). Called on the event
+        loop before a kernel of this mode is created or restarted: it must not wait long."""
+
     @abc.abstractmethod
     def start(self, spec: AgentSpec) -> AgentHandle:
         """Start an agent; it registers with the broker on its own."""
+
+    def adopt(self, record: Mapping[str, Any], workdir: Path) -> AgentHandle | None:
+        """A handle on the agent a previous broker started for the kernel of ``record`` (its
+        re-adoption record), whose directory is ``workdir``; its agent re-attaches by heartbeat.
+        None: this backend cannot re-adopt, and the broker forgets the kernel."""
+        return None
+
+    def reap_leftovers(self, keep: set[str], before: float) -> int | None:
+        """Remove what servers that are not running left behind, except the kernels (ids, or
+        :attr:`AgentHandle.resource_id`) in ``keep`` and what was created at or after
+        ``before`` (wall clock: this server's own start). Returns how many went, or None if
+        the backend could not be asked (the broker tries again later). Runs on a thread."""
+        return 0
+
+    def set_tcp_host(self, address: str) -> None:  # noqa: B027 - optional hook
+        """Agents of this mode that dial the broker over TCP reach it at ``address``."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the provisioner holds (called once at broker shutdown)."""

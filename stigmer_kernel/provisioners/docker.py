@@ -36,6 +36,7 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,10 @@ class DockerAgent(AgentHandle):
     @property
     def pid(self) -> int | None:
         return None  # a process of another pid namespace: never signalled from the host
+
+    @property
+    def resource_id(self) -> str | None:
+        return self.container_id
 
     def poll(self) -> str | None:
         return self.failure
@@ -534,12 +539,16 @@ class DockerProvisioner(Provisioner):
         self._handles.pop(container_id, None)
         return kept
 
-    def adopt(
-        self, kernel_id: str, kernel_name: str, workdir: Path, container_id: str | None = None
-    ) -> DockerAgent:
-        """A handle on the container a previous broker started for ``kernel_id`` (the one with
-        ``container_id`` if known: a restarted stopped container is labelled with its first
+    def set_tcp_host(self, address: str) -> None:
+        self.tcp_host_address = address  # what TCP_HOST names inside containers
+
+    def adopt(self, record: Mapping[str, Any], workdir: Path) -> DockerAgent:
+        """A handle on the container a previous broker started for the record's kernel (the one
+        of its ``container`` if known: a restarted stopped container is labelled with its first
         incarnation)."""
+        kernel_id, kernel_name = str(record["id"]), str(record["name"])
+        container = record.get("container")
+        container_id = container if isinstance(container, str) else None
         spec = AgentSpec(
             kernel_id=kernel_id,
             kernel_name=kernel_name,

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ class LocalAgent(AgentHandle):
         self, proc: subprocess.Popen[bytes], workdir: Path, provisioner: LocalProvisioner
     ) -> None:
         self.proc = proc
-        self.workdir = workdir
+        self._workdir = workdir
         self.log_path = str(workdir / "agent.log")
         self.provisioner = provisioner
         # Read while the agent is our unreaped child: its pid cannot belong to anyone else.
@@ -39,6 +40,10 @@ class LocalAgent(AgentHandle):
     @property
     def pid(self) -> int | None:
         return self.proc.pid
+
+    @property
+    def workdir(self) -> Path:
+        return self._workdir
 
     @property
     def shell_pgid(self) -> int | None:
@@ -99,7 +104,7 @@ class LocalAgent(AgentHandle):
         # No wait here (this runs in the broker's loop): poll() reaps it later.
 
     def cleanup(self) -> None:
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        shutil.rmtree(self._workdir, ignore_errors=True)
 
     def describe(self) -> dict[str, Any]:
         return {"pid": self.proc.pid}
@@ -128,6 +133,74 @@ def process_record(
         "shell_pgid": shell[0] if shell else None,
         "shell_start": shell[1] if shell else None,
     }
+
+
+class AdoptedLocalAgent(AgentHandle):
+    """A local agent started by a previous broker: no longer our child, so watched by pid.
+
+    Its pid, and bash's, are signalled only while they are still the processes recorded (the
+    same start time): after a crash the OS may have given either pid to an unrelated process.
+    """
+
+    def __init__(self, record: Mapping[str, Any], workdir: Path) -> None:
+        self._pid = _int(record.get("agent_pid"))
+        self.start = _int(record.get("agent_start"))
+        shell = _int(record.get("shell_pgid"))
+        self._shell = (shell, _int(record.get("shell_start"))) if shell else None
+        self._workdir = workdir
+        self.killed = False
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+    @property
+    def workdir(self) -> Path:
+        return self._workdir
+
+    @property
+    def shell_pgid(self) -> int | None:
+        return self._shell[0] if self._shell else None
+
+    @shell_pgid.setter
+    def shell_pgid(self, pgid: int | None) -> None:
+        """Bash's pid from a heartbeat of the re-attached agent: recorded with its start time
+        only while it is the child of the recorded agent."""
+        if pgid is None or pgid == self.shell_pgid:
+            return
+        ours = self._pid is not None and procs.start_time(self._pid) == self.start
+        self._shell = (pgid, procs.child_start(pgid, self._pid) if ours and self._pid else None)
+
+    def record(self) -> dict[str, Any]:
+        return process_record(self._pid, self.start, self._shell)
+
+    def poll(self) -> str | None:
+        if self.killed:
+            return "agent killed"
+        if not self._pid:
+            return None  # unknown pid: the heartbeats decide
+        info = procs.stat(self._pid)
+        if info is None:
+            return f"agent process {self._pid} is gone"
+        if self.start is not None and info.start != self.start:
+            return f"agent process {self._pid} is gone (its pid now belongs to another process)"
+        if not info.alive:  # a zombie nobody reaps (our predecessor was its parent)
+            return f"agent process {self._pid} has exited"
+        return None
+
+    def kill(self) -> None:
+        self.killed = True
+        if self._pid:  # with everything below it, if it is still the agent recorded
+            procs.kill_tree(self._pid, self.start, procs.KILL_TIMEOUT)
+        if self._shell is not None:
+            procs.kill_session(self._shell[0], self._shell[1])
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 class LocalProvisioner(Provisioner):
@@ -183,6 +256,10 @@ class LocalProvisioner(Provisioner):
             if agent.proc.returncode is not None:
                 self._agents.pop(agent.proc.pid, None)
         self.end_orphans()
+
+    def adopt(self, record: Mapping[str, Any], workdir: Path) -> AdoptedLocalAgent:
+        """The agent of a previous broker, watched by its recorded pids (no longer our child)."""
+        return AdoptedLocalAgent(record, workdir)
 
     def start(self, spec: AgentSpec) -> LocalAgent:
         if self._subreaper is None:

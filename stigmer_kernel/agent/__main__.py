@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -101,8 +102,6 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"cannot read --kernel-id-file: {exc}")
     if not args.kernel_id:
         parser.error("--kernel-id is required (or --join NAME for a remote agent)")
-    if not args.workdir:
-        args.workdir = tempfile.mkdtemp(prefix="stigmer-agent-")
     key = os.environ.pop(EnvVar.AGENT_KEY.value, "").encode()
     if not key and args.key_file:
         with contextlib.suppress(OSError):
@@ -141,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     # handler (not SIG_IGN) so that bash, after exec, starts with SIGINT at its default.
     signal.signal(signal.SIGINT, lambda *_: None)
     signal.signal(signal.SIGTERM, _terminate)  # ends like a shutdown: its processes go with it
+    own_workdir = None
+    if not args.workdir:  # a remote agent's, say: ours to remove when the agent ends
+        args.workdir = own_workdir = tempfile.mkdtemp(prefix="stigmer-agent-")
     opts = AgentOptions(
         endpoint=args.endpoint,
         kernel_id=args.kernel_id,
@@ -156,7 +158,11 @@ def main(argv: list[str] | None = None) -> int:
         curve=curve,
         env=shell_env,
     )
-    return Agent(opts).run()
+    try:
+        return Agent(opts).run()
+    finally:
+        if own_workdir is not None:
+            shutil.rmtree(own_workdir, ignore_errors=True)
 
 
 def _terminate(*_: object) -> None:

@@ -88,6 +88,8 @@ def start_agent(ns: str, srv: Server, name: str, cert: str, port: int) -> subpro
             cert,
             "--heartbeat-interval",
             "0.3",
+            "--workdir",  # one the session removes: the netns clean-up SIGKILLs the agent
+            short_tempdir("stg-remote-"),
         ],
         env=srv.env,
         stdout=subprocess.DEVNULL,

@@ -299,16 +299,24 @@ class ConnectionGuard:
     def is_live(self, sock: zmq.Socket[Any], fd: int) -> bool:
         """Is ``fd`` an open connection of ``sock`` within its cap? Reads the monitor's pending
         events first: a connection's ACCEPTED precedes its first message there."""
+        watched = self.settle(sock)
+        return watched is not None and fd in watched.live and fd not in watched.closing
+
+    def settle(self, sock: zmq.Socket[Any]) -> Watched | None:
+        """Handle ``sock``'s pending monitor events now, not when the loop comes to them: a
+        connection's ACCEPTED is queued before it can receive anything, so a PUB that settles
+        before each send never sends to a connection the guard would refuse (another user's,
+        on a busy server that has not read the event yet)."""
         watched = self.watched.get(sock)
         if watched is None:
-            return False
+            return None
         while True:
             try:
                 frames = watched.monitor.recv_multipart(zmq.NOBLOCK)
             except zmq.ZMQError:
                 break
             self._on_event(watched, frames)
-        return fd in watched.live and fd not in watched.closing
+        return watched
 
     # -- the pump's hooks -------------------------------------------------------------------------
     def delivered(self, watched: Watched, frames: list[Any]) -> int:

@@ -282,6 +282,8 @@ class JupyterChannels:
         name = msg_type.value if isinstance(msg_type, MsgType) else msg_type
         msg = self.session.msg(name, content, parent)
         topic = f"kernel.{self.session.session_id[:8]}.{name}".encode()
+        if self.public:  # refuse another user's new subscriber before it can get this
+            self.broker.connections.settle(sock)
         with contextlib.suppress(zmq.Again):
             sock.send_multipart(self.session.serialize(msg, [topic]), flags=zmq.NOBLOCK)
 

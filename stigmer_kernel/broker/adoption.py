@@ -21,73 +21,87 @@ import json
 import logging
 import os
 import shutil
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..auto import Escalation
-from ..protocol import KernelState, Session
-from .kernels import AGENT_REPLAY_WINDOW, Kernel
+from ..protocol import Session
+from .model import AGENT_REPLAY_WINDOW, Incarnation, Kernel
 
 if TYPE_CHECKING:
-    from .server import Broker
+    from .service import Hub
 
 log = logging.getLogger("stigmer.broker")
 
 RECORDS = "records"
 
 
-def save(broker: Broker, kernel: Kernel) -> None:
-    """Write (or refresh) the record of ``kernel``'s current incarnation."""
-    if not kernel.id or kernel.session is None or kernel.mode == "auto":
-        return
-    if kernel in broker.pool.kernels:
-        return  # a warm container nobody uses yet: after a crash it is simply removed
-    workdir = _workdir(broker, kernel)
-    if not workdir.is_dir():
-        return  # removed already
-    directory = broker.runtime.path / RECORDS
-    directory.mkdir(mode=0o700, exist_ok=True)
-    record = {
-        "name": kernel.name,
-        "mode": kernel.mode,
-        "id": kernel.id,
-        "key": kernel.session.key.decode(),
-        "cwd": kernel.cwd,
-        "ttl": kernel.ttl,
-        "image": kernel.image,
-        "requirements": kernel.requirements,
-        "workspace": kernel.workspace,
-        "parent": kernel.parent.name if kernel.parent else None,
-        "parent_cwd": kernel.parent.cwd if kernel.parent else None,
-        # Auto: what made the parent's later commands follow it to the sandbox (sticky).
-        "escalation": kernel.parent.escalation.to_dict()
-        if kernel.parent and kernel.parent.escalation
-        else None,
-        # Local: the agent's and bash's pids, each with its start time (the proof asked of a
-        # pid before a restarted server signals it).
-        **(kernel.handle.record() if kernel.handle is not None else {}),
-        "jupyter": kernel.channels.connection_info if kernel.channels else None,
-        "workdir": workdir.name,
-        # A sandbox container restarted for this incarnation keeps its first one's labels.
-        "container": kernel.handle.resource_id if kernel.handle is not None else None,
-        # A sandbox agent over tcp: the CurveZMQ key it may come back with.
-        "curve_public": (broker.remote.ephemeral.get(kernel.id) or b"").decode() or None,
-    }
-    tmp = directory / f"{kernel.id}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(record, handle)
-    os.replace(tmp, directory / f"{kernel.id}.json")
+class Records:
+    """The records of this server's kernel incarnations, in ``<runtime>/records``."""
 
+    def __init__(
+        self,
+        runtime_path: Path,
+        pooled: Callable[[Kernel], bool],
+        curve_public: Callable[[str], bytes | None],
+    ) -> None:
+        self.runtime_path = runtime_path
+        self.pooled = pooled  # a warm container nobody uses yet: after a crash it is removed
+        self.curve_public = curve_public  # a sandbox agent over tcp: the key it comes back with
 
-def _workdir(broker: Broker, kernel: Kernel) -> Path:
-    """The kernel's directory: ``kernels/<id>``, unless its agent runs in a restarted sandbox
-    container, whose mounts still name the directory it was created with."""
-    workdir = kernel.handle.workdir if kernel.handle is not None else None
-    if workdir is not None:
-        return workdir
-    return broker.runtime.path / "kernels" / kernel.id
+    def save(self, kernel: Kernel) -> None:
+        """Write (or refresh) the record of ``kernel``'s current incarnation."""
+        if not kernel.id or kernel.session is None or kernel.mode == "auto":
+            return
+        if self.pooled(kernel):
+            return
+        workdir = self._workdir(kernel)
+        if not workdir.is_dir():
+            return  # removed already
+        directory = self.runtime_path / RECORDS
+        directory.mkdir(mode=0o700, exist_ok=True)
+        parent, handle = kernel.parent, kernel.handle
+        record = {
+            "name": kernel.name,
+            "mode": kernel.mode,
+            "id": kernel.id,
+            "key": kernel.session.key.decode(),
+            "cwd": kernel.cwd,
+            "ttl": kernel.ttl,
+            "image": kernel.image,
+            "requirements": kernel.requirements,
+            "workspace": kernel.workspace,
+            "parent": parent.name if parent else None,
+            "parent_cwd": parent.cwd if parent else None,
+            # Auto: what made the parent's later commands follow it to the sandbox (sticky).
+            "escalation": parent.escalation.to_dict() if parent and parent.escalation else None,
+            # Local: the agent's and bash's pids, each with its start time (the proof asked of a
+            # pid before a restarted server signals it).
+            **(handle.record() if handle is not None else {}),
+            "jupyter": kernel.channels.connection_info if kernel.channels else None,
+            "workdir": workdir.name,
+            # A sandbox container restarted for this incarnation keeps its first one's labels.
+            "container": handle.resource_id if handle is not None else None,
+            # A sandbox agent over tcp: the CurveZMQ key it may come back with.
+            "curve_public": (self.curve_public(kernel.id) or b"").decode() or None,
+        }
+        tmp = directory / f"{kernel.id}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(record, out)
+        os.replace(tmp, directory / f"{kernel.id}.json")
+
+    def forget(self, kernel_id: str) -> None:
+        forget(self.runtime_path, kernel_id)
+
+    def _workdir(self, kernel: Kernel) -> Path:
+        """The kernel's directory: ``kernels/<id>``, unless its agent runs in a restarted
+        sandbox container, whose mounts still name the directory it was created with."""
+        workdir = kernel.handle.workdir if kernel.handle is not None else None
+        if workdir is not None:
+            return workdir
+        return self.runtime_path / "kernels" / kernel.id
 
 
 def _record_workdir(runtime_path: Path, record: dict[str, Any]) -> Path:
@@ -123,90 +137,61 @@ def load(runtime_path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def adopt_all(broker: Broker, records: list[dict[str, Any]]) -> None:
+def adopt_all(hub: Hub, records: list[dict[str, Any]]) -> None:
     """Re-create the kernels of ``records``; their agents re-attach by heartbeat."""
     for record in records:
         try:
-            _adopt(broker, record)
+            _adopt(hub, record)
         except Exception as exc:  # one bad or stale record must not keep the server from starting
             log.warning("could not re-adopt kernel record %s: %s", record.get("id"), exc)
-            forget(broker.runtime.path, str(record.get("id")))
-            broker.remote.ephemeral.pop(str(record.get("id")), None)
+            forget(hub.runtime.path, str(record.get("id")))
+            hub.agents.retired(str(record.get("id")))
             with contextlib.suppress(Exception):
-                shutil.rmtree(_record_workdir(broker.runtime.path, record))
+                shutil.rmtree(_record_workdir(hub.runtime.path, record))
 
 
-def _adopt(broker: Broker, record: dict[str, Any]) -> None:
-    name, mode = str(record["name"]), str(record["mode"])
-    workdir = _record_workdir(broker.runtime.path, record)
-    parent = None
-    if record.get("parent"):
-        parent = broker.registry.by_name.get(str(record["parent"]))
-        if parent is None:
-            parent = broker.auto.create(
-                str(record["parent"]),
-                str(record.get("parent_cwd") or record["cwd"]),
-                record.get("ttl"),
-                {"workspace": record.get("workspace")},
-            )
-        parent.escalation = parent.escalation or Escalation.from_dict(record.get("escalation"))
-    kernel = Kernel(
-        name=name, mode=mode, ttl=float(record["ttl"]), cwd=str(record["cwd"]), parent=parent
-    )
-    kernel.id = str(record["id"])
-    kernel.session = Session(str(record["key"]).encode(), replay_window=AGENT_REPLAY_WINDOW)
-    kernel.session_id = os.urandom(16).hex()
-    kernel.image, kernel.requirements = record.get("image"), record.get("requirements")
-    kernel.workspace = record.get("workspace")
-    kernel.state = KernelState.STARTING
-    kernel.adopting = True
-    kernel.started_at = time.monotonic()
-    provisioner = broker.provisioners.get(mode)
+def _adopt(hub: Hub, record: dict[str, Any]) -> None:
+    name, mode, kernel_id = str(record["name"]), str(record["mode"]), str(record["id"])
+    workdir = _record_workdir(hub.runtime.path, record)
+    provisioner = hub.lifecycle.provisioners.get(mode)
     if provisioner is None:  # a mode this server does not have
         shutil.rmtree(workdir, ignore_errors=True)
-        forget(broker.runtime.path, kernel.id)
+        forget(hub.runtime.path, kernel_id)
         return
+    inc = Incarnation(
+        id=kernel_id,
+        session=Session(str(record["key"]).encode(), replay_window=AGENT_REPLAY_WINDOW),
+    )
     # Its CurveZMQ key first: the agent may come back while the provisioner looks for it.
     public = record.get("curve_public")
-    if isinstance(public, str) and broker.sandbox_tcp_sock is None:
+    sandbox_sock = hub.agents.sandbox_sock
+    if isinstance(public, str) and sandbox_sock is None:
         log.warning(
             "kernel %s: its sandbox agent used the tcp transport, which this server does "
             "not listen on (STIGMER_SANDBOX_TRANSPORT): it cannot come back",
             name,
         )
-    if isinstance(public, str) and broker.sandbox_tcp_sock is not None:
-        broker.remote.ephemeral[kernel.id] = public.encode()
-        kernel.agent_sock = broker.sandbox_tcp_sock
-    handle = provisioner.adopt(record, workdir)
-    if handle is None:  # a backend that cannot re-adopt
-        broker.remote.ephemeral.pop(kernel.id, None)
+    if isinstance(public, str) and sandbox_sock is not None:
+        hub.agents.remote.ephemeral[kernel_id] = public.encode()
+        inc.sock = sandbox_sock
+    inc.handle = provisioner.adopt(record, workdir)
+    if inc.handle is None:  # a backend that cannot re-adopt
+        hub.agents.retired(kernel_id)
         shutil.rmtree(workdir, ignore_errors=True)
-        forget(broker.runtime.path, kernel.id)
+        forget(hub.runtime.path, kernel_id)
         return
-    kernel.handle = handle
-    if parent is not None:
-        parent.children[mode] = kernel
-        kernel.channels = parent.channels
-    broker.registry.add(kernel)
-    broker.registry.index(kernel)
-    if record.get("jupyter") and parent is None:
+    kernel = hub.creation.adopted(
+        name,
+        mode,
+        inc,
+        ttl=float(record["ttl"]),
+        cwd=str(record["cwd"]),
+        sandbox=(record.get("image"), record.get("requirements"), record.get("workspace")),
+        parent=record.get("parent"),
+        parent_cwd=record.get("parent_cwd"),
+        escalation=Escalation.from_dict(record.get("escalation")),
+    )
+    if record.get("jupyter") and kernel.parent is None:
         with contextlib.suppress(Exception):
-            broker.jupyter.open_channels(kernel, record["jupyter"])
+            hub.jupyter.open_channels(kernel, record["jupyter"])
     log.info("kernel %s (%s): waiting for its agent to re-attach", name, kernel.id)
-
-
-def attach(broker: Broker, kernel: Kernel, identity: bytes, content: dict[str, Any]) -> None:
-    """The first heartbeat of a surviving agent: it serves this kernel again."""
-    kernel.agent_identity = identity.removesuffix(b":hb")
-    kernel.came_up = True
-    kernel.adopting = False
-    pid = content.get("pid")
-    if kernel.mode == "local" and isinstance(pid, int):
-        kernel.agent_pid = pid
-    kernel.state = KernelState.IDLE
-    kernel.last_activity = time.monotonic()
-    log.info("kernel %s re-adopted with its session (agent %s)", kernel.name, pid)
-    if kernel.channels is not None:
-        kernel.channels.publish_status("idle", None)
-    save(broker, kernel)
-    broker.advance(kernel)

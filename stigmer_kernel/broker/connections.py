@@ -42,7 +42,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 if TYPE_CHECKING:
-    from .server import Broker
+    from .service import Hub
 
 log = logging.getLogger("stigmer.broker")
 
@@ -209,7 +209,7 @@ class Watched:
 class ConnectionGuard:
     """Caps and closes connections of the watched sockets (see the module docstring)."""
 
-    def __init__(self, broker: Broker, memory_limit: int) -> None:
+    def __init__(self, broker: Hub, memory_limit: int) -> None:
         self.broker = broker
         self.memory_limit = memory_limit
         self.watched: dict[zmq.Socket[Any], Watched] = {}

@@ -23,8 +23,8 @@ from ..protocol import MsgType
 from ..protocol.constants import OUTPUT_ACK_EVERY, OUTPUT_WINDOW
 
 if TYPE_CHECKING:
-    from .kernels import Kernel, Pending
-    from .server import Broker
+    from .model import Kernel, Pending
+    from .service import Hub
 
 #: Held messages per command past which output is dropped (an agent that ignores the window).
 _HOLD_LIMIT = 4 * OUTPUT_WINDOW
@@ -44,7 +44,7 @@ class _Held:
 class OutputFlow:
     """The held output of every command whose client is behind (one per broker)."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Hub) -> None:
         self.broker = broker
         self._held: dict[str, _Held] = {}  # by request msg_id
         self._retry: Any = None  # the asyncio.TimerHandle of the next retry
@@ -102,13 +102,8 @@ class OutputFlow:
         if pending.delivered - pending.acked < OUTPUT_ACK_EVERY:
             return
         pending.acked = pending.delivered
-        if kernel.session is None or kernel.agent_identity is None:
-            return
-        ack = kernel.session.msg(
-            MsgType.OUTPUT_ACK.value, {"delivered": pending.delivered}, pending.header
-        )
-        frames = kernel.session.serialize(ack, [kernel.agent_identity])
-        self.broker.reactor.send(self.broker.agent_socket(kernel), frames, must_arrive=True)
+        content = {"delivered": pending.delivered}
+        self.broker.agents.tell(kernel, MsgType.OUTPUT_ACK, content, pending.header, True)
 
     def _schedule(self, delay: float) -> None:
         loop = self.broker.loop

@@ -18,10 +18,10 @@ from ..errors import ProtocolError, RequestError
 from ..protocol import ErrorName, KernelEvent, KernelState, Message, MsgType
 from ..protocol.constants import PROTOCOL_VERSION, REPLY_FOR
 from .jupyter_channels import JupyterChannels
-from .kernels import Kernel, Pending, checked_code
+from .model import Kernel, Pending, checked_code
 
 if TYPE_CHECKING:
-    from .server import Broker
+    from .service import Hub
 
 log = logging.getLogger("stigmer.broker")
 
@@ -29,7 +29,7 @@ log = logging.getLogger("stigmer.broker")
 class JupyterFrontend:
     """Handles what arrives on every kernel's Jupyter channels."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Hub) -> None:
         self.broker = broker
 
     def open_channels(self, kernel: Kernel, connection: dict[str, Any] | None) -> JupyterChannels:
@@ -45,9 +45,7 @@ class JupyterFrontend:
         log.info("kernel %s: Jupyter channels on %s", kernel.name, kernel.channels.connection_file)
         for child in kernel.children.values():
             child.channels = kernel.channels
-        from .adoption import save
-
-        save(self.broker, kernel)
+        self.broker.records.save(kernel)
         if kernel.state is KernelState.IDLE:
             kernel.channels.publish_status("idle", None)
         return kernel.channels
@@ -83,7 +81,9 @@ class JupyterFrontend:
             if channel == "stdin":
                 if mtype == MsgType.INPUT_REPLY.value:
                     value = msg.content.get("value")
-                    broker.input_reply(kernel, value if isinstance(value, str) else "", msg)
+                    broker.scheduler.input_reply(
+                        kernel, value if isinstance(value, str) else "", msg
+                    )
                 return
             if mtype == MsgType.EXECUTE_REQUEST.value and channel == "shell":
                 self._execute(channels, client, msg)
@@ -121,7 +121,7 @@ class JupyterFrontend:
 
     def _ensure_running(self, kernel: Kernel, client: bytes) -> None:
         if kernel.state is KernelState.DEAD:
-            self.broker.restart_kernel(
+            self.broker.lifecycle.restart(
                 kernel,
                 f"the previous agent died ({kernel.death_reason}); session state was reset",
                 requester=client,
@@ -148,7 +148,7 @@ class JupyterFrontend:
             store_history=bool(content.get("store_history", not silent)),
             stop_on_error=bool(content.get("stop_on_error", True)),
         )
-        self.broker.submit(channels.kernel, pending)
+        self.broker.scheduler.submit(channels.kernel, pending)
 
     def _agent_request(
         self, channels: JupyterChannels, client: bytes, msg: Message, kind: MsgType
@@ -164,13 +164,15 @@ class JupyterFrontend:
         )
         if kind is MsgType.IS_COMPLETE_REQUEST:
             channels.publish_status("busy", msg.header)
-        self.broker.submit(channels.kernel, pending)
+        self.broker.scheduler.submit(channels.kernel, pending)
 
     def _shutdown(self, kernel: Kernel, restart: bool) -> None:
         if restart:
-            self.broker.restart_kernel(kernel, "restarted by a Jupyter client", requested=True)
+            self.broker.lifecycle.restart(kernel, "restarted by a Jupyter client", requested=True)
         else:
-            self.broker.remove_kernel(kernel, KernelEvent.SHUTDOWN, "shut down by a Jupyter client")
+            self.broker.lifecycle.remove(
+                kernel, KernelEvent.SHUTDOWN, "shut down by a Jupyter client"
+            )
 
     # -- requests the broker answers itself -------------------------------------------------------
     def _kernel_info(self, kernel: Kernel, msg: Message) -> tuple[MsgType, dict[str, Any]]:
@@ -204,12 +206,14 @@ class JupyterFrontend:
         return MsgType.COMM_INFO_REPLY, {"status": "ok", "comms": {}}
 
     def _interrupt(self, kernel: Kernel, msg: Message) -> tuple[MsgType, dict[str, Any]]:
-        self.broker.interrupt(kernel)
+        self.broker.scheduler.interrupt(kernel)
         return MsgType.INTERRUPT_REPLY, {"status": "ok"}
 
     def _shutdown_reply(self, kernel: Kernel, msg: Message) -> tuple[MsgType, dict[str, Any]]:
         if msg.content.get("restart"):
-            self.broker.check_restartable(kernel)  # a refusal is the reply; nothing is stopped
+            self.broker.lifecycle.check_restartable(
+                kernel
+            )  # a refusal is the reply; nothing is stopped
         return MsgType.SHUTDOWN_REPLY, {"status": "ok", "restart": bool(msg.content.get("restart"))}
 
 

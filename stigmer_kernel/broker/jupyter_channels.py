@@ -36,10 +36,10 @@ import zmq
 from ..errors import RequestError
 from ..protocol import ErrorName, Message, MsgType, Session, new_key
 from .connections import JUPYTER_CAP, JUPYTER_LIMITS, JUPYTER_SMALL_LIMITS, apply_limits
-from .kernels import Kernel, Pending
+from .model import Kernel, Pending
 
 if TYPE_CHECKING:
-    from .server import Broker
+    from .service import Hub
 
 #: What receives the frames that came over a channel: (channels, channel name, frames, the
 #: connection's file descriptor if the connection guard knows it).
@@ -84,7 +84,7 @@ class JupyterChannels:
 
     def __init__(
         self,
-        broker: Broker,
+        broker: Hub,
         kernel: Kernel,
         connection: dict[str, Any] | None,
         on_frames: FrameHandler,
@@ -374,6 +374,9 @@ class JupyterChannels:
         self.send(
             pending.channel, pending.client, _REPLY_TYPES[pending.kind], reply, pending.header
         )
+
+    def stdin_ack(self, pending: Pending, msg: Message, frames: list[bytes]) -> None:
+        """Jupyter clients never stream stdin: nothing to credit."""
 
     def input_request(self, kernel: Kernel, pending: Pending, msg: Message) -> None:
         self.send("stdin", pending.client, MsgType.INPUT_REQUEST, dict(msg.content), pending.header)

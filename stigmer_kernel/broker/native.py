@@ -19,11 +19,11 @@ from ..protocol import ErrorName, KernelEvent, Message, MsgType, Session
 from ..protocol.constants import REPLY_FOR, STDIN_CHUNK_MAX, STDIN_WINDOW
 from ..protocol.session import split_ids
 from .jupyter_channels import check_connection
-from .kernels import Kernel, Pending, checked_code
+from .model import Kernel, Pending, checked_code
 from .options import apply_restart
 
 if TYPE_CHECKING:
-    from .server import Broker
+    from .service import Hub
 
 log = logging.getLogger("stigmer.broker")
 
@@ -31,7 +31,7 @@ log = logging.getLogger("stigmer.broker")
 class NativeFrontend:
     kind = "native"
 
-    def __init__(self, broker: Broker, sock_attr: str = "client_sock") -> None:
+    def __init__(self, broker: Hub, sock_attr: str = "client_sock") -> None:
         self.broker = broker
         self.sock_attr = sock_attr  # the broker socket these clients use (ipc, or tcp+CURVE)
         self.session = Session(broker.key)
@@ -196,12 +196,12 @@ class NativeFrontend:
             tell_mode=not content.get("mode"),
             sticky=sticky,
         )
-        self.broker.submit(kernel, pending)
+        self.broker.scheduler.submit(kernel, pending)
 
     def _kernel_for(self, client: bytes, msg: Message) -> Kernel:
         """The kernel a request names, created if needed, with ``client`` attached to it."""
         content = msg.content
-        kernel = self.broker.get_or_create(
+        kernel = self.broker.creation.get_or_create(
             content.get("kernel") or "default",
             content.get("mode"),
             content.get("cwd"),
@@ -225,7 +225,7 @@ class NativeFrontend:
 
     def _interrupt(self, client: bytes, msg: Message) -> None:
         kernel = self._named(client, msg)
-        was_busy = self.broker.interrupt(kernel, msg)
+        was_busy = self.broker.scheduler.interrupt(kernel, msg)
         self.reply_to(
             client,
             msg,
@@ -249,7 +249,7 @@ class NativeFrontend:
 
     def _shutdown_kernel(self, client: bytes, msg: Message) -> None:
         kernel = self._named(client, msg)
-        self.broker.remove_kernel(kernel, KernelEvent.SHUTDOWN, "shut down by request")
+        self.broker.lifecycle.remove(kernel, KernelEvent.SHUTDOWN, "shut down by request")
         self.reply_to(
             client, msg, MsgType.KERNEL_SHUTDOWN_REPLY, {"status": "ok", "kernel": kernel.name}
         )
@@ -263,10 +263,10 @@ class NativeFrontend:
                 f"restart that one (`stigmer kernels restart {kernel.parent.name}`)",
                 ErrorName.BAD_REQUEST,
             )
-        self.broker.check_restartable(kernel)  # before anything changes
+        self.broker.lifecycle.check_restartable(kernel)  # before anything changes
         changed = apply_restart(kernel, msg.content, self.broker.config)
         reason = "restarted by request" + (f" with {', '.join(changed)}" if changed else "")
-        self.broker.restart_kernel(kernel, reason)  # every attached client is told
+        self.broker.lifecycle.restart(kernel, reason)  # every attached client is told
         self.reply_to(
             client,
             msg,
@@ -354,12 +354,8 @@ class NativeFrontend:
             )
         pending.stdin_sent += len(data)
         pending.stdin_ended = eof
-        assert kernel.session is not None and kernel.agent_identity is not None
-        chunk = kernel.session.msg(
-            MsgType.STDIN_CHUNK.value, {"data": data, "eof": eof}, pending.header
-        )
-        frames = kernel.session.serialize(chunk, [kernel.agent_identity])
-        self.broker.reactor.send(self.broker.agent_socket(kernel), frames, must_arrive=True)
+        content = {"data": data, "eof": eof}
+        self.broker.agents.tell(kernel, MsgType.STDIN_CHUNK, content, pending.header, True)
 
     def _stdin_target(self, client: bytes, msg: Message) -> tuple[Kernel, Pending]:
         """The kernel (an auto kernel's side) running the request a stdin_chunk is parented to."""

@@ -22,8 +22,8 @@ from ..config import ExecutionMode, parse_value
 from ..errors import ConfigError, RequestError
 from ..protocol import ErrorName
 from ..provisioners.workspace import check_workspace
-from .kernels import REMOTE, Kernel
-from .routing import translate
+from .auto_router import translate
+from .model import REMOTE, Kernel
 
 if TYPE_CHECKING:
     from ..config import Config

@@ -13,41 +13,23 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from ..protocol import KernelState
-from . import adoption
-from .kernels import Kernel
+from .model import Kernel
 
 if TYPE_CHECKING:
-    from .server import Broker
-
-#: Attributes that make a kernel's agent: what a named kernel takes over from a pooled one.
-_AGENT_STATE = (
-    "id",
-    "session",
-    "session_id",
-    "handle",
-    "agent_identity",
-    "agent_pid",
-    "agent_info",
-    "shell_pgid",
-    "state",
-    "started_at",
-    "last_beat",
-    "agent_sock",
-)
+    from .service import Hub
 
 
 class WarmPool:
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
-        self.size = broker.config.sandbox_warm
-        self.workspace: str | None = broker.config.sandbox_workspace
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.size = hub.config.sandbox_warm
+        self.workspace: str | None = hub.config.sandbox_workspace
         self.kernels: list[Kernel] = []
         self.paused_until = 0.0  # after a pooled container failed to start: no storm of retries
 
     def note_workspace(self, workspace: str) -> None:
         """A sandbox kernel was created for ``workspace``: keep the pool warm for it."""
-        if self.size and self.workspace != workspace and not self.broker.config.sandbox_workspace:
+        if self.size and self.workspace != workspace and not self.hub.config.sandbox_workspace:
             self.drain()
             self.workspace = workspace
         self.refill()
@@ -64,30 +46,19 @@ class WarmPool:
                 workspace=self.workspace,
             )
             self.kernels.append(kernel)
-            self.broker.start_agent(kernel)
+            self.hub.lifecycle.start_agent(kernel)
 
-    def take(self, workspace: str, image: str | None, requirements: str | None) -> Kernel | None:
-        """A pooled kernel whose agent is ready, if one fits; None otherwise."""
-        if requirements or (image and image != self.broker.config.sandbox_image):
-            return None
+    def take(self, workspace: str) -> Kernel | None:
+        """A pooled kernel for ``workspace`` whose agent is ready, if there is one (the
+        provisioner said the request can be served by a pooled agent: ``can_pool``); the
+        lifecycle hands its incarnation to the named kernel."""
         if workspace != self.workspace:
             return None
         for pooled in self.kernels:
-            if pooled.state is KernelState.IDLE and pooled.agent_identity is not None:
+            if pooled.ready:
                 self.kernels.remove(pooled)
                 return pooled
         return None
-
-    def adopt(self, kernel: Kernel, pooled: Kernel) -> None:
-        """``kernel`` takes over ``pooled``'s container and agent."""
-        for attr in _AGENT_STATE:
-            setattr(kernel, attr, getattr(pooled, attr))
-        kernel.last_activity = time.monotonic()
-        self.broker.registry.by_id[kernel.id] = kernel
-        if kernel.handle is not None:
-            kernel.handle.renamed(kernel.name)
-        adoption.save(self.broker, kernel)  # now a named kernel: re-adoptable after a crash
-        self.refill()
 
     def forget(self, kernel: Kernel, failed_to_start: bool = False) -> None:
         if kernel in self.kernels:
@@ -98,5 +69,5 @@ class WarmPool:
     def drain(self) -> None:
         """Stop every pooled container (workspace change, shutdown)."""
         for kernel in list(self.kernels):
-            self.broker.stop_agent(kernel)
+            self.hub.lifecycle.stop_agent(kernel)
         self.kernels.clear()

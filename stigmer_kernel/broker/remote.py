@@ -17,8 +17,6 @@ Heartbeats watch it like any agent: a cut link is a dead agent within three inte
 from __future__ import annotations
 
 import logging
-import os
-import time
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -36,11 +34,11 @@ from ..errors import ProtocolError, StigmerError
 from ..protocol import KernelState, MsgType, Session
 from ..provisioners import AgentHandle
 from .connections import CLIENT_RCVHWM, Limits, apply_limits
-from .kernels import AGENT_REPLAY_WINDOW, NAME_RE, REMOTE, Kernel
+from .model import AGENT_REPLAY_WINDOW, NAME_RE, REMOTE, Incarnation
 from .peers import Authenticator, LocalPeers
 
 if TYPE_CHECKING:
-    from .server import Broker
+    from .service import Hub
 
 log = logging.getLogger("stigmer.broker")
 
@@ -64,9 +62,12 @@ class RemoteAgent(AgentHandle):
         """No process of ours to kill (agent_shutdown or a cut link ends it): just let go."""
         self.released = True
 
+    def release(self) -> None:
+        self.released = True  # agent_shutdown ends it on its host
+
 
 class RemoteEndpoints:
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Hub) -> None:
         self.broker = broker
         self.authenticator: Authenticator | None = None
         # Public keys the broker made for its own sandbox agents over tcp, by kernel id.
@@ -164,36 +165,18 @@ class RemoteEndpoints:
         except ProtocolError as exc:
             self.broker.reactor.drop_log("a remote agent", exc)
             return True
-        registry = self.broker.registry
-        existing = registry.by_name.get(name)
-        if existing is not None:
-            if existing.state is not KernelState.DEAD or existing.mode != REMOTE:
-                # A dead local or sandbox kernel stays what it was: its clients' next command
-                # must run on this host, never on the one that asked for the name.
-                self.broker.reactor.drop_log("a remote agent", f"kernel name {name!r} is taken")
-                return True
-            registry.remove(existing, {"event": "restarted", "reason": "a new remote agent"})
-        kernel = Kernel(
-            name=name,
-            mode=REMOTE,
-            cwd=str(content.get("cwd") or "/"),
-            ttl=self.broker.config.kernel_ttl,
-        )
-        kernel.id = identity.split(b":", 1)[0].decode("ascii", "replace")
-        kernel.session = session
-        kernel.session_id = os.urandom(16).hex()
-        kernel.handle = RemoteAgent()
-        kernel.agent_sock = sock
-        kernel.started_at = time.monotonic()
-        registry.add(kernel)
-        registry.index(kernel)
-        if existing is not None and existing.channels is not None:
-            # Jupyter clients of the lost agent carry on with the new one, as after a restart.
-            kernel.channels, existing.channels = existing.channels, None
-            kernel.channels.kernel = kernel
-            kernel.channels.new_incarnation(kernel)
+        existing = self.broker.registry.by_name.get(name)
+        if existing is not None and (
+            existing.state is not KernelState.DEAD or existing.mode != REMOTE
+        ):
+            # A dead local or sandbox kernel stays what it was: its clients' next command
+            # must run on this host, never on the one that asked for the name.
+            self.broker.reactor.drop_log("a remote agent", f"kernel name {name!r} is taken")
+            return True
+        kernel_id = identity.split(b":", 1)[0].decode("ascii", "replace")
+        inc = Incarnation(id=kernel_id, session=session, handle=RemoteAgent(), sock=sock)
+        self.broker.creation.joined(name, str(content.get("cwd") or "/"), inc, identity, msg)
         log.info(
-            "remote agent joined as kernel %s (%s, %s)", name, kernel.id, content.get("hostname")
+            "remote agent joined as kernel %s (%s, %s)", name, kernel_id, content.get("hostname")
         )
-        self.broker.register_agent(kernel, identity, msg)
         return True

@@ -104,6 +104,10 @@ class AgentHandle(abc.ABC):
         (e.g. the sandbox's memory limit)."""
         return None
 
+    def release(self) -> None:  # noqa: B027 - optional hook
+        """The broker asked the agent to end (agent_shutdown) and will wait for it; a handle
+        whose agent is not the broker's to wait for (one on another host) lets go now."""
+
     def cleanup(self) -> None:  # noqa: B027 - optional hook
         """Remove what the agent left behind once it has ended (files, containers)."""
 
@@ -143,6 +147,10 @@ class Provisioner(abc.ABC):
         ``before`` (wall clock: this server's own start). Returns how many went, or None if
         the backend could not be asked (the broker tries again later). Runs on a thread."""
         return 0
+
+    def can_pool(self, image: str | None, requirements: str | None) -> bool:
+        """Whether an agent started ahead of need can serve a kernel asking for these."""
+        return False
 
     def set_tcp_host(self, address: str) -> None:  # noqa: B027 - optional hook
         """Agents of this mode that dial the broker over TCP reach it at ``address``."""

@@ -539,6 +539,9 @@ class DockerProvisioner(Provisioner):
         self._handles.pop(container_id, None)
         return kept
 
+    def can_pool(self, image: str | None, requirements: str | None) -> bool:
+        return not requirements and (not image or image == self.config.sandbox_image)
+
     def set_tcp_host(self, address: str) -> None:
         self.tcp_host_address = address  # what TCP_HOST names inside containers
 

@@ -80,7 +80,7 @@ def test_over_tcp_a_sandbox_key_speaks_only_for_its_own_kernel(docker_client: An
 
     import zmq
 
-    from stigmer_kernel.broker.kernels import Kernel
+    from stigmer_kernel.broker.model import Kernel
     from stigmer_kernel.broker.server import Broker
     from stigmer_kernel.config import load_config
     from stigmer_kernel.protocol import new_key

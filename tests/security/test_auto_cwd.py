@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from stigmer_kernel.broker.routing import _ESCAPES, translate
+from stigmer_kernel.broker.auto_router import _ESCAPES, translate
 from tests.conftest import Server
 from tests.sandbox.conftest import sandbox_workspace
 

@@ -26,21 +26,32 @@ from typing import TYPE_CHECKING, Any
 
 from ..auto import Escalation, decide
 from ..errors import RequestError
-from ..protocol import ErrorName, ExecStatus, KernelState, Message, MsgType
+from ..protocol import ErrorName, ExecStatus, Message, MsgType
 from ..provisioners.docker import WORKSPACE
-from . import adoption
-from .kernels import Kernel, Pending
+from .model import Kernel, Pending, Phase
 
 if TYPE_CHECKING:
-    from .server import Broker
+    from ..config import Config
+    from .creation import Creation
+    from .lifecycle import Lifecycle
+    from .scheduler import Scheduler
 
 
 class AutoRouter:
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
+    """Auto mode's hooks into the scheduler (:class:`~.scheduler.AutoHooks`) and lifecycle
+    (``create_auto``)."""
+
+    def __init__(
+        self, config: Config, scheduler: Scheduler, lifecycle: Lifecycle, creation: Creation
+    ) -> None:
+        self.config = config
+        self.scheduler = scheduler
+        self.lifecycle = lifecycle
+        self.creation = creation
+        self.records = lifecycle.records
 
     def create(self, name: str, cwd: str, ttl: Any, options: dict[str, Any]) -> Kernel:
-        config = self.broker.config
+        config = self.config
         workspace = config.sandbox_workspace or options.get("workspace") or cwd
         if not isinstance(workspace, str) or not os.path.isdir(workspace):
             raise RequestError(f"workspace {workspace!r} does not exist", ErrorName.BAD_REQUEST)
@@ -60,22 +71,19 @@ class AutoRouter:
         kernel.workspace = os.path.realpath(workspace)
         env = options.get("kernel_env")
         kernel.env = env if isinstance(env, dict) else None  # for its local side only
-        kernel.state = KernelState.IDLE
-        kernel.id = f"{name}-auto"
-        kernel.session_id = os.urandom(16).hex()
-        self.broker.registry.add(kernel)
+        kernel.move(Phase.READY)  # no agent of its own: its sides start when first asked
+        self.lifecycle.registry.add(kernel)
         return kernel
 
     # -- dispatch ---------------------------------------------------------------------------------
     def advance(self, kernel: Kernel) -> None:
-        broker = self.broker
         while kernel.running is None and kernel.queue and not kernel.closing:
             pending = kernel.queue.popleft()
             before = kernel.escalation
             if pending.kind is not MsgType.EXECUTE_REQUEST:
                 side = kernel.last_side or "local"  # completion etc.: where the user last was
             else:
-                sticky = broker.config.auto_sticky if pending.sticky is None else pending.sticky
+                sticky = self.config.auto_sticky if pending.sticky is None else pending.sticky
                 decision = decide(
                     pending.code,
                     requirements=bool(kernel.requirements),
@@ -94,13 +102,11 @@ class AutoRouter:
                 if child.mode != "sandbox":
                     kernel.escalation = before  # it fell back to the host: nothing changed there
                 self._carry_cwd(kernel, child, pending)
-                kernel.running = pending
-                broker.submit(child, pending)
+                self.scheduler.delegate(kernel, child, pending)
                 if kernel.escalation is not before:
-                    adoption.save(broker, child)  # a server restart keeps it (if it has a record)
+                    self.records.save(child)  # a server restart keeps it (if it has a record)
             except RequestError as exc:
                 kernel.escalation = before
-                kernel.running = None
                 message = str(exc)
                 if pending.decision is not None and exc.ename == ErrorName.MODE_UNAVAILABLE:
                     message = (
@@ -109,16 +115,14 @@ class AutoRouter:
                         "or let auto mode fall back to the host "
                         "(stigmer config set auto_local_fallback true)"
                     )
-                broker.fail(kernel, pending, ExecStatus.ERROR, exc.ename, message)
+                self.scheduler.fail(kernel, pending, ExecStatus.ERROR, exc.ename, message)
                 continue
             kernel.last_side = child.mode
-            kernel.refresh_state()
 
     def _child(self, kernel: Kernel, side: str, pending: Pending) -> Kernel:
-        broker = self.broker
         child = kernel.children.get(side)
-        if child is not None and child.state is KernelState.DEAD:
-            broker.restart_kernel(child, f"the previous agent died ({child.death_reason})")
+        if child is not None and child.phase is Phase.DEAD:
+            self.lifecycle.restart(child, f"the previous agent died ({child.death_reason})")
         if child is not None:
             return child
         options = {
@@ -128,13 +132,13 @@ class AutoRouter:
             "kernel_env": kernel.env,
         }
         try:
-            child = broker.create_kernel(
+            child = self.creation.create(
                 f"{kernel.name}~{side}", side, kernel.cwd, kernel.ttl_asked, options, parent=kernel
             )
         except RequestError as exc:
             # Only a missing engine falls back to the host: a refused workspace (or any other
             # reason the sandbox will not take the command) never sends it there.
-            fallback = broker.config.auto_local_fallback and exc.ename == ErrorName.MODE_UNAVAILABLE
+            fallback = self.config.auto_local_fallback and exc.ename == ErrorName.MODE_UNAVAILABLE
             if side != "sandbox" or not fallback:
                 raise
             decision = pending.decision or {}
@@ -181,7 +185,7 @@ class AutoRouter:
             return False
         for child in kernel.children.values():
             if running.msg_id in child.pending:
-                return self.broker.interrupt(child, parent)
+                return self.scheduler.interrupt(child, parent)
         return False
 
 

@@ -12,6 +12,7 @@ the broker always knows what runs, can abort what waits, and numbers executions 
 from __future__ import annotations
 
 import collections
+import enum
 import os
 import re
 import time
@@ -67,6 +68,9 @@ class Sink(Protocol):
     def input_request(self, kernel: Kernel, pending: Pending, msg: Message) -> None:
         """Ask the client for a line of stdin."""
 
+    def stdin_ack(self, pending: Pending, msg: Message, frames: list[bytes]) -> None:
+        """Credit for streamed stdin from the agent (clients that stream stdin)."""
+
 
 @dataclass
 class Pending:
@@ -106,25 +110,75 @@ class Pending:
         return code if isinstance(code, str) else ""
 
 
+class Phase(enum.Enum):
+    """Where a kernel is in its life. The wire's idle/busy is derived from its queue, never
+    stored beside the phase (:attr:`Kernel.state`)."""
+
+    STARTING = "starting"  # an agent was started for it and has not registered yet
+    ADOPTING = "adopting"  # left by a dead broker: waiting for its agent to re-attach
+    READY = "ready"  # an agent serves it (auto kernels: its sides can be asked)
+    CLOSING = "closing"  # being restarted or removed: nothing it queued may start now
+    DEAD = "dead"  # its agent died or never came up; the next request restarts it
+    GONE = "gone"  # removed from the registry
+
+
+#: The moves a kernel's phase may make (anything else is a bug, raised at once).
+MOVES: dict[Phase, frozenset[Phase]] = {
+    Phase.STARTING: frozenset({Phase.READY, Phase.DEAD, Phase.CLOSING}),
+    Phase.ADOPTING: frozenset({Phase.READY, Phase.DEAD, Phase.CLOSING}),
+    Phase.READY: frozenset({Phase.CLOSING, Phase.DEAD}),
+    Phase.CLOSING: frozenset({Phase.STARTING, Phase.READY, Phase.DEAD, Phase.GONE}),
+    Phase.DEAD: frozenset({Phase.STARTING, Phase.CLOSING}),
+    Phase.GONE: frozenset(),
+}
+
+
+class IllegalMove(RuntimeError):
+    """A phase change :data:`MOVES` does not allow."""
+
+
+@dataclass
+class Incarnation:
+    """One agent run serving a kernel: what changes when a fresh agent replaces the last one."""
+
+    id: str  # "<name>-<random>": the agent's routing id starts with it
+    session: Session  # signs and verifies traffic with this agent (its own key)
+    handle: AgentHandle | None = None  # the provisioner's handle on the process or container
+    identity: bytes | None = None  # the agent's routing id, once it registered
+    pid: int | None = None
+    info: dict[str, Any] = field(default_factory=dict)  # what it said at registration
+    shell_pgid: int | None = None  # its bash's process group (what an interrupt signals)
+    started_at: float = field(default_factory=time.monotonic)
+    progress_at: float = 0.0  # last progress report of its start (image pull or build)
+    last_beat: float = field(default_factory=time.monotonic)
+    sock: Any = None  # the socket it speaks on (None: the ipc agent socket)
+
+    @classmethod
+    def new(cls, name: str, key: bytes) -> Incarnation:
+        return cls(
+            id=f"{name}-{os.urandom(4).hex()}",
+            session=Session(key, replay_window=AGENT_REPLAY_WINDOW),
+        )
+
+    def set_shell_pgid(self, pgid: int) -> None:
+        self.shell_pgid = pgid
+        if self.handle is not None:
+            self.handle.shell_pgid = pgid
+
+
 @dataclass
 class Kernel:
+    """A named, warm shell session. Written by the core only (lifecycle.py: phase and
+    incarnation; scheduler.py: queue and counters); everyone else reads."""
+
     name: str
     mode: str
     ttl: float
     cwd: str
-    id: str = ""
-    state: KernelState = KernelState.STARTING
-    session: Session | None = None  # signs and verifies traffic with this incarnation's agent
-    handle: AgentHandle | None = None
-    agent_identity: bytes | None = None
-    agent_pid: int | None = None
-    agent_info: dict[str, Any] = field(default_factory=dict)
-    shell_pgid: int | None = None
-    started_at: float = 0.0
-    progress_at: float = 0.0  # last progress report of its start (image pull or build)
+    phase: Phase = Phase.STARTING
+    inc: Incarnation | None = None  # the current agent run (None: none yet, or auto)
     created_wall: float = field(default_factory=time.time)
     last_activity: float = field(default_factory=time.monotonic)
-    last_beat: float = field(default_factory=time.monotonic)
     queue: collections.deque[Pending] = field(default_factory=collections.deque)
     running: Pending | None = None
     pending: dict[str, Pending] = field(default_factory=dict)  # every request not yet answered
@@ -149,26 +203,57 @@ class Kernel:
     escalation: Escalation | None = None  # auto: what first changed its sandbox (sticky)
     ttl_asked: float | None = None  # auto: the TTL the request gave its sides (None: by mode)
     ttls: dict[str, float] | None = None  # TTL by mode from its creator's settings (auto sides)
-    adopting: bool = False  # left by a dead broker: waiting for its agent to re-attach
-    closing: bool = False  # being removed or restarted: what it queued must not start now
-    agent_sock: Any = None  # the socket its agent speaks on (None: the ipc agent socket)
-    session_id: str = ""  # Jupyter session id of this incarnation (new at every restart)
+    session_id: str = field(default_factory=lambda: os.urandom(16).hex())  # Jupyter's, per run
     creator: bytes | None = None  # the client connection that created it (max_kernels_per_client)
 
-    def new_incarnation(self, key: bytes) -> None:
-        self.id = f"{self.name}-{os.urandom(4).hex()}"
-        self.session = Session(key, replay_window=AGENT_REPLAY_WINDOW)
-        self.session_id = os.urandom(16).hex()
-        self.state = KernelState.STARTING
-        self.agent_identity = None
-        self.agent_pid = None
-        self.agent_info = {}
-        self.shell_pgid = None
-        self.handle = None
-        self.started_at = time.monotonic()
-        self.last_beat = time.monotonic()
-        self.execution_count = 0  # a new session counts from 1 again, as Jupyter expects
-        self.death_reason = None
+    def move(self, phase: Phase) -> None:
+        """Change phase; a move :data:`MOVES` does not allow raises :class:`IllegalMove`."""
+        if phase is not self.phase and phase not in MOVES[self.phase]:
+            raise IllegalMove(f"kernel {self.name}: {self.phase.value} -> {phase.value}")
+        self.phase = phase
+
+    # -- read-only views of the current incarnation ----------------------------------------------
+    @property
+    def id(self) -> str:
+        if self.inc is not None:
+            return self.inc.id
+        return f"{self.name}-auto" if self.mode == "auto" else ""
+
+    @property
+    def session(self) -> Session | None:
+        return self.inc.session if self.inc is not None else None
+
+    @property
+    def handle(self) -> AgentHandle | None:
+        return self.inc.handle if self.inc is not None else None
+
+    @property
+    def agent_identity(self) -> bytes | None:
+        return self.inc.identity if self.inc is not None else None
+
+    @property
+    def agent_pid(self) -> int | None:
+        return self.inc.pid if self.inc is not None else None
+
+    @property
+    def shell_pgid(self) -> int | None:
+        return self.inc.shell_pgid if self.inc is not None else None
+
+    @property
+    def agent_info(self) -> dict[str, Any]:
+        return self.inc.info if self.inc is not None else {}
+
+    @property
+    def agent_sock(self) -> Any:
+        return self.inc.sock if self.inc is not None else None
+
+    @property
+    def adopting(self) -> bool:
+        return self.phase is Phase.ADOPTING
+
+    @property
+    def closing(self) -> bool:
+        return self.phase is Phase.CLOSING
 
     @property
     def busy(self) -> bool:
@@ -177,11 +262,22 @@ class Kernel:
     @property
     def ready(self) -> bool:
         """An agent is registered and can take requests (auto kernels have none of their own)."""
-        return self.agent_identity is not None and self.state is not KernelState.DEAD
+        return self.phase is Phase.READY and self.agent_identity is not None
 
-    def refresh_state(self) -> None:
-        if self.state in (KernelState.IDLE, KernelState.BUSY):
-            self.state = KernelState.BUSY if self.pending else KernelState.IDLE
+    @property
+    def state(self) -> KernelState:
+        """What the wire says: starting, idle, busy or dead."""
+        if self.phase in (Phase.STARTING, Phase.ADOPTING):
+            return KernelState.STARTING
+        if self.phase in (Phase.DEAD, Phase.GONE):
+            return KernelState.DEAD
+        return KernelState.BUSY if self.pending else KernelState.IDLE
+
+    @property
+    def counter(self) -> Kernel:
+        """The kernel whose execution count numbers this one's runs (an auto kernel's sides
+        share their parent's)."""
+        return self.parent or self
 
     @property
     def jupyter_clients(self) -> int:

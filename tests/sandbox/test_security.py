@@ -80,7 +80,7 @@ def test_over_tcp_a_sandbox_key_speaks_only_for_its_own_kernel(docker_client: An
 
     import zmq
 
-    from stigmer_kernel.broker.model import Kernel
+    from stigmer_kernel.broker.model import Incarnation, Kernel
     from stigmer_kernel.broker.server import Broker
     from stigmer_kernel.config import load_config
     from stigmer_kernel.protocol import new_key
@@ -93,7 +93,7 @@ def test_over_tcp_a_sandbox_key_speaks_only_for_its_own_kernel(docker_client: An
         keys = {}
         for name in ("a", "b"):
             kernel = Kernel(name=name, mode="sandbox", ttl=60.0, cwd="/")
-            kernel.new_incarnation(new_key())
+            kernel.inc = Incarnation.new(name, new_key())
             broker.registry.add(kernel)
             broker.registry.index(kernel)
             public, _secret = zmq.curve_keypair()
@@ -103,13 +103,14 @@ def test_over_tcp_a_sandbox_key_speaks_only_for_its_own_kernel(docker_client: An
         assert victim.session is not None
         beat = victim.session.msg("agent_heartbeat", {"pid": 1})
         frames = victim.session.serialize(beat, [f"{victim.id}:1:ab".encode()])
-        before = victim.last_beat
+        assert victim.inc is not None
+        before = victim.inc.last_beat
         time.sleep(0.01)
-        broker._on_agent_frames(frames, broker.sandbox_tcp_sock, curve_user=keys["a"][1])
-        assert broker.stats["dropped_bad"] == 1 and victim.last_beat == before
+        broker.agents.on_frames(frames, broker.agents.sandbox_sock, curve_user=keys["a"][1])
+        assert broker.stats["dropped_bad"] == 1 and victim.inc.last_beat == before
         beat = victim.session.msg("agent_heartbeat", {"pid": 1})
         frames = victim.session.serialize(beat, [f"{victim.id}:1:ab".encode()])
-        broker._on_agent_frames(frames, broker.sandbox_tcp_sock, curve_user=victim_key)
-        assert broker.stats["dropped_bad"] == 1 and victim.last_beat > before
+        broker.agents.on_frames(frames, broker.agents.sandbox_sock, curve_user=victim_key)
+        assert broker.stats["dropped_bad"] == 1 and victim.inc.last_beat > before
     finally:
         asyncio.run(broker._shutdown())

@@ -411,7 +411,7 @@ class Agent:
 
     def _restart_idle(self) -> None:
         """bash exited between commands: start the next one (with its saved state)."""
-        restore = self.shell.saved_state()
+        restore = self.shell.files.saved_state()
         self.respawn(restore, self.last_status)
         if not self.shell.restored:
             self.lost_session = True

@@ -27,7 +27,8 @@ from ..protocol.constants import (
 )
 from . import introspect, procs
 from .run import Run, execute_reply, hidden_reply
-from .shell import BETWEEN_COMMANDS_LIMIT, BashSession, CommandEnd
+from .shell import BashSession, CommandEnd
+from .shell_pipes import BETWEEN_COMMANDS_LIMIT
 from .stdin import StdinPipe
 
 #: Interrupt escalation: seconds after the interrupt at which each step happens.
@@ -401,7 +402,7 @@ class Command:
         status = self.shell.exit_status if self.shell.exit_status is not None else -1
         code = 128 - status if status < 0 else status
         detached = self.shell.closed_before_exit(exit_printed=bool(run.exit_held))
-        restore = self.shell.saved_state()
+        restore = self.shell.files.saved_state()
         if restore and status >= 0:
             run.exit_held = b""  # bash's "exit" line: the command ran `exit`
         # After a stop, $? is what a Ctrl-C leaves (not the abort signal's 138).
@@ -455,4 +456,4 @@ class Command:
         content = execute_reply(run, end, time.monotonic(), self.shell.cwd, self.link.stopping)
         self.link.send(MsgType.EXECUTE_REPLY, content, parent=run.msg)
         with contextlib.suppress(FileNotFoundError):
-            self.shell.stdin_path.unlink()
+            self.shell.files.stdin_path.unlink()

@@ -2,7 +2,8 @@
 
 * :func:`rc_file`: bash's ``--rcfile``. It moves the output pipes to fds 61 and 62, installs the
   EXIT trap (:func:`exit_script`) and the end report (:func:`hook`), reads back a saved state.
-* :func:`command_line`: the one line that runs a command.
+* :func:`command_line`: the one line that runs a command; :func:`assignments`, the variables
+  put before it for that command only.
 * :func:`hook`: ``PROMPT_COMMAND[999]``, the end report bash prints on its own stderr (the
   control pipe) before every prompt. It calls no command a user could redefine: a redirection
   from ``/dev/null/MARKER...`` fails, and bash prints the expanded name.
@@ -18,7 +19,10 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Mapping
 from pathlib import Path
+
+from ..environment import NAME_RE
 
 #: Descriptors the command's stdout and stderr are kept on in bash (closed for the command).
 OUT_FD = 61
@@ -208,6 +212,18 @@ def tmpenv_script(names: list[str]) -> str:
         f"[[ -n ${{{TMPENV_FLAG}-}} ]] && \\builtin unset -v -- {TMPENV_FLAG} "
         + " ".join(names)
         + "\n"
+    )
+
+
+def assignments(env: Mapping[str, str]) -> str:
+    """``NAME=$'VALUE' ...`` put before a command line: bash sets them for that line's ``eval``
+    only (temporary assignments before a builtin, exported to what it runs) and puts back what
+    was there afterwards, an interrupt included. Names bash cannot assign are skipped (the
+    broker refuses them)."""
+    return f"{TMPENV_FLAG}=1 " + "".join(
+        f"{name}={quote_code(value)} "
+        for name, value in env.items()
+        if isinstance(name, str) and isinstance(value, str) and NAME_RE.match(name)
     )
 
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ..auto import Escalation, decide
 from ..errors import RequestError
 from ..protocol import ErrorName, ExecStatus, KernelState, Message, MsgType
-from ..provisioners.docker import WORKSPACE
+from ..provisioners.container import WORKSPACE
 from . import adoption
 from .kernels import Kernel, Pending
 

@@ -44,7 +44,8 @@ from ..protocol import (
 from ..protocol.constants import OUTPUT_WINDOW
 from ..protocol.session import Session, split_ids
 from ..provisioners import AgentHandle, AgentSpec, LocalProvisioner, Provisioner
-from ..provisioners.docker import TCP_HOST, DockerProvisioner
+from ..provisioners.container import TCP_HOST
+from ..provisioners.docker import DockerProvisioner
 from ..provisioners.workspace import check_workspace
 from ..runtime import RuntimeDir, ServerLock
 from . import adoption

@@ -10,6 +10,7 @@ a backend that lacks the concept):
 - :meth:`Provisioner.check_available`: can this mode start agents now (else a mode-unavailable
   :class:`~stigmer_kernel.errors.RequestError`)?
 - :meth:`Provisioner.start`: start an agent for a kernel incarnation.
+- :meth:`Provisioner.can_pool`: can an agent started ahead of need serve a given kernel?
 - :meth:`Provisioner.adopt`: a handle on an agent a previous broker started (from the kernel's
   re-adoption record, which :meth:`AgentHandle.record` and :attr:`AgentHandle.resource_id` fed).
 - :meth:`Provisioner.reap_leftovers`: remove what dead servers left (containers, networks).
@@ -130,6 +131,12 @@ class Provisioner(abc.ABC):
     @abc.abstractmethod
     def start(self, spec: AgentSpec) -> AgentHandle:
         """Start an agent; it registers with the broker on its own."""
+
+    def can_pool(self, image: str | None, requirements: str | None) -> bool:
+        """Whether an agent started ahead of need, with the default image and no requirements,
+        can serve a kernel asking for ``image`` and ``requirements``. False: this backend keeps
+        no such agents."""
+        return False
 
     def adopt(self, record: Mapping[str, Any], workdir: Path) -> AgentHandle | None:
         """A handle on the agent a previous broker started for the kernel of ``record`` (its

@@ -117,6 +117,10 @@ class DockerProvisioner(Provisioner):
         if self._engine.answered:
             self._ensure_watcher()
 
+    def can_pool(self, image: str | None, requirements: str | None) -> bool:
+        """A pooled container runs the configured image with no requirements."""
+        return not requirements and (not image or image == self.config.sandbox_image)
+
     def submit(self, fn: Any, *args: Any) -> concurrent.futures.Future[Any]:
         return self._pool.submit(fn, *args)
 

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import os
 import posixpath
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..auto import Escalation, decide
 from ..errors import RequestError
 from ..protocol import ErrorName, ExecStatus, Message, MsgType
-from ..provisioners.docker import WORKSPACE
+from ..provisioners.container import WORKSPACE
 from .model import Kernel, Pending, Phase
 
 if TYPE_CHECKING:
@@ -165,7 +166,11 @@ class AutoRouter:
             return
         if pending.kind is not MsgType.EXECUTE_REQUEST:
             return
-        target = translate(previous.cwd, previous.mode, child.mode, kernel.workspace)
+        roots = {
+            mode: provisioner.workspace_root(kernel.workspace)
+            for mode, provisioner in self.lifecycle.provisioners.items()
+        }
+        target = translate(previous.cwd, previous.mode, child.mode, kernel.workspace, roots)
         if target is None:
             return  # outside the workspace on that side: nothing to carry
         if target is _ESCAPES:
@@ -193,16 +198,26 @@ class AutoRouter:
 _ESCAPES = "\0escapes"
 
 
-def translate(path: str, source: str, target: str, workspace: str) -> str | None:
+def translate(
+    path: str,
+    source: str,
+    target: str,
+    workspace: str,
+    roots: Mapping[str, str] | None = None,
+) -> str | None:
     """``path`` on the ``source`` side, as seen from the ``target`` side.
 
-    None: it has no equivalent (it is outside the workspace on its side). :data:`_ESCAPES`: it
-    names a place in the workspace that resolves, on the host, outside it (``..`` or a symlink).
-    Anything else is a directory inside the workspace, with every symlink resolved on the host.
+    ``roots``: where each mode's agents see the host directory ``workspace``
+    (:meth:`Provisioner.workspace_root`; by default the sandbox's ``/workspace``, the host path
+    itself for any other mode). None: it has no equivalent (it is outside the workspace on its
+    side). :data:`_ESCAPES`: it names a place in the workspace that resolves, on the host,
+    outside it (``..`` or a symlink). Anything else is a directory inside the workspace, with
+    every symlink resolved on the host.
     """
     if source == target:
         return path
-    inside = WORKSPACE if source == "sandbox" else workspace
+    roots = roots if roots is not None else {"sandbox": WORKSPACE}
+    inside = roots.get(source, workspace)
     if not path.startswith("/"):
         return None
     path = posixpath.normpath(path)
@@ -213,7 +228,8 @@ def translate(path: str, source: str, target: str, workspace: str) -> str | None
     host_path = os.path.realpath(os.path.join(host_root, relative))
     if host_path != host_root and not host_path.startswith(host_root.rstrip("/") + "/"):
         return _ESCAPES
-    if target == "local":
+    outside = roots.get(target)
+    if outside is None or outside == workspace:
         return host_path
     rest = host_path[len(host_root.rstrip("/")) :].lstrip("/")
-    return posixpath.join(WORKSPACE, rest) if rest else WORKSPACE
+    return posixpath.join(outside, rest) if rest else outside

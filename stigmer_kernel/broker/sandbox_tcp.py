@@ -16,7 +16,7 @@ import zmq
 from ..config import Config
 from ..errors import StigmerError
 from ..provisioners import Provisioner
-from ..provisioners.docker import TCP_HOST
+from ..provisioners.container import TCP_HOST
 from .connections import AGENT_CAP_PER_KERNEL, AGENT_LIMITS
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..config import Config
 from ..errors import StigmerError
-from ..provisioners.docker import LABEL_RUNTIME, LABEL_SERVER
+from ..provisioners.container import LABEL_RUNTIME, LABEL_SERVER
 from ..provisioners.images import sandbox_dir, staged_context
 from ..runtime import RuntimeDir
 from .common import load

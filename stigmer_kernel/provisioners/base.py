@@ -10,6 +10,8 @@ a backend that lacks the concept):
 - :meth:`Provisioner.check_available`: can this mode start agents now (else a mode-unavailable
   :class:`~stigmer_kernel.errors.RequestError`)?
 - :meth:`Provisioner.start`: start an agent for a kernel incarnation.
+- :meth:`Provisioner.workspace_root`: where its agents see a host workspace.
+- :meth:`Provisioner.can_pool`: can an agent started ahead of need serve a given kernel?
 - :meth:`Provisioner.adopt`: a handle on an agent a previous broker started (from the kernel's
   re-adoption record, which :meth:`AgentHandle.record` and :attr:`AgentHandle.resource_id` fed).
 - :meth:`Provisioner.reap_leftovers`: remove what dead servers left (containers, networks).
@@ -26,9 +28,10 @@ import abc
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..curve import ClientKeys
+if TYPE_CHECKING:
+    from ..curve import ClientKeys
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,17 @@ class Provisioner(abc.ABC):
     def start(self, spec: AgentSpec) -> AgentHandle:
         """Start an agent; it registers with the broker on its own."""
 
+    def can_pool(self, image: str | None, requirements: str | None) -> bool:
+        """Whether an agent started ahead of need, with the default image and no requirements,
+        can serve a kernel asking for ``image`` and ``requirements``. False: this backend keeps
+        no such agents."""
+        return False
+
+    def workspace_root(self, workspace: str) -> str:
+        """Where this backend's agents see the host directory ``workspace`` (auto mode carries
+        a cwd across sides through it). The host path itself, unless agents run elsewhere."""
+        return workspace
+
     def adopt(self, record: Mapping[str, Any], workdir: Path) -> AgentHandle | None:
         """A handle on the agent a previous broker started for the kernel of ``record`` (its
         re-adoption record), whose directory is ``workdir``; its agent re-attaches by heartbeat.
@@ -147,10 +161,6 @@ class Provisioner(abc.ABC):
         ``before`` (wall clock: this server's own start). Returns how many went, or None if
         the backend could not be asked (the broker tries again later). Runs on a thread."""
         return 0
-
-    def can_pool(self, image: str | None, requirements: str | None) -> bool:
-        """Whether an agent started ahead of need can serve a kernel asking for these."""
-        return False
 
     def set_tcp_host(self, address: str) -> None:  # noqa: B027 - optional hook
         """Agents of this mode that dial the broker over TCP reach it at ``address``."""

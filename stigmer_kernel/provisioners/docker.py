@@ -1,26 +1,14 @@
 """Sandbox mode: the agent runs inside a Docker container, one container per kernel.
 
-The container runs the same agent module as local mode, from this very package (mounted
-read-only at /opt/stigmer), so the agent always matches the broker. It reaches the broker through
-the runtime directory's ``agents/`` folder mounted read-only at /run/stigmer (a unix socket
-crosses a bind mount, and connecting to it needs no write access to the mount, so the container's
-network can be off and its code cannot remove or replace ``agents.sock``). Its key comes in a
-file of its own per-kernel directory, read and deleted by the agent before any command runs; that
-directory stays writable, as the agent keeps its session files there (bashrc, exit.sh, late.sh,
-state.sh, stdin, stdin.fifo).
+The provisioner: it creates each kernel's container on a small thread pool (what the container
+is given, and how it is hardened: container.py), restarts a stopped one for the next kernel of
+its name with ``sandbox_cleanup=false``, re-adopts a previous server's containers, follows their
+deaths on Docker's event stream and removes them (the handle: docker_agent.py). The server
+removes its containers when they expire and when it stops, and at start it removes those of
+dead servers.
 
-Hardened by default: never runs as root (the server's own uid, SUDO_UID or nobody for a root
-server, or STIGMER_SANDBOX_USER: workspace.py), ``--cap-drop ALL``, no-new-privileges, the
-agent as PID 1 with its seccomp filter (no set-uid/set-gid file: agent/nosuid.py), runtime and
-config directories in the workspace hidden (workspace.py), pids/memory/CPU limits, tmpfs /tmp
-and /var/tmp of a set size, by default a
-network of the server's own that sandboxes cannot cross to each other or to the host
-(network.py), optional read-only root. Every container is labelled with its server and kernel;
-the server removes its containers when they expire and when it stops, and at start it removes
-those of dead servers.
-
-Nothing here blocks the broker's event loop: Docker calls run on a small thread pool, and the
-engine check (:meth:`DockerProvisioner.check_available`) pings on a thread of its own.
+Nothing here blocks the broker's event loop: Docker calls run on the thread pool, and the
+engine check (:meth:`DockerProvisioner.check_available`, engine.py) pings on a thread of its own.
 """
 
 from __future__ import annotations
@@ -28,14 +16,10 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
-import hashlib
+import functools
 import logging
 import os
-import pwd
-import re
-import shutil
 import threading
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -45,154 +29,25 @@ from ..curve import write_agent_keys
 from ..errors import ModeUnavailable, RequestError
 from ..protocol import ErrorName
 from ..runtime import RuntimeDir
-from .base import AgentHandle, AgentSpec, Provisioner
+from .base import AgentSpec, Provisioner
+from .container import (
+    LABEL_KERNEL_ID,
+    LABEL_RUNTIME,
+    LABEL_SERVER,
+    WORKSPACE,
+    create_args,
+    server_id,
+)
+from .docker_agent import DockerAgent
+from .engine import EngineCheck, engine_unreachable, ping_engine
 from .images import ImageResolver, Progress
 from .network import SandboxNetwork, reap_networks
-from .workspace import SandboxUser, check_workspace, hidden_paths, sandbox_user
+from .workspace import SandboxUser, check_workspace, sandbox_user
 
 log = logging.getLogger("stigmer.sandbox")
 
 #: The basic tier's published tag: the only image built from sandbox/ when it cannot be had.
 BASIC_TIER_TAG = "ghcr.io/stigmer/agent-sandbox-basic:latest"
-LABEL_SERVER = "stigmer.server"
-LABEL_RUNTIME = "stigmer.runtime_dir"
-LABEL_KERNEL = "stigmer.kernel"
-LABEL_KERNEL_ID = "stigmer.kernel_id"
-#: Where things are inside a sandbox container.
-AGENT_SOCKET_DIR = "/run/stigmer"
-KERNEL_DIR = "/run/stigmer-kernel"
-PACKAGE_DIR = "/opt/stigmer"
-WORKSPACE = "/workspace"
-HOME = "/tmp/home"
-#: World-writable directories of the image, each a tmpfs of STIGMER_SANDBOX_TMPFS_SIZE.
-SCRATCH_DIRS = ("/tmp", "/var/tmp")
-#: Debian's other world-writable directory, for lock files: a small tmpfs of fixed size.
-LOCK_DIR = "/run/lock"
-LOCK_DIR_SIZE = "8m"
-#: The empty read-only tmpfs over a runtime or config directory inside the workspace.
-MASK_OPTIONS = "ro,nosuid,nodev,noexec,size=4k"
-#: The name a sandbox reaches the broker's host by (STIGMER_SANDBOX_TRANSPORT=tcp).
-TCP_HOST = "host.docker.internal"
-#: Seconds an answer of the engine check is trusted, whether the engine answered or not.
-ENGINE_CHECK_TTL = 2.0
-#: Seconds the event loop waits for a fresh ping (a local engine, or a missing socket, answers in
-#: milliseconds); a slower ping goes on in the background.
-ENGINE_CHECK_WAIT = 0.5
-#: Seconds a ping may take before the engine counts as not reachable.
-ENGINE_PING_TIMEOUT = 3
-
-
-def engine_unreachable() -> str:
-    """The one line that says there is no engine, and what to do."""
-    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-    return f"Docker engine not reachable at {host} — start Docker or use --mode local"
-
-
-def ping_engine() -> tuple[str | None, float]:
-    """(None if the engine answered, else :func:`engine_unreachable`; monotonic time of the answer).
-
-    Blocks for up to :data:`ENGINE_PING_TIMEOUT` seconds: never call it on the event loop.
-    """
-    try:
-        import docker
-
-        probe = docker.from_env(timeout=ENGINE_PING_TIMEOUT)
-        try:
-            probe.ping()
-        finally:
-            probe.close()
-    except Exception:  # DockerException, ConnectionError, FileNotFoundError...
-        return engine_unreachable(), time.monotonic()
-    return None, time.monotonic()
-
-
-def server_id(runtime: RuntimeDir) -> str:
-    return hashlib.sha256(str(runtime.path.resolve()).encode()).hexdigest()[:16]
-
-
-class DockerAgent(AgentHandle):
-    """A sandbox container (being) started for one kernel incarnation."""
-
-    def __init__(self, provisioner: DockerProvisioner, spec: AgentSpec) -> None:
-        self.provisioner = provisioner
-        self.spec = spec
-        self.image = spec.image or provisioner.config.sandbox_image
-        self.container_id: str | None = None
-        self.failure: str | None = None  # why it could not start, or how it ended
-        self.removed = False
-        self.future: concurrent.futures.Future[None] | None = None
-        self.last_oom = 0.0  # monotonic time of the container's last out-of-memory event
-        self.runnable: str | None = None  # the image the container runs (``image`` resolved)
-        self._removing = threading.Lock()  # kill() and cleanup() may both queue _remove
-        self.reused = False  # a stopped container of an earlier kernel of this name, restarted
-        self.user: str | None = None  # uid:gid its commands run as
-
-    @property
-    def workdir(self) -> Path:
-        """The kernel's directory on the host (mounted at KERNEL_DIR)."""
-        return self.spec.workdir
-
-    @property
-    def pid(self) -> int | None:
-        return None  # a process of another pid namespace: never signalled from the host
-
-    @property
-    def resource_id(self) -> str | None:
-        return self.container_id
-
-    def poll(self) -> str | None:
-        return self.failure
-
-    def kill(self) -> None:
-        self.provisioner.submit(self._remove)
-
-    def exit_hint(self, since: float) -> str | None:
-        if self.last_oom >= since:
-            return (
-                f"killed by the out-of-memory killer: the sandbox's memory limit is "
-                f"{self.provisioner.config.sandbox_memory} (STIGMER_SANDBOX_MEMORY)"
-            )
-        return None
-
-    def cleanup(self) -> None:
-        self.provisioner.submit(self._remove)
-
-    def _remove(self) -> None:
-        with self._removing:
-            self._remove_once()
-
-    def _remove_once(self) -> None:
-        if self.removed:
-            return
-        if self.future is not None:
-            with contextlib.suppress(Exception):
-                self.future.result(timeout=120)  # let a start in flight finish first
-        self.removed = True
-        keep = False
-        if self.container_id:
-            # An orderly end (the agent exited 0 when asked: expiry, shutdown, restart) leaves a
-            # container worth restarting for the next kernel of this name; a crash does not.
-            keep = self.failure is not None and self.failure.endswith("(code 0)")
-            keep = self.provisioner.remove_container(self.container_id, reusable=keep)
-        if self.failure is None:
-            self.failure = "the sandbox container was removed"  # poll() now says it ended
-        shutil.rmtree(self.spec.workdir, ignore_errors=True)
-        if keep and self.container_id and self.runnable:
-            self.provisioner.keep_stopped(self)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "pid": None,
-            "container": self.container_id[:12] if self.container_id else None,
-            "image": self.image,
-            "container_reused": self.reused,
-            "sandbox_user": self.user,
-            **self.provisioner.network.describe(),
-        }
-
-    def renamed(self, kernel_name: str) -> None:
-        """A named kernel took this (pooled) container over: keep it for that name."""
-        self.spec = dataclasses.replace(self.spec, kernel_name=kernel_name)
 
 
 class DockerProvisioner(Provisioner):
@@ -208,11 +63,7 @@ class DockerProvisioner(Provisioner):
         self._handles: dict[str, DockerAgent] = {}
         self._events: Any = None
         self._watcher: threading.Thread | None = None
-        # The engine check: the ping in flight, and the last answer (None: the engine answered).
-        self._pinger = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stigmer-ping")
-        self._ping: concurrent.futures.Future[tuple[str | None, float]] | None = None
-        self._engine_error: str | None = None
-        self._checked_at: float | None = None  # monotonic time of the last answer
+        self._engine = EngineCheck()
         # sandbox_cleanup=false: stopped containers by kernel name, restarted by the next kernel
         # of that name (same image and workspace) instead of creating a new one.
         self._stopped: dict[str, _Stopped] = {}
@@ -239,28 +90,21 @@ class DockerProvisioner(Provisioner):
 
         Called on the event loop, so it never waits on the engine for long: the engine is pinged
         on a thread of its own and each answer, yes or no, is trusted for
-        :data:`ENGINE_CHECK_TTL` seconds. When the answer is stale a new ping starts, and the
-        loop waits :data:`ENGINE_CHECK_WAIT` seconds at most for it; a ping still out after that
-        leaves the previous answer in force. With no answer yet, the request goes through and
-        :meth:`_start` waits for the ping (off the loop), failing the kernel with the same line.
+        :data:`~.engine.ENGINE_CHECK_TTL` seconds. When the answer is stale a new ping starts,
+        and the loop waits :data:`~.engine.ENGINE_CHECK_WAIT` seconds at most for it; a ping
+        still out after that leaves the previous answer in force (:class:`~.engine.EngineCheck`).
+        With no answer yet, the request goes through and :meth:`_start` waits for the ping (off
+        the loop), failing the kernel with the same line.
         """
-        self._take_ping_answer()
-        stale = self._checked_at is None or time.monotonic() - self._checked_at >= ENGINE_CHECK_TTL
-        if self._ping is None and stale:
-            self._ping = self._pinger.submit(ping_engine)
-            concurrent.futures.wait([self._ping], timeout=ENGINE_CHECK_WAIT)
-            self._take_ping_answer()
-        if self._engine_error is not None:
-            raise ModeUnavailable(self._engine_error, ErrorName.MODE_UNAVAILABLE)
-        if self._checked_at is not None:
+        error = self._engine.error()
+        if error is not None:
+            raise ModeUnavailable(error, ErrorName.MODE_UNAVAILABLE)
+        if self._engine.answered:
             self._ensure_watcher()
 
-    def _take_ping_answer(self) -> None:
-        """Adopt the answer of the ping in flight, if it has come (on the loop thread only)."""
-        ping = self._ping
-        if ping is not None and ping.done():
-            self._ping = None
-            self._engine_error, self._checked_at = ping.result()
+    def can_pool(self, image: str | None, requirements: str | None) -> bool:
+        """A pooled container runs the configured image with no requirements."""
+        return not requirements and (not image or image == self.config.sandbox_image)
 
     def submit(self, fn: Any, *args: Any) -> concurrent.futures.Future[Any]:
         return self._pool.submit(fn, *args)
@@ -268,7 +112,7 @@ class DockerProvisioner(Provisioner):
     # -- starting -------------------------------------------------------------------------------
     def start(self, spec: AgentSpec) -> DockerAgent:
         handle = DockerAgent(self, spec)
-        handle.future = self._pool.submit(self._start, handle, self._ping)
+        handle.future = self._pool.submit(self._start, handle, self._engine.in_flight)
         return handle
 
     def _start(
@@ -309,7 +153,8 @@ class DockerProvisioner(Provisioner):
             self._hand_over(spec.workdir, user)
             container = self._restart_stopped(handle, stopped) if stopped is not None else None
             if container is None:
-                container = self.client().containers.create(**self._create_args(spec, runnable))
+                create = self._create_args(spec, runnable, user)
+                container = self.client().containers.create(**create)
                 handle.container_id = container.id
                 self._handles[container.id] = handle
                 container.start()
@@ -331,109 +176,22 @@ class DockerProvisioner(Provisioner):
             handle.failure = f"could not start the sandbox: {detail}"
             log.error("sandbox %s: %s", spec.kernel_name, handle.failure)
 
-    def _create_args(self, spec: AgentSpec, image: str) -> dict[str, Any]:
-        config = self.config
-        package = Path(__file__).resolve().parents[1]
-        workspace = spec.workspace or spec.cwd
-        user = sandbox_user(config)
-        tcp = spec.curve is not None  # the agent reaches spec.endpoint over the network
-        endpoint = (
-            spec.endpoint if tcp else f"ipc://{AGENT_SOCKET_DIR}/{self.runtime.agent_socket.name}"
+    def _create_args(self, spec: AgentSpec, image: str, user: SandboxUser) -> dict[str, Any]:
+        """``containers.create``'s arguments (container.py), with what only the engine knows: the
+        network, made ready first (the tcp broker port let in), and the disk limit."""
+        tcp_port = int(spec.endpoint.rsplit(":", 1)[1]) if spec.curve is not None else None
+        network_mode = self.network.mode(tcp_port)
+        return create_args(
+            spec,
+            image,
+            user,
+            config=self.config,
+            runtime=self.runtime,
+            server=self.server,
+            tcp_host_address=self.tcp_host_address,
+            network_mode=network_mode,
+            storage_opt=self._storage_opt(),
         )
-        args = [
-            "python3", "-m", "stigmer_kernel.agent",
-            "--endpoint", endpoint,
-            "--kernel-id-file", f"{KERNEL_DIR}/kernel_id",  # a restart may serve a new id
-            "--key-file", f"{KERNEL_DIR}/key",
-            "--cwd", WORKSPACE,
-            "--workdir", KERNEL_DIR,
-            "--shell", "bash",
-            "--heartbeat-interval", str(spec.heartbeat_interval),
-            "--orphan-timeout", str(spec.orphan_timeout),
-            "--timeout", str(spec.command_timeout or 0),
-            "--output-limit", str(spec.output_limit),
-            "--sandbox",  # its seccomp filter: no set-uid/set-gid file ever (agent/nosuid.py)
-            *(["--curve-file", f"{KERNEL_DIR}/curve"] if tcp else []),
-        ]  # fmt: skip
-        volumes = {
-            # Read-only: connecting to agents.sock needs no write access to the mount, and
-            # code in the sandbox must not remove or replace the socket other kernels use.
-            str(self.runtime.agents_dir): {"bind": AGENT_SOCKET_DIR, "mode": "ro"},
-            # Writable: the agent deletes its key and writes bashrc, exit.sh, stdin and
-            # stdin.fifo here (its own kernel's directory only).
-            str(spec.workdir): {"bind": KERNEL_DIR, "mode": "rw"},
-            str(package): {"bind": f"{PACKAGE_DIR}/stigmer_kernel", "mode": "ro"},
-            str(workspace): {"bind": WORKSPACE, "mode": "rw"},
-        }
-        if tcp:
-            del volumes[str(self.runtime.agents_dir)]  # no unix socket to cross the mount
-        create: dict[str, Any] = {
-            "image": image,
-            "command": args,
-            "entrypoint": [],
-            "user": str(user),  # never root (workspace.py)
-            "environment": {
-                "PYTHONPATH": PACKAGE_DIR,
-                "PYTHONDONTWRITEBYTECODE": "1",
-                "HOME": HOME,
-                "USER": _user_name(user),
-                "STIGMER_SANDBOX": "1",
-                # A disposable sandbox: let pip install into Debian-based Pythons (PEP 668).
-                "PIP_BREAK_SYSTEM_PACKAGES": "1",
-            },
-            "volumes": volumes,
-            # tcp: the broker's host by a name that works on Linux and Docker Desktop alike.
-            "extra_hosts": {TCP_HOST: self.tcp_host_address} if tcp else None,
-            "working_dir": WORKSPACE,
-            "labels": {
-                LABEL_SERVER: self.server,
-                LABEL_RUNTIME: str(self.runtime.path),
-                LABEL_KERNEL: spec.kernel_name,
-                LABEL_KERNEL_ID: spec.kernel_id,
-                "stigmer.image": image,
-            },
-            "name": "stigmer-" + re.sub(r"[^a-zA-Z0-9_.-]", "_", spec.kernel_id),
-            "hostname": "sandbox",
-            # No init: the agent is PID 1, so every process of the container has its seccomp
-            # filter (an unfiltered docker-init could be ptraced by a command into chmod 4755).
-            "init": False,
-            "cap_drop": ["ALL"],
-            "security_opt": ["no-new-privileges"],
-            "pids_limit": config.sandbox_pids,
-            "mem_limit": config.sandbox_memory,
-            "nano_cpus": int(config.sandbox_cpus * 1e9),
-            # The isolated network is made ready first (firewall: the tcp broker port let in).
-            "network_mode": self.network.mode(
-                int(spec.endpoint.rsplit(":", 1)[1]) if tcp else None
-            ),
-            "read_only": config.sandbox_read_only,
-            # Capped scratch space; a container kept for reuse keeps its /tmp (and HOME) on disk.
-            "tmpfs": tmpfs_mounts(config.sandbox_tmpfs_size)
-            if config.sandbox_cleanup or config.sandbox_read_only
-            else None,
-            "storage_opt": self._storage_opt(),
-        }
-        self._hide(create, workspace)
-        return create
-
-    def _hide(self, create: dict[str, Any], workspace: str) -> None:
-        """Cover the runtime and config directories (and files) inside the workspace with
-        empty read-only mounts: the sandbox sees an empty directory, or /dev/null."""
-        dirs, files = hidden_paths(workspace, self.config)
-        if dirs:
-            tmpfs = dict(create.get("tmpfs") or {})
-            for path in dirs:
-                tmpfs[_inside(workspace, path)] = MASK_OPTIONS
-            create["tmpfs"] = tmpfs
-        if files:
-            from docker.types import Mount
-
-            create["mounts"] = [
-                Mount(_inside(workspace, path), "/dev/null", type="bind", read_only=True)
-                for path in files
-            ]
-        if dirs or files:
-            log.info("sandbox workspace %s: hidden in it: %s", workspace, ", ".join(dirs + files))
 
     def _hand_over(self, workdir: Path, user: SandboxUser) -> None:
         """A root server gives its sandbox uid what the agent must reach: its kernel directory
@@ -539,8 +297,8 @@ class DockerProvisioner(Provisioner):
         self._handles.pop(container_id, None)
         return kept
 
-    def can_pool(self, image: str | None, requirements: str | None) -> bool:
-        return not requirements and (not image or image == self.config.sandbox_image)
+    def workspace_root(self, workspace: str) -> str:
+        return WORKSPACE  # every sandbox mounts its workspace there
 
     def set_tcp_host(self, address: str) -> None:
         self.tcp_host_address = address  # what TCP_HOST names inside containers
@@ -657,7 +415,7 @@ class DockerProvisioner(Provisioner):
             self._watcher.start()
 
     def _watch(self) -> None:
-        """Container deaths (exit, OOM kill) from Docker's event stream."""
+        """Container deaths (exit, OOM kill) from Docker's event stream, told to their handles."""
         try:
             self._events = self.client().events(
                 decode=True,
@@ -668,28 +426,16 @@ class DockerProvisioner(Provisioner):
                 },
             )
             for event in self._events:
-                handle = self._handles.get(str(event.get("id", "")))
+                container_id = str(event.get("id", ""))
+                handle = self._handles.get(container_id)
                 if handle is None:
                     continue
                 attrs = (event.get("Actor") or {}).get("Attributes") or {}
-                action = event.get("Action") or event.get("status")
-                if action == "oom":
-                    # A process of the sandbox hit the memory limit; the kernel may live on.
-                    handle.last_oom = time.monotonic()
-                    continue
-                if handle.failure is not None or handle.removed:
-                    continue
-                code = attrs.get("exitCode")
-                if time.monotonic() - handle.last_oom < 5:
-                    handle.failure = (
-                        f"the sandbox ran out of memory (limit {self.config.sandbox_memory}) "
-                        "and its container was killed"
-                    )
-                elif code == "137":
-                    handle.failure = "the sandbox container was killed (SIGKILL, e.g. docker kill)"
-                else:
-                    said = self._agent_said(str(event.get("id", ""))) if code != "0" else ""
-                    handle.failure = f"the sandbox container exited (code {code}){said}"
+                handle.container_event(
+                    event.get("Action") or event.get("status"),
+                    attrs.get("exitCode"),
+                    functools.partial(self._agent_said, container_id),
+                )
         except Exception as exc:  # the stream closes at shutdown, or the engine went away
             log.debug("docker event stream ended: %s", exc)
 
@@ -705,7 +451,7 @@ class DockerProvisioner(Provisioner):
 
     def close(self) -> None:
         """Remove every container of this server, then its network (at shutdown)."""
-        self._pinger.shutdown(wait=False, cancel_futures=True)
+        self._engine.close()
         if self._client is None:
             self._pool.shutdown(wait=False)
             return
@@ -748,30 +494,6 @@ class _Stopped:
     @property
     def short(self) -> str:
         return self.container_id[:12]
-
-
-def tmpfs_mounts(size: str) -> dict[str, str]:
-    """The tmpfs mounts over the image's world-writable directories: what a sandbox that runs as
-    an unprivileged uid can write outside /workspace and its kernel directory, capped."""
-    options = "rw,exec,nosuid,nodev,mode=1777,size="
-    mounts = {path: options + size for path in SCRATCH_DIRS}
-    mounts[LOCK_DIR] = options + LOCK_DIR_SIZE
-    return mounts
-
-
-def _inside(workspace: str, path: str) -> str:
-    """Where the host ``path`` inside ``workspace`` is in the container."""
-    return f"{WORKSPACE}/{os.path.relpath(path, workspace)}"
-
-
-def _user_name(user: SandboxUser) -> str:
-    """$USER in a sandbox: the host's name for its uid, else "stigmer"."""
-    if user.uid == os.getuid():
-        return os.environ.get("USER", "stigmer")
-    try:
-        return pwd.getpwuid(user.uid).pw_name
-    except KeyError:
-        return "stigmer"
 
 
 def _created(container: Any) -> float:

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from stigmer_kernel.provisioners.docker import server_id
+from stigmer_kernel.provisioners.container import server_id
 from tests.conftest import Server, short_tempdir, wait_for
 from tests.sandbox.conftest import TEST_IMAGE, containers_of
 

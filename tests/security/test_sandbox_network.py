@@ -23,7 +23,7 @@ import pytest
 
 from stigmer_kernel import Client
 from stigmer_kernel.broker.server import bridge_address
-from stigmer_kernel.provisioners.docker import LABEL_KERNEL, LABEL_SERVER, server_id
+from stigmer_kernel.provisioners.container import LABEL_KERNEL, LABEL_SERVER, server_id
 from stigmer_kernel.provisioners.network import network_name
 from tests.conftest import Server
 from tests.sandbox.conftest import containers_of, sandbox_workspace

@@ -183,14 +183,22 @@ class Lifecycle:
         requester: bytes | None = None,
         requested: bool = False,
         quiet: bool = False,
+        changes: Mapping[str, Any] | None = None,
     ) -> None:
         """A fresh agent (and session) for ``kernel``; everyone attached is told.
 
         ``requested``: a client asked for it (a Jupyter restart), rather than a dead agent
         being replaced on the next request. ``quiet``: nobody is told (a kernel whose agent
-        never came up had no session to lose).
+        never came up had no session to lose). ``changes``: new ``cwd``, ``workspace``,
+        ``image`` or ``requirements`` for it and its sides (options.restart_changes).
         """
         self.check_restartable(kernel)
+        if changes:
+            for side in [kernel, *kernel.children.values()]:
+                side.cwd = changes.get("cwd", side.cwd)
+                side.workspace = changes.get("workspace", side.workspace)
+                side.image = changes.get("image", side.image)
+                side.requirements = changes.get("requirements", side.requirements)
         if kernel.mode == ExecutionMode.AUTO.value:  # no agent of its own: restart its sides
             kernel.move(Phase.CLOSING)  # what it queued is aborted, not handed to a dying side
             try:

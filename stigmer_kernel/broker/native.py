@@ -20,7 +20,7 @@ from ..protocol.constants import REPLY_FOR, STDIN_CHUNK_MAX, STDIN_WINDOW
 from ..protocol.session import split_ids
 from .jupyter_channels import check_connection
 from .model import Kernel, Pending, checked_code
-from .options import apply_restart
+from .options import restart_changes
 
 if TYPE_CHECKING:
     from .service import Hub
@@ -264,9 +264,9 @@ class NativeFrontend:
                 ErrorName.BAD_REQUEST,
             )
         self.broker.lifecycle.check_restartable(kernel)  # before anything changes
-        changed = apply_restart(kernel, msg.content, self.broker.config)
-        reason = "restarted by request" + (f" with {', '.join(changed)}" if changed else "")
-        self.broker.lifecycle.restart(kernel, reason)  # every attached client is told
+        changes, text = restart_changes(kernel, msg.content, self.broker.config)
+        reason = "restarted by request" + (f" with {', '.join(text)}" if text else "")
+        self.broker.lifecycle.restart(kernel, reason, changes=changes)  # all are told
         self.reply_to(
             client,
             msg,

@@ -8,7 +8,7 @@ remove the kernel (:class:`~stigmer_kernel.errors.KernelMismatch`, ``ModeMismatc
 ``OptionMismatch`` on the wire). What a client only took from its defaults (its own directory,
 its configured mode or image) applies to a new kernel and never conflicts.
 
-``kernel_restart_request`` (:func:`apply_restart`) gives a kernel a fresh session with the
+``kernel_restart_request`` (:func:`restart_changes`) gives a kernel a fresh session with the
 options it has, or with a new cwd, image or requirements; its mode never changes.
 """
 
@@ -187,11 +187,11 @@ def _same_dir(a: str, b: str) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
-def apply_restart(kernel: Kernel, content: dict[str, Any], config: Config) -> list[str]:
-    """Check the new options of a restart of ``kernel`` and set them; what changed, as text.
-
-    Nothing is changed if any of them is refused (RequestError).
-    """
+def restart_changes(
+    kernel: Kernel, content: dict[str, Any], config: Config
+) -> tuple[dict[str, Any], list[str]]:
+    """The new options a restart of ``kernel`` asks for, checked (a RequestError if any is
+    refused), and what changes, as text. The lifecycle sets them (``Lifecycle.restart``)."""
     cwd, image, requirements = (content.get(name) for name in RESTART_OPTIONS)
     if cwd is not None and (
         not isinstance(cwd, str) or not os.path.isabs(cwd) or not os.path.isdir(cwd)
@@ -210,23 +210,18 @@ def apply_restart(kernel: Kernel, content: dict[str, Any], config: Config) -> li
             "with --mode sandbox",
             ErrorName.BAD_REQUEST,
         )
-    workspace = None
-    if cwd is not None and kernel.mode in (SANDBOX, AUTO) and not config.sandbox_workspace:
-        workspace = check_workspace(cwd, config)  # the workspace follows the cwd, as at creation
-    sides = [kernel, *kernel.children.values()]
-    changed = []
+    changes: dict[str, Any] = {}
+    text = []
     if cwd is not None:
-        changed.append(f"cwd {cwd}")
-        for k in sides:
-            k.cwd = cwd
-            if workspace is not None:
-                k.workspace = workspace
+        text.append(f"cwd {cwd}")
+        changes["cwd"] = cwd
+        if kernel.mode in (SANDBOX, AUTO) and not config.sandbox_workspace:
+            # the workspace follows the cwd, as at creation
+            changes["workspace"] = check_workspace(cwd, config)
     if image is not None:
-        changed.append(f"sandbox image {image}")
-        for k in sides:
-            k.image = image
+        text.append(f"sandbox image {image}")
+        changes["image"] = image
     if requirements is not None:
-        changed.append("new requirements")
-        for k in sides:
-            k.requirements = requirements or None
-    return changed
+        text.append("new requirements")
+        changes["requirements"] = requirements or None
+    return changes, text

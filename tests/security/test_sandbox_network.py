@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from stigmer_kernel import Client
-from stigmer_kernel.broker.server import bridge_address
+from stigmer_kernel.broker.sandbox_tcp import bridge_address
 from stigmer_kernel.provisioners.container import LABEL_KERNEL, LABEL_SERVER, server_id
 from stigmer_kernel.provisioners.network import network_name
 from tests.conftest import Server

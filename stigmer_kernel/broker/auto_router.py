@@ -39,8 +39,8 @@ if TYPE_CHECKING:
 
 
 class AutoRouter:
-    """Auto mode's hooks into the scheduler (:class:`~.scheduler.AutoHooks`) and lifecycle
-    (``create_auto``)."""
+    """Auto mode's hooks into the scheduler (:class:`~.scheduler.AutoHooks`) and into
+    creation (``Creation.create_auto``)."""
 
     def __init__(
         self, config: Config, scheduler: Scheduler, lifecycle: Lifecycle, creation: Creation

@@ -250,8 +250,10 @@ class Creation:
         """A remote agent joined as kernel ``name`` (a dead remote kernel of that name, if any,
         is replaced: its Jupyter clients carry on with the new agent, as after a restart)."""
         existing = self.registry.by_name.get(name)
-        if existing is not None:
+        if existing is not None:  # (only a dead one: remote.py refuses a live name)
+            existing.move(Phase.CLOSING)
             self.registry.remove(existing, {"event": "restarted", "reason": "a new remote agent"})
+            existing.move(Phase.GONE)
         kernel = Kernel(name=name, mode=REMOTE, cwd=cwd, ttl=self.config.kernel_ttl, inc=inc)
         self.registry.add(kernel)
         self.registry.index(kernel)

@@ -168,8 +168,10 @@ class Incarnation:
 
 @dataclass
 class Kernel:
-    """A named, warm shell session. Written by the core only (lifecycle.py: phase and
-    incarnation; scheduler.py: queue and counters); everyone else reads."""
+    """A named, warm shell session. Its state is written by the core: creation.py and
+    lifecycle.py (phase, incarnation, sides), scheduler.py (queue, requests, counters, cwd),
+    auto_router.py (an auto kernel's escalation and side); adapters only attach to it (the
+    Jupyter channels, native clients) and read it."""
 
     name: str
     mode: str

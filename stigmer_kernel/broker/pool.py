@@ -50,8 +50,8 @@ class WarmPool:
 
     def take(self, workspace: str) -> Kernel | None:
         """A pooled kernel for ``workspace`` whose agent is ready, if there is one (the
-        provisioner said the request can be served by a pooled agent: ``can_pool``); the
-        lifecycle hands its incarnation to the named kernel."""
+        provisioner said the request can be served by a pooled agent: ``can_pool``); creation.py
+        hands its incarnation to the named kernel."""
         if workspace != self.workspace:
             return None
         for pooled in self.kernels:

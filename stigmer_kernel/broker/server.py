@@ -3,8 +3,10 @@
 Nothing imports this module back. The parts, and where to look:
 
 - the core, which imports no socket code: ``model`` (kernels, incarnations, phases),
-  ``scheduler`` (where a request is queued, forwarded and completed), ``lifecycle`` (where a
-  kernel is created, restarted, re-adopted and removed, and liveness verdicts are applied),
+  ``scheduler`` (where a request is queued, forwarded and completed), ``creation`` (where a
+  kernel comes from: a request, the warm pool, a record, a remote agent), ``lifecycle`` (where
+  an agent is started, a kernel restarted, marked dead or removed, and liveness verdicts are
+  applied),
   ``liveness`` (where a kernel expires and a dead agent is detected), ``auto_router``;
 - adapters around it: ``reactor`` (the socket pump), ``agents`` (the agent endpoint),
   ``native`` and ``jupyter``/``jupyter_channels`` (the front ends), ``flow`` (output flow
@@ -146,7 +148,7 @@ class Broker:
 
     # -- start and stop -----------------------------------------------------------------------
     def bind(self) -> None:
-        """Take the runtime directory and bind both ROUTERs."""
+        """Take the runtime directory, bind the sockets, re-adopt what a dead server left."""
         self.connections.set_budget(raise_fd_limit())
         self.runtime.ensure()
         if not self.lock.acquire():

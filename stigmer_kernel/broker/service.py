@@ -1,6 +1,7 @@
 """What the broker's parts may know of each other: narrow interfaces, no implementations.
 
-The core (``model``, ``scheduler``, ``lifecycle``, ``liveness``) imports no socket code; it
+The core (``model``, ``scheduler``, ``creation``, ``lifecycle``, ``liveness``,
+``auto_router``) imports no socket code; it
 speaks to agents through an :class:`AgentLink` (``agents.py``) and tells clients through
 :class:`Announcer` (the native front ends, and the Jupyter channels' closing). Adapters (front
 ends, the agent endpoint, the pool, records) are handed a :class:`Hub`: the parts they use,

@@ -155,7 +155,16 @@ class Agent:
         parent: Message | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        msg = self.session.msg(msg_type.value, content, parent, metadata)
+        self.send_raw(msg_type.value, content, parent, metadata)
+
+    def send_raw(
+        self,
+        msg_type: str,
+        content: dict[str, Any],
+        parent: Message | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        msg = self.session.msg(msg_type, content, parent, metadata)
         frames = self.session.serialize(msg)
         while True:  # a slow broker loses nothing: retry for as long as it answers heartbeats
             try:
@@ -344,6 +353,13 @@ class Agent:
                 command.output_ack(msg)
         elif mtype == MsgType.AGENT_WELCOME.value:
             self.heartbeat.last_ack = time.monotonic()
+        elif mtype.endswith("_request"):  # a newer broker's: answered, so nobody waits forever
+            reply = {
+                "status": "error",
+                "ename": ErrorName.UNKNOWN_MESSAGE_TYPE.value,
+                "evalue": f"this agent (stigmer-kernel {__version__}) cannot serve {mtype}",
+            }
+            self.send_raw(mtype.removesuffix("_request") + "_reply", reply, parent=msg)
         else:
             log.warning("ignored message of unknown type %r", mtype)
 

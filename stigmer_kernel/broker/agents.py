@@ -31,6 +31,8 @@ _REPLIES = {
     MsgType.COMPLETE_REPLY.value,
     MsgType.INSPECT_REPLY.value,
     MsgType.IS_COMPLETE_REPLY.value,
+    MsgType.FILE_REPLY.value,
+    MsgType.PROCESS_REPLY.value,
 }
 
 

@@ -184,6 +184,17 @@ class AutoRouter:
             return
         pending.content["chdir"] = target
 
+    def pass_through(self, kernel: Kernel, pending: Pending) -> None:
+        """A file operation or process query: to the side it names (``side``: where the
+        process runs, as its start's reply said), else the side the last command ran on."""
+        side = pending.content.get("side")
+        if side not in ("local", "sandbox"):
+            side = kernel.last_side or "local"
+        try:
+            self.scheduler.submit(self._child(kernel, side, pending), pending)
+        except RequestError as exc:
+            self.scheduler.fail(kernel, pending, ExecStatus.ERROR, exc.ename, str(exc))
+
     def interrupt(self, kernel: Kernel, parent: Message | None) -> bool:
         running = kernel.running
         if running is None:

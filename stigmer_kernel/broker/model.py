@@ -259,7 +259,9 @@ class Kernel:
 
     @property
     def busy(self) -> bool:
-        return bool(self.pending)
+        """A request runs or waits for its turn (what needs no turn, a file operation or a
+        process query, never makes a kernel busy)."""
+        return self.running is not None or bool(self.queue)
 
     @property
     def ready(self) -> bool:
@@ -273,7 +275,7 @@ class Kernel:
             return KernelState.STARTING
         if self.phase in (Phase.DEAD, Phase.GONE):
             return KernelState.DEAD
-        return KernelState.BUSY if self.pending else KernelState.IDLE
+        return KernelState.BUSY if self.busy else KernelState.IDLE
 
     @property
     def counter(self) -> Kernel:

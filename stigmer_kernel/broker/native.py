@@ -47,6 +47,8 @@ class NativeFrontend:
             MsgType.SERVER_SHUTDOWN_REQUEST.value: self._server_shutdown,
             MsgType.DETACH_REQUEST.value: self._detach,
             MsgType.STDIN_CHUNK.value: self._stdin_chunk,
+            MsgType.FILE_REQUEST.value: self._agent_op,
+            MsgType.PROCESS_REQUEST.value: self._agent_op,
         }
 
     @property
@@ -195,6 +197,20 @@ class NativeFrontend:
             stop_on_error=bool(content.get("stop_on_error", False)),
             tell_mode=not content.get("mode"),
             sticky=sticky,
+        )
+        self.broker.scheduler.submit(kernel, pending)
+
+    def _agent_op(self, client: bytes, msg: Message) -> None:
+        """A file operation or a process query: to the kernel's agent, which answers it at
+        once, even while a command runs (the kernel is created first if it does not exist,
+        as for an execute_request). The agent checks the operation's own fields."""
+        op = msg.content.get("op")
+        if not isinstance(op, str) or not op:
+            raise RequestError(f"{msg.msg_type} needs an 'op'", ErrorName.BAD_REQUEST)
+        kernel = self._kernel_for(client, msg)
+        content = {k: v for k, v in msg.content.items() if k not in _KERNEL_FIELDS}
+        pending = Pending(
+            sink=self, client=client, header=msg.header, kind=MsgType(msg.msg_type), content=content
         )
         self.broker.scheduler.submit(kernel, pending)
 
@@ -384,6 +400,21 @@ class NativeFrontend:
             ErrorName.NOT_RUNNING,
         )
 
+
+#: Fields of a request that say which kernel it is for (and shape it if it is created): the
+#: broker's, never the agent's.
+_KERNEL_FIELDS = {
+    "kernel",
+    "mode",
+    "cwd",
+    "ttl",
+    "explicit",
+    "settings",
+    "kernel_env",
+    "sandbox_image",
+    "requirements",
+    "workspace",
+}
 
 #: Fields of a native execute_request the agent acts on.
 _AGENT_FIELDS = {

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import RequestError
 from ..protocol import ErrorName, ExecStatus, Message, MsgType
-from ..protocol.constants import OUTPUT_WINDOW
+from ..protocol.constants import NO_TURN, OUTPUT_WINDOW
 from .model import Kernel, Pending, Phase
 
 if TYPE_CHECKING:
@@ -37,6 +37,9 @@ class AutoHooks(Protocol):
 
     def interrupt(self, kernel: Kernel, parent: Message | None) -> bool: ...
 
+    def pass_through(self, kernel: Kernel, pending: Pending) -> None:
+        """Hand a request that needs no turn to one of the auto kernel's sides at once."""
+
 
 class Scheduler:
     def __init__(self, link: AgentLink) -> None:
@@ -46,7 +49,8 @@ class Scheduler:
         self.on_answered: list[Callable[[Kernel, Pending], None]] = []
 
     def submit(self, kernel: Kernel, pending: Pending) -> None:
-        """Queue a request for ``kernel``'s agent (is_complete goes at once: it needs no turn)."""
+        """Queue a request for ``kernel``'s agent (what needs no turn, :data:`NO_TURN`, goes at
+        once to a ready agent)."""
         if len(kernel.pending) >= MAX_PENDING:
             raise RequestError(
                 f"kernel {kernel.name!r} has {MAX_PENDING} requests queued; try later",
@@ -68,11 +72,10 @@ class Scheduler:
                 ErrorName.KERNEL_DIED,
             )
         kernel.pending[pending.msg_id] = pending
-        if not (
-            pending.kind is MsgType.IS_COMPLETE_REQUEST
-            and kernel.ready
-            and self._send(kernel, pending)
-        ):
+        if pending.kind in NO_TURN and kernel.mode == "auto" and self.auto is not None:
+            self.auto.pass_through(kernel, pending)  # to a side now, not after what runs
+            return
+        if not (pending.kind in NO_TURN and kernel.ready and self._send(kernel, pending)):
             kernel.queue.append(pending)
         self.advance(kernel)
 
@@ -106,8 +109,8 @@ class Scheduler:
                 counter.history.append(
                     (counter.restarts + 1, counter.execution_count, pending.code)
                 )
-            if pending.kind is MsgType.IS_COMPLETE_REQUEST:
-                continue  # needs no turn
+            if pending.kind in NO_TURN:
+                continue
             if pending.kind is MsgType.EXECUTE_REQUEST:
                 kernel.executions += 1
                 kernel.last_activity = time.monotonic()

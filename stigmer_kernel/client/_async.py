@@ -265,6 +265,28 @@ class AsyncClient:
             events=call.events,
         )
 
+    async def _agent_request(
+        self,
+        msg_type: MsgType,
+        kernel: str,
+        content: dict[str, Any],
+        *,
+        mode: str | None = None,
+        timeout: float | None = 60.0,
+    ) -> dict[str, Any]:
+        """One ``file_request`` or ``process_request`` (``content`` has its ``op``), answered
+        by ``kernel``'s agent even while a command runs; the kernel is created if it does not
+        exist, as by :meth:`execute`. Returns the reply's content, or raises for an error."""
+        content = {**content, "kernel": kernel}
+        content["mode"] = mode or self._default_mode()
+        if content["mode"] is None:
+            del content["mode"]
+        self._add_kernel_env(content, None)
+        self._add_kernel_options(content, mode=mode)
+        reply, _ = await self._transport.request(msg_type, content, timeout=timeout)
+        self._raise_for(reply)
+        return reply.content
+
     async def interrupt(self, kernel: str = "default") -> dict[str, Any]:
         """Interrupt the command running on ``kernel`` (like Ctrl-C)."""
         reply, _ = await self._transport.request(

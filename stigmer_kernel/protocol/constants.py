@@ -51,6 +51,9 @@ class MsgType(str, enum.Enum):
     SERVER_SHUTDOWN_REQUEST = "server_shutdown_request"
     DETACH_REQUEST = "detach_request"
     KERNEL_CONNECT_REQUEST = "kernel_connect_request"
+    # client -> broker -> agent, answered by the agent without waiting for the running command
+    FILE_REQUEST = "file_request"  # one file operation in the kernel's world (``op``)
+    PROCESS_REQUEST = "process_request"  # one operation on a background process (``op``)
     # broker -> client
     EXECUTE_REPLY = "execute_reply"
     INTERRUPT_REPLY = "interrupt_reply"
@@ -63,6 +66,8 @@ class MsgType(str, enum.Enum):
     ERROR_REPLY = "error_reply"
     KERNEL_EVENT = "kernel_event"
     KERNEL_CONNECT_REPLY = "kernel_connect_reply"
+    FILE_REPLY = "file_reply"
+    PROCESS_REPLY = "process_reply"
     # Jupyter requests the agent serves (from the broker) and their replies
     COMPLETE_REQUEST = "complete_request"
     COMPLETE_REPLY = "complete_reply"
@@ -95,6 +100,12 @@ class MsgType(str, enum.Enum):
     STDIN_ACK = "stdin_ack"  # its flow control: bytes written to the command (agent -> client)
 
 
+#: Requests the broker forwards to a kernel's agent without a turn in its queue: the agent
+#: answers them at once, even while a command runs (they never make the kernel busy).
+NO_TURN: frozenset[MsgType] = frozenset(
+    {MsgType.IS_COMPLETE_REQUEST, MsgType.FILE_REQUEST, MsgType.PROCESS_REQUEST}
+)
+
 #: Requests a client may send and the reply type each gets.
 REPLY_FOR: dict[MsgType, MsgType] = {
     MsgType.EXECUTE_REQUEST: MsgType.EXECUTE_REPLY,
@@ -106,6 +117,8 @@ REPLY_FOR: dict[MsgType, MsgType] = {
     MsgType.SERVER_INFO_REQUEST: MsgType.SERVER_INFO_REPLY,
     MsgType.SERVER_SHUTDOWN_REQUEST: MsgType.SERVER_SHUTDOWN_REPLY,
     MsgType.KERNEL_CONNECT_REQUEST: MsgType.KERNEL_CONNECT_REPLY,
+    MsgType.FILE_REQUEST: MsgType.FILE_REPLY,
+    MsgType.PROCESS_REQUEST: MsgType.PROCESS_REPLY,
     MsgType.COMPLETE_REQUEST: MsgType.COMPLETE_REPLY,
     MsgType.INSPECT_REQUEST: MsgType.INSPECT_REPLY,
     MsgType.IS_COMPLETE_REQUEST: MsgType.IS_COMPLETE_REPLY,

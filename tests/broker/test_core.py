@@ -337,18 +337,25 @@ def test_restart_aborts_what_was_pending_and_starts_a_fresh_agent(core: Core) ->
     assert core.link.forwarded == [("k", running.msg_id)]  # the queued one never went
 
 
-def test_a_kernel_left_by_a_dead_broker_goes_if_its_agent_does_not_come_back(
-    core: Core,
-) -> None:
+def adopted(core: Core) -> Kernel:
+    """A kernel as a restarted broker re-creates it from a record: its agent not back yet."""
     from stigmer_kernel.broker.model import Incarnation
     from stigmer_kernel.protocol import new_key
 
     inc = Incarnation.new("old", new_key())
     inc.handle = FakeHandle()
-    kernel = core.creation.adopted(
+    return core.creation.adopted(
         "old", "local", inc, ttl=60, cwd=core.cwd, sandbox=(None, None, None),
         parent=None, parent_cwd=None, escalation=None,
     )  # fmt: skip
+
+
+def test_a_kernel_left_by_a_dead_broker_goes_if_its_agent_does_not_come_back(
+    core: Core,
+) -> None:
+    kernel = adopted(core)
+    inc = kernel.inc
+    assert inc is not None
     assert kernel.state is KernelState.STARTING and kernel.phase is Phase.ADOPTING
     grace = max(5.0, 3 * core.config.dead_after)
     assert core.check(inc.started_at + grace - 1) == []
@@ -357,15 +364,7 @@ def test_a_kernel_left_by_a_dead_broker_goes_if_its_agent_does_not_come_back(
 
 
 def test_a_heartbeat_reattaches_an_adopted_agent_with_its_session(core: Core) -> None:
-    from stigmer_kernel.broker.model import Incarnation
-    from stigmer_kernel.protocol import new_key
-
-    inc = Incarnation.new("old", new_key())
-    inc.handle = FakeHandle()
-    kernel = core.creation.adopted(
-        "old", "local", inc, ttl=60, cwd=core.cwd, sandbox=(None, None, None),
-        parent=None, parent_cwd=None, escalation=None,
-    )  # fmt: skip
+    kernel = adopted(core)
     pending = core.execute(kernel)
     assert core.link.forwarded == []
     core.lifecycle.reattached(kernel, f"{kernel.id}:1:hb".encode(), {"pid": 5})

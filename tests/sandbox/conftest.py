@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import os
 import re
 import shutil
@@ -55,6 +57,33 @@ def _test_built(client: Any) -> set[str]:
     return {image.id for name in TEST_BUILT for image in client.images.list(name)}
 
 
+#: Test sessions may run at once on one engine (two checkouts, CI beside a developer): the tags
+#: a session builds carry its pid, and the images tests made are removed by the last session
+#: to end, keeping what existed when the first of them began.
+SESSION = str(os.getpid())
+_SESSIONS = Path(tempfile.gettempdir()) / "stigmer-test-sessions"
+
+
+@contextlib.contextmanager
+def _sessions_locked() -> Iterator[list[str]]:
+    """The other live sessions' pids, with the sessions directory locked."""
+    _SESSIONS.mkdir(mode=0o700, exist_ok=True)
+    with open(_SESSIONS / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        alive = []
+        for entry in _SESSIONS.glob("[0-9]*"):
+            if entry.name == SESSION:
+                continue
+            try:
+                os.kill(int(entry.name), 0)
+                alive.append(entry.name)
+            except PermissionError:
+                alive.append(entry.name)
+            except (ProcessLookupError, ValueError):
+                entry.unlink(missing_ok=True)  # a session that was killed
+        yield alive
+
+
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[Any]:
     try:
@@ -68,11 +97,20 @@ def docker_client() -> Iterator[Any]:
         client.images.get(TEST_IMAGE)
     except Exception:
         _unavailable(f"no image {TEST_IMAGE}; run scripts/build-test-image.sh")
-    before = _test_built(client)
+    base = _SESSIONS / "base.json"
+    with _sessions_locked() as others:
+        if not others or not base.exists():
+            base.write_text(json.dumps(sorted(_test_built(client))))
+        (_SESSIONS / SESSION).touch()
     yield client
-    for image in _test_built(client) - before:
-        with contextlib.suppress(Exception):  # one still in use by someone's container stays
-            client.images.remove(image, force=True, noprune=False)
+    with _sessions_locked() as others:
+        (_SESSIONS / SESSION).unlink(missing_ok=True)
+        if not others:
+            before = set(json.loads(base.read_text())) if base.exists() else _test_built(client)
+            base.unlink(missing_ok=True)
+            for image in _test_built(client) - before:
+                with contextlib.suppress(Exception):  # one in use by someone's container stays
+                    client.images.remove(image, force=True, noprune=False)
     client.close()
 
 
@@ -80,7 +118,7 @@ def docker_client() -> Iterator[Any]:
 #: of the full tier's core stage ~55 s more: the timeout of the tests that build them.
 TIER_BUILD_TIMEOUT = 600
 #: The basic tier as the suite builds it, once per session (:func:`basic_tier`).
-SUITE_TIER_TAG = "stigmer-sandbox-basic:tests"
+SUITE_TIER_TAG = f"stigmer-sandbox-basic:tests-{SESSION}"
 
 
 def build_tier(

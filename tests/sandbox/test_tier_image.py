@@ -19,6 +19,7 @@ import pytest
 from stigmer_kernel.provisioners import images
 from tests.conftest import Server
 from tests.sandbox.conftest import (
+    SESSION,
     SUITE_TIER_TAG,
     TEST_IMAGE,
     TIER_BUILD_TIMEOUT,
@@ -36,7 +37,7 @@ TAG = SUITE_TIER_TAG
 DOCKERFILE = "Dockerfile.sandbox.basic"
 #: The full tier's core stage (the basic tier's tools with compilers): the rest of the full
 #: tier downloads from vendors no test machine may reach.
-FULL_CORE_TAG = "stigmer-sandbox-full:tests-core"
+FULL_CORE_TAG = f"stigmer-sandbox-full:tests-core-{SESSION}"
 #: Node.js LTS majors and the day each reaches end of life (https://nodejs.org/en/about/previous-releases).
 NODE_LTS_END = {
     22: datetime.date(2027, 4, 30),
@@ -122,7 +123,7 @@ def test_download_failure_is_reported_as_such(docker_client: Any, marked_ca: Mar
     assert directory is not None
     with images.staged_context(directory, marked_ca.path) as context:
         lines, error = build_tier(
-            docker_client, context, DOCKERFILE, "stigmer-tier-fail:tests", NODE_URL=url
+            docker_client, context, DOCKERFILE, f"stigmer-tier-fail:tests-{SESSION}", NODE_URL=url
         )
     assert error is not None and "non-zero code" in error
     said = "\n".join(lines)
@@ -130,7 +131,7 @@ def test_download_failure_is_reported_as_such(docker_client: Any, marked_ca: Mar
     assert "curl: (7)" in said  # curl's own reason, just above
     assert "gzip" not in said and "stdin" not in said
     with pytest.raises(Exception, match=r"not found|No such image"):
-        docker_client.images.get("stigmer-tier-fail:tests")
+        docker_client.images.get(f"stigmer-tier-fail:tests-{SESSION}")
 
 
 def test_node_is_a_supported_lts(docker_client: Any, basic_tier: BuiltTier) -> None:

@@ -15,7 +15,16 @@ Hierarchy::
     ├── RequestError                the broker answered a request with an error
     │   ├── KernelError             the kernel could not serve it (died, expired, shut down)
     │   ├── KernelMismatch          the kernel exists with another mode or options than asked
-    │   └── ModeUnavailable         the requested execution mode cannot run here
+    │   ├── ModeUnavailable         the requested execution mode cannot run here
+    │   └── FileError               a file operation failed in the kernel's world
+    │       ├── FileNotFound        no such file or directory
+    │       ├── IsADirectory        a directory where a file was meant
+    │       ├── NotADirectory       a file where a directory was meant
+    │       ├── PermissionDenied    the kernel's user may not do it
+    │       ├── FileExists          something is already there
+    │       ├── DirectoryNotEmpty   a directory removed without recursive=True
+    │       ├── NoSpace             the disk filled up while writing
+    │       └── ChecksumMismatch    what arrived is not what was sent
     └── ClientTimeout               no answer from the broker in the allowed time
 
 Messages say what happened and what to do next.
@@ -88,6 +97,43 @@ class KernelMismatch(RequestError):
 
 class ModeUnavailable(RequestError):
     """The requested execution mode is not available on this server."""
+
+
+class FileError(RequestError):
+    """A file operation (``read_file``, ``upload``...) failed in the kernel's world; the
+    message names the path. A failed write leaves the old file as it was."""
+
+
+class FileNotFound(FileError):
+    """No such file or directory (in the kernel's world, or locally for a transfer)."""
+
+
+class IsADirectory(FileError):
+    """A directory where a file was meant."""
+
+
+class NotADirectory(FileError):
+    """A file (or nothing) where a directory was meant."""
+
+
+class PermissionDenied(FileError):
+    """The kernel's user may not do that (or the file system is read-only)."""
+
+
+class FileExists(FileError):
+    """Something is already at that path."""
+
+
+class DirectoryNotEmpty(FileError):
+    """A directory that holds files, removed without ``recursive=True``."""
+
+
+class NoSpace(FileError):
+    """The disk (a quota, a sandbox's tmpfs) filled up during a write."""
+
+
+class ChecksumMismatch(FileError):
+    """The sha256 of what arrived differs from that of what was sent."""
 
 
 class ClientTimeout(StigmerError):

@@ -34,6 +34,7 @@ from ..protocol import ErrorName, ExecStatus, Message, MsgType, Session
 from ..protocol.constants import EXIT_INTERRUPTED, REPLY_FOR, StreamName
 from . import introspect, procs
 from .command import Command
+from .files import Files, shell_cwd
 from .shell import BashSession, CommandEnd
 from .stdin import StdinPipe
 
@@ -146,6 +147,10 @@ class Agent:
         self.heartbeat = Heartbeat(self.ctx, opts, self.identity)
         self.stopping = False
         self.subreaper = False
+        self.files = Files(  # file_request: answered at once, even while a command runs
+            lambda reply, parent: self.send(MsgType.FILE_REPLY, reply, parent=parent),
+            cwd=lambda: shell_cwd(self.shell.pid, self.shell.cwd),
+        )
 
     # -- plumbing ---------------------------------------------------------------------------
     def send(
@@ -226,6 +231,7 @@ class Agent:
             linger = 0  # nobody will take what is still queued
         finally:
             self.heartbeat.stop_event.set()
+            self.files.close()
             self.shell.close()
             if self.subreaper:
                 # Whatever the kernel ever started ends with it: daemons that left bash's
@@ -299,6 +305,8 @@ class Agent:
 
     def _next_timer_ms(self) -> int:
         command = self.command
+        if self.files.busy:  # a file job does a slice of its work each turn
+            return 0
         if command is None:
             return 1000
         return max(0, int(command.next_timer(time.monotonic()) * 1000))
@@ -330,6 +338,8 @@ class Agent:
             if status == "incomplete":
                 reply["indent"] = ""
             self.send(MsgType.IS_COMPLETE_REPLY, reply, parent=msg)
+        elif mtype == MsgType.FILE_REQUEST.value:
+            self.files.handle(msg.content, msg)
         elif mtype == MsgType.INPUT_REPLY.value:
             if command is not None:
                 command.input_reply(msg.content.get("value"))
@@ -462,6 +472,7 @@ class Agent:
 
     def _tick(self) -> None:
         self._reap_orphans()
+        self.files.tick()
         if self.command is not None:
             self.command.tick(time.monotonic())
         self._check_done()  # (with no command: bash exiting between commands, without a pidfd)

@@ -12,7 +12,6 @@ Auto kernels have no agent: their requests are handed to a side by the :class:`A
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -150,7 +149,7 @@ class Scheduler:
             hook(kernel, pending)
         if kernel.running is pending:
             kernel.running = None
-        with contextlib.suppress(ValueError):
+        if any(queued is pending for queued in kernel.queue):  # (a miss would repr it: slow)
             kernel.queue.remove(pending)
         cwd = content.get("cwd")
         if isinstance(cwd, str):

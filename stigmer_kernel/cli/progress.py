@@ -1,4 +1,5 @@
-"""Image pulls and builds drawn on stderr: a progress bar on a terminal, plain lines elsewhere.
+"""Image pulls and builds drawn on stderr: a progress bar on a terminal, plain lines elsewhere
+(and ``stigmer cp``'s copies: a bar on a terminal, nothing elsewhere).
 
 :class:`ProgressDisplay` takes three kinds of input: the Docker engine's pull and build events
 (``stigmer sandbox pull|build``, which talk to the engine themselves) and the text of a
@@ -110,6 +111,13 @@ class ProgressDisplay:
             self._bars().line(name, said.line)
         else:
             self.say(text)
+
+    def transfer(self, name: str, done: int, total: int) -> None:
+        """A copy's progress (``stigmer cp``): a bar on a terminal, nothing elsewhere."""
+        if not self.bars or total <= 0:
+            return
+        amount = f"{done / 1e6:.0f}/{total / 1e6:.0f} MB"
+        self._bars().update(name, min(1.0, done / total), amount, "")
 
     # -- helpers --------------------------------------------------------------------------------
     def _new_tenth(self, said: Report) -> bool:

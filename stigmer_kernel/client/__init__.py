@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from ._async import AsyncClient
+from ._files import FileInfo, Transfer
 from ._remote import RemoteServer
 from ._sync import Client
 from .result import ExecResult
 
-__all__ = ["AsyncClient", "Client", "ExecResult", "RemoteServer"]
+__all__ = ["AsyncClient", "Client", "ExecResult", "FileInfo", "RemoteServer", "Transfer"]

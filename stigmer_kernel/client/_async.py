@@ -19,6 +19,7 @@ from ..environment import checked_env, client_environment
 from ..errors import RequestError, StigmerError
 from ..protocol import ErrorName, Message, MsgType
 from ._errors import raise_for, refused
+from ._files import FileMethods
 from ._remote import RemoteServer
 from ._stdin import StdinSource, prepare
 from ._transport import EventCallback, OutputCallback, RawOutputCallback, Transport, run_callback
@@ -26,14 +27,15 @@ from .discovery import ServerAddress
 from .result import ExecResult
 
 
-class AsyncClient:
+class AsyncClient(FileMethods):
     """Asyncio client. ``async with AsyncClient() as c: r = await c.execute("ls")``.
 
     It finds the server of ``STIGMER_RUNTIME_DIR`` (or ``config.runtime_dir``) and, unless
     ``autostart`` is false, starts one in the background when none runs. With
     ``inherit_env=True``, the local kernels it creates start with this process's environment
     (as the ``stigmer`` CLI's do); by default they start with the server's. Sandbox and remote
-    kernels never get a host environment.
+    kernels never get a host environment. The file methods (``read_file``, ``upload``...)
+    are those of :class:`~._files.FileMethods`.
     """
 
     def __init__(

@@ -10,7 +10,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import KernelError, KernelMismatch, ModeUnavailable, RequestError
+from ..errors import (
+    ChecksumMismatch,
+    DirectoryNotEmpty,
+    FileError,
+    FileExists,
+    FileNotFound,
+    IsADirectory,
+    KernelError,
+    KernelMismatch,
+    ModeUnavailable,
+    NoSpace,
+    NotADirectory,
+    PermissionDenied,
+    RequestError,
+)
 from ..protocol import ErrorName
 
 #: The exception raised for a reply with status ``error`` and each ``ename``.
@@ -34,6 +48,15 @@ EXCEPTION_FOR: dict[ErrorName, type[RequestError]] = {
     ErrorName.COMMAND_FAILED: RequestError,
     ErrorName.TIMEOUT: RequestError,
     ErrorName.INTERRUPTED: RequestError,
+    ErrorName.FILE_NOT_FOUND: FileNotFound,
+    ErrorName.IS_A_DIRECTORY: IsADirectory,
+    ErrorName.NOT_A_DIRECTORY: NotADirectory,
+    ErrorName.PERMISSION_DENIED: PermissionDenied,
+    ErrorName.FILE_EXISTS: FileExists,
+    ErrorName.DIRECTORY_NOT_EMPTY: DirectoryNotEmpty,
+    ErrorName.NO_SPACE: NoSpace,
+    ErrorName.CHECKSUM_MISMATCH: ChecksumMismatch,
+    ErrorName.FILE_ERROR: FileError,
 }
 
 #: An execute_reply with one of these says the request was refused before a kernel ran it:

@@ -10,10 +10,11 @@ import asyncio
 import os
 import threading
 from collections.abc import Coroutine, Mapping
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from ..config import Config
 from ._async import AsyncClient
+from ._files import FileInfo, Progress, Transfer
 from ._remote import RemoteServer
 from ._stdin import StdinSource
 from ._transport import EventCallback, OutputCallback, RawOutputCallback
@@ -179,3 +180,104 @@ class Client:
 
     def shutdown_server(self) -> None:
         self._call(self._async.shutdown_server())
+
+    # -- files (see :class:`~._files.FileMethods`) ------------------------------------------------
+    def stat(self, kernel: str, path: str, *, mode: str | None = None) -> FileInfo:
+        return self._call(self._async.stat(kernel, path, mode=mode))
+
+    def list_dir(self, kernel: str, path: str = ".", *, mode: str | None = None) -> list[FileInfo]:
+        return self._call(self._async.list_dir(kernel, path, mode=mode))
+
+    def make_dir(
+        self,
+        kernel: str,
+        path: str,
+        parents: bool = False,
+        *,
+        permissions: int | None = None,
+        mode: str | None = None,
+    ) -> str:
+        return self._call(
+            self._async.make_dir(kernel, path, parents, permissions=permissions, mode=mode)
+        )
+
+    def remove(
+        self, kernel: str, path: str, recursive: bool = False, *, mode: str | None = None
+    ) -> None:
+        self._call(self._async.remove(kernel, path, recursive, mode=mode))
+
+    def sha256(self, kernel: str, path: str, *, mode: str | None = None) -> str:
+        return self._call(self._async.sha256(kernel, path, mode=mode))
+
+    def read_file(self, kernel: str, path: str, *, mode: str | None = None) -> bytes:
+        return self._call(self._async.read_file(kernel, path, mode=mode))
+
+    def write_file(
+        self,
+        kernel: str,
+        path: str,
+        data: bytes | str,
+        *,
+        permissions: int | None = None,
+        mode: str | None = None,
+    ) -> str:
+        return self._call(
+            self._async.write_file(kernel, path, data, permissions=permissions, mode=mode)
+        )
+
+    def upload(
+        self,
+        kernel: str,
+        local_path: str | os.PathLike[str],
+        remote_path: str,
+        *,
+        mode: str | None = None,
+        progress: Progress | None = None,
+    ) -> Transfer:
+        """See :meth:`AsyncClient.upload` (``progress`` runs on the client's loop thread)."""
+        return self._call(
+            self._async.upload(kernel, local_path, remote_path, mode=mode, progress=progress)
+        )
+
+    def download(
+        self,
+        kernel: str,
+        remote_path: str,
+        local_path: str | os.PathLike[str],
+        *,
+        mode: str | None = None,
+        progress: Progress | None = None,
+    ) -> Transfer:
+        """See :meth:`AsyncClient.download`."""
+        return self._call(
+            self._async.download(kernel, remote_path, local_path, mode=mode, progress=progress)
+        )
+
+    def upload_stream(
+        self,
+        kernel: str,
+        stream: BinaryIO,
+        remote_path: str,
+        *,
+        permissions: int | None = None,
+        mode: str | None = None,
+        progress: Progress | None = None,
+    ) -> Transfer:
+        return self._call(
+            self._async.upload_stream(
+                kernel, stream, remote_path, permissions=permissions, mode=mode, progress=progress
+            )
+        )
+
+    def download_stream(
+        self,
+        kernel: str,
+        remote_path: str,
+        stream: BinaryIO,
+        *,
+        mode: str | None = None,
+        progress: Progress | None = None,
+    ) -> Transfer:
+        return self._call(
+            self._async.download_stream(kernel, remote_path, stream, mode=mode, progress=progress)
+        )

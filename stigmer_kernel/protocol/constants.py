@@ -27,6 +27,9 @@ STDIN_WINDOW = 2 * 1024 * 1024
 #: ``data`` of one ``stdin_chunk``: the most our client sends; the most the broker accepts.
 STDIN_CHUNK = 256 * 1024
 STDIN_CHUNK_MAX = 1024 * 1024
+#: ``data`` of one file_request ``read`` reply or ``write_chunk`` request, at most: with its
+#: envelope it fits the agent sockets' 16 MiB frames and the native clients' 32 MiB.
+FILE_CHUNK_MAX = 1024 * 1024
 #: The agent acknowledges stdin every this many bytes written (and whenever its buffer empties).
 STDIN_ACK_EVERY = 256 * 1024
 #: Flow control of a command's output: stream messages (<= 64 KiB each) an agent sends ahead
@@ -178,6 +181,16 @@ class ErrorName(str, enum.Enum):
     COMMAND_FAILED = "CommandFailed"  # it exited non-zero
     TIMEOUT = "Timeout"  # it ran past its timeout and was ended
     INTERRUPTED = "Interrupted"  # an interrupt ended it (or cancelled it while queued)
+    # A file operation the kernel's agent could not do (file_reply; nothing was changed).
+    FILE_NOT_FOUND = "FileNotFound"  # no such file or directory
+    IS_A_DIRECTORY = "IsADirectory"  # a directory where a file was meant
+    NOT_A_DIRECTORY = "NotADirectory"  # a file where a directory was meant
+    PERMISSION_DENIED = "PermissionDenied"  # the kernel's user may not (or a read-only fs)
+    FILE_EXISTS = "FileExists"  # something is already there (mkdir)
+    DIRECTORY_NOT_EMPTY = "DirectoryNotEmpty"  # remove of a directory without recursive
+    NO_SPACE = "NoSpace"  # the disk (or quota, or tmpfs) filled up during a write
+    CHECKSUM_MISMATCH = "ChecksumMismatch"  # the bytes that arrived are not those sent
+    FILE_ERROR = "FileError"  # any other: an upload token unknown, not a regular file, EIO...
 
     def __str__(self) -> str:
         return self.value

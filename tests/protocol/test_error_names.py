@@ -13,7 +13,21 @@ import pytest
 import stigmer_kernel
 from stigmer_kernel import errors
 from stigmer_kernel.client._errors import EXCEPTION_FOR, EXECUTE_REFUSALS, raise_for, refused
-from stigmer_kernel.errors import KernelError, KernelMismatch, ModeUnavailable, RequestError
+from stigmer_kernel.errors import (
+    ChecksumMismatch,
+    DirectoryNotEmpty,
+    FileError,
+    FileExists,
+    FileNotFound,
+    IsADirectory,
+    KernelError,
+    KernelMismatch,
+    ModeUnavailable,
+    NoSpace,
+    NotADirectory,
+    PermissionDenied,
+    RequestError,
+)
 from stigmer_kernel.protocol import ErrorName
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,7 +83,19 @@ def test_the_special_exceptions() -> None:
         ErrorName.OPTION_MISMATCH: KernelMismatch,
         ErrorName.MODE_UNAVAILABLE: ModeUnavailable,
         ErrorName.NO_SUCH_KERNEL: KernelError,
+        ErrorName.FILE_NOT_FOUND: FileNotFound,
+        ErrorName.IS_A_DIRECTORY: IsADirectory,
+        ErrorName.NOT_A_DIRECTORY: NotADirectory,
+        ErrorName.PERMISSION_DENIED: PermissionDenied,
+        ErrorName.FILE_EXISTS: FileExists,
+        ErrorName.DIRECTORY_NOT_EMPTY: DirectoryNotEmpty,
+        ErrorName.NO_SPACE: NoSpace,
+        ErrorName.CHECKSUM_MISMATCH: ChecksumMismatch,
+        ErrorName.FILE_ERROR: FileError,
     }
+    file_errors = [ChecksumMismatch, DirectoryNotEmpty, FileExists, FileNotFound, IsADirectory]
+    file_errors += [NoSpace, NotADirectory, PermissionDenied]
+    assert all(issubclass(cls, FileError) for cls in file_errors)
     refusals = {
         ErrorName.BAD_REQUEST,
         ErrorName.MODE_UNAVAILABLE,

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from .._version import __version__
 from ..errors import KernelMismatch, StigmerError
 from ..protocol.constants import EXIT_INTERRUPTED
-from . import config, curve_keys, kernels, kernelspec, run, sandbox, server
+from . import config, curve_keys, kernels, kernelspec, logs, processes, run, sandbox, server
 from .common import EXIT_BROKEN_PIPE, UsageError, add_remote_options, fail, silence
 
 
@@ -32,6 +32,11 @@ class _Command(Protocol):
 #: Each subcommand's module, in the order ``stigmer --help`` lists them.
 COMMANDS: dict[str, _Command] = {
     "run": run,
+    "start": processes.START,
+    "ps": processes.PS,
+    "logs": logs,
+    "kill": processes.KILL,
+    "wait": processes.WAIT,
     "server": server,
     "kernels": kernels,
     "sandbox": sandbox,

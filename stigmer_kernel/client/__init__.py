@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 from ._async import AsyncClient
+from ._processes import AsyncProcess, OutputChunk, Process, ProcessInfo
 from ._remote import RemoteServer
 from ._sync import Client
 from .result import ExecResult
 
-__all__ = ["AsyncClient", "Client", "ExecResult", "RemoteServer"]
+__all__ = [
+    "AsyncClient",
+    "AsyncProcess",
+    "Client",
+    "ExecResult",
+    "OutputChunk",
+    "Process",
+    "ProcessInfo",
+    "RemoteServer",
+]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import KernelError, KernelMismatch, ModeUnavailable, RequestError
+from ..errors import KernelError, KernelMismatch, ModeUnavailable, NoSuchProcess, RequestError
 from ..protocol import ErrorName
 
 #: The exception raised for a reply with status ``error`` and each ``ename``.
@@ -27,6 +27,8 @@ EXCEPTION_FOR: dict[ErrorName, type[RequestError]] = {
     ErrorName.NOT_RUNNING: RequestError,
     ErrorName.NOT_OWNER: RequestError,
     ErrorName.STDIN_OVERFLOW: RequestError,
+    ErrorName.NO_SUCH_PROCESS: NoSuchProcess,
+    ErrorName.TOO_MANY_PROCESSES: RequestError,
     ErrorName.KERNEL_DIED: RequestError,
     ErrorName.KERNEL_SHUTDOWN: RequestError,
     ErrorName.KERNEL_RESTARTED: RequestError,
@@ -46,6 +48,7 @@ EXECUTE_REFUSALS = frozenset(
         ErrorName.OPTION_MISMATCH,
         ErrorName.KERNEL_BUSY,
         ErrorName.TOO_MANY_KERNELS,
+        ErrorName.TOO_MANY_PROCESSES,
     }
 )
 

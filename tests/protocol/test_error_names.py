@@ -13,7 +13,13 @@ import pytest
 import stigmer_kernel
 from stigmer_kernel import errors
 from stigmer_kernel.client._errors import EXCEPTION_FOR, EXECUTE_REFUSALS, raise_for, refused
-from stigmer_kernel.errors import KernelError, KernelMismatch, ModeUnavailable, RequestError
+from stigmer_kernel.errors import (
+    KernelError,
+    KernelMismatch,
+    ModeUnavailable,
+    NoSuchProcess,
+    RequestError,
+)
 from stigmer_kernel.protocol import ErrorName
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,6 +75,7 @@ def test_the_special_exceptions() -> None:
         ErrorName.OPTION_MISMATCH: KernelMismatch,
         ErrorName.MODE_UNAVAILABLE: ModeUnavailable,
         ErrorName.NO_SUCH_KERNEL: KernelError,
+        ErrorName.NO_SUCH_PROCESS: NoSuchProcess,
     }
     refusals = {
         ErrorName.BAD_REQUEST,
@@ -77,6 +84,7 @@ def test_the_special_exceptions() -> None:
         ErrorName.OPTION_MISMATCH,
         ErrorName.KERNEL_BUSY,
         ErrorName.TOO_MANY_KERNELS,
+        ErrorName.TOO_MANY_PROCESSES,
     }
     assert refusals == EXECUTE_REFUSALS
 

@@ -149,20 +149,23 @@ class ProcessTable:
         if fd == proc.pidfd:
             self.reap(proc)
             return
-        name = proc.fds[fd]
+        if self._read(proc, fd):
+            proc.changed += 1
+
+    def _read(self, proc: BackgroundProcess, fd: int) -> bool:
+        """One read of an output pipe into its journal; False if nothing was there."""
         try:
             data = os.read(fd, _READ)
         except BlockingIOError:
-            return
+            return False
         except OSError:
             data = b""
-        journal = proc.journals[name]
         if data:
-            journal.append(data)
-        else:
-            journal.eof = True
-            self._close_fd(proc, fd)
-        proc.changed += 1
+            proc.journals[proc.fds[fd]].append(data)
+            return True
+        proc.journals[proc.fds[fd]].eof = True
+        self._close_fd(proc, fd)
+        return True
 
     def on_writable(self, fd: int) -> None:
         for proc in self.procs.values():
@@ -173,6 +176,10 @@ class ProcessTable:
     def reap(self, proc: BackgroundProcess) -> None:
         """Collect its exit status if it has ended."""
         if proc.running and proc.popen.poll() is not None:
+            for fd in list(proc.fds):  # what it wrote is in its pipes: read before it counts
+                for _ in range(64):  # (bounded: what it left running may write on)
+                    if fd not in proc.fds or not self._read(proc, fd):
+                        break
             proc.changed += 1
             if proc.pidfd >= 0:
                 self._by_fd.pop(proc.pidfd, None)

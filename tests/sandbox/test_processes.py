@@ -34,8 +34,8 @@ def test_background_processes_in_a_sandbox(
     assert (out.end, out.dropped, len(out.data)) == (total, total - (1 << 20), 1 << 20)
     # A new client takes the handle up by id; signals reach the group.
     other = server.client()
-    sleeper = c.start("trap 'exit 5' TERM; while :; do sleep 0.05; done", kernel="sb")
-    wait_for(lambda: other.process("sb", sleeper.id).info().state == "running")
+    sleeper = c.start("trap 'exit 5' TERM; echo ready; while :; do sleep 0.05; done", kernel="sb")
+    wait_for(lambda: other.process("sb", sleeper.id).output().data == b"ready\n")
     other.process("sb", sleeper.id).signal("TERM")
     assert other.process("sb", sleeper.id).wait(15) == 5
     assert [p.id for p in other.processes("sb")] == ["p1", "p2", "p3"]

@@ -43,6 +43,8 @@ class EnvVar(str, enum.Enum):
     HEARTBEAT_MISSES = "STIGMER_HEARTBEAT_MISSES"
     TIMEOUT = "STIGMER_TIMEOUT"
     OUTPUT_LIMIT = "STIGMER_OUTPUT_LIMIT"
+    PROCESS_JOURNAL_BYTES = "STIGMER_PROCESS_JOURNAL_BYTES"
+    EXPIRE_WITH_PROCESSES = "STIGMER_EXPIRE_WITH_PROCESSES"
     WORKDIR = "STIGMER_WORKDIR"
     CLIENT_ENDPOINT = "STIGMER_CLIENT_ENDPOINT"
     AGENT_ENDPOINT = "STIGMER_AGENT_ENDPOINT"
@@ -145,6 +147,17 @@ class Config:
     """Bytes of each stream (stdout, stderr) a client keeps in a command's result; the rest is
     counted (``ExecResult.stdout_dropped``, ``truncated``). Output streamed to callbacks and by
     ``stigmer run`` is never cut. 0 keeps none."""
+
+    process_journal_bytes: int = field(
+        default=4 * 1024 * 1024, metadata=_env(EnvVar.PROCESS_JOURNAL_BYTES)
+    )
+    """Bytes of each stream (stdout, stderr) of a background process its kernel's agent keeps
+    (``stigmer logs``); older output is dropped and counted. For kernels started after it is
+    set."""
+
+    expire_with_processes: bool = field(default=False, metadata=_env(EnvVar.EXPIRE_WITH_PROCESSES))
+    """Let an idle kernel expire at its TTL even while a background process of it runs (and
+    ends with it). Default: a kernel with a running background process is not idle."""
 
     kernel_cwd: str | None = field(default=None, metadata={**_env(EnvVar.WORKDIR), "path": True})
     """Working directory of new kernels (none: the directory the client asked from)."""

@@ -15,6 +15,7 @@ Hierarchy::
     ├── RequestError                the broker answered a request with an error
     │   ├── KernelError             the kernel could not serve it (died, expired, shut down)
     │   ├── KernelMismatch          the kernel exists with another mode or options than asked
+    │   ├── NoSuchProcess           no background process of that id in the kernel
     │   ├── ModeUnavailable         the requested execution mode cannot run here
     │   └── FileError               a file operation failed in the kernel's world
     │       ├── FileNotFound        no such file or directory
@@ -93,6 +94,11 @@ class KernelMismatch(RequestError):
     """An existing kernel was asked for with a mode or an option (cwd, sandbox image,
     requirements, workspace, ttl) it was not created with: ``ModeMismatch`` or
     ``OptionMismatch`` on the wire. The message says how to restart or remove it."""
+
+
+class NoSuchProcess(RequestError):
+    """A process handle names no background process of its kernel (a kernel that was
+    restarted or ended has none of its earlier processes)."""
 
 
 class ModeUnavailable(RequestError):

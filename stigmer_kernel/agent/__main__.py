@@ -22,6 +22,7 @@ from ..curve import client_keys, take_agent_keys
 from ..errors import CurveKeyError, StigmerError
 from . import nosuid, procs
 from .agent import Agent, AgentOptions
+from .processes import JOURNAL_BYTES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=0.0, help="default command timeout")
     parser.add_argument(
         "--output-limit", type=int, default=0, help="bytes of output per command (0: no limit)"
+    )
+    parser.add_argument(
+        "--journal-bytes",
+        type=int,
+        default=0,
+        help="bytes kept per stream of a background process (0: the default, 4 MiB)",
     )
     parser.add_argument("--key-file", help="read the key from this file, then delete it")
     parser.add_argument(
@@ -154,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         orphan_timeout=args.orphan_timeout,
         command_timeout=args.timeout or None,
         output_limit=args.output_limit,
+        journal_bytes=args.journal_bytes or JOURNAL_BYTES,
         join=args.join,
         curve=curve,
         env=shell_env,

@@ -4,9 +4,11 @@ One agent serves one kernel. It connects a DEALER to the broker's agent endpoint
 its kernel id (signed with the kernel's own key), then runs execute requests one at a time in its
 warm :class:`~stigmer_kernel.agent.shell.BashSession`, streaming output as it is written. This
 module is the loop (sockets, heartbeat, dispatch, the queue, the shell's restarts); one
-request's life, from its start to its reply, is a :class:`~stigmer_kernel.agent.command.Command`.
-Heartbeats come from a separate thread on a separate socket, so a busy agent still beats; the
-broker answers each beat, and an agent that hears nothing for ``orphan_timeout`` exits.
+request's life, from its start to its reply, is a :class:`~stigmer_kernel.agent.command.Command`;
+a request's own context (a ``workdir``, a background start) is context.py's; background
+processes are processes.py's, whose pipes this loop polls too. Heartbeats come from a
+separate thread on a separate socket (heartbeat.py), so a busy agent still beats; the broker
+answers each beat, and an agent that hears nothing for ``orphan_timeout`` exits.
 
 The same module runs on the host (local mode) and inside sandbox containers.
 """
@@ -19,7 +21,6 @@ import logging
 import os
 import signal
 import socket
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +29,18 @@ from typing import Any
 import zmq
 
 from .._version import __version__
-from ..curve import ClientKeys, make_client
+from ..curve import ClientKeys
 from ..errors import ProtocolError
-from ..protocol import ErrorName, ExecStatus, Message, MsgType, Session
-from ..protocol.constants import EXIT_INTERRUPTED, REPLY_FOR, StreamName
+from ..protocol import ErrorName, Message, MsgType, Session
+from ..protocol.constants import EXIT_INTERRUPTED, StreamName
 from . import introspect, procs
 from .command import Command
+from .context import ContextMixin
 from .files import Files, shell_cwd
+from .heartbeat import Heartbeat, secure
+from .processes import JOURNAL_BYTES, ProcessTable
 from .shell import BashSession, CommandEnd
+from .shell_scripts import chdir_back_script
 from .stdin import StdinPipe
 
 log = logging.getLogger("stigmer.agent")
@@ -69,61 +74,10 @@ class AgentOptions:
     join: str | None = None  # a remote agent: the kernel name it offers to serve
     curve: ClientKeys | None = None  # CurveZMQ to the broker over TCP (remote, sandbox on tcp)
     env: dict[str, str] | None = None  # the shell's environment (None: the agent's own)
+    journal_bytes: int = JOURNAL_BYTES  # bytes kept per stream of a background process
 
 
-def secure(sock: zmq.Socket[Any], opts: AgentOptions) -> None:
-    """CurveZMQ on a TCP connection to the broker (remote agents)."""
-    if opts.curve is not None:
-        make_client(sock, opts.curve)
-
-
-class Heartbeat(threading.Thread):
-    """Sends a beat every interval on its own socket and notes the broker's answers."""
-
-    def __init__(self, ctx: zmq.Context[Any], opts: AgentOptions, identity: bytes) -> None:
-        super().__init__(name="stigmer-heartbeat", daemon=True)
-        self.ctx = ctx
-        self.opts = opts
-        self.identity = identity + b":hb"
-        self.stop_event = threading.Event()
-        self.last_ack = time.monotonic()
-        self.busy = False
-        self.shell_pgid = -1
-
-    def run(self) -> None:
-        session = Session(self.opts.key, check_replay=False)
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.IDENTITY, self.identity)
-        sock.setsockopt(zmq.SNDHWM, 10)
-        secure(sock, self.opts)
-        sock.connect(self.opts.endpoint)
-        try:
-            while not self.stop_event.is_set():
-                beat = session.msg(
-                    MsgType.AGENT_HEARTBEAT.value,
-                    {
-                        "kernel_id": self.opts.kernel_id,
-                        "pid": os.getpid(),
-                        "shell_pgid": self.shell_pgid,
-                        "busy": self.busy,
-                    },
-                )
-                with contextlib.suppress(zmq.Again):
-                    sock.send_multipart(session.serialize(beat), flags=zmq.NOBLOCK)
-                deadline = time.monotonic() + self.opts.heartbeat_interval
-                while (left := deadline - time.monotonic()) > 0 and not self.stop_event.is_set():
-                    if sock.poll(min(left, 0.2) * 1000):
-                        try:
-                            session.deserialize(sock.recv_multipart())
-                        except ProtocolError:
-                            continue  # only a signed answer proves the broker is there
-                        self.last_ack = time.monotonic()
-        finally:
-            sock.close(0)
-
-
-class Agent:
+class Agent(ContextMixin):
     def __init__(self, opts: AgentOptions) -> None:
         self.opts = opts
         self.session = Session(opts.key)
@@ -151,6 +105,8 @@ class Agent:
             lambda reply, parent: self.send(MsgType.FILE_REPLY, reply, parent=parent),
             cwd=lambda: shell_cwd(self.shell.pid, self.shell.cwd),
         )
+        self.broker_gone = False
+        self.processes = ProcessTable(self._process_answer, opts.journal_bytes)
 
     # -- plumbing ---------------------------------------------------------------------------
     def send(
@@ -224,6 +180,7 @@ class Agent:
             self.heartbeat.start()
             self._loop()
         except _BrokerGone:
+            self.broker_gone = True
             log.warning(
                 "no answer from the broker for %.0fs while sending to it; exiting",
                 self.opts.orphan_timeout,
@@ -232,6 +189,8 @@ class Agent:
         finally:
             self.heartbeat.stop_event.set()
             self.files.close()
+            with contextlib.suppress(_BrokerGone):
+                self.processes.close()  # killed, their long-polls answered
             self.shell.close()
             if self.subreaper:
                 # Whatever the kernel ever started ends with it: daemons that left bash's
@@ -268,6 +227,8 @@ class Agent:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         registered_fds: tuple[int, ...] = (-1, -1, -1, -1, -1)
+        registered_bg: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
+        table = self.processes
         while not self.stopping:
             shell = self.shell
             command = self.command
@@ -287,15 +248,31 @@ class Agent:
                 if feed >= 0:
                     poller.register(feed, zmq.POLLOUT)
                 registered_fds = fds
+            bg = (tuple(table.read_fds()), tuple(table.write_fds()))
+            if bg != registered_bg:  # a background process's pipes and pidfd
+                for fd in {*registered_bg[0], *registered_bg[1]}:
+                    poller.unregister(fd)
+                for fd in {*bg[0], *bg[1]}:
+                    poller.register(
+                        fd, (zmq.POLLIN if fd in bg[0] else 0) | (zmq.POLLOUT if fd in bg[1] else 0)
+                    )
+                registered_bg = bg
             timeout_ms = self._next_timer_ms()
             for sock_or_fd, events in poller.poll(timeout_ms):
                 if sock_or_fd is self.sock:
                     self._drain_socket()
+                elif table.owns(int(sock_or_fd)) or int(sock_or_fd) in bg[1]:
+                    if events & zmq.POLLOUT:
+                        table.on_writable(int(sock_or_fd))
+                    if events & (zmq.POLLIN | zmq.POLLERR):
+                        table.on_readable(int(sock_or_fd))
                 elif events & zmq.POLLOUT:
                     if command is not None and command is self.command:
                         command.feed_stdin()
                 else:
                     self._on_output(int(sock_or_fd))
+            table.tick(time.monotonic())
+            self.heartbeat.processes = table.running
             self._tick()
             if self._orphaned():
                 log.warning(
@@ -304,12 +281,15 @@ class Agent:
                 self.stopping = True
 
     def _next_timer_ms(self) -> int:
+        now = time.monotonic()
         command = self.command
         if self.files.busy:  # a file job does a slice of its work each turn
             return 0
-        if command is None:
-            return 1000
-        return max(0, int(command.next_timer(time.monotonic()) * 1000))
+        wait = 1.0 if command is None else command.next_timer(now)
+        deadline = self.processes.next_deadline()
+        if deadline is not None:
+            wait = min(wait, deadline - now)
+        return max(0, int(wait * 1000))
 
     def _drain_socket(self) -> None:
         while True:
@@ -340,11 +320,13 @@ class Agent:
             self.send(MsgType.IS_COMPLETE_REPLY, reply, parent=msg)
         elif mtype == MsgType.FILE_REQUEST.value:
             self.files.handle(msg.content, msg)
+        elif mtype == MsgType.PROCESS_REQUEST.value:
+            self.processes.request(msg, time.monotonic())
         elif mtype == MsgType.INPUT_REPLY.value:
             if command is not None:
                 command.input_reply(msg.content.get("value"))
         elif mtype == MsgType.INTERRUPT_REQUEST.value:
-            if command is not None and not command.stopped:
+            if command is not None and not command.stopped and command.internal is None:
                 command.stop("interrupted")
         elif mtype == MsgType.AGENT_SHUTDOWN.value:
             self.stopping = True
@@ -389,6 +371,14 @@ class Agent:
                     self.execution_count = count
                 elif not content.get("silent") and content.get("store_history", True):
                     self.execution_count += 1
+            workdir = None
+            if kind is MsgType.EXECUTE_REQUEST and content.get("workdir") is not None:
+                workdir = self._workdir(msg)
+                if workdir is None:
+                    continue  # refused: answered
+            if kind is MsgType.EXECUTE_REQUEST and content.get("background") is True:
+                self._start_background(msg, code, workdir)
+                continue
             self.command = command = Command(
                 msg,
                 code,
@@ -399,12 +389,18 @@ class Agent:
                 last_status=self.last_status,
                 command_timeout=self.opts.command_timeout,
                 output_limit=self.opts.output_limit,
+                workdir=workdir,
             )
-            self.heartbeat.busy = True
-            command.take_between()
-            if self.shell.reap():  # bash ended since the last command: this one gets the next
-                self._restart_idle()
-            command.start()
+            if workdir is not None:  # the session goes back where it is once it has ended
+                command.reply_cwd = self._cwd_before(msg)
+            self._begin(command)
+
+    def _begin(self, command: Command) -> None:
+        self.heartbeat.busy = True
+        command.take_between()
+        if self.shell.reap():  # bash ended since the last command: this one gets the next
+            self._restart_idle()
+        command.start()
 
     def _on_output(self, fd: int) -> None:
         if fd == self.shell.ctl_fd:
@@ -453,22 +449,13 @@ class Agent:
         command.finish(end, fresh_session)
         self.command = None
         self.heartbeat.busy = False
-        if not self.stopping:
-            self._start_next()
-
-    def _reply_aborted(self, msg: Message, reason: str) -> None:
-        reply_type = REPLY_FOR.get(MsgType(msg.msg_type), MsgType.EXECUTE_REPLY)
-        self.send(
-            reply_type,
-            {
-                "status": ExecStatus.ABORTED.value,
-                "exit_code": None,
-                "duration": 0.0,
-                "ename": ErrorName.ABORTED,
-                "evalue": reason,
-            },
-            parent=msg,
-        )
+        if self.stopping:
+            return
+        if command.reply_cwd is not None:  # a command with its own workdir: the cwd goes back
+            script = chdir_back_script(command.reply_cwd, self.last_status)
+            self._internal(command.run.msg, script, lambda _end: None)
+            return
+        self._start_next()
 
     def _tick(self) -> None:
         self._reap_orphans()
@@ -488,6 +475,8 @@ class Agent:
                 return
             if info is None or info.si_pid == 0 or info.si_pid == self.shell.pid:
                 return
+            if self.processes.reap_pid(info.si_pid):
+                continue  # a background process: its exit status is kept
             try:
                 os.waitpid(info.si_pid, os.WNOHANG)
             except ChildProcessError:

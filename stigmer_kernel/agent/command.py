@@ -16,6 +16,7 @@ import os
 import shlex
 import signal
 import time
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from ..protocol import Message, MsgType
@@ -65,6 +66,11 @@ class Link(Protocol):
         """bash exited: release it and start the next one (unless the agent is stopping)."""
         ...
 
+    def background_pids(self) -> set[int]:
+        """The kernel's running background processes: no stop of this command touches their
+        trees (they have sessions of their own)."""
+        ...
+
 
 class Command:
     """One request's execution in the session, driven by the agent's loop.
@@ -88,7 +94,14 @@ class Command:
         last_status: int,
         command_timeout: float | None,
         output_limit: int,
+        workdir: str | None = None,
+        internal: Callable[[CommandEnd], None] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        """``workdir``: an existing directory the command runs in (the agent puts the session
+        back where it was afterwards). ``internal``: a hidden line of the agent's own
+        (``code`` is the script, ``env`` its variables), whose end goes to that callback
+        instead of a reply."""
         self.shell = shell
         self.stdin_pipe = stdin_pipe
         self.link = link
@@ -105,7 +118,9 @@ class Command:
         else:
             script = code
             chdir = content.get("chdir")
-            if isinstance(chdir, str) and chdir:
+            if workdir is not None:  # this command's own directory, checked to exist
+                script = f"builtin cd -- {shlex.quote(workdir)} 2>/dev/null; {code}"
+            elif isinstance(chdir, str) and chdir:
                 # Auto mode carries the cwd across sides: same line, so line numbers hold.
                 script = f"builtin cd -- {shlex.quote(chdir)} 2>/dev/null; {code}"
         stdin = content.get("stdin")
@@ -113,18 +128,25 @@ class Command:
             stdin = stdin.encode()
         elif not isinstance(stdin, bytes):
             stdin = None
+        if internal is not None:
+            kind, stdin, content = MsgType.EXECUTE_REQUEST, None, {}
         allow_stdin = kind is MsgType.EXECUTE_REQUEST and content.get("allow_stdin") is True
-        timeout = content.get("timeout", None)
+        timeout = content.get("timeout")
         if not isinstance(timeout, (int, float)) or timeout <= 0:
             timeout = command_timeout
         limit = content.get("output_limit")
         if not isinstance(limit, int) or limit <= 0:
             limit = output_limit
         window = content.get("window")
-        env = content.get("env") if kind is MsgType.EXECUTE_REQUEST else None
+        if internal is None:
+            env = content.get("env") if kind is MsgType.EXECUTE_REQUEST else None
         self.script = script
         self.stdin = stdin
         self.env = env if isinstance(env, dict) else None  # this command's own variables
+        self.internal = internal
+        #: The cwd its reply reports, when not the shell's after it (a ``workdir`` command's
+        #: session goes back where it was).
+        self.reply_cwd: str | None = None
         now = time.monotonic()
         self.run = Run(
             msg=msg,
@@ -132,7 +154,9 @@ class Command:
             kind=kind,
             started=now,
             started_ticks=procs.boot_ticks(),
-            deadline=now + timeout if timeout and kind is MsgType.EXECUTE_REQUEST else None,
+            deadline=now + timeout
+            if timeout and kind is MsgType.EXECUTE_REQUEST and internal is None
+            else None,
             output_limit=limit,
             execution_count=execution_count,
             window=window if isinstance(window, int) and window > 0 else 0,
@@ -143,6 +167,7 @@ class Command:
             and content.get("stdin_stream") is True,
             next_stdin_check=now + _STDIN_POLL,
             next_idle_check=now + _IDLE_CHECK,
+            internal=internal is not None,
         )
 
     # -- what the agent asks ----------------------------------------------------------------
@@ -308,7 +333,12 @@ class Command:
         self.stdin_pipe.flush()
         if run.waiting_input:
             return
-        pids = [self.shell.pid, *procs.started_since(os.getpid(), run.started_ticks, set())]
+        pids = [
+            self.shell.pid,
+            *procs.started_since(
+                os.getpid(), run.started_ticks, set(), self.link.background_pids()
+            ),
+        ]
         if self.stdin_pipe.reader_waiting(pids):
             run.waiting_input = True
             self.link.send(MsgType.INPUT_REQUEST, {"prompt": "", "password": False}, parent=run.msg)
@@ -321,7 +351,9 @@ class Command:
         run.stop_started = time.monotonic()
         run.stop_stage = 0
         # The command's processes only: what earlier commands left running is not its own.
-        pids = procs.started_since(os.getpid(), run.started_ticks, {self.shell.pid})
+        pids = procs.started_since(
+            os.getpid(), run.started_ticks, {self.shell.pid}, self.link.background_pids()
+        )
         if self.shell.ignores_sigint():  # trap '' INT: Ctrl-C would stop nothing
             run.stop_stage = 1
             self.shell.abort()
@@ -346,7 +378,9 @@ class Command:
         mine = {self.shell.pid}
         if run.stop_stage == 0 and elapsed >= _TERM_AFTER:
             run.stop_stage = 1
-            survivors = procs.started_since(os.getpid(), run.started_ticks, mine)
+            survivors = procs.started_since(
+                os.getpid(), run.started_ticks, mine, self.link.background_pids()
+            )
             # Ctrl-C again first: a program started just as the first one was sent missed it.
             # Then the abort signal, which ends the command line even if bash's SIGINT trap
             # would let it go on once its programs die of the SIGTERM that follows.
@@ -356,7 +390,10 @@ class Command:
         elif run.stop_stage == 1 and elapsed >= _KILL_AFTER:
             run.stop_stage = 2
             procs.signal_pids(
-                procs.started_since(os.getpid(), run.started_ticks, mine), signal.SIGKILL
+                procs.started_since(
+                    os.getpid(), run.started_ticks, mine, self.link.background_pids()
+                ),
+                signal.SIGKILL,
             )
             self.shell.abort()
         elif run.stop_stage == 2 and elapsed >= _RESET_AFTER:
@@ -434,7 +471,9 @@ class Command:
         # Whatever the command started and left behind ends with it if it was stopped.
         if run.stop_reason is not None:
             procs.signal_pids(
-                procs.started_since(os.getpid(), run.started_ticks, {self.shell.pid}),
+                procs.started_since(
+                    os.getpid(), run.started_ticks, {self.shell.pid}, self.link.background_pids()
+                ),
                 signal.SIGKILL,
             )
         if run.exit_held and not run.hidden:
@@ -442,6 +481,9 @@ class Command:
         run.exit_held = b""
         if run.allow_stdin or run.stdin_stream:
             self.stdin_pipe.close()
+        if self.internal is not None:
+            self.internal(end)
+            return
         if run.hidden:
             self.link.send(*hidden_reply(run), parent=run.msg)
             return
@@ -453,7 +495,8 @@ class Command:
                 f"{run.output_limit} bytes were discarded\n"
             ).encode()
             self.link.send(MsgType.STREAM, {"name": "stderr", "data": notice}, parent=run.msg)
-        content = execute_reply(run, end, time.monotonic(), self.shell.cwd, self.link.stopping)
+        cwd = self.reply_cwd or self.shell.cwd
+        content = execute_reply(run, end, time.monotonic(), cwd, self.link.stopping)
         self.link.send(MsgType.EXECUTE_REPLY, content, parent=run.msg)
         with contextlib.suppress(FileNotFoundError):
             self.shell.files.stdin_path.unlink()

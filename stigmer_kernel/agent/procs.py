@@ -132,11 +132,14 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def descendants(root: int, full_scan: bool = False) -> dict[int, int]:
+def descendants(
+    root: int, full_scan: bool = False, prune: frozenset[int] | set[int] = frozenset()
+) -> dict[int, int]:
     """All live descendants of ``root`` as {pid: starttime}: walked down from ``root`` through
     each process's children (a few reads for a kernel's handful of processes), or, with
     ``full_scan``, from every process's parent in ``/proc`` (which a process forking or exiting
-    just then cannot hide from)."""
+    just then cannot hide from). The trees of the pids in ``prune`` are left out (a kernel's
+    background processes)."""
     if not _HAS_PROC:
         return {}
     scan = full_scan or not _HAS_CHILDREN
@@ -151,7 +154,7 @@ def descendants(root: int, full_scan: bool = False) -> dict[int, int]:
         parent = stack.pop()
         for child in kids.get(parent, []) if scan else children(parent):
             info = table.get(child) if scan else stat(child)
-            if child in seen or info is None:
+            if child in seen or info is None or child in prune:
                 continue
             seen.add(child)
             if info.alive:
@@ -160,11 +163,14 @@ def descendants(root: int, full_scan: bool = False) -> dict[int, int]:
     return found
 
 
-def started_since(root: int, since_ticks: int, exclude: set[int]) -> list[int]:
-    """Descendants of ``root`` started at or after ``since_ticks``, minus ``exclude``."""
+def started_since(
+    root: int, since_ticks: int, exclude: set[int], prune: frozenset[int] | set[int] = frozenset()
+) -> list[int]:
+    """Descendants of ``root`` started at or after ``since_ticks``, minus ``exclude`` and the
+    trees of ``prune``."""
     return [
         pid
-        for pid, start in descendants(root).items()
+        for pid, start in descendants(root, prune=prune).items()
         if start >= since_ticks - 1 and pid not in exclude
     ]
 

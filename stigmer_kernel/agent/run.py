@@ -48,10 +48,11 @@ class Run:
     next_idle_check: float = 0.0
     exit_held: bytes = b""  # a trailing "exit\n" on stderr, sent unless the command ran `exit`
     problem: str | None = None  # what broke the session, when the agent ended bash for it
+    internal: bool = False  # a line of the agent's own (a background start, a cwd put back)
 
     @property
     def hidden(self) -> bool:
-        return self.kind is not MsgType.EXECUTE_REQUEST
+        return self.internal or self.kind is not MsgType.EXECUTE_REQUEST
 
     @property
     def held_back(self) -> bool:

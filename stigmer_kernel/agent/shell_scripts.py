@@ -265,3 +265,24 @@ def quote_code(code: str) -> str:
     """
     data = code.encode("utf-8", "surrogateescape").replace(b"\0", b"")
     return "$'" + _QUOTE_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", data.decode("latin-1")) + "'"
+
+
+def capture_env_script(path: Path, status: int) -> str:
+    """Hidden code that writes the exported environment (the command's own variables
+    included) to ``path`` as ``NAME=VALUE`` entries ended by NUL, with builtins only (a
+    ``PATH`` the user changed does not matter), and leaves ``$?`` at ``status``: what a
+    background process started from the session gets (agent/processes.py)."""
+    return (
+        "\\builtin mapfile -t __stg_e < <(\\builtin compgen -e)\n"
+        'for __stg_n in "${__stg_e[@]}"; do\n'
+        '  if [[ -v $__stg_n ]]; then \\builtin printf \'%s=%s\\0\' "$__stg_n" "${!__stg_n}"; fi\n'
+        f"done >| {_q(path)}\n"
+        "\\builtin unset -v __stg_e __stg_n\n"
+        f"(\\builtin exit {status & 0xFF})"
+    )
+
+
+def chdir_back_script(cwd: str, status: int) -> str:
+    """Hidden code that puts the session back in ``cwd`` after a command with a ``workdir``
+    of its own, leaving ``$?`` at ``status``."""
+    return f"\\builtin cd -- {shlex.quote(cwd)} 2>/dev/null; (\\builtin exit {status & 0xFF})"

@@ -174,7 +174,7 @@ class AgentEndpoint:
         if mtype == MsgType.AGENT_HEARTBEAT.value:
             if kernel.adopting and kernel.agent_identity is None:
                 hub.lifecycle.reattached(kernel, identity, msg.content)
-            hub.lifecycle.heard(kernel, msg.content.get("shell_pgid"))
+            hub.lifecycle.heard(kernel, msg.content.get("shell_pgid"), msg.content.get("processes"))
             ack = kernel.session.msg(MsgType.AGENT_HEARTBEAT.value, {}, msg)
             hub.reactor.send(sock, kernel.session.serialize(ack, [identity]))
             return

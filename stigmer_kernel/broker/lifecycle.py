@@ -85,6 +85,7 @@ class Lifecycle:
             orphan_timeout=max(60.0, 10 * self.config.dead_after),
             command_timeout=self.config.command_timeout,
             output_limit=0,  # streamed output is never cut (clients cap what they keep)
+            journal_bytes=self.config.process_journal_bytes,
             image=kernel.image,
             requirements=kernel.requirements,
             workspace=kernel.workspace,
@@ -166,14 +167,17 @@ class Lifecycle:
         self.records.save(kernel)
         self.scheduler.advance(kernel)
 
-    def heard(self, kernel: Kernel, pgid: Any = None) -> None:
-        """A verified message (or heartbeat, with bash's process group) from its agent."""
+    def heard(self, kernel: Kernel, pgid: Any = None, processes: Any = None) -> None:
+        """A verified message (or heartbeat, with bash's process group and the number of
+        background processes running) from its agent."""
         inc = kernel.inc
         if inc is None:
             return
         inc.last_beat = time.monotonic()
         if isinstance(pgid, int) and pgid > 0:
             inc.set_shell_pgid(pgid)
+        if isinstance(processes, int) and not isinstance(processes, bool) and processes >= 0:
+            inc.processes = processes
 
     # -- restart, death, removal ----------------------------------------------------------------
     def restart(

@@ -6,7 +6,9 @@ dead when its process or container ended (what ``handle.poll()`` said, gathered 
 when it stops heartbeating for ``dead_after`` seconds, or when it never registers: 30 s after its
 start, or 600 s after the last progress report of an image pull or build. A kernel left by a
 dead broker that its agent does not re-attach to within a few heartbeats is removed. A kernel
-with nothing pending expires ``ttl`` seconds after its last activity; a busy kernel never does.
+with nothing pending expires ``ttl`` seconds after its last activity; a busy kernel never does,
+nor (unless ``expire_with_processes``) one whose agent reports a running background process
+(an auto kernel: on either side).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def check(
     ended: Mapping[str, str | None],
     now: float,
     dead_after: float,
+    expire_with_processes: bool = False,
 ) -> list[Finding]:
     """What must happen to each kernel now. ``ended``: by incarnation id, why its agent's
     process or container ended (``handle.poll()``), None while it runs."""
@@ -74,6 +77,7 @@ def check(
             not kernel.busy
             and kernel.phase not in (Phase.STARTING, Phase.ADOPTING)
             and now - kernel.last_activity > kernel.ttl
+            and (expire_with_processes or not running_processes(kernel))
         ):
             findings.append(
                 Finding(
@@ -115,6 +119,12 @@ def _check_agent(
             Verdict.DIED, kernel, f"agent stopped answering: no heartbeat for {silent:.1f}s"
         )
     return None
+
+
+def running_processes(kernel: Kernel) -> int:
+    """Background processes its agent (an auto kernel: its sides' agents) said run."""
+    own = kernel.inc.processes if kernel.inc is not None and kernel.phase is Phase.READY else 0
+    return own + sum(running_processes(side) for side in kernel.children.values())
 
 
 def start_overdue(kernel: Kernel, now: float) -> str | None:

@@ -151,6 +151,7 @@ class Incarnation:
     started_at: float = field(default_factory=time.monotonic)
     progress_at: float = 0.0  # last progress report of its start (image pull or build)
     last_beat: float = field(default_factory=time.monotonic)
+    processes: int = 0  # background processes running, as its last heartbeat said
     sock: Any = None  # the socket it speaks on (None: the ipc agent socket)
 
     @classmethod
@@ -307,6 +308,7 @@ class Kernel:
             "restarts": self.restarts,
             "created": self.created_wall,
             "jupyter": self.channels.connection_file if self.channels else None,
+            "processes": self.inc.processes if self.inc is not None else 0,
         }
         if self.handle is not None:
             info.update(self.handle.describe())

@@ -183,6 +183,17 @@ class NativeFrontend:
                 "'stdin_stream' must be true or false, and not given with 'stdin'",
                 ErrorName.BAD_REQUEST,
             )
+        workdir = content.get("workdir")
+        if workdir is not None and not (isinstance(workdir, str) and workdir):
+            raise RequestError("'workdir' must be a non-empty string", ErrorName.BAD_REQUEST)
+        if not isinstance(content.get("background", False), bool):
+            raise RequestError("'background' must be true or false", ErrorName.BAD_REQUEST)
+        if content.get("background") and (streamed or content.get("stdin") is not None):
+            raise RequestError(
+                "a background process gets its stdin through process_request op 'stdin', "
+                "not 'stdin' or 'stdin_stream'",
+                ErrorName.BAD_REQUEST,
+            )
         kernel = self._kernel_for(client, msg)
         agent_content = {k: v for k, v in content.items() if k in _AGENT_FIELDS}
         agent_content["allow_stdin"] = False  # native clients feed stdin up front
@@ -426,6 +437,8 @@ _AGENT_FIELDS = {
     "silent",
     "store_history",
     "env",
+    "workdir",
+    "background",
 }
 
 

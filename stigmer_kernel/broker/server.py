@@ -360,7 +360,9 @@ class Broker:
         pooled = list(self.pool.kernels)
         kernels = list(self.registry)
         ended = self.lifecycle.polled([*pooled, *kernels])
-        findings = liveness.check(kernels, pooled, ended, now, self.config.dead_after)
+        findings = liveness.check(
+            kernels, pooled, ended, now, self.config.dead_after, self.config.expire_with_processes
+        )
         self.lifecycle.apply(findings)
 
 

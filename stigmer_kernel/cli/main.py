@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from .._version import __version__
 from ..errors import KernelMismatch, StigmerError
 from ..protocol.constants import EXIT_INTERRUPTED
-from . import config, cp, curve_keys, kernels, kernelspec, run, sandbox, server
+from . import config, cp, curve_keys, kernels, kernelspec, logs, processes, run, sandbox, server
 from .common import EXIT_BROKEN_PIPE, UsageError, add_remote_options, fail, silence
 
 
@@ -33,6 +33,11 @@ class _Command(Protocol):
 COMMANDS: dict[str, _Command] = {
     "run": run,
     "cp": cp,
+    "start": processes.START,
+    "ps": processes.PS,
+    "logs": logs,
+    "kill": processes.KILL,
+    "wait": processes.WAIT,
     "server": server,
     "kernels": kernels,
     "sandbox": sandbox,

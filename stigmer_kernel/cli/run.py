@@ -60,6 +60,13 @@ def add_parser(sub: Any) -> None:
         "kernels restart`)",
     )
     parser.add_argument(
+        "--workdir",
+        "-w",
+        metavar="DIR",
+        help="working directory of this command only (absolute, or relative to the kernel's "
+        "cwd); the kernel's cwd stays as it was",
+    )
+    parser.add_argument(
         "--sandbox-image",
         metavar="IMAGE",
         help="image of a sandbox or auto kernel this creates; an existing kernel must have it",
@@ -317,6 +324,7 @@ async def _run_async(
                 sandbox_image=args.sandbox_image,
                 requirements=args.requirements_text,
                 env=args.env_vars,
+                workdir=args.workdir,
             )
         finally:
             display.close()

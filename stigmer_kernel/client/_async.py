@@ -20,6 +20,7 @@ from ..errors import RequestError, StigmerError
 from ..protocol import ErrorName, Message, MsgType
 from ._errors import raise_for, refused
 from ._files import FileMethods
+from ._processes import ProcessesMixin
 from ._remote import RemoteServer
 from ._stdin import StdinSource, prepare
 from ._transport import EventCallback, OutputCallback, RawOutputCallback, Transport, run_callback
@@ -27,7 +28,7 @@ from .discovery import ServerAddress
 from .result import ExecResult
 
 
-class AsyncClient(FileMethods):
+class AsyncClient(FileMethods, ProcessesMixin):
     """Asyncio client. ``async with AsyncClient() as c: r = await c.execute("ls")``.
 
     It finds the server of ``STIGMER_RUNTIME_DIR`` (or ``config.runtime_dir``) and, unless
@@ -152,6 +153,8 @@ class AsyncClient(FileMethods):
         env: Mapping[str, str] | None = None,
         kernel_env: Mapping[str, str] | None = None,
         sticky: bool | None = None,
+        workdir: str | None = None,
+        background: bool = False,
     ) -> ExecResult:
         """Run shell ``code`` on ``kernel`` (created on first use) and return its result.
 
@@ -178,6 +181,10 @@ class AsyncClient(FileMethods):
         ``sticky`` (auto kernels): whether this command follows the kernel to the sandbox once
         an earlier one changed it there (default: the ``auto_sticky`` setting, ours if it was
         set, else the server's); ``False`` decides it by the rules alone.
+        ``workdir`` is this command's own working directory (absolute, or relative to the
+        kernel's cwd), in any mode; the kernel's cwd stays as it was for the next command.
+        ``background`` starts the code as a background process instead and returns at once
+        (its handle in ``ExecResult.process``; :meth:`start` gives a :class:`AsyncProcess`).
         Request problems (bad kernel name, unavailable mode, a bad ``env``) raise
         :class:`RequestError`; everything about the command itself, including its kernel
         dying, is in the result.
@@ -208,6 +215,10 @@ class AsyncClient(FileMethods):
             content["workspace"] = workspace
         if env:
             content["env"] = checked_env(env, "env")
+        if workdir is not None:
+            content["workdir"] = workdir
+        if background:
+            content["background"] = True
         own_timeout = "command_timeout" in self.config.explicit  # our setting, not the server's
         if timeout is None and own_timeout and self.config.command_timeout is not None:
             content["timeout"] = self.config.command_timeout
@@ -265,6 +276,7 @@ class AsyncClient(FileMethods):
             ename=c.get("ename"),
             evalue=c.get("evalue"),
             events=call.events,
+            process=c.get("process") if isinstance(c.get("process"), dict) else None,
         )
 
     async def _agent_request(

@@ -21,6 +21,7 @@ from ..errors import (
     KernelMismatch,
     ModeUnavailable,
     NoSpace,
+    NoSuchProcess,
     NotADirectory,
     PermissionDenied,
     RequestError,
@@ -41,6 +42,8 @@ EXCEPTION_FOR: dict[ErrorName, type[RequestError]] = {
     ErrorName.NOT_RUNNING: RequestError,
     ErrorName.NOT_OWNER: RequestError,
     ErrorName.STDIN_OVERFLOW: RequestError,
+    ErrorName.NO_SUCH_PROCESS: NoSuchProcess,
+    ErrorName.TOO_MANY_PROCESSES: RequestError,
     ErrorName.KERNEL_DIED: RequestError,
     ErrorName.KERNEL_SHUTDOWN: RequestError,
     ErrorName.KERNEL_RESTARTED: RequestError,
@@ -69,6 +72,7 @@ EXECUTE_REFUSALS = frozenset(
         ErrorName.OPTION_MISMATCH,
         ErrorName.KERNEL_BUSY,
         ErrorName.TOO_MANY_KERNELS,
+        ErrorName.TOO_MANY_PROCESSES,
     }
 )
 

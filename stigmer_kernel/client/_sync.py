@@ -15,6 +15,7 @@ from typing import Any, BinaryIO, TypeVar
 from ..config import Config
 from ._async import AsyncClient
 from ._files import FileInfo, Progress, Transfer
+from ._processes import Process, ProcessInfo
 from ._remote import RemoteServer
 from ._stdin import StdinSource
 from ._transport import EventCallback, OutputCallback, RawOutputCallback
@@ -107,11 +108,15 @@ class Client:
         env: Mapping[str, str] | None = None,
         kernel_env: Mapping[str, str] | None = None,
         sticky: bool | None = None,
+        workdir: str | None = None,
+        background: bool = False,
     ) -> ExecResult:
         """See :meth:`AsyncClient.execute`."""
         return self._call(
             self._async.execute(
                 code,
+                workdir=workdir,
+                background=background,
                 env=env,
                 kernel_env=kernel_env,
                 sticky=sticky,
@@ -130,6 +135,30 @@ class Client:
                 on_output=on_output,
             )
         )
+
+    def start(
+        self,
+        code: str,
+        *,
+        kernel: str = "default",
+        mode: str | None = None,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        **options: Any,
+    ) -> Process:
+        """See :meth:`AsyncClient.start`."""
+        handle = self._call(
+            self._async.start(code, kernel=kernel, mode=mode, env=env, workdir=workdir, **options)
+        )
+        return Process(handle, self._call)
+
+    def process(self, kernel: str, process_id: str, side: str | None = None) -> Process:
+        """A handle on a process started earlier, by any client (see :meth:`start`)."""
+        return Process(self._async.process(kernel, process_id, side), self._call)
+
+    def processes(self, kernel: str = "default", side: str | None = None) -> list[ProcessInfo]:
+        """See :meth:`AsyncClient.processes`."""
+        return self._call(self._async.processes(kernel, side))
 
     def interrupt(self, kernel: str = "default") -> dict[str, Any]:
         return self._call(self._async.interrupt(kernel))

@@ -28,6 +28,9 @@ class ExecResult:
     ename: str | None = None
     evalue: str | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
+    #: A background start's process (``id``, ``pid``, ``command``, ``started``, ``cwd``);
+    #: :meth:`AsyncClient.start` turns it into a handle.
+    process: dict[str, Any] | None = None
     auto: dict[str, str] | None = None  # auto mode: {"mode", "rule", "reason"} of the decision
     stdout_dropped: int = 0  # bytes of stdout past the output limit, not kept
     stderr_dropped: int = 0  # bytes of stderr past the output limit, not kept

@@ -172,6 +172,9 @@ class ErrorName(str, enum.Enum):
     NOT_RUNNING = "NotRunning"  # the request it feeds does not run now (ended, not started)
     NOT_OWNER = "NotOwner"  # the request it feeds is another client's
     STDIN_OVERFLOW = "StdinOverflow"  # more than two stdin windows ahead of the stdin_acks
+    # A process_request refused (background processes, agent/processes.py).
+    NO_SUCH_PROCESS = "NoSuchProcess"  # no background process of that id in the kernel
+    TOO_MANY_PROCESSES = "TooManyProcesses"  # the kernel runs as many as it may already
     # A request the kernel took but could not finish.
     KERNEL_DIED = "KernelDied"  # its agent died, could not start, or (remote) went silent
     KERNEL_SHUTDOWN = "KernelShutdown"  # the kernel expired, was shut down, or the server stopped

@@ -49,6 +49,7 @@ class AgentSpec:
     orphan_timeout: float
     command_timeout: float | None
     output_limit: int
+    journal_bytes: int = 4 * 1024 * 1024  # kept per stream of a background process
     image: str | None = None  # sandbox image (default: the configured one)
     requirements: str | None = None  # pip requirements baked into a derived image
     workspace: str | None = None  # host directory mounted at /workspace (default: cwd)

@@ -95,6 +95,7 @@ def create_args(
         "--orphan-timeout", str(spec.orphan_timeout),
         "--timeout", str(spec.command_timeout or 0),
         "--output-limit", str(spec.output_limit),
+        "--journal-bytes", str(spec.journal_bytes),
         "--sandbox",  # its seccomp filter: no set-uid/set-gid file ever (agent/nosuid.py)
         *(["--curve-file", f"{KERNEL_DIR}/curve"] if tcp else []),
     ]  # fmt: skip

@@ -286,6 +286,7 @@ class LocalProvisioner(Provisioner):
             "--orphan-timeout", str(spec.orphan_timeout),
             "--timeout", str(spec.command_timeout or 0),
             "--output-limit", str(spec.output_limit),
+            "--journal-bytes", str(spec.journal_bytes),
             "--env-file", str(_write_env(spec)),
         ]  # fmt: skip
         with open(log_path, "ab") as log:

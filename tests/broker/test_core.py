@@ -277,6 +277,31 @@ def test_an_idle_kernel_expires_after_its_ttl_and_a_busy_one_never(core: Core) -
     assert busy.phase is Phase.READY and "busy" in core.registry.by_name
 
 
+def test_a_kernel_with_a_running_background_process_is_not_idle(tmp_path: Path) -> None:
+    core = Core(tmp_path)
+    kernel = core.kernel("web", ttl=10)
+    assert kernel.inc is not None
+    start = time.monotonic()
+    # What the agent's heartbeats say: one background process runs.
+    core.lifecycle.heard(kernel, None, 1)
+    kernel.inc.last_beat = start + 60
+    assert core.check(start + 60) == [] and kernel.phase is Phase.READY
+    assert kernel.to_json(start + 60)["processes"] == 1
+    core.lifecycle.heard(kernel, None, 0)  # it exited: the kernel is idle since its last command
+    kernel.inc.last_beat = start + 61
+    [finding] = core.check(start + 61)
+    assert (finding.verdict, finding.kernel.name) == (Verdict.EXPIRED, "web")
+    # Configured so: a kernel expires at its TTL, and its processes end with it.
+    (tmp_path / "other").mkdir()
+    other = Core(tmp_path / "other", expire_with_processes=True)
+    kernel = other.kernel("web", ttl=10)
+    assert kernel.inc is not None
+    other.lifecycle.heard(kernel, None, 1)
+    kernel.inc.last_beat = start + 60
+    [finding] = liveness.check([kernel], [], {}, start + 60, other.config.dead_after, True)
+    assert finding.verdict is Verdict.EXPIRED
+
+
 def test_a_silent_agent_is_dead_and_its_requests_say_why(core: Core) -> None:
     kernel = core.kernel()
     pending = core.execute(kernel)

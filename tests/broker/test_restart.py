@@ -95,3 +95,20 @@ def test_key_survives_a_restart(server: Server) -> None:
     kill_broker(server)
     server.start()
     assert server.runtime.read_key() == key
+
+
+def test_a_running_background_process_and_its_journal_survive_a_restart(server: Server) -> None:
+    c = server.client()
+    proc = c.start("echo before; read line; echo after $line", kernel="bg")
+    deadline = time.monotonic() + 15
+    while proc.output().data != b"before\n":
+        assert time.monotonic() < deadline, "the process did not write"
+        time.sleep(0.05)
+    kill_broker(server)
+    server.start()
+    (info,) = c.processes("bg")  # the agent kept it: the new broker only forwards
+    assert (info.id, info.state, info.stdout_bytes) == (proc.id, "running", 7)
+    again = c.process("bg", proc.id)
+    again.write_stdin("kept\n")
+    assert again.wait(10) == 0
+    assert again.output().data == b"before\nafter kept\n"

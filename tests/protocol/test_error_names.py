@@ -24,6 +24,7 @@ from stigmer_kernel.errors import (
     KernelMismatch,
     ModeUnavailable,
     NoSpace,
+    NoSuchProcess,
     NotADirectory,
     PermissionDenied,
     RequestError,
@@ -92,6 +93,7 @@ def test_the_special_exceptions() -> None:
         ErrorName.NO_SPACE: NoSpace,
         ErrorName.CHECKSUM_MISMATCH: ChecksumMismatch,
         ErrorName.FILE_ERROR: FileError,
+        ErrorName.NO_SUCH_PROCESS: NoSuchProcess,
     }
     file_errors = [ChecksumMismatch, DirectoryNotEmpty, FileExists, FileNotFound, IsADirectory]
     file_errors += [NoSpace, NotADirectory, PermissionDenied]
@@ -103,6 +105,7 @@ def test_the_special_exceptions() -> None:
         ErrorName.OPTION_MISMATCH,
         ErrorName.KERNEL_BUSY,
         ErrorName.TOO_MANY_KERNELS,
+        ErrorName.TOO_MANY_PROCESSES,
     }
     assert refusals == EXECUTE_REFUSALS
 

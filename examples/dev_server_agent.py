@@ -15,12 +15,15 @@ import argparse
 import time
 
 from stigmer_kernel import Client
+from stigmer_kernel.client import Process
 
 KERNEL = "dev-server-example"
 PORT = 8765
 
 
-def wait_for(process, text: bytes, stream: str, since: int = 0, timeout: float = 30.0) -> int:  # type: ignore[no-untyped-def]
+def wait_for(
+    process: Process, text: bytes, stream: str, since: int = 0, timeout: float = 30.0
+) -> int:
     """Read ``stream`` from ``since`` until ``text`` appears; the offset just after it."""
     seen = b""
     deadline = time.monotonic() + timeout
@@ -42,6 +45,7 @@ def main() -> int:
     mode = parser.parse_args().mode
     with Client() as c:
         # A page to serve, written through the file API (no shell quoting involved).
+        c.make_dir(KERNEL, "site", parents=True, mode=mode)
         c.write_file(KERNEL, "site/index.html", b"<h1>hello from the kernel</h1>\n", mode=mode)
         server = c.start(
             f"cd site && exec python3 -u -m http.server {PORT} --bind 127.0.0.1",

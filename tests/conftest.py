@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -137,6 +138,33 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+
+
+class PeakMemory:
+    """The highest resident size (VmHWM, kB) a process reached, read while it runs. (Not
+    wait4's ru_maxrss: for a child started with vfork it holds the parent's peak, the whole
+    test session's.)"""
+
+    def __init__(self, pid: int) -> None:
+        self.path = f"/proc/{pid}/status"
+        self.kb = 0
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while True:
+            try:
+                status = Path(self.path).read_text()
+            except OSError:
+                return  # it has exited
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    self.kb = max(self.kb, int(line.split()[1]))
+            time.sleep(0.02)
+
+    def stop(self) -> int:
+        self._thread.join(timeout=10)
+        return self.kb
 
 
 def make_server(**settings: str) -> Server:

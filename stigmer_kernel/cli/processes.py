@@ -45,10 +45,26 @@ class Start:
             "it exits or its kernel ends; the kernel's command timeout never ends it.",
         )
         parser.add_argument("--kernel", "-k", default="default", help="kernel name")
-        parser.add_argument("--mode", choices=["local", "sandbox", "auto", "remote"])
-        parser.add_argument("--env", "-e", action="append", default=[], metavar="NAME=VALUE")
+        parser.add_argument(
+            "--mode",
+            choices=["local", "sandbox", "auto", "remote"],
+            help="the kernel's mode (a new kernel is created in it)",
+        )
+        parser.add_argument(
+            "--env",
+            "-e",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help="a variable for this process only (repeatable)",
+        )
         parser.add_argument("--workdir", "-w", metavar="DIR", help="its working directory")
-        parser.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND...")
+        parser.add_argument(
+            "argv",
+            nargs=argparse.REMAINDER,
+            metavar="-- COMMAND...",
+            help="the command line, run by the kernel's shell",
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         code = _command_text(args.argv)

@@ -11,11 +11,10 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 from stigmer_kernel import Client, load_config
 from tests.cli.conftest import stigmer
-from tests.conftest import Server, short_tempdir
+from tests.conftest import PeakMemory, Server, short_tempdir
 from tests.sandbox.conftest import docker_client, sandbox, sandbox_factory  # noqa: F401
 
 CLI = [sys.executable, "-m", "stigmer_kernel"]
@@ -33,33 +32,6 @@ def _blocks(total: int) -> Iterator[bytes]:
         block = (seed * (1024 * 1024 // len(seed)))[: total - sent]
         sent += len(block)
         yield block
-
-
-class PeakMemory:
-    """The highest resident size (VmHWM, kB) a process reached, read while it runs. (Not
-    wait4's ru_maxrss: for a child started with vfork it holds the parent's peak, the whole
-    test session's.)"""
-
-    def __init__(self, pid: int) -> None:
-        self.path = f"/proc/{pid}/status"
-        self.kb = 0
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-
-    def _watch(self) -> None:
-        while True:
-            try:
-                status = Path(self.path).read_text()
-            except OSError:
-                return  # it has exited
-            for line in status.splitlines():
-                if line.startswith("VmHWM:"):
-                    self.kb = max(self.kb, int(line.split()[1]))
-            time.sleep(0.02)
-
-    def stop(self) -> int:
-        self._thread.join(timeout=10)
-        return self.kb
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int:

@@ -17,7 +17,7 @@ import pytest
 
 from stigmer_kernel import Client
 from stigmer_kernel.errors import FileNotFound, NoSpace, PermissionDenied
-from tests.conftest import Server, make_server, short_tempdir
+from tests.conftest import PeakMemory, Server, make_server, short_tempdir
 from tests.sandbox.conftest import SANDBOX_GID, SANDBOX_UID, TEST_IMAGE, sandbox_workspace
 
 MB = 1024 * 1024
@@ -100,11 +100,11 @@ def _cp(server: Server, *args: str) -> tuple[int, str, int, float]:
             stderr=subprocess.PIPE,
         ) as proc,
     ):
+        peak = PeakMemory(proc.pid)
         assert proc.stderr is not None
         err = proc.stderr.read()  # (until it exits: the child holds the pipe's only end)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, err.decode(), usage.ru_maxrss, time.monotonic() - started
+        proc.wait()
+    return proc.returncode, err.decode(), peak.stop(), time.monotonic() - started
 
 
 def _peak_kib(pid: int) -> int:

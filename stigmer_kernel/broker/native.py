@@ -213,12 +213,16 @@ class NativeFrontend:
 
     def _agent_op(self, client: bytes, msg: Message) -> None:
         """A file operation or a process query: to the kernel's agent, which answers it at
-        once, even while a command runs (the kernel is created first if it does not exist,
-        as for an execute_request). The agent checks the operation's own fields."""
+        once, even while a command runs. A file operation creates the kernel if it does not
+        exist, as an execute_request does; a process query needs the kernel that started the
+        process (whatever its mode). The agent checks the operation's own fields."""
         op = msg.content.get("op")
         if not isinstance(op, str) or not op:
             raise RequestError(f"{msg.msg_type} needs an 'op'", ErrorName.BAD_REQUEST)
-        kernel = self._kernel_for(client, msg)
+        if msg.msg_type == MsgType.PROCESS_REQUEST.value:
+            kernel = self._named(client, msg)  # its processes were started there: no new one
+        else:
+            kernel = self._kernel_for(client, msg)
         content = {k: v for k, v in msg.content.items() if k not in _KERNEL_FIELDS}
         pending = Pending(
             sink=self, client=client, header=msg.header, kind=MsgType(msg.msg_type), content=content

@@ -287,16 +287,18 @@ class AsyncClient(FileMethods, ProcessesMixin):
         *,
         mode: str | None = None,
         timeout: float | None = 60.0,
+        creates: bool = True,
     ) -> dict[str, Any]:
         """One ``file_request`` or ``process_request`` (``content`` has its ``op``), answered
         by ``kernel``'s agent even while a command runs; the kernel is created if it does not
         exist, as by :meth:`execute`. Returns the reply's content, or raises for an error."""
         content = {**content, "kernel": kernel}
-        content["mode"] = mode or self._default_mode()
-        if content["mode"] is None:
-            del content["mode"]
-        self._add_kernel_env(content, None)
-        self._add_kernel_options(content, mode=mode)
+        if creates:  # ``creates``: the request may create the kernel (a process query never)
+            content["mode"] = mode or self._default_mode()
+            if content["mode"] is None:
+                del content["mode"]
+            self._add_kernel_env(content, None)
+            self._add_kernel_options(content, mode=mode)
         reply, _ = await self._transport.request(msg_type, content, timeout=timeout)
         self._raise_for(reply)
         return reply.content

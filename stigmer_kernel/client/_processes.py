@@ -147,7 +147,7 @@ class ProcessesMixin:
         if side is not None:
             content["side"] = side
         return await cast("AsyncClient", self)._agent_request(
-            MsgType.PROCESS_REQUEST, kernel, content, timeout=wait + _SLACK
+            MsgType.PROCESS_REQUEST, kernel, content, timeout=wait + _SLACK, creates=False
         )
 
 

@@ -38,3 +38,11 @@ async def test_an_operation_is_needed(server: Server) -> None:
     async with AsyncClient(server.config, autostart=False) as c:
         with pytest.raises(RequestError, match="needs an 'op'"):
             await c._agent_request(MsgType.FILE_REQUEST, "k", {})
+
+
+async def test_a_process_query_needs_the_kernel_that_started_it(server: Server) -> None:
+    async with AsyncClient(server.config, autostart=False) as c:
+        with pytest.raises(RequestError) as refused:
+            await c.process("nowhere", "p1").info()
+        assert refused.value.ename == "NoSuchKernel"
+        assert all(k["name"] != "nowhere" for k in await c.list_kernels())  # none was made

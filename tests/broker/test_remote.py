@@ -142,6 +142,14 @@ def test_remote_agent_joins_over_curve_and_a_cut_link_is_a_dead_agent(
             assert "restart its agent on its host" in restart["content"]["evalue"]
         finally:
             jc.stop_channels()
+        # Files and background processes work there as on any kernel (the same filesystem
+        # here, another network namespace: the process sees the other host's address).
+        target = f"{short_tempdir('stg-remote-files-')}/remote.txt"
+        c.write_file("far", target, b"far away\n", mode="remote")
+        assert c.read_file("far", target, mode="remote") == b"far away\n"
+        proc = c.start(f"ip -4 -o addr | grep -c {REMOTE_IP}", kernel="far", mode="remote")
+        assert proc.wait(timeout=30) == 0
+        assert proc.output().data == b"1\n"
         wait_for(
             lambda: (
                 "kernel name 'mine' is taken" in srv.log()

@@ -117,3 +117,27 @@ def test_local_fallback_when_the_user_opted_in(server_factory: Any) -> None:
     r = srv.client().execute("pip --version", kernel="fb", mode="auto")
     assert r.mode == "local" and r.exit_code == 0
     assert "auto_local_fallback" in (r.reason or "")
+
+
+def test_auto_kernels_background_processes_and_files_reach_the_side_they_ran_on(
+    sandbox: Server,
+) -> None:
+    """A process started in an auto kernel is reached on the side its start ran on, whichever
+    side the kernel's later commands take; files go to the side of the last command."""
+    workspace = sandbox_workspace("stg-auto-bg-")
+    c = sandbox.client()
+    # A package install goes to the sandbox: the process runs there, and says so.
+    boxed = c.start(
+        "pip --version >/dev/null 2>&1; cat /etc/hostname; read line; true", kernel="a2",
+        mode="auto",
+        cwd=workspace,
+    )  # fmt: skip
+    assert boxed.side == "sandbox"
+    here = c.execute("echo on-host", kernel="a2", mode="auto")  # an everyday command: the host
+    assert here.mode == "local" and here.stdout == "on-host\n"
+    boxed.close_stdin()
+    assert boxed.wait(timeout=60) == 0
+    assert boxed.output().data.strip() != os.uname()[1].encode()  # not this host's name
+    # The last command ran on the host: a relative file path is the host side's.
+    c.write_file("a2", "from-files.txt", b"x", mode="auto")
+    assert os.path.exists(os.path.join(workspace, "from-files.txt"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import signal
 import subprocess
 import sys
 import textwrap
@@ -240,24 +241,32 @@ def test_memory_floods_on_the_agent_and_client_sockets_stay_bounded(
     pid = server.proc.pid
     served = Served(server, "memory")
     before = rss_mib(pid)
-    attack = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            MEMORY_FLOOD,
-            str(server.runtime.agent_socket),
-            str(server.runtime.client_socket),
-            "32",
-            str(seconds),
-        ],
-        stdout=subprocess.PIPE,
-    )
     peak = before
-    while attack.poll() is None:
-        peak = max(peak, rss_mib(pid))
-        time.sleep(0.05)
-    out, _ = attack.communicate(timeout=30)
-    assert (attack.returncode, out) == (0, b"done\n")
+    # The attacker's own libzmq sometimes aborts under its flood ("Resource temporarily
+    # unavailable (src/session_base.cpp)", in the attacker's process): another attacker takes
+    # over for the time left, so the broker is flooded for the whole time all the same.
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0.5:
+        attack = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                MEMORY_FLOOD,
+                str(server.runtime.agent_socket),
+                str(server.runtime.client_socket),
+                "32",
+                str(left),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        while attack.poll() is None:
+            peak = max(peak, rss_mib(pid))
+            time.sleep(0.05)
+        out, err = attack.communicate(timeout=30)
+        own_abort = attack.returncode == -signal.SIGABRT and b"(src/" in err
+        assert (attack.returncode, out) == (0, b"done\n") or own_abort, err.decode()[-2000:]
+        assert server.proc.poll() is None  # the broker lives on, whatever the attacker did
     print(f"broker RSS {before:.0f} MiB before, {peak:.0f} MiB at most during the flood")
     results = served.finish()
     # The bound: the limit, plus what arrives before the connections holding it are closed and

@@ -2,12 +2,17 @@
 
 Every Kubernetes manifest is validated against the Kubernetes schemas (kubernetes-validate,
 strict: an unknown or misspelt field fails), and the hardening a pod must keep is checked field
-by field, so removing ``runAsNonRoot`` or the capability drop fails here.
+by field, so removing ``runAsNonRoot`` or the capability drop fails here. The Swarm stack is
+checked as YAML with the keys the pool needs, and by ``docker stack config`` (the Docker CLI's own
+schema, no engine needed) where the CLI is installed.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +24,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = ROOT / "deploy" / "kubernetes"
+STACK = ROOT / "deploy" / "swarm" / "stack.yml"
 #: Recent releases; strict schemas reject fields a release does not know.
 KUBERNETES_VERSIONS = ("1.35.0", "1.37.0")
 #: Not Kubernetes objects (no schema): checked on their own below.
@@ -237,3 +243,71 @@ def test_secrets_hold_placeholders_not_keys() -> None:
     for secret in _objects("Secret").values():
         for value in secret["stringData"].values():
             assert value.startswith("REPLACE-"), "a key was committed"
+
+
+# -- Docker Swarm ----------------------------------------------------------------------------------
+def test_the_swarm_stack_has_what_a_pool_needs() -> None:
+    stack = yaml.safe_load(STACK.read_text())
+    member = stack["services"]["member"]
+    deploy = member["deploy"]
+    assert deploy["mode"] == "replicated"
+    assert deploy["restart_policy"]["condition"] == "any"
+    assert {"cpus", "memory"} <= set(deploy["resources"]["limits"])
+    command = member["command"]
+    assert command[:5] == ["stigmer", "agent", "join", "--pool", "${STIGMER_POOL:-default}"]
+    assert command[command.index("--server") + 1].startswith("${STIGMER_BROKER:?")
+    # Credentials are Swarm secrets, read as files under /run/secrets.
+    secrets = {s["source"]: s for s in member["secrets"]}
+    assert set(secrets) == set(stack["secrets"]) == {"stigmer_server_key", "stigmer_pool_cert"}
+    for option, source in (
+        ("--server-key", "stigmer_server_key"),
+        ("--curve-cert", "stigmer_pool_cert"),
+    ):
+        assert command[command.index(option) + 1] == f"/run/secrets/{secrets[source]['target']}"
+    uid = member["user"].split(":")[0]
+    assert int(uid) > 0
+    cert = secrets["stigmer_pool_cert"]
+    assert (cert["uid"], cert["mode"]) == (uid, 0o400)  # the agent refuses a key others may read
+    # Hardened as a Docker sandbox, as far as a stack carries it.
+    assert member["cap_drop"] == ["ALL"]
+    assert member["read_only"] is True
+    tmpfs = {v["target"] for v in member["volumes"] if v["type"] == "tmpfs"}
+    assert {"/tmp", "/var/tmp", member["working_dir"]} <= tmpfs
+    assert stack["networks"]["pool"]["driver"] == "overlay"
+    assert member["networks"] == ["pool"]
+
+
+@pytest.mark.skipif(shutil.which("docker") is None, reason="no docker CLI")
+def test_docker_accepts_the_swarm_stack(tmp_path: Path) -> None:
+    # `docker stack config` checks the file against the CLI's own stack schema, offline.
+    for name in ("server.key", "pool.key_secret"):
+        (tmp_path / name).write_text("placeholder\n")
+    env = {
+        **os.environ,
+        "DOCKER_HOST": "unix:///nonexistent",  # proves no engine is asked
+        "STIGMER_BROKER": "tcp://10.0.0.1:5701",
+        "STIGMER_SERVER_KEY_FILE": str(tmp_path / "server.key"),
+        "STIGMER_POOL_CERT_FILE": str(tmp_path / "pool.key_secret"),
+    }
+    config = subprocess.run(
+        ["docker", "stack", "config", "-c", str(STACK)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    if config.returncode != 0 and "unknown" in config.stderr and "config" in config.stderr:
+        pytest.skip(f"this docker CLI has no `stack config`: {config.stderr.strip()}")
+    assert config.returncode == 0, config.stderr
+    rendered = yaml.safe_load(config.stdout)
+    assert rendered["services"]["member"]["command"][6] == "tcp://10.0.0.1:5701"
+    del env["STIGMER_BROKER"]
+    missing = subprocess.run(
+        ["docker", "stack", "config", "-c", str(STACK)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert missing.returncode != 0
+    assert "set STIGMER_BROKER to the broker's agent endpoint" in missing.stderr

@@ -87,6 +87,26 @@ def test_kustomization_lists_every_manifest_but_the_secrets() -> None:
     assert {i["name"] for i in kustomization["images"]} == {"stigmer-pool"}
 
 
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="no kubectl")
+def test_kustomize_renders_valid_objects_in_the_namespace() -> None:
+    # kubectl's own kustomize, offline (no cluster is asked).
+    env = {**os.environ, "KUBECONFIG": os.devnull}
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(KUBERNETES)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    objects = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+    assert len(objects) == len(DOCUMENTS) - 2  # all but the two Secrets
+    for obj in objects:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSIONS[-1], strict=True)
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"]["namespace"] == "stigmer", obj["metadata"]["name"]
+
+
 def test_the_namespace_enforces_the_restricted_pod_security_profile() -> None:
     (namespace,) = _objects("Namespace").values()
     assert namespace["metadata"]["name"] == "stigmer"

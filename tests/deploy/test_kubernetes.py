@@ -217,6 +217,10 @@ def test_pool_members_join_the_broker_with_the_pools_secret() -> None:
     (agent,) = pool["spec"]["template"]["spec"]["containers"]
     command = " ".join(agent["command"])
     assert "exec stigmer agent join --pool default --server" in command
+    # A restarted container keeps its pod's emptyDirs: they are emptied before it joins again.
+    scratch = {m["mountPath"] for m in agent["volumeMounts"]}
+    assert command.index("find $scratch -mindepth 1 -delete") < command.index("exec stigmer")
+    assert set(command.split('scratch="')[1].split('"')[0].split()) == scratch
     env = _env(agent)
     secret = _objects("Secret")["stigmer-pool-default"]
     assert set(secret["stringData"]) == POOL_SECRET_KEYS

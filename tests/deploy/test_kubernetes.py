@@ -297,6 +297,9 @@ def test_the_swarm_stack_has_what_a_pool_needs() -> None:
     assert member["read_only"] is True
     tmpfs = {v["target"] for v in member["volumes"] if v["type"] == "tmpfs"}
     assert {"/tmp", "/var/tmp", member["working_dir"]} <= tmpfs
+    # A tmpfs over a directory of the image takes its owner and mode (root's /workspace in the
+    # basic tier): the working directory is one no image has.
+    assert member["working_dir"].startswith("/tmp/")
     assert stack["networks"]["pool"]["driver"] == "overlay"
     assert member["networks"] == ["pool"]
 

@@ -87,9 +87,12 @@ def test_kustomization_lists_every_manifest_but_the_secrets() -> None:
     assert {i["name"] for i in kustomization["images"]} == {"stigmer-pool"}
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="no kubectl")
 def test_kustomize_renders_valid_objects_in_the_namespace() -> None:
     # kubectl's own kustomize, offline (no cluster is asked).
+    if shutil.which("kubectl") is None:
+        if os.environ.get("CI"):
+            pytest.fail("the kustomize check needs kubectl in CI")
+        pytest.skip("no kubectl")
     env = {**os.environ, "KUBECONFIG": os.devnull}
     rendered = subprocess.run(
         ["kubectl", "kustomize", str(KUBERNETES)],

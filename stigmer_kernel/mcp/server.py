@@ -3,15 +3,18 @@ for background processes and files (processes.py, files.py).
 
 A command's output is handed to the model bounded (bounded.py); when it was cut, the full
 output is kept under an id for ``read_output``. A call that sent a progress token gets a
-progress notification with the output's tail about every second while the command runs.
+progress notification with the output's tail about every second while the command runs; a
+call the host cancels interrupts its command.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Annotated, Any
 
+import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import CallToolResult, ToolAnnotations
 from pydantic import Field
@@ -19,6 +22,7 @@ from pydantic import Field
 from .._version import __version__
 from ..client import AsyncClient
 from ..client.result import ExecResult
+from ..errors import StigmerError
 from . import files, processes
 from .bounded import DEFAULT_LIMIT, bound
 from .common import (
@@ -216,6 +220,10 @@ async def _run(
             output_limit=KEPT_BYTES,
             on_output=on_output if wants_progress else None,
         )
+    except anyio.get_cancelled_exc_class():  # the host gave up on the call: so does the command
+        with anyio.CancelScope(shield=True), contextlib.suppress(StigmerError):
+            await client.interrupt(kernel)
+        raise
     finally:
         if reporter is not None:
             reporter.cancel()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
+
+import anyio
 
 from tests.conftest import Server, short_tempdir
 from tests.mcp.conftest import stdio_session, text_of
@@ -185,3 +188,22 @@ async def test_kernels_are_listed_explained_and_shut_down(server: Server) -> Non
         listed = await session.call_tool("list_kernels", {})
         names = [k["name"] for k in listed.structured_content["kernels"]]  # type: ignore[index]
         assert "seen" not in names
+
+
+async def test_a_cancelled_call_interrupts_its_command(server: Server) -> None:
+    async with stdio_session(server.env) as session:
+        with anyio.move_on_after(1):
+            await session.call_tool("run_command", {"command": "sleep 30", "kernel": "cx"})
+        started = time.monotonic()
+        res = await session.call_tool("run_command", {"command": "echo next", "kernel": "cx"})
+        assert res.structured_content["stdout"] == "next\n"  # type: ignore[index]
+        assert time.monotonic() - started < 10  # not queued behind the 30 s sleep
+
+
+async def test_a_stigmer_error_is_an_error_result(server: Server) -> None:
+    async with stdio_session(server.env) as session:
+        await session.call_tool("run_command", {"command": "true", "kernel": "loc"})
+        res = await session.call_tool(
+            "run_command", {"command": "true", "kernel": "loc", "cwd": "/"}
+        )
+        assert res.is_error and "loc" in text_of(res), text_of(res)

@@ -131,4 +131,5 @@ async def guarded(body: Awaitable[CallToolResult]) -> CallToolResult:
         name = getattr(exc, "ename", None) or type(exc).__name__
         return result(f"{name}: {exc}", {"error": str(name), "message": str(exc)}, error=True)
     except TimeoutError as exc:
-        return result(f"Timeout: {exc}", {"error": "Timeout", "message": str(exc)}, error=True)
+        name = ErrorName.TIMEOUT.value
+        return result(f"{name}: {exc}", {"error": name, "message": str(exc)}, error=True)

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 from typing import Any
 
 from ..errors import StigmerError
-from .common import UsageError
+from .common import UsageError, load, remote_server
 
 INSTALL_HINT = "stigmer mcp needs the MCP SDK: pip install 'stigmer-kernel[mcp]'"
 
@@ -58,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     import anyio
 
+    from ..client import AsyncClient
     from ..mcp import http
     from ..mcp.server import build, make_kernels
 
@@ -67,9 +67,9 @@ def run(args: argparse.Namespace) -> int:
         except StigmerError as exc:
             raise UsageError(str(exc)) from None
         token = http.read_token(args.token_file) if args.token_file else http.make_token()
-    if args.runtime_dir:
-        os.environ["STIGMER_RUNTIME_DIR"] = args.runtime_dir
-    kernels = make_kernels()
+    remote = remote_server(args)  # the global --remote options: a server on another host
+    config = load(args)
+    kernels = make_kernels(lambda: AsyncClient(config, remote=remote, inherit_env=remote is None))
     app = build(kernels)
 
     async def main() -> None:

@@ -9,8 +9,10 @@ from mcp.server.mcpserver import MCPServer
 from mcp_types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
+from ..errors import RequestError
+from ..protocol import ErrorName
 from .bounded import DEFAULT_LIMIT, bound
-from .common import Kernel, Kernels, MaxBytes, Mode, guarded, result
+from .common import KEPT_BYTES, Kernel, Kernels, MaxBytes, Mode, guarded, result
 
 Path = Annotated[
     str,
@@ -27,10 +29,18 @@ def register(app: MCPServer[Any], kernels: Kernels) -> None:
         max_bytes: MaxBytes = DEFAULT_LIMIT * 4,
     ) -> CallToolResult:
         """Read a text file (UTF-8) from a kernel's world. A long file keeps its head and tail;
-        run_command with sed -n or head/tail reads a part of it."""
+        run_command with sed -n or head/tail reads a part of it. Files over 4 MiB are refused."""
 
         async def body() -> CallToolResult:
-            data = await (await kernels.client()).read_file(kernel, path, mode=mode)
+            client = await kernels.client()
+            size = (await client.stat(kernel, path, mode=mode)).size
+            if size > KEPT_BYTES:
+                raise RequestError(
+                    f"{path} is {size} bytes, more than read_file takes ({KEPT_BYTES}): "
+                    f"read part of it with run_command (sed -n '1,200p' {path}, tail, grep)",
+                    ErrorName.BAD_REQUEST,
+                )
+            data = await client.read_file(kernel, path, mode=mode)
             cut = bound(data, max_bytes)
             info = {"path": path, "size": len(data), "elided_bytes": cut.elided_bytes}
             return result(cut.text, {**info, "text": cut.text})

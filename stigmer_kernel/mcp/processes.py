@@ -16,8 +16,8 @@ from pydantic import Field
 from ..client import AsyncProcess
 from ..errors import RequestError
 from ..protocol import ErrorName
-from .bounded import DEFAULT_LIMIT, bound
-from .common import Env, Kernel, Kernels, MaxBytes, Mode, ProcessId, Stream, guarded, result
+from .bounded import DEFAULT_LIMIT
+from .common import Env, Kernel, Kernels, Mode, ProcessId, Stream, guarded, result
 
 Wait = Annotated[
     float,
@@ -101,24 +101,27 @@ def register(app: MCPServer[Any], kernels: Kernels) -> None:
         offset: Annotated[
             int, Field(description="Byte offset to read from; pass the last answer's next.", ge=0)
         ] = 0,
-        max_bytes: MaxBytes = DEFAULT_LIMIT,
+        max_bytes: Annotated[
+            int,
+            Field(description="At most this many bytes; read on from next.", ge=1, le=1_000_000),
+        ] = DEFAULT_LIMIT,
         wait: Wait = 0,
     ) -> CallToolResult:
         """Read a background process's output from a byte offset, and its state (running or
-        its exit code). Call again with offset=next for what follows; wait makes the call
-        wait up to that many seconds for new output."""
+        its exit code). Call again with offset=next for what follows (end is the stream's
+        size so far); wait makes the call wait up to that many seconds for new output."""
 
         async def body() -> CallToolResult:
             client = await kernels.client()
-            chunk = await _handle(client, kernel, process_id).output(offset, stream, wait=wait)
-            cut = bound(chunk.data[: max(max_bytes * 4, 1)], max_bytes)
+            handle = _handle(client, kernel, process_id)
+            chunk = await handle.output(offset, stream, max_bytes=max_bytes, wait=wait)
+            text = chunk.data.decode("utf-8", "replace")
             data = {
-                "text": cut.text,
+                "text": text,
                 "offset": chunk.offset,
                 "next": chunk.next,
                 "end": chunk.end,
                 "dropped": chunk.dropped,
-                "elided_bytes": cut.elided_bytes,
                 "running": chunk.running,
                 "exit_code": chunk.exit_code,
             }
@@ -126,7 +129,7 @@ def register(app: MCPServer[Any], kernels: Kernels) -> None:
             head = (
                 f"[{process_id} {state}; {stream} bytes {chunk.offset}-{chunk.next} of {chunk.end}]"
             )
-            return result(f"{head}\n{cut.text}", data)
+            return result(f"{head}\n{text}", data)
 
         return await guarded(body())
 

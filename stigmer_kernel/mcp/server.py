@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import anyio
@@ -287,7 +288,7 @@ async def _explain(kernels: Kernels, command: str, kernel: str) -> CallToolResul
     return result(text, {"mode": where, "reason": why})
 
 
-def make_kernels(make_client: Any = None) -> Kernels:
-    """The :class:`Kernels` of ``stigmer mcp``: an ``AsyncClient(inherit_env=True)``, as the
-    CLI's, so local kernels it creates start with this process's environment."""
+def make_kernels(make_client: Callable[[], AsyncClient] | None = None) -> Kernels:
+    """The :class:`Kernels` of ``stigmer mcp``: by default an ``AsyncClient(inherit_env=True)``,
+    as the CLI's, so local kernels it creates start with this process's environment."""
     return Kernels(make_client or (lambda: AsyncClient(inherit_env=True)))

@@ -131,6 +131,15 @@ async def test_background_processes_start_read_write_and_stop(server: Server) ->
             if "echoed" in out["text"]:
                 break
         assert out["text"] == "ready\nechoed\n" and out["running"]
+        first = await session.call_tool(
+            "read_process_output", {"process_id": pid, "kernel": "bg", "max_bytes": 3}
+        )
+        assert first.structured_content["text"] == "rea"  # type: ignore[index]
+        rest = await session.call_tool(
+            "read_process_output",
+            {"process_id": pid, "kernel": "bg", "offset": first.structured_content["next"]},  # type: ignore[index]
+        )
+        assert rest.structured_content["text"] == "dy\nechoed\n"  # type: ignore[index]
         listed = await session.call_tool("list_processes", {"kernel": "bg"})
         assert pid in text_of(listed) and "running" in text_of(listed)
         await session.call_tool("signal_process", {"process_id": pid, "kernel": "bg"})
@@ -157,6 +166,11 @@ async def test_files_are_written_read_and_listed(server: Server) -> None:
         assert listed.structured_content["entries"] == [  # type: ignore[index]
             {"name": "note.txt", "type": "file", "size": 7}
         ]
+        await session.call_tool(
+            "run_command", {"command": f"head -c 5000000 /dev/zero > {folder}/big"}
+        )
+        big = await session.call_tool("read_file", {"path": f"{folder}/big"})
+        assert big.is_error and "5000000 bytes" in text_of(big) and "sed -n" in text_of(big)
         missing = await session.call_tool("read_file", {"path": f"{folder}/nope"})
         assert missing.is_error and "nope" in text_of(missing)
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from typing import Any
 
 import anyio
 
 from tests.conftest import Server, short_tempdir
-from tests.mcp.conftest import stdio_session, text_of
+from tests.mcp.conftest import MCP, stdio_session, text_of
 
 TOOLS = {
     "run_command",
@@ -221,3 +223,41 @@ async def test_a_stigmer_error_is_an_error_result(server: Server) -> None:
             "run_command", {"command": "true", "kernel": "loc", "cwd": "/"}
         )
         assert res.is_error and "loc" in text_of(res), text_of(res)
+
+
+def test_a_malformed_call_is_a_protocol_error(server: Server) -> None:
+    """Raw JSON-RPC: arguments that are not an object, and an unknown method, are JSON-RPC
+    errors; a tool the server lacks is an isError result (as the SDK does)."""
+    proc = subprocess.Popen(
+        MCP, env=server.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def ask(message: dict[str, Any]) -> dict[str, Any]:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(json.dumps(message) + "\n")
+        proc.stdin.flush()
+        if "id" not in message:
+            return {}
+        reply: dict[str, Any] = json.loads(proc.stdout.readline())
+        return reply
+
+    try:
+        hello = {"name": "test", "version": "1"}
+        params = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": hello}
+        assert "result" in ask(
+            {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params}
+        )
+        ask({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        call = {"name": "run_command", "arguments": "echo hi"}
+        bad = ask({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": call})
+        assert bad["error"]["code"] == -32602
+        call = {"name": "no_such_tool", "arguments": {}}
+        unknown = ask({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": call})
+        assert unknown["result"]["isError"] is True
+        nope = ask({"jsonrpc": "2.0", "id": 4, "method": "nope/method", "params": {}})
+        assert nope["error"]["code"] == -32601
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=10)
+        proc.stdout.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import os
 import secrets
 from typing import Any
 
@@ -23,10 +24,15 @@ def make_token() -> str:
 
 def read_token(path: str) -> str:
     try:
+        mode = os.stat(path).st_mode
         with open(path, encoding="utf-8") as handle:
             token = handle.read().strip()
     except OSError as exc:
         raise StigmerError(f"cannot read {path}: {exc.strerror}") from None
+    if mode & 0o077:
+        raise StigmerError(
+            f"{path} may be read by others (mode {mode & 0o777:o}): chmod 600 {path}"
+        )
     if len(token) < 16:
         raise StigmerError(f"{path} holds no token of at least 16 characters")
     return token

@@ -124,6 +124,10 @@ async def test_a_token_file_is_used(server: Server) -> None:
     path = os.path.join(folder, "token")
     with open(path, "w") as handle:
         handle.write("a-token-of-the-right-length\n")
+    os.chmod(path, 0o644)
+    got = _refused(server.env, "--http", f"127.0.0.1:{_free_port()}", "--token-file", path)
+    assert got.returncode == 125 and "chmod 600" in got.stderr
+    os.chmod(path, 0o600)
     port = _free_port()
     proc = subprocess.Popen(
         [*MCP, "--http", f"127.0.0.1:{port}", "--token-file", path],

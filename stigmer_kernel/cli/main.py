@@ -15,7 +15,19 @@ from typing import Any, Protocol
 from .._version import __version__
 from ..errors import KernelMismatch, StigmerError
 from ..protocol.constants import EXIT_INTERRUPTED
-from . import config, cp, curve_keys, kernels, kernelspec, logs, processes, run, sandbox, server
+from . import (
+    config,
+    cp,
+    curve_keys,
+    kernels,
+    kernelspec,
+    logs,
+    mcp,
+    processes,
+    run,
+    sandbox,
+    server,
+)
 from .common import EXIT_BROKEN_PIPE, UsageError, add_remote_options, fail, silence
 
 
@@ -40,6 +52,7 @@ COMMANDS: dict[str, _Command] = {
     "wait": processes.WAIT,
     "server": server,
     "kernels": kernels,
+    "mcp": mcp,
     "sandbox": sandbox,
     "curve": curve_keys,
     "kernelspec": kernelspec,

@@ -37,6 +37,7 @@ KERNEL_OPTIONS = {
     "requirements": "--requirements",
     "workspace": "workspace",
     "ttl": "ttl",
+    "pool": "--pool",
 }
 #: Of those, what ``stigmer kernels restart NAME`` may change.
 RESTART_OPTIONS = ("cwd", "sandbox_image", "requirements")
@@ -144,6 +145,15 @@ def check_existing(
             if isinstance(value, str) and _same_dir(value, kernel.workspace or ""):
                 continue
             differences.append(f"its workspace is {kernel.workspace}, not {value}")
+            restartable = False
+        elif name == "pool":
+            if value == kernel.pool:
+                continue
+            differences.append(
+                f"it comes from pool {kernel.pool!r}, not {value!r}"
+                if kernel.pool
+                else f"it is not a pool kernel (asked: pool {value!r})"
+            )
             restartable = False
         elif name == "ttl":
             has_ttl = kernel.ttl_asked if kernel.mode == AUTO and kernel.ttl_asked else kernel.ttl

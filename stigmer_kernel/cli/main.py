@@ -15,7 +15,19 @@ from typing import Any, Protocol
 from .._version import __version__
 from ..errors import KernelMismatch, StigmerError
 from ..protocol.constants import EXIT_INTERRUPTED
-from . import config, cp, curve_keys, kernels, kernelspec, logs, processes, run, sandbox, server
+from . import (
+    config,
+    cp,
+    curve_keys,
+    kernels,
+    kernelspec,
+    logs,
+    pools,
+    processes,
+    run,
+    sandbox,
+    server,
+)
 from .common import EXIT_BROKEN_PIPE, UsageError, add_remote_options, fail, silence
 
 
@@ -41,6 +53,8 @@ COMMANDS: dict[str, _Command] = {
     "server": server,
     "kernels": kernels,
     "sandbox": sandbox,
+    "pools": pools,
+    "agent": pools.AGENT,
     "curve": curve_keys,
     "kernelspec": kernelspec,
     "config": config,
@@ -62,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["agent", "join"]:  # the agent's own options, which overlap ours
+        return pools.AGENT.join(argv[2:])
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:

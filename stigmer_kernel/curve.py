@@ -79,6 +79,11 @@ def keygen(directory: str, name: str) -> tuple[str, str]:
     return public, secret
 
 
+def is_key(key: bytes) -> bool:
+    """Whether ``key`` is a z85 CurveZMQ key (40 characters)."""
+    return _is_key(key)
+
+
 def _is_key(key: bytes) -> bool:
     return len(key) == _KEY_LENGTH and _Z85.issuperset(key)
 
@@ -301,15 +306,23 @@ class PoolKeys:
 
 
 class AgentKeys:
-    """ZAP check of :data:`AGENT_ZAP_DOMAIN`: a remote agent's authorized key, or a key
-    authorized for some pool (which pool, the broker checks at registration)."""
+    """ZAP check of :data:`AGENT_ZAP_DOMAIN`: a remote agent's authorized key, a key
+    authorized for some pool (which pool, the broker checks at registration), or the key of
+    its own that a member which joined gave for the kernel it will serve."""
 
-    def __init__(self, authorized: AuthorizedKeys, pools: PoolKeys) -> None:
+    def __init__(
+        self, authorized: AuthorizedKeys, pools: PoolKeys, members: dict[str, bytes]
+    ) -> None:
         self.authorized = authorized
         self.pools = pools
+        self.members = members  # each pool member's own key for its kernel, by member id
 
     def callback(self, domain: str, key: bytes) -> bool:
-        allowed = key in self.authorized.current() or bool(self.pools.pools_of(key))
+        allowed = (
+            key in self.authorized.current()
+            or key in self.members.values()
+            or bool(self.pools.pools_of(key))
+        )
         if not allowed:
             log.warning("refused a CurveZMQ peer with an unknown public key")
         return allowed

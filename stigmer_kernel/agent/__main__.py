@@ -102,12 +102,15 @@ def main(argv: list[str] | None = None) -> int:
             level=logging.INFO, format="%(asctime)s agent[%(process)d] %(levelname)s %(message)s"
         )
         try:
-            claim = member.wait_for_claim(args.endpoint, args.pool, curve, args.heartbeat_interval)
+            claimed = member.wait_for_claim(
+                args.endpoint, args.pool, curve, args.heartbeat_interval
+            )
         except member.Refused as exc:
             print(f"agent: {exc}", file=sys.stderr)
             return 3
-        if claim is None:
+        if claimed is None:
             return 0
+        claim, curve = claimed
         try:
             args.kernel_id = str(claim["kernel_id"])
             os.environ[EnvVar.AGENT_KEY.value] = str(claim["key"])

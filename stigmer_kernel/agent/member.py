@@ -34,9 +34,12 @@ class Refused(StigmerError):
 
 def wait_for_claim(
     endpoint: str, pool: str, curve: ClientKeys, heartbeat_interval: float = 1.0
-) -> dict[str, Any] | None:
-    """Join ``pool`` and wait to be claimed: the claim's content, or None if the broker told
-    the member to stop first."""
+) -> tuple[dict[str, Any], ClientKeys] | None:
+    """Join ``pool`` and wait to be claimed: the claim's content and the CurveZMQ keys its
+    kernel's connection presents (a pair made here, whose public half the registration
+    carries: members that share the pool's key are still told apart), or None if the broker
+    told the member to stop first."""
+    own_public, own_secret = zmq.curve_keypair()
     key = os.urandom(32).hex().encode()
     session = Session(key)
     ctx: zmq.Context[Any] = zmq.Context()
@@ -52,6 +55,7 @@ def wait_for_claim(
         "pool": pool,
         "key": key.decode(),
         "version": __version__,
+        "curve_key": own_public.decode(),
         "hostname": socket.gethostname(),
         "pid": os.getpid(),
     }
@@ -91,7 +95,7 @@ def wait_for_claim(
                 raise Refused(f"the broker refused this member: {reply.content.get('reason')}")
             elif reply.msg_type == MsgType.AGENT_CLAIM.value:
                 log.info("claimed for kernel %s", reply.content.get("kernel"))
-                return dict(reply.content)
+                return dict(reply.content), ClientKeys(curve.server_public, own_public, own_secret)
             elif reply.msg_type == MsgType.AGENT_SHUTDOWN.value:
                 return None
     finally:

@@ -7,7 +7,8 @@ asked for with a pool is started by :class:`PoolProvisioner`: its handle waits (
 first served) up to ``pool_wait`` seconds for an idle member, which is then sent
 ``agent_claim`` with the new incarnation's id and key over the encrypted link. The member
 becomes that kernel's agent: it registers again as the incarnation, from a connection that
-must present the member's own CurveZMQ key (``claimed``, checked in agents.py). When its kernel
+must present the CurveZMQ key the member made for it and gave at registration (``claimed``,
+checked in agents.py; replicas that share the pool's key are told apart by it). When its kernel
 ends the member exits, and the cluster engine starts a fresh one: no state passes from one
 kernel to the next.
 """
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
-from ..curve import POOL_NAME_RE
+from ..curve import POOL_NAME_RE, is_key
 from ..errors import ProtocolError, RequestError
 from ..protocol import ErrorName, MsgType, Session
 from ..provisioners import AgentHandle, AgentSpec, Provisioner
@@ -49,7 +50,8 @@ POOLS_PROM = "pools.prom"
 class Member:
     id: str
     pool: str
-    key: str  # the z85 CurveZMQ public key its connection presented
+    key: str  # the z85 CurveZMQ key its kernel's connection must present (its own, fresh)
+    join_key: str = ""  # the pool's key its joining connection presented
     identity: bytes | None = None  # its routing id (None: a busy member adopted after a restart)
     session: Session | None = None  # signs with the key it chose at registration
     hostname: str = ""
@@ -213,6 +215,10 @@ class Pools:
                 f"run `stigmer curve authorize --pool {pool} KEYFILE`",
             )
             return
+        own = content.get("curve_key")
+        if not isinstance(own, str) or not is_key(own.encode()):
+            self._refuse(session, identity, msg, "no CurveZMQ key of its own for its kernel")
+            return
         version = content.get("version")
         if version != __version__:
             self._refuse(
@@ -224,19 +230,21 @@ class Pools:
             )
             return
         old = self.members.get(member_id)
-        if old is not None and old.key != curve_user:
+        if old is not None and (old.join_key != curve_user or old.kernel_id is not None):
             self._refuse(session, identity, msg, "a member of that id joined with another key")
             return
         member = Member(
             id=member_id,
             pool=pool,
-            key=curve_user,
+            key=own,
+            join_key=curve_user,
             identity=identity,
             session=session,
             hostname=str(content.get("hostname") or ""),
             last_beat=time.monotonic(),
         )
         self.members[member_id] = member
+        self.hub.remote.member_keys[member_id] = own.encode()
         if old is None:
             self.joined[pool] += 1
         log.info("pool %s: member %s joined (%s)", pool, member_id, member.hostname)
@@ -257,6 +265,7 @@ class Pools:
         return self.hub.reactor.send(self.sock, frames, must_arrive=True)
 
     def _drop(self, member: Member, why: str) -> None:
+        self.hub.remote.member_keys.pop(member.id, None)
         if self.members.pop(member.id, None) is not None:
             self.left[member.pool] += 1
             log.info("pool %s: member %s left (%s)", member.pool, member.id, why)
@@ -348,6 +357,7 @@ class Pools:
         handle = PoolHandle(self, pool, kernel_id, workdir)
         member = Member(id=f"@{kernel_id}", pool=pool, key=key, kernel_id=kernel_id)
         self.members[member.id] = member
+        self.hub.remote.member_keys[member.id] = key.encode()
         handle.member, handle.claimed_at = member, time.monotonic()
         self.claimed[kernel_id] = key
         return handle

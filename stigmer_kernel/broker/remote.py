@@ -79,6 +79,8 @@ class RemoteEndpoints:
         self._server_keys: tuple[bytes, bytes] | None = None
         self.authorized = AuthorizedKeys(authorized_dir(broker.runtime.path))
         self.pool_keys = PoolKeys(pools_dir(broker.runtime.path))
+        #: Pool members' own keys for the kernels they serve, by member id (pools.py).
+        self.member_keys: dict[str, bytes] = {}
 
     # -- CurveZMQ ---------------------------------------------------------------------------------
     def server_keys(self) -> tuple[bytes, bytes]:
@@ -137,7 +139,7 @@ class RemoteEndpoints:
             )
             self.authenticator.configure_curve_callback(
                 domain=AGENT_ZAP_DOMAIN,
-                credentials_provider=AgentKeys(self.authorized, self.pool_keys),
+                credentials_provider=AgentKeys(self.authorized, self.pool_keys, self.member_keys),
             )
             self.authenticator.configure_curve_callback(
                 domain=SANDBOX_ZAP_DOMAIN,

@@ -50,7 +50,12 @@ class Agent:
             help="join a pool (--pool NAME) or serve a kernel (--join NAME) of a server",
             description="Options as for python -m stigmer_kernel.agent (see its --help).",
         )
-        join.add_argument("agent_args", nargs=argparse.REMAINDER)
+        join.add_argument(
+            "agent_args",
+            nargs=argparse.REMAINDER,
+            help="--pool NAME --server tcp://HOST:PORT --server-key FILE --curve-cert FILE "
+            "(or the keys in STIGMER_POOL_SERVER_KEY, STIGMER_POOL_CURVE_SECRET), ...",
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         return self.join(list(args.agent_args))

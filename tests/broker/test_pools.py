@@ -217,7 +217,14 @@ def test_members_are_refused_outside_their_pool_and_without_a_key(pool: Pool) ->
     try:
         member = Session(key.encode())
         register = member.msg(
-            "agent_register", {"pool": "a", "key": key, "version": "0.0.0", "pid": 1}
+            "agent_register",
+            {
+                "pool": "a",
+                "key": key,
+                "version": "0.0.0",
+                "pid": 1,
+                "curve_key": zmq.curve_keypair()[0].decode(),
+            },
         )
         sock.send_multipart(member.serialize(register))
         assert sock.poll(5000)
@@ -230,26 +237,38 @@ def test_members_are_refused_outside_their_pool_and_without_a_key(pool: Pool) ->
 
 
 def test_a_member_cannot_speak_for_a_kernel_claimed_by_another(pool: Pool) -> None:
-    pool.member("a", pool.key("a1", "a"))
-    other = pool.key("a2", "a")
+    shared = pool.key("a1", "a")  # replicas of one service share the pool's key
+    pool.member("a", shared)
     pool.idle("a", 1)
     c = pool.srv.client()
     assert c.execute("X=mine", kernel="k", mode="sandbox", pool="a").status == "ok"
     (k,) = [k for k in c.list_kernels() if k["name"] == "k"]
-    # Even with the kernel's own key (leaked from its record), a connection with another
-    # member's CurveZMQ key cannot register for it, nor beat for it.
     record = json.loads((pool.srv.runtime.path / "records" / f"{k['id']}.json").read_text())
     session = Session(record["key"].encode())
-    ctx, sock = raw_member(pool, other, f"{k['id']}:1:ff".encode())
-    try:
-        for mtype in ("agent_register", "agent_heartbeat"):
-            forged = session.msg(mtype, {"kernel_id": k["id"], "pid": 1})
-            sock.send_multipart(session.serialize(forged))
-        assert not sock.poll(1500)  # no welcome, no answer
-    finally:
-        ctx.destroy(linger=0)
-    assert "an agent speaking for a pool kernel claimed by another" in pool.srv.log()
+    # Even with the kernel's own key (leaked from its record), a connection with the pool's
+    # key (another replica) or another member's cannot register for it, nor beat for it: it
+    # must present the key the claimed member made for it.
+    for cert in (shared, pool.key("a2", "a")):
+        ctx, sock = raw_member(pool, cert, f"{k['id']}:1:ff".encode())
+        try:
+            for mtype in ("agent_register", "agent_heartbeat"):
+                forged = session.msg(mtype, {"kernel_id": k["id"], "pid": 1})
+                sock.send_multipart(session.serialize(forged))
+            assert not sock.poll(1500)  # no welcome, no answer
+        finally:
+            ctx.destroy(linger=0)
+    assert pool.srv.log().count("an agent speaking for a pool kernel claimed by another") >= 4
     assert c.execute("echo $X", kernel="k", mode="sandbox", pool="a").stdout == "mine\n"
+
+
+def test_an_idle_member_that_dies_leaves_the_pool(pool: Pool) -> None:
+    member = pool.member("a", pool.key("a1", "a"))
+    pool.idle("a", 1)
+    member.kill()
+    wait_for(lambda: pool.figures("a").get("members") == 0)
+    assert pool.figures("a")["left"] == 1
+    r = pool.srv.client().execute("true", kernel="k", mode="sandbox", pool="a")
+    assert "no idle member in pool 'a' (0 members, 0 busy)" in (r.evalue or "")
 
 
 def test_a_restarted_broker_finds_its_members_again(pool: Pool) -> None:

@@ -19,7 +19,8 @@ a backend that lacks the concept):
 - :meth:`Provisioner.close`: release everything at broker shutdown.
 
 and, per agent, :class:`AgentHandle`: poll, kill, cleanup, its work directory, bash's process
-group, the resource that makes it (a container), what ``kernels list`` shows.
+group, the resource that makes it (a container), what ``kernels list`` shows, and when its
+registration is due (``due_from``: a kernel waiting for a pool member is not overdue).
 """
 
 from __future__ import annotations

@@ -322,3 +322,73 @@ def test_member_keys_from_the_environment(pool: Pool) -> None:
         pool.srv.client().execute("echo env", kernel="e", mode="sandbox", pool="a").stdout
         == "env\n"
     )
+
+
+def test_a_kernel_waiting_for_a_member_is_not_overdue() -> None:
+    """liveness counts a pool kernel's start from its claim, not from its request."""
+    from stigmer_kernel.broker.liveness import START_TIMEOUT, start_overdue
+    from stigmer_kernel.broker.model import Incarnation, Kernel
+    from stigmer_kernel.provisioners import AgentHandle
+
+    class Waiting(AgentHandle):
+        due: float | None = None
+        pid = None
+
+        @property
+        def due_from(self) -> float | None:
+            return self.due
+
+        def poll(self) -> str | None:
+            return None
+
+        def kill(self) -> None:
+            pass
+
+    handle = Waiting()
+    inc = Incarnation(id="k-1", session=Session(b"k"), handle=handle, started_at=100.0)
+    kernel = Kernel(name="k", mode="sandbox", ttl=60, cwd="", inc=inc)
+    assert start_overdue(kernel, 100.0 + 10 * START_TIMEOUT) is None  # still waiting
+    handle.due = 500.0  # claimed then
+    assert start_overdue(kernel, 500.0 + START_TIMEOUT - 1) is None
+    assert start_overdue(kernel, 500.0 + START_TIMEOUT + 1) == "agent did not register in 30s"
+
+
+def test_expiry_restart_and_a_dead_member_recycle_members(server_factory: Any) -> None:
+    p = Pool(server_factory)
+    p.srv.stop()
+    p.srv.env["STIGMER_SANDBOX_TTL"] = "2"
+    p.srv.env["STIGMER_SANDBOX_POOL"] = "a"  # the default pool of sandbox kernels
+    p.srv.start()
+    try:
+        cert = p.key("a1", "a")
+        first = p.member("a", cert)
+        p.idle("a", 1)
+        c = p.srv.client()
+        # The setting names the pool; TTL expiry ends the kernel and its member.
+        assert c.execute("echo one", kernel="t", mode="sandbox").stdout == "one\n"
+        assert first.wait(timeout=15) == 0
+        wait_for(lambda: all(k["name"] != "t" for k in c.list_kernels()))
+        # A restart claims another member; the old one exits.
+        second = p.member("a", cert)
+        p.idle("a", 1)
+        assert c.execute("true", kernel="r", mode="sandbox", pool="a").status == "ok"
+        third = p.member("a", cert)
+        p.idle("a", 1)
+        c.restart_kernel("r")
+        assert second.wait(timeout=15) == 0
+        assert c.execute("echo again", kernel="r", mode="sandbox").stdout == "again\n"
+        # A busy member that dies: its kernel is dead, and says so.
+        third.kill()
+        wait_for(lambda: any(k["name"] == "r" and k["state"] == "dead" for k in c.list_kernels()))
+        r = c.execute("true", kernel="r", mode="sandbox")
+        assert r.ename == "KernelDied" and "pool 'a'" in (r.evalue or "")
+        assert p.figures("a")["left"] == 3
+        # The CLI asks for a pool too.
+        p.member("a", cert)
+        p.idle("a", 1)
+        out = stigmer(
+            p.srv, "run", "--mode", "sandbox", "--pool", "a", "-k", "cli", "--", "echo", "cli"
+        )
+        assert out == "cli"
+    finally:
+        p.close()

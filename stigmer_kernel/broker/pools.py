@@ -282,6 +282,13 @@ class Pools:
     def queue(self, handle: PoolHandle) -> None:
         self.waiting.setdefault(handle.pool, collections.deque()).append(handle)
         self.dispatch(handle.pool)
+        spec = handle.spec
+        if handle.member is None and spec is not None and spec.on_progress is not None:
+            members = [m for m in self.members.values() if m.pool == handle.pool]
+            spec.on_progress(
+                f"waiting for an idle member of pool {handle.pool!r} ({len(members)} members, "
+                f"none idle; up to {self.hub.config.pool_wait:g}s)"
+            )
         self.publish()
 
     def dispatch(self, pool: str) -> None:

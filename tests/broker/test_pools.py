@@ -169,6 +169,17 @@ def test_no_idle_member_fails_within_the_bounded_wait(pool: Pool) -> None:
     assert r.ename == "KernelDied"
     assert "no idle member in pool 'a' (0 members, 0 busy) within 3s" in (r.evalue or "")
     assert 2.5 < time.monotonic() - started < 10
+    # The CLI shows the wait while it lasts.
+    cli = subprocess.run(
+        [sys.executable, "-m", "stigmer_kernel", "run", "--mode", "sandbox", "--pool", "a"]
+        + ["-k", "wants-a", "--", "true"],
+        env=pool.srv.env,
+        capture_output=True,
+        text=True,
+    )
+    assert cli.returncode != 0
+    assert "waiting for an idle member of pool 'a' (0 members, none idle; up to 3s)" in cli.stderr
+    assert "no idle member in pool 'a'" in cli.stderr
     assert pool.figures("b")["idle"] == 1  # a member of pool b never serves pool a
     # A busy pool: the next request waits, and is served when a member joins in time.
     c.execute("true", kernel="kb1", mode="sandbox", pool="b")

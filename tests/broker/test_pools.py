@@ -170,9 +170,9 @@ def test_no_idle_member_fails_within_the_bounded_wait(pool: Pool) -> None:
     assert "no idle member in pool 'a' (0 members, 0 busy) within 3s" in (r.evalue or "")
     assert 2.5 < time.monotonic() - started < 10
     # The CLI shows the wait while it lasts.
+    argv = ["run", "--mode", "sandbox", "--pool", "a", "-k", "wants-a", "--", "true"]
     cli = subprocess.run(
-        [sys.executable, "-m", "stigmer_kernel", "run", "--mode", "sandbox", "--pool", "a"]
-        + ["-k", "wants-a", "--", "true"],
+        [sys.executable, "-m", "stigmer_kernel", *argv],
         env=pool.srv.env,
         capture_output=True,
         text=True,

@@ -204,7 +204,9 @@ def restart_changes(
     refused), and what changes, as text. The lifecycle sets them (``Lifecycle.restart``)."""
     cwd, image, requirements = (content.get(name) for name in RESTART_OPTIONS)
     if cwd is not None and (
-        not isinstance(cwd, str) or not os.path.isabs(cwd) or not os.path.isdir(cwd)
+        not isinstance(cwd, str)
+        or not os.path.isabs(cwd)
+        or not (kernel.pool or os.path.isdir(cwd))  # a pool kernel's is on its member
     ):
         raise RequestError(f"working directory {cwd!r} does not exist", ErrorName.BAD_REQUEST)
     if image is not None and (not isinstance(image, str) or not image):
@@ -225,7 +227,7 @@ def restart_changes(
     if cwd is not None:
         text.append(f"cwd {cwd}")
         changes["cwd"] = cwd
-        if kernel.mode in (SANDBOX, AUTO) and not config.sandbox_workspace:
+        if kernel.mode in (SANDBOX, AUTO) and not config.sandbox_workspace and not kernel.pool:
             # the workspace follows the cwd, as at creation
             changes["workspace"] = check_workspace(cwd, config)
     if image is not None:

@@ -385,9 +385,9 @@ def test_expiry_restart_and_a_dead_member_recycle_members(server_factory: Any) -
         assert c.execute("true", kernel="r", mode="sandbox", pool="a").status == "ok"
         third = p.member("a", cert)
         p.idle("a", 1)
-        c.restart_kernel("r")
+        c.restart_kernel("r", cwd="/tmp")  # a directory on the member's host
         assert second.wait(timeout=15) == 0
-        assert c.execute("echo again", kernel="r", mode="sandbox").stdout == "again\n"
+        assert c.execute("echo again; pwd", kernel="r", mode="sandbox").stdout == "again\n/tmp\n"
         # A busy member that dies: its kernel is dead, and says so.
         third.kill()
         wait_for(lambda: any(k["name"] == "r" and k["state"] == "dead" for k in c.list_kernels()))

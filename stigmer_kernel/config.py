@@ -67,6 +67,12 @@ class EnvVar(str, enum.Enum):
     SANDBOX_WORKSPACE = "STIGMER_SANDBOX_WORKSPACE"
     SANDBOX_WARM = "STIGMER_SANDBOX_WARM"
     SANDBOX_CA_FILE = "STIGMER_SANDBOX_CA_FILE"
+    SANDBOX_POOL = "STIGMER_SANDBOX_POOL"
+    POOL_WAIT = "STIGMER_POOL_WAIT"
+    # Read by a pool member (``stigmer agent join --pool``) when no key file is given: the
+    # z85 keys, as Swarm and Kubernetes secrets hand them over.
+    POOL_SERVER_KEY = "STIGMER_POOL_SERVER_KEY"
+    POOL_CURVE_SECRET = "STIGMER_POOL_CURVE_SECRET"
     AUTO_LOCAL_FALLBACK = "STIGMER_AUTO_LOCAL_FALLBACK"
     AUTO_STICKY = "STIGMER_AUTO_STICKY"
     ALLOW_PLAIN_TCP = "STIGMER_ALLOW_PLAIN_TCP"
@@ -260,6 +266,15 @@ class Config:
 
     sandbox_warm: int = field(default=0, metadata={**_env(EnvVar.SANDBOX_WARM), "zero_ok": True})
     """Started sandbox containers kept ready, so a new sandbox kernel skips container start."""
+
+    sandbox_pool: str | None = field(default=None, metadata=_env(EnvVar.SANDBOX_POOL))
+    """The agent pool new sandbox kernels are claimed from (none: containers on this host's
+    Docker engine). Members join with ``stigmer agent join --pool NAME``; a request's own
+    ``pool`` (``stigmer run --pool NAME``) wins."""
+
+    pool_wait: float = field(default=60.0, metadata=_env(EnvVar.POOL_WAIT))
+    """Seconds a kernel waits for an idle member of its pool before it fails (KernelDied,
+    naming the pool and its size)."""
 
     sandbox_ca_file: Path = field(
         default=Path("/etc/ssl/certs/ca-certificates.crt"), metadata=_env(EnvVar.SANDBOX_CA_FILE)

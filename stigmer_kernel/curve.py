@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import stat
 import time
@@ -43,6 +44,10 @@ ZAP_DOMAIN = "stigmer"
 #: The ZAP domain of the sandboxes' tcp socket: only the keys the broker made for its own
 #: sandbox agents pass there, and those keys pass nowhere else.
 SANDBOX_ZAP_DOMAIN = "stigmer-sandbox"
+#: The ZAP domain of the agent TCP socket: remote agents' authorized keys and pool members'.
+AGENT_ZAP_DOMAIN = "stigmer-agents"
+#: A pool's name (a directory under ``curve/pools/``).
+POOL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 #: The base name of the server's certificate in ``RUNTIME_DIR/curve/``.
 SERVER_NAME = "server"
 PUBLIC_SUFFIX = ".key"
@@ -72,6 +77,11 @@ def keygen(directory: str, name: str) -> tuple[str, str]:
     public, secret = zmq.auth.create_certificates(directory, name)
     os.chmod(secret, 0o600)
     return public, secret
+
+
+def is_key(key: bytes) -> bool:
+    """Whether ``key`` is a z85 CurveZMQ key (40 characters)."""
+    return _is_key(key)
 
 
 def _is_key(key: bytes) -> bool:
@@ -135,6 +145,14 @@ def client_keys(
 
 
 # -- a sandbox agent's keys over tcp (--curve-file) ----------------------------------------------
+def keys_from_text(server_public: str, secret: str) -> ClientKeys:
+    """A pool member's keys from z85 text (environment variables holding secrets)."""
+    server, own = server_public.strip().encode(), secret.strip().encode()
+    if not (_is_key(server) and _is_key(own)):
+        raise CurveKeyError("a CurveZMQ key must be 40 z85 characters")
+    return ClientKeys(server, zmq.curve_public(own), own)
+
+
 def write_agent_keys(path: Path, keys: ClientKeys) -> None:
     """The three keys, z85, one a line, in a new 0600 file (``--curve-file``)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -193,10 +211,20 @@ def authorized_dir(runtime_path: Path) -> Path:
     return runtime_path / "curve" / "authorized"
 
 
-def authorize(runtime_path: Path, public_key_file: Path) -> Path:
-    """Copy a public key file into the authorized directory (under its own name)."""
+def pools_dir(runtime_path: Path) -> Path:
+    return runtime_path / "curve" / "pools"
+
+
+def authorize(runtime_path: Path, public_key_file: Path, pool: str | None = None) -> Path:
+    """Copy a public key file into the authorized directory (under its own name); with
+    ``pool``, into that pool's (``curve/pools/POOL/``): its holder may join the pool only."""
     read_public(public_key_file)  # refuse what is not a key file
     target_dir = curve_dirs(runtime_path) / "authorized"
+    if pool is not None:
+        if not POOL_NAME_RE.fullmatch(pool):
+            raise CurveKeyError(f"bad pool name {pool!r}: 1-64 letters, digits, '.', '_', '-'")
+        target_dir = pools_dir(runtime_path) / pool
+        target_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     target = target_dir / public_key_file.name
     shutil.copyfile(public_key_file, target)
     os.utime(target_dir)  # the running server re-reads the directory
@@ -233,14 +261,68 @@ class AuthorizedKeys:
         self._keys: set[bytes] = set()
         self._mtime = -1.0
 
-    def callback(self, domain: str, key: bytes) -> bool:
+    def current(self) -> set[bytes]:
         try:
             mtime = self.directory.stat().st_mtime
         except OSError:
-            return False
+            return set()
         if mtime != self._mtime:
             self._keys, self._mtime = authorized_keys(self.directory), mtime
-        allowed = key in self._keys
+        return self._keys
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        allowed = key in self.current()
+        if not allowed:
+            log.warning("refused a CurveZMQ peer with an unknown public key")
+        return allowed
+
+
+class PoolKeys:
+    """The keys authorized per pool (``curve/pools/NAME/*.key``), each pool's directory read
+    again when its mtime changed."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._pools: dict[str, tuple[float, set[bytes]]] = {}
+
+    def pools_of(self, key: bytes) -> set[str]:
+        """The pools whose members may present ``key`` (z85)."""
+        found: set[str] = set()
+        try:
+            directories = [d for d in self.root.iterdir() if d.is_dir()]
+        except OSError:
+            return found
+        for directory in directories:
+            try:
+                mtime = directory.stat().st_mtime
+            except OSError:
+                continue
+            cached = self._pools.get(directory.name)
+            if cached is None or cached[0] != mtime:
+                cached = self._pools[directory.name] = (mtime, authorized_keys(directory))
+            if key in cached[1]:
+                found.add(directory.name)
+        return found
+
+
+class AgentKeys:
+    """ZAP check of :data:`AGENT_ZAP_DOMAIN`: a remote agent's authorized key, a key
+    authorized for some pool (which pool, the broker checks at registration), or the key of
+    its own that a member which joined gave for the kernel it will serve."""
+
+    def __init__(
+        self, authorized: AuthorizedKeys, pools: PoolKeys, members: dict[str, bytes]
+    ) -> None:
+        self.authorized = authorized
+        self.pools = pools
+        self.members = members  # each pool member's own key for its kernel, by member id
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        allowed = (
+            key in self.authorized.current()
+            or key in self.members.values()
+            or bool(self.pools.pools_of(key))
+        )
         if not allowed:
             log.warning("refused a CurveZMQ peer with an unknown public key")
         return allowed

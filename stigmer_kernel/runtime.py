@@ -12,6 +12,7 @@ Layout (all owner-only; docs/architecture.md, "The runtime directory", says who 
         server.log              0600, log of a server started in the background
         clients.sock            0600, ipc ROUTER for clients
         images.json             images known to run the agent (sandbox)
+        pools.json, pools.prom  0600, the agent pools' figures (broker/pools.py)
         agents/                 0700, mounted read-only at /run/stigmer in sandbox containers;
                                 0755 once a root server started a sandbox running as another
                                 uid (reached only through that mount: RUNTIME_DIR stays 0700)

@@ -18,9 +18,9 @@ import tempfile
 from pathlib import Path
 
 from ..config import EnvVar
-from ..curve import client_keys, take_agent_keys
+from ..curve import ClientKeys, client_keys, keys_from_text, take_agent_keys
 from ..errors import CurveKeyError, StigmerError
-from . import nosuid, procs
+from . import member, nosuid, procs
 from .agent import Agent, AgentOptions
 from .processes import JOURNAL_BYTES
 
@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     # dumpable again, as they hold no key.
     procs.set_non_dumpable()
     parser = argparse.ArgumentParser(prog="python -m stigmer_kernel.agent")
-    parser.add_argument("--endpoint", required=True, help="broker agent endpoint")
+    parser.add_argument(
+        "--endpoint", "--server", dest="endpoint", required=True, help="broker agent endpoint"
+    )
     parser.add_argument(
         "--kernel-id", help="the kernel incarnation it serves (given by the broker)"
     )
@@ -68,6 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     remote = parser.add_argument_group("remote agents (another host, CurveZMQ over TCP)")
     remote.add_argument("--join", metavar="NAME", help="offer to serve kernel NAME")
+    remote.add_argument(
+        "--pool",
+        metavar="NAME",
+        help="join agent pool NAME as an idle member; serve the one kernel it is claimed for, "
+        "then exit (keys: --server-key and --curve-cert, or "
+        f"{EnvVar.POOL_SERVER_KEY.value} and {EnvVar.POOL_CURVE_SECRET.value}, z85)",
+    )
     remote.add_argument("--server-key", help="the broker's public key file (server.key)")
     remote.add_argument("--curve-cert", help="this agent's secret certificate (NAME.key_secret)")
     remote.add_argument(
@@ -85,7 +94,36 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     # The key comes as the first line of stdin (or, for containers, STIGMER_AGENT_KEY).
     curve = None
-    if args.join:
+    if args.pool:
+        if args.join or args.kernel_id:
+            parser.error("--pool takes neither --join nor --kernel-id: the broker assigns one")
+        curve = _pool_keys(args, parser)
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s agent[%(process)d] %(levelname)s %(message)s"
+        )
+        try:
+            claimed = member.wait_for_claim(
+                args.endpoint, args.pool, curve, args.heartbeat_interval
+            )
+        except member.Refused as exc:
+            print(f"agent: {exc}", file=sys.stderr)
+            return 3
+        if claimed is None:
+            return 0
+        claim, curve = claimed
+        try:
+            args.kernel_id = str(claim["kernel_id"])
+            os.environ[EnvVar.AGENT_KEY.value] = str(claim["key"])
+            args.cwd = str(claim.get("cwd") or args.cwd)
+            args.heartbeat_interval = float(claim["heartbeat_interval"])
+            args.orphan_timeout = float(claim["orphan_timeout"])
+            args.timeout = float(claim.get("timeout") or 0)
+            args.output_limit = int(claim.get("output_limit") or 0)
+            args.journal_bytes = int(claim.get("journal_bytes") or 0)
+        except (KeyError, TypeError, ValueError) as exc:
+            print(f"agent: a claim it cannot serve ({exc})", file=sys.stderr)
+            return 2
+    elif args.join:
         if not (args.server_key and args.curve_cert):
             parser.error("--join needs --server-key and --curve-cert (CurveZMQ)")
         try:
@@ -171,6 +209,23 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if own_workdir is not None:
             shutil.rmtree(own_workdir, ignore_errors=True)
+
+
+def _pool_keys(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ClientKeys:
+    """A pool member's CurveZMQ keys: from files, else from the environment (z85 text)."""
+    try:
+        if args.server_key and args.curve_cert:
+            return client_keys(args.server_key, args.curve_cert)
+        server = os.environ.pop(EnvVar.POOL_SERVER_KEY.value, "")
+        secret = os.environ.pop(EnvVar.POOL_CURVE_SECRET.value, "")
+        if not (server and secret):
+            parser.error(
+                "--pool needs --server-key and --curve-cert, or "
+                f"{EnvVar.POOL_SERVER_KEY.value} and {EnvVar.POOL_CURVE_SECRET.value} (CurveZMQ)"
+            )
+        return keys_from_text(server, secret)
+    except CurveKeyError as exc:
+        parser.error(str(exc))
 
 
 def _terminate(*_: object) -> None:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..auto import Escalation
 from ..protocol import Session
-from .model import AGENT_REPLAY_WINDOW, Incarnation, Kernel
+from .model import AGENT_REPLAY_WINDOW, POOL_BACKEND, Incarnation, Kernel
 
 if TYPE_CHECKING:
     from .service import Hub
@@ -153,7 +153,8 @@ def adopt_all(hub: Hub, records: list[dict[str, Any]]) -> None:
 def _adopt(hub: Hub, record: dict[str, Any]) -> None:
     name, mode, kernel_id = str(record["name"]), str(record["mode"]), str(record["id"])
     workdir = _record_workdir(hub.runtime.path, record)
-    provisioner = hub.lifecycle.provisioners.get(mode)
+    pool = record.get("pool")
+    provisioner = hub.lifecycle.provisioners.get(POOL_BACKEND if pool else mode)
     if provisioner is None:  # a mode this server does not have
         shutil.rmtree(workdir, ignore_errors=True)
         forget(hub.runtime.path, kernel_id)
@@ -174,6 +175,8 @@ def _adopt(hub: Hub, record: dict[str, Any]) -> None:
     if isinstance(public, str) and sandbox_sock is not None:
         hub.agents.remote.ephemeral[kernel_id] = public.encode()
         inc.sock = sandbox_sock
+    if pool:
+        inc.sock = hub.agents.tcp_sock  # its member comes back where it joined
     inc.handle = provisioner.adopt(record, workdir)
     if inc.handle is None:  # a backend that cannot re-adopt
         hub.agents.retired(kernel_id)
@@ -191,6 +194,7 @@ def _adopt(hub: Hub, record: dict[str, Any]) -> None:
         parent_cwd=record.get("parent_cwd"),
         escalation=Escalation.from_dict(record.get("escalation")),
     )
+    kernel.pool = pool if isinstance(pool, str) else None
     if record.get("jupyter") and kernel.parent is None:
         with contextlib.suppress(Exception):
             hub.jupyter.open_channels(kernel, record["jupyter"])

@@ -20,6 +20,7 @@ from ..errors import ProtocolError, RequestError
 from ..protocol import Message, MsgType
 from ..protocol.session import split_ids
 from .model import Kernel, Pending
+from .pools import MEMBER_PREFIX
 
 if TYPE_CHECKING:
     from .flow import OutputFlow
@@ -92,6 +93,8 @@ class AgentEndpoint:
         self.tell(kernel, MsgType.AGENT_WELCOME, {"kernel": kernel.name}, msg)
 
     def placement(self, kernel: Kernel) -> tuple[str, ClientKeys | None, Any]:
+        if kernel.pool:  # a pool member dials the agent TCP socket with its own keys
+            return str(self.hub.config.agent_endpoint), None, self.tcp_sock
         if kernel.mode == "sandbox" and self.sandbox_sock is not None:
             public, secret = keypair()  # this incarnation's, known to ZAP until it ends
             self.remote.ephemeral[kernel.id] = public
@@ -100,6 +103,8 @@ class AgentEndpoint:
         return self.ipc_endpoint, None, None
 
     def start_hint(self, kernel: Kernel) -> str:
+        if kernel.pool:
+            return f" (a member of pool {kernel.pool!r} was claimed for it: did it die?)"
         if self.sandbox_sock is None or kernel.agent_sock is not self.sandbox_sock:
             return ""
         return (
@@ -138,14 +143,18 @@ class AgentEndpoint:
             if kernel is None or kernel.session is None:
                 if kernel_id in hub.registry.retired:
                     return  # last words of an agent we asked to stop
-                if (
-                    sock is not None
-                    and sock is self.tcp_sock  # never the sandboxes' own sockets
-                    and self.remote.join(identity, msg_frames, sock)
-                ):
-                    return  # a remote agent (CurveZMQ-authenticated) joined
+                if sock is not None and sock is self.tcp_sock:  # never the sandboxes' sockets
+                    if identity.startswith(MEMBER_PREFIX):
+                        hub.pools.on_message(identity, msg_frames, curve_user)
+                        return  # a pool member (pools.py)
+                    if self.remote.join(identity, msg_frames, sock, curve_user):
+                        return  # a remote agent (CurveZMQ-authenticated) joined
                 raise ProtocolError(f"message from an unknown agent {identity[:80]!r}")
-            if curve_user is not None:
+            member_key = hub.pools.claimed.get(kernel_id)
+            if member_key is not None:
+                if curve_user != member_key or sock is not self.tcp_sock:
+                    raise ProtocolError("an agent speaking for a pool kernel claimed by another")
+            elif curve_user is not None and sock is not self.tcp_sock:
                 expected = self.remote.ephemeral.get(kernel_id)
                 if expected is None or expected.decode() != curve_user:
                     raise ProtocolError("a sandbox agent speaking for another kernel (its key)")

@@ -21,7 +21,7 @@ from ..protocol import ErrorName, Message
 from ..provisioners.workspace import check_workspace
 from . import options as options_of
 from .lifecycle import Lifecycle, check_remote_alive
-from .model import NAME_RE, REMOTE, Incarnation, Kernel, Phase
+from .model import NAME_RE, POOL_BACKEND, REMOTE, Incarnation, Kernel, Phase
 
 if TYPE_CHECKING:
     from .pool import WarmPool
@@ -95,15 +95,43 @@ class Creation:
                     quiet=not kernel.came_up,  # no session was ever lost: nothing to announce
                 )
             return kernel
-        if "cwd" not in asked:  # a cwd the caller chose wins over the server's kernel_cwd
-            cwd = self.config.kernel_cwd or cwd
-        cwd = cwd or os.path.expanduser("~")
-        if not isinstance(cwd, str) or not os.path.isabs(cwd) or not os.path.isdir(cwd):
-            raise RequestError(f"working directory {cwd!r} does not exist", ErrorName.BAD_REQUEST)
+        if self._pool_of(mode, options or {}) is not None:
+            # The member's own directory, unless the caller chose one (on the member's host).
+            cwd = cwd if "cwd" in asked else ""
+            if cwd and (not isinstance(cwd, str) or not os.path.isabs(cwd)):
+                raise RequestError(
+                    f"working directory {cwd!r} is not absolute", ErrorName.BAD_REQUEST
+                )
+        else:
+            if "cwd" not in asked:  # a cwd the caller chose wins over the server's kernel_cwd
+                cwd = self.config.kernel_cwd or cwd
+            cwd = cwd or os.path.expanduser("~")
+            if not isinstance(cwd, str) or not os.path.isabs(cwd) or not os.path.isdir(cwd):
+                raise RequestError(
+                    f"working directory {cwd!r} does not exist", ErrorName.BAD_REQUEST
+                )
         self._check_limits(client)
         kernel = self.create(name, mode, cwd, ttl, options)
         kernel.creator = client
         return kernel
+
+    def _pool_of(self, mode: str, options: dict[str, Any]) -> str | None:
+        """The agent pool a new kernel of ``mode`` comes from: the request's ``pool``, else
+        the ``sandbox_pool`` setting for a sandbox kernel; None: its mode's own provisioner."""
+        pool = options.get("pool")
+        if pool is None:
+            return self.config.sandbox_pool if mode == ExecutionMode.SANDBOX.value else None
+        if not isinstance(pool, str) or not NAME_RE.fullmatch(pool):
+            raise RequestError(
+                f"bad pool name {pool!r}: 1-64 letters, digits, '.', '_' or '-'",
+                ErrorName.BAD_REQUEST,
+            )
+        if mode != ExecutionMode.SANDBOX.value:
+            raise RequestError(
+                f"--pool applies to sandbox kernels, not {mode} ones — add --mode sandbox",
+                ErrorName.BAD_REQUEST,
+            )
+        return pool
 
     def _check_limits(self, client: bytes | None) -> None:
         """Refuse one kernel more than ``max_kernels`` (server) or ``max_kernels_per_client``."""
@@ -145,7 +173,8 @@ class Creation:
             if ttls and auto.ttl_asked is None:
                 auto.ttl = max(ttls.values())
             return auto
-        provisioner = self.provisioners.get(mode)
+        agent_pool = self._pool_of(mode, options or {}) if parent is None else None
+        provisioner = self.provisioners.get(POOL_BACKEND if agent_pool else mode)
         if provisioner is None:
             raise RequestError(
                 f"{mode} mode is not available in this version of stigmer-kernel "
@@ -168,7 +197,9 @@ class Creation:
         if parent is not None:
             kernel.channels = parent.channels  # auto: the parent's Jupyter clients see it all
         options = options or {}
-        if mode == "sandbox":
+        if agent_pool is not None:
+            kernel.pool = agent_pool  # no host mount: files travel through the file API
+        elif mode == "sandbox":
             image, requirements = options.get("sandbox_image"), options.get("requirements")
             kernel.image = image if isinstance(image, str) and image else None
             kernel.requirements = requirements if isinstance(requirements, str) else None

@@ -64,7 +64,7 @@ class Lifecycle:
     # -- agents ---------------------------------------------------------------------------------
     def start_agent(self, kernel: Kernel) -> None:
         """A fresh incarnation of ``kernel``: a new key, session and agent."""
-        provisioner = self.provisioners[kernel.mode]
+        provisioner = self.provisioners[kernel.backend]
         kernel.move(Phase.STARTING)
         inc = kernel.inc = Incarnation.new(kernel.name, new_key())
         kernel.session_id = os.urandom(16).hex()
@@ -91,6 +91,7 @@ class Lifecycle:
             workspace=kernel.workspace,
             on_progress=self._progress_reporter(kernel),
             env=kernel.env,
+            pool=kernel.pool,
         )
         try:
             inc.handle = provisioner.start(spec)
@@ -129,6 +130,9 @@ class Lifecycle:
         inc.identity = identity
         inc.sock = sock
         inc.info = dict(msg.content)
+        cwd = msg.content.get("cwd")
+        if kernel.pool and not kernel.cwd and isinstance(cwd, str):
+            kernel.cwd = cwd  # a pool kernel without a cwd of its own starts in its member's
         pid = msg.content.get("pid")
         inc.pid = pid if isinstance(pid, int) else None
         pgid = msg.content.get("shell_pgid")
@@ -246,9 +250,9 @@ class Lifecycle:
                 "agent on its host",
                 ErrorName.RESTART_UNAVAILABLE,
             )
-        modes = [c.mode for c in kernel.children.values()] if kernel.children else [kernel.mode]
-        for mode in modes:
-            provisioner = self.provisioners.get(mode)
+        sides = list(kernel.children.values()) if kernel.children else [kernel]
+        for side in sides:
+            provisioner = self.provisioners.get(side.backend)
             if provisioner is not None:
                 # No engine: say so now, rather than fail to start a container later.
                 provisioner.check_available()

@@ -132,11 +132,15 @@ def start_overdue(kernel: Kernel, now: float) -> str | None:
     inc = kernel.inc
     if inc is None:
         return None
-    if inc.progress_at > inc.started_at:  # its image is being pulled or built
+    due = inc.handle.due_from if inc.handle is not None else 0.0
+    if due is None:
+        return None  # waiting for a pool member: the handle's poll() bounds that
+    started = max(inc.started_at, due)
+    if inc.progress_at > started:  # its image is being pulled or built
         if now - inc.progress_at > PREPARE_TIMEOUT:
             return f"its sandbox image was being prepared, then nothing for {PREPARE_TIMEOUT:g}s"
         return None
-    if now - inc.started_at > START_TIMEOUT:
+    if now - started > START_TIMEOUT:
         return f"agent did not register in {START_TIMEOUT:g}s"
     return None
 

@@ -137,6 +137,10 @@ class IllegalMove(RuntimeError):
     """A phase change :data:`MOVES` does not allow."""
 
 
+#: The provisioner key of agent pools (pools.py), beside the modes'.
+POOL_BACKEND = "pool"
+
+
 @dataclass
 class Incarnation:
     """One agent run serving a kernel: what changes when a fresh agent replaces the last one."""
@@ -199,6 +203,7 @@ class Kernel:
     image: str | None = None  # sandbox image asked for (None: the configured one)
     requirements: str | None = None  # sandbox requirements file content
     workspace: str | None = None  # sandbox workspace on the host
+    pool: str | None = None  # sandbox: the agent pool whose members serve it (pools.py)
     env: dict[str, str] | None = None  # host kernels: the environment its creator sent
     parent: Kernel | None = None  # the auto kernel this one is a side of
     children: dict[str, Kernel] = field(default_factory=dict)  # auto: "local"/"sandbox" sides
@@ -225,6 +230,11 @@ class Kernel:
     @property
     def session(self) -> Session | None:
         return self.inc.session if self.inc is not None else None
+
+    @property
+    def backend(self) -> str:
+        """The provisioner that starts its agents: its mode's, or ``pool`` for a pool kernel."""
+        return POOL_BACKEND if self.pool else self.mode
 
     @property
     def handle(self) -> AgentHandle | None:
@@ -312,6 +322,8 @@ class Kernel:
         }
         if self.handle is not None:
             info.update(self.handle.describe())
+        if self.pool:
+            info["pool"] = self.pool
         if self.death_reason:
             info["death_reason"] = self.death_reason
         if self.children:

@@ -346,6 +346,7 @@ class NativeFrontend:
                 "auto_sticky": broker.config.auto_sticky,
                 "kernel_ttl": broker.config.kernel_ttl,
                 "kernels": len(broker.registry),
+                "pools": broker.pools.figures(),
                 "uptime": round(time.time() - broker.started_wall, 3),
                 "stats": dict(broker.stats),
             },
@@ -429,6 +430,7 @@ _KERNEL_FIELDS = {
     "sandbox_image",
     "requirements",
     "workspace",
+    "pool",
 }
 
 #: Fields of a native execute_request the agent acts on.

@@ -37,6 +37,7 @@ KERNEL_OPTIONS = {
     "requirements": "--requirements",
     "workspace": "workspace",
     "ttl": "ttl",
+    "pool": "--pool",
 }
 #: Of those, what ``stigmer kernels restart NAME`` may change.
 RESTART_OPTIONS = ("cwd", "sandbox_image", "requirements")
@@ -145,6 +146,15 @@ def check_existing(
                 continue
             differences.append(f"its workspace is {kernel.workspace}, not {value}")
             restartable = False
+        elif name == "pool":
+            if value == kernel.pool:
+                continue
+            differences.append(
+                f"it comes from pool {kernel.pool!r}, not {value!r}"
+                if kernel.pool
+                else f"it is not a pool kernel (asked: pool {value!r})"
+            )
+            restartable = False
         elif name == "ttl":
             has_ttl = kernel.ttl_asked if kernel.mode == AUTO and kernel.ttl_asked else kernel.ttl
             if isinstance(value, (int, float)) and float(value) == has_ttl:
@@ -194,7 +204,9 @@ def restart_changes(
     refused), and what changes, as text. The lifecycle sets them (``Lifecycle.restart``)."""
     cwd, image, requirements = (content.get(name) for name in RESTART_OPTIONS)
     if cwd is not None and (
-        not isinstance(cwd, str) or not os.path.isabs(cwd) or not os.path.isdir(cwd)
+        not isinstance(cwd, str)
+        or not os.path.isabs(cwd)
+        or not (kernel.pool or os.path.isdir(cwd))  # a pool kernel's is on its member
     ):
         raise RequestError(f"working directory {cwd!r} does not exist", ErrorName.BAD_REQUEST)
     if image is not None and (not isinstance(image, str) or not image):
@@ -215,7 +227,7 @@ def restart_changes(
     if cwd is not None:
         text.append(f"cwd {cwd}")
         changes["cwd"] = cwd
-        if kernel.mode in (SANDBOX, AUTO) and not config.sandbox_workspace:
+        if kernel.mode in (SANDBOX, AUTO) and not config.sandbox_workspace and not kernel.pool:
             # the workspace follows the cwd, as at creation
             changes["workspace"] = check_workspace(cwd, config)
     if image is not None:

@@ -22,12 +22,16 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from ..curve import (
+    AGENT_ZAP_DOMAIN,
     SANDBOX_ZAP_DOMAIN,
     ZAP_DOMAIN,
+    AgentKeys,
     AuthorizedKeys,
+    PoolKeys,
     SandboxKeys,
     authorized_dir,
     make_server,
+    pools_dir,
     server_keys,
 )
 from ..errors import ProtocolError, StigmerError
@@ -73,6 +77,10 @@ class RemoteEndpoints:
         # Public keys the broker made for its own sandbox agents over tcp, by kernel id.
         self.ephemeral: dict[str, bytes] = {}
         self._server_keys: tuple[bytes, bytes] | None = None
+        self.authorized = AuthorizedKeys(authorized_dir(broker.runtime.path))
+        self.pool_keys = PoolKeys(pools_dir(broker.runtime.path))
+        #: Pool members' own keys for the kernels they serve, by member id (pools.py).
+        self.member_keys: dict[str, bytes] = {}
 
     # -- CurveZMQ ---------------------------------------------------------------------------------
     def server_keys(self) -> tuple[bytes, bytes]:
@@ -87,11 +95,13 @@ class RemoteEndpoints:
         curve: bool = False,
         sandbox: bool = False,
         limits: Limits | None = None,
+        agents: bool = False,
     ) -> zmq.Socket[Any]:
         """A bound ROUTER on ``endpoint``: CurveZMQ unless ``allow_plain_tcp`` (and not
         ``curve``, which forces it). ``sandbox``: the sandboxes' socket, whose peers are
         checked against the broker's own per-incarnation keys, not the authorized ones.
-        ``limits``: its frame size and receive queue (default: the native clients')."""
+        ``limits``: its frame size and receive queue (default: the native clients').
+        ``agents``: the agent TCP socket, which pool members' keys reach too."""
         host = endpoint.split("://", 1)[-1].rsplit(":", 1)[0]
         plain = self.broker.config.allow_plain_tcp and not curve
         if plain and host not in _LOOPBACK:
@@ -109,7 +119,8 @@ class RemoteEndpoints:
         if not plain:
             _public, secret = self.server_keys()
             self.zap()
-            make_server(sock, secret, SANDBOX_ZAP_DOMAIN if sandbox else ZAP_DOMAIN)
+            domain = AGENT_ZAP_DOMAIN if agents else ZAP_DOMAIN
+            make_server(sock, secret, SANDBOX_ZAP_DOMAIN if sandbox else domain)
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
@@ -124,8 +135,11 @@ class RemoteEndpoints:
         if self.authenticator is None:
             self.authenticator = Authenticator(self.broker.ctx, LocalPeers(self.broker.stats))
             self.authenticator.configure_curve_callback(
-                domain=ZAP_DOMAIN,
-                credentials_provider=AuthorizedKeys(authorized_dir(self.broker.runtime.path)),
+                domain=ZAP_DOMAIN, credentials_provider=self.authorized
+            )
+            self.authenticator.configure_curve_callback(
+                domain=AGENT_ZAP_DOMAIN,
+                credentials_provider=AgentKeys(self.authorized, self.pool_keys, self.member_keys),
             )
             self.authenticator.configure_curve_callback(
                 domain=SANDBOX_ZAP_DOMAIN,
@@ -140,8 +154,16 @@ class RemoteEndpoints:
             self.authenticator = None
 
     # -- agents that join -------------------------------------------------------------------
-    def join(self, identity: bytes, msg_frames: list[bytes], sock: zmq.Socket[Any]) -> bool:
-        """A registration from an agent nobody started: accept it as a remote kernel."""
+    def join(
+        self,
+        identity: bytes,
+        msg_frames: list[bytes],
+        sock: zmq.Socket[Any],
+        curve_user: str | None = None,
+    ) -> bool:
+        """A registration from an agent nobody started: accept it as a remote kernel.
+        ``curve_user``: the CurveZMQ key of its connection, which must be authorized for
+        remote agents (a pool member's key is not)."""
         try:
             msg = Session(b"").decode(msg_frames)
         except ProtocolError:
@@ -158,6 +180,11 @@ class RemoteEndpoints:
             return True
         if not isinstance(name, str) or not NAME_RE.fullmatch(name):
             self.broker.reactor.drop_log("a remote agent", f"bad kernel name {name!r}")
+            return True
+        if curve_user is not None and curve_user.encode() not in self.authorized.current():
+            self.broker.reactor.drop_log(
+                "a remote agent", "its CurveZMQ key is a pool member's: it cannot join a kernel"
+            )
             return True
         session = Session(key.encode(), replay_window=AGENT_REPLAY_WINDOW)
         try:

@@ -53,10 +53,11 @@ from .creation import Creation
 from .flow import OutputFlow
 from .jupyter import JupyterFrontend
 from .lifecycle import STOP_GRACE, Lifecycle
-from .model import Kernel, Registry
+from .model import POOL_BACKEND, Kernel, Registry
 from .native import NativeFrontend
 from .peers import IPC_ZAP_DOMAIN
 from .pool import WarmPool
+from .pools import PoolProvisioner, Pools
 from .reactor import Reactor
 from .remote import RemoteEndpoints
 from .sandbox_tcp import bind_sandbox_tcp
@@ -97,6 +98,8 @@ class Broker:
         self.reactor = Reactor(self.stats, guard=self.connections, on_gone=self.client_gone)
         self.remote = RemoteEndpoints(self)
         self.flow = OutputFlow(self)
+        self.pools = Pools(self)
+        self.provisioners.setdefault(POOL_BACKEND, PoolProvisioner(self.pools))
         self.agents = AgentEndpoint(self, self.remote, self.flow)
         self.scheduler = Scheduler(self.agents)
         self.scheduler.on_answered.append(lambda _kernel, pending: self.flow.forget(pending))
@@ -201,11 +204,14 @@ class Broker:
             self.frontends.append(self.native_tcp)
             self.reactor.register(self.client_tcp_sock, self.native_tcp.on_frames)
         if self.config.agent_endpoint:
-            tcp = self.agents.tcp_sock = self.remote.tcp_router(
-                self.config.agent_endpoint, limits=AGENT_LIMITS
+            tcp = self.agents.tcp_sock = self.pools.sock = self.remote.tcp_router(
+                self.config.agent_endpoint, limits=AGENT_LIMITS, agents=True
             )
             self.connections.watch(tcp, "agent TCP socket", agent_cap)
-            self.reactor.register(tcp, self.agents.receiver(tcp))
+            if self.config.allow_plain_tcp:
+                self.reactor.register(tcp, self.agents.receiver(tcp))
+            else:  # it reads each message's ZAP User-Id: pool members are told apart by it
+                self.reactor.register(tcp, self.agents.receiver(tcp, curve=True), raw=True)
         if self.config.sandbox_transport == "tcp":
             sock, self.agents.sandbox_endpoint = bind_sandbox_tcp(
                 self.config,
@@ -350,6 +356,7 @@ class Broker:
             await asyncio.sleep(period)
             try:
                 self.check_kernels(time.monotonic())
+                self.pools.tick(time.monotonic())
                 self.lifecycle.reap()
                 self.reactor.retry_deferred()
                 self.connections.check_memory()

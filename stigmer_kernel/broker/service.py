@@ -27,7 +27,9 @@ if TYPE_CHECKING:
     from .jupyter import JupyterFrontend
     from .lifecycle import Lifecycle
     from .model import Kernel, Pending, Registry
+    from .pools import Pools
     from .reactor import Reactor
+    from .remote import RemoteEndpoints
     from .scheduler import Scheduler
 
 
@@ -89,6 +91,8 @@ class Hub(Protocol):
     lifecycle: Lifecycle
     creation: Creation
     agents: AgentEndpoint
+    remote: RemoteEndpoints
+    pools: Pools
     jupyter: JupyterFrontend
     stats: dict[str, int]
     key: bytes

@@ -21,6 +21,9 @@ def add_parser(sub: Any) -> None:
     keygen.add_argument("--dir", default=".", help="where to write them (default: here)")
     authorize = cvsub.add_parser("authorize", help="let the holder of a public key connect")
     authorize.add_argument("public_key", help="a NAME.key file made by keygen")
+    authorize.add_argument(
+        "--pool", metavar="NAME", help="authorize it for agent pool NAME only (its members)"
+    )
     cvsub.add_parser("server-key", help="print the path of this server's public key")
 
 
@@ -37,10 +40,16 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "authorize":
         runtime.ensure()
         try:
-            target = curve.authorize(runtime.path, Path(args.public_key))
+            target = curve.authorize(runtime.path, Path(args.public_key), args.pool)
         except (OSError, CurveKeyError) as exc:
             raise StigmerError(f"cannot authorize {args.public_key}: {exc}") from None
-        print(f"authorized {target.name}: its holder may connect to {runtime.path}'s TCP endpoints")
+        if args.pool:
+            print(f"authorized {target.name}: its holder may join pool {args.pool} here")
+        else:
+            print(
+                f"authorized {target.name}: its holder may connect to {runtime.path}'s TCP "
+                "endpoints"
+            )
         return 0
     runtime.ensure()  # server-key
     print(curve.ensure_server_keys(runtime.path))

@@ -23,6 +23,7 @@ from . import (
     kernelspec,
     logs,
     mcp,
+    pools,
     processes,
     run,
     sandbox,
@@ -54,6 +55,8 @@ COMMANDS: dict[str, _Command] = {
     "kernels": kernels,
     "mcp": mcp,
     "sandbox": sandbox,
+    "pools": pools,
+    "agent": pools.AGENT,
     "curve": curve_keys,
     "kernelspec": kernelspec,
     "config": config,
@@ -75,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["agent", "join"]:  # the agent's own options, which overlap ours
+        return pools.AGENT.join(argv[2:])
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -72,6 +72,12 @@ def add_parser(sub: Any) -> None:
         help="image of a sandbox or auto kernel this creates; an existing kernel must have it",
     )
     parser.add_argument(
+        "--pool",
+        metavar="NAME",
+        help="a sandbox kernel this creates is served by an idle member of agent pool NAME "
+        "(default: the server's sandbox_pool); an existing kernel must come from it",
+    )
+    parser.add_argument(
         "--requirements",
         metavar="FILE",
         help="pip requirements baked into the sandbox of a sandbox or auto kernel this creates; "
@@ -219,6 +225,7 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (
         ("--requirements", args.requirements),
         ("--sandbox-image", args.sandbox_image),
+        ("--pool", args.pool),
     ):
         if value and named in ("local", "remote"):
             raise UsageError(f"{flag} applies to sandbox and auto kernels, not to {named} mode")
@@ -323,6 +330,7 @@ async def _run_async(
                 output_limit=None if args.json else 0,  # streamed in full, nothing kept here
                 sandbox_image=args.sandbox_image,
                 requirements=args.requirements_text,
+                pool=args.pool,
                 env=args.env_vars,
                 workdir=args.workdir,
             )

@@ -155,6 +155,7 @@ class AsyncClient(FileMethods, ProcessesMixin):
         sticky: bool | None = None,
         workdir: str | None = None,
         background: bool = False,
+        pool: str | None = None,
     ) -> ExecResult:
         """Run shell ``code`` on ``kernel`` (created on first use) and return its result.
 
@@ -168,7 +169,9 @@ class AsyncClient(FileMethods, ProcessesMixin):
         ``cwd`` is the working directory of a kernel this call creates (default: ours).
         Sandbox kernels (``mode="sandbox"``) this call creates use ``sandbox_image``, bake in
         ``requirements`` (the text of a pip requirements file) and mount ``workspace`` (default:
-        ``cwd``) at /workspace.
+        ``cwd``) at /workspace; with ``pool``, a sandbox kernel this call creates is served
+        by an idle member of that agent pool instead (default: the server's ``sandbox_pool``);
+        an existing kernel must come from that pool.
         ``on_stdout``/``on_stderr`` get decoded text as it is written; ``on_output`` gets
         ``(stream_name, raw_bytes)``: all of it, never cut (a callback that is slow slows the
         command, which waits on its pipe). The result keeps the first ``output_limit`` bytes
@@ -213,6 +216,8 @@ class AsyncClient(FileMethods, ProcessesMixin):
             content["requirements"] = requirements
         if workspace is not None:
             content["workspace"] = workspace
+        if pool is not None:
+            content["pool"] = pool
         if env:
             content["env"] = checked_env(env, "env")
         if workdir is not None:
@@ -234,6 +239,7 @@ class AsyncClient(FileMethods, ProcessesMixin):
             sandbox_image=sandbox_image,
             requirements=requirements,
             workspace=workspace,
+            pool=pool,
         )
         self._add_kernel_env(content, kernel_env)
         feed = None

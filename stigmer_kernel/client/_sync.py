@@ -110,11 +110,13 @@ class Client:
         sticky: bool | None = None,
         workdir: str | None = None,
         background: bool = False,
+        pool: str | None = None,
     ) -> ExecResult:
         """See :meth:`AsyncClient.execute`."""
         return self._call(
             self._async.execute(
                 code,
+                pool=pool,
                 workdir=workdir,
                 background=background,
                 env=env,

@@ -98,6 +98,8 @@ class MsgType(str, enum.Enum):
     # broker -> agent
     AGENT_WELCOME = "agent_welcome"
     AGENT_SHUTDOWN = "agent_shutdown"
+    AGENT_CLAIM = "agent_claim"  # a pool member: serve this kernel incarnation
+    AGENT_REFUSED = "agent_refused"  # a pool member that may not join: why
     OUTPUT_ACK = "output_ack"  # flow control: how many of a command's stream messages arrived
     STDIN_CHUNK = "stdin_chunk"  # streamed stdin (client -> broker -> agent)
     STDIN_ACK = "stdin_ack"  # its flow control: bytes written to the command (agent -> client)

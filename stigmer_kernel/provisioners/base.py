@@ -19,7 +19,8 @@ a backend that lacks the concept):
 - :meth:`Provisioner.close`: release everything at broker shutdown.
 
 and, per agent, :class:`AgentHandle`: poll, kill, cleanup, its work directory, bash's process
-group, the resource that makes it (a container), what ``kernels list`` shows.
+group, the resource that makes it (a container), what ``kernels list`` shows, and when its
+registration is due (``due_from``: a kernel waiting for a pool member is not overdue).
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ class AgentSpec:
     #: CurveZMQ for an agent that reaches ``endpoint`` over TCP: the server's public key, the
     #: agent's public and secret key, z85.
     curve: ClientKeys | None = None
+    #: The agent pool whose member serves it (None: the backend starts the agent itself).
+    pool: str | None = None
 
 
 class AgentHandle(abc.ABC):
@@ -99,6 +102,13 @@ class AgentHandle(abc.ABC):
         """The backend's id of what runs the agent (a container id), kept in the re-adoption
         record so that :meth:`Provisioner.adopt` finds that very one again; None if none."""
         return None
+
+    @property
+    def due_from(self) -> float | None:
+        """When (monotonic) the agent's registration starts to be due, if later than its start;
+        None while the backend itself bounds the wait (a kernel waiting for a pool member:
+        :meth:`poll` says when it gave up)."""
+        return 0.0
 
     def renamed(self, kernel_name: str) -> None:  # noqa: B027 - optional hook
         """A named kernel took this (pooled) agent over."""

@@ -2,6 +2,7 @@
 
 * ``build basic|full`` builds ``sandbox/Dockerfile.sandbox.<tier>`` (``--base-image`` sets the
   ``BASE_IMAGE`` build argument, e.g. an offline Debian image where no registry is reachable);
+  ``build pool --from IMAGE`` builds an image that carries the agent, for pools (pool_image.py);
 * ``pull`` pulls ``STIGMER_SANDBOX_IMAGE``;
 * ``test`` runs ``python --version``, ``node --version`` and ``git --version`` in an image;
 * ``clean`` removes stigmer's images (tiers, agent layers, requirements layers) and containers
@@ -37,8 +38,20 @@ def add_parser(sub: Any) -> None:
     sandbox = sub.add_parser("sandbox", help="build, pull, test or clean sandbox images")
     ssub = sandbox.add_subparsers(dest="action", metavar="ACTION", required=True)
     build = ssub.add_parser("build", help="build a tier's image from sandbox/Dockerfile.sandbox.*")
-    build.add_argument("tier", choices=["basic", "full"], help="which tier's Dockerfile")
-    build.add_argument("--tag", help=f"image tag (default: {BASIC_TAG} / {FULL_TAG})")
+    build.add_argument(
+        "tier",
+        choices=["basic", "full", "pool"],
+        help="which tier's Dockerfile, or pool: IMAGE with the agent in it (--from)",
+    )
+    build.add_argument(
+        "--tag", help=f"image tag (default: {BASIC_TAG} / {FULL_TAG} / stigmer-pool:VERSION)"
+    )
+    build.add_argument(
+        "--from",
+        dest="from_image",
+        metavar="IMAGE",
+        help="pool: the image to add the agent to (any with Python 3.11+, pyzmq and msgpack)",
+    )
     build.add_argument("--base-image", help="BASE_IMAGE build argument (default: python:3.11-slim)")
     pull = ssub.add_parser("pull", help="pull the sandbox image (STIGMER_SANDBOX_IMAGE)")
     pull.add_argument("image", nargs="?", help="image to pull (default: STIGMER_SANDBOX_IMAGE)")
@@ -86,6 +99,17 @@ def _say(text: str) -> None:
 
 
 def _build(client: Any, args: argparse.Namespace, config: Config) -> int:
+    if args.tier == "pool":
+        from . import pool_image
+
+        if not args.from_image:
+            raise StigmerError("stigmer sandbox build pool needs --from IMAGE")
+        _say(f"building a pool image from {args.from_image}")
+        tag, size = pool_image.build(client, args.from_image, args.tag, _stream_build)
+        print(f"built {tag} ({size / 1e6:.0f} MB)")
+        return 0
+    if args.from_image:
+        raise StigmerError("--from is for `stigmer sandbox build pool`; tiers take --base-image")
     directory = sandbox_dir()
     if directory is None:
         raise StigmerError("no sandbox/ directory with the tier Dockerfiles next to this package")

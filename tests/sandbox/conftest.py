@@ -50,6 +50,7 @@ TEST_BUILT = (
     "stigmer-sandbox-full",
     "stigmer-agent-layer",
     "stigmer-requirements",
+    "stigmer-pool",
 )
 
 

@@ -284,6 +284,7 @@ def test_the_swarm_stack_has_what_a_pool_needs() -> None:
     # The arguments of the pool image's entry point, the agent (`stigmer agent join` runs it).
     assert command[:2] == ["--pool", "${STIGMER_POOL:-default}"]
     assert command[command.index("--server") + 1].startswith("${STIGMER_BROKER:?")
+    assert "--sandbox" in command  # the agent's seccomp filter and no_new_privs
     # Credentials are Swarm secrets, read as files under /run/secrets.
     secrets = {s["source"]: s for s in member["secrets"]}
     assert set(secrets) == set(stack["secrets"]) == {"stigmer_server_key", "stigmer_pool_cert"}

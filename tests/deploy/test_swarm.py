@@ -256,11 +256,18 @@ def test_replicas_join_and_a_kernel_runs_in_a_task(swarm: Swarm) -> None:
     assert listed["idle"] == 2 and listed["busy"] == 0, listed
     tasks = swarm.containers()
     assert len(tasks) == 2, tasks
-    r = swarm.client.execute("hostname; id -u; pwd", kernel="k1", mode="sandbox", pool=POOL)
+    r = swarm.client.execute(
+        "hostname; id -u; pwd; grep NoNewPrivs /proc/self/status | cut -f2;"
+        " touch f; chmod u+s f 2>/dev/null && echo setuid || echo refused",
+        kernel="k1",
+        mode="sandbox",
+        pool=POOL,
+    )
     assert r.status == "ok", r.evalue
-    hostname, uid, cwd = r.stdout.split()
+    hostname, uid, cwd, nnp, setuid = r.stdout.split()
     assert hostname in tasks and tasks[hostname].startswith(f"{SERVICE}.")
     assert (uid, cwd) == ("10001", "/tmp/workspace")
+    assert (nnp, setuid) == ("1", "refused")  # hardened as a Docker sandbox (--sandbox)
     assert swarm.listed()["busy"] == 1
     swarm.shutdown("k1")
     swarm.idle(2, busy=0)

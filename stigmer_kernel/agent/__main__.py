@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s agent[%(process)d] %(levelname)s %(message)s"
         )
+        # An idle member is often PID 1 of its container, where SIGTERM has no default
+        # action: without a handler `docker stack rm` or a scale-down waits for SIGKILL.
+        signal.signal(signal.SIGTERM, _terminate)
         try:
             claimed = member.wait_for_claim(
                 args.endpoint, args.pool, curve, args.heartbeat_interval

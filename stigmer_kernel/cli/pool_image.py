@@ -4,9 +4,9 @@ A pool member runs in a cluster (Docker Swarm, Kubernetes) where no host directo
 package, so the image must carry it. The build copies this very package (the broker refuses a
 member of another version) into ``/opt/stigmer`` on top of IMAGE, checks that IMAGE's Python 3
 can import the agent with its two dependencies (pyzmq and msgpack: Debian's python3-zmq and
-python3-msgpack, or pip's), makes ``/workspace`` writable by any user (a non-root member's
-scratch mount there takes its mode) and makes the agent the entry point. The image is
-labelled with the agent's version (``stigmer.agent_version``).
+python3-msgpack, or pip's), puts a ``stigmer`` command on PATH, makes ``/workspace`` writable
+by any user (a non-root member's scratch mount there takes its mode) and makes the agent the
+entry point. The image is labelled with the agent's version (``stigmer.agent_version``).
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ RUN python3 -c "import zmq, msgpack, stigmer_kernel.agent" || {{ \\
       echo "stigmer: this image's python3 cannot run the agent: it needs Python 3.11+ with" \\
            "pyzmq and msgpack (apt-get install python3-zmq python3-msgpack, or pip install" \\
            "pyzmq msgpack)" >&2; exit 1; }}
+# `stigmer agent join --pool ...` for manifests that name their own command (Kubernetes).
+RUN printf '#!/bin/sh\\nexec python3 -m stigmer_kernel "$@"\\n' > /usr/local/bin/stigmer \\
+    && chmod 755 /usr/local/bin/stigmer
 # A tmpfs or volume mounted over /workspace takes this directory's owner and mode: anyone's.
 RUN mkdir -p /workspace && chmod 1777 /workspace
 LABEL {LABEL_VERSION}="{__version__}"

@@ -281,8 +281,10 @@ def test_the_swarm_stack_has_what_a_pool_needs() -> None:
     assert deploy["restart_policy"]["condition"] == "any"
     assert {"cpus", "memory"} <= set(deploy["resources"]["limits"])
     command = member["command"]
-    assert command[:5] == ["stigmer", "agent", "join", "--pool", "${STIGMER_POOL:-default}"]
+    # The arguments of the pool image's entry point, the agent (`stigmer agent join` runs it).
+    assert command[:2] == ["--pool", "${STIGMER_POOL:-default}"]
     assert command[command.index("--server") + 1].startswith("${STIGMER_BROKER:?")
+    assert "--sandbox" in command  # the agent's seccomp filter and no_new_privs
     # Credentials are Swarm secrets, read as files under /run/secrets.
     secrets = {s["source"]: s for s in member["secrets"]}
     assert set(secrets) == set(stack["secrets"]) == {"stigmer_server_key", "stigmer_pool_cert"}
@@ -330,7 +332,7 @@ def test_docker_accepts_the_swarm_stack(tmp_path: Path) -> None:
         pytest.skip(f"this docker CLI has no `stack config`: {config.stderr.strip()}")
     assert config.returncode == 0, config.stderr
     rendered = yaml.safe_load(config.stdout)
-    assert rendered["services"]["member"]["command"][6] == "tcp://10.0.0.1:5701"
+    assert rendered["services"]["member"]["command"][3] == "tcp://10.0.0.1:5701"
     del env["STIGMER_BROKER"]
     missing = subprocess.run(
         ["docker", "stack", "config", "-c", str(STACK)],

@@ -34,6 +34,12 @@ def test_a_pool_image_carries_the_agent(sandbox: Server, docker_client: Any) -> 
         tag, ["--help"], user=f"{SANDBOX_UID}:{SANDBOX_UID}", remove=True, network_mode="none"
     )
     assert b"--join" in out
+    # A manifest's own command (Kubernetes) finds `stigmer agent join` on PATH.
+    out = docker_client.containers.run(
+        tag, ["agent", "join", "--help"], entrypoint="stigmer", user=f"{SANDBOX_UID}:{SANDBOX_UID}",
+        remove=True, network_mode="none",
+    )  # fmt: skip
+    assert b"--pool" in out
     mode = docker_client.containers.run(
         tag, ["-c", "import os; print(oct(os.stat('/workspace').st_mode))"],
         entrypoint="python3", remove=True, network_mode="none",

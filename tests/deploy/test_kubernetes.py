@@ -220,6 +220,7 @@ def test_pool_members_join_the_broker_with_the_pools_secret() -> None:
     (agent,) = pool["spec"]["template"]["spec"]["containers"]
     command = " ".join(agent["command"])
     assert "exec stigmer agent join --pool default --server" in command
+    assert command.rstrip().endswith("--sandbox")  # the agent's seccomp filter, no_new_privs
     # A restarted container keeps its pod's emptyDirs: they are emptied before it joins again.
     scratch = {m["mountPath"] for m in agent["volumeMounts"]}
     assert command.index("find $scratch -mindepth 1 -delete") < command.index("exec stigmer")

@@ -167,6 +167,18 @@ class PeakMemory:
         return self.kb
 
 
+def stigmer_out(srv: Server, *args: str, timeout: float = 60) -> str:
+    """``stigmer ARGS`` against ``srv``: its stdout, stripped (a non-zero exit raises)."""
+    return subprocess.run(
+        [sys.executable, "-m", "stigmer_kernel", *args],
+        env=srv.env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=timeout,
+    ).stdout.strip()
+
+
 def make_server(**settings: str) -> Server:
     runtime_dir = short_tempdir()
     return Server(runtime_dir, stigmer_env(runtime_dir, **settings))

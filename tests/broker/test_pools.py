@@ -20,16 +20,7 @@ from stigmer_kernel.curve import read_public, read_secret
 from stigmer_kernel.errors import RequestError
 from stigmer_kernel.protocol import Session
 from tests.conftest import Server, short_tempdir, wait_for
-
-
-def stigmer(srv: Server, *args: str) -> str:
-    return subprocess.run(
-        [sys.executable, "-m", "stigmer_kernel", *args],
-        env=srv.env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+from tests.conftest import stigmer_out as stigmer
 
 
 class Pool:

@@ -22,6 +22,7 @@ from jupyter_client import BlockingKernelClient
 from stigmer_kernel.errors import RequestError
 from stigmer_kernel.protocol import Session
 from tests.conftest import Server, short_tempdir, wait_for
+from tests.conftest import stigmer_out as stigmer
 
 HOST_IP, REMOTE_IP = "10.231.9.1", "10.231.9.2"
 
@@ -55,16 +56,6 @@ def netns() -> Iterator[str]:
             subprocess.run(["kill", "-9", pid], capture_output=True)
         subprocess.run(["ip", "link", "del", host_if], capture_output=True)
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
-
-
-def stigmer(srv: Server, *args: str) -> str:
-    return subprocess.run(
-        [sys.executable, "-m", "stigmer_kernel", *args],
-        env=srv.env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
 
 
 def start_agent(ns: str, srv: Server, name: str, cert: str, port: int) -> subprocess.Popen[bytes]:

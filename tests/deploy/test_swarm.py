@@ -27,6 +27,7 @@ import pytest
 
 from stigmer_kernel import Client
 from tests.conftest import ROOT, Server, make_server, short_tempdir
+from tests.conftest import stigmer_out as stigmer
 from tests.sandbox.conftest import SESSION, TEST_IMAGE
 
 STACK_FILE = ROOT / "deploy" / "swarm" / "stack.yml"
@@ -63,17 +64,6 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
             return value
         assert time.monotonic() < deadline, f"not within {timeout:.0f}s: {what}"
         time.sleep(0.2)
-
-
-def stigmer(srv: Server, *args: str) -> str:
-    return subprocess.run(
-        [sys.executable, "-m", "stigmer_kernel", *args],
-        env=srv.env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout.strip()
 
 
 def _host_address() -> str:

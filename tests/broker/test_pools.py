@@ -379,11 +379,20 @@ def test_expiry_restart_and_a_dead_member_recycle_members(server_factory: Any) -
         c.restart_kernel("r", cwd="/tmp")  # a directory on the member's host
         assert second.wait(timeout=15) == 0
         assert c.execute("echo again; pwd", kernel="r", mode="sandbox").stdout == "again\n/tmp\n"
-        # A busy member that dies: its kernel is dead, and says so.
+        # A member that dies while its command runs: that command fails with KernelDied, and
+        # the kernel is dead; its next request needs another member, and none is idle.
+        running: dict[str, Any] = {}
+        sleeper = threading.Thread(
+            target=lambda: running.update(r=c.execute("sleep 60", kernel="r", mode="sandbox"))
+        )
+        sleeper.start()
+        wait_for(lambda: any(k["name"] == "r" and k["state"] == "busy" for k in c.list_kernels()))
         third.kill()
+        sleeper.join(timeout=30)
+        assert running["r"].ename == "KernelDied" and "died" in (running["r"].evalue or "")
         wait_for(lambda: any(k["name"] == "r" and k["state"] == "dead" for k in c.list_kernels()))
         r = c.execute("true", kernel="r", mode="sandbox")
-        assert r.ename == "KernelDied" and "pool 'a'" in (r.evalue or "")
+        assert r.ename == "KernelDied" and "no idle member in pool 'a'" in (r.evalue or "")
         assert p.figures("a")["left"] == 3
         # The CLI asks for a pool too.
         p.member("a", cert)

@@ -497,6 +497,20 @@ class Command:
             self.link.send(MsgType.STREAM, {"name": "stderr", "data": notice}, parent=run.msg)
         cwd = self.reply_cwd or self.shell.cwd
         content = execute_reply(run, end, time.monotonic(), cwd, self.link.stopping)
+        if content["exit_code"] == 137 and _oom_killed():
+            content["oom_killed"] = True  # (the engine's own event may come after this reply)
         self.link.send(MsgType.EXECUTE_REPLY, content, parent=run.msg)
         with contextlib.suppress(FileNotFoundError):
             self.shell.files.stdin_path.unlink()
+
+
+_OOM_SEEN = [procs.oom_kills()]
+
+
+def _oom_killed() -> bool:
+    """Whether the out-of-memory killer ended a process of this cgroup since the last time a
+    command was asked this (read only after a SIGKILL: no cost on other commands)."""
+    now = procs.oom_kills()
+    killed = now is not None and _OOM_SEEN[0] is not None and now > _OOM_SEEN[0]
+    _OOM_SEEN[0] = now
+    return killed

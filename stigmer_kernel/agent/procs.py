@@ -24,6 +24,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 _PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
@@ -277,3 +278,29 @@ def kill_session(sid: int, leader_start: int | None = None) -> bool:
         if info.sid == sid and info.alive:
             signal_if_same(pid, info.start, signal.SIGKILL)
     return True
+
+
+def oom_kills() -> int | None:
+    """How many processes the out-of-memory killer ended in this process's memory cgroup (v2
+    ``memory.events``, v1 ``memory.oom_control``), or None where the kernel does not say."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            base, name = "/sys/fs/cgroup", "memory.events"
+        elif "memory" in controllers.split(","):
+            base, name = "/sys/fs/cgroup/memory", "memory.oom_control"
+        else:
+            continue
+        # The cgroup's own directory; in a container whose cgroup path is the host's (no cgroup
+        # namespace), its memory cgroup is mounted at the root instead.
+        for directory in (f"{base}{path.rstrip('/')}", base):
+            with contextlib.suppress(OSError, ValueError):
+                for entry in Path(directory, name).read_text().splitlines():
+                    key, _, value = entry.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+    return None

@@ -161,7 +161,7 @@ class Scheduler:
             content = {**content, "mode": kernel.mode}
             frames = None
         if content.get("exit_code") == 137 and kernel.handle is not None:
-            hint = kernel.handle.exit_hint(pending.run_at)
+            hint = kernel.handle.exit_hint(pending.run_at, content.get("oom_killed") is True)
             if hint:
                 content = {**content, "evalue": f"{content.get('evalue')}: {hint}"}
                 frames = None

@@ -113,7 +113,7 @@ class AgentHandle(abc.ABC):
     def renamed(self, kernel_name: str) -> None:  # noqa: B027 - optional hook
         """A named kernel took this (pooled) agent over."""
 
-    def exit_hint(self, since: float) -> str | None:
+    def exit_hint(self, since: float, oom_killed: bool = False) -> str | None:
         """Why a command that ended by SIGKILL after ``since`` (monotonic) was killed, if known
         (e.g. the sandbox's memory limit)."""
         return None

@@ -60,8 +60,8 @@ class DockerAgent(AgentHandle):
     def kill(self) -> None:
         self.provisioner.submit(self._remove)
 
-    def exit_hint(self, since: float) -> str | None:
-        if self.last_oom >= since:
+    def exit_hint(self, since: float, oom_killed: bool = False) -> str | None:
+        if self.last_oom >= since or oom_killed:
             return (
                 f"killed by the out-of-memory killer: the sandbox's memory limit is "
                 f"{self.provisioner.config.sandbox_memory} (STIGMER_SANDBOX_MEMORY)"

@@ -500,8 +500,10 @@ class Command:
         if content["exit_code"] == 137 and _oom_killed():
             content["oom_killed"] = True  # (the engine's own event may come after this reply)
         self.link.send(MsgType.EXECUTE_REPLY, content, parent=run.msg)
-        with contextlib.suppress(FileNotFoundError):
-            self.shell.files.stdin_path.unlink()
+        if self.shell.stdin_written:
+            self.shell.stdin_written = False
+            with contextlib.suppress(FileNotFoundError):
+                self.shell.files.stdin_path.unlink()
 
 
 _OOM_SEEN = [procs.oom_kills()]

@@ -88,7 +88,9 @@ class ProcessTable:
         return fd in self._by_fd
 
     def next_deadline(self) -> float | None:
-        return min((w.deadline for w in self.waiters), default=None)
+        if not self.waiters:
+            return None
+        return min(w.deadline for w in self.waiters)
 
     # -- start ------------------------------------------------------------------------------
     def start(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import codecs
 import enum
-import logging
 import os
 import time
 from collections.abc import Callable
@@ -20,8 +19,6 @@ from typing import Any
 from ..errors import ServerError, ServerNotRunning
 from ..runtime import RuntimeDir
 from .discovery import ServerAddress
-
-log = logging.getLogger("stigmer.client")
 
 OutputCallback = Callable[[str], Any]
 RawOutputCallback = Callable[[str, bytes], Any]
@@ -44,7 +41,11 @@ def run_callback(what: str, callback: Callable[..., Any], *args: Any) -> None:
     try:
         callback(*args)
     except Exception:
-        log.exception("the %s callback raised; the request carries on without it", what)
+        import logging  # here: the blocking path imports it only for a callback that raised
+
+        logging.getLogger("stigmer.client").exception(
+            "the %s callback raised; the request carries on without it", what
+        )
 
 
 class Call:

@@ -166,8 +166,7 @@ class BlockingTransport:
                 if reply is not None:
                     call.flush()
                     return reply, call
-                continue
-            now = time.monotonic()
+            now = time.monotonic()  # output streaming in does not put off the checks below
             if deadline is not None and now >= deadline:
                 raise ClientTimeout(f"no reply to {msg_type.value} within {timeout:g}s")
             if resend_at is not None and now >= resend_at:

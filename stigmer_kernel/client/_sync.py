@@ -65,6 +65,7 @@ class Client:
         self._closed = False
         self._lean: BlockingTransport | None = None  # made by the first call it serves
         self._lean_lock = threading.Lock()  # held by the one call it serves at a time
+        self._lean_owner: int | None = None  # the thread of that call
         try:
             self._call(self._async.connect())
         except BaseException:
@@ -97,7 +98,9 @@ class Client:
             lean = self._lean
             if lean is not None:
                 lean.abort()  # a call it serves now fails, as a pending asyncio one does
-                if self._lean_lock.acquire(timeout=10):
+                if self._lean_owner == threading.get_ident():
+                    pass  # called by that call's callback: it closes the socket as it ends
+                elif self._lean_lock.acquire(timeout=10):
                     try:
                         lean.close()  # its detach_request; the asyncio socket says its own
                     finally:
@@ -136,6 +139,7 @@ class Client:
         inline = _inline(stdin)
         servable = self._async.remote is None and (stdin is None or inline is not None)
         if servable and self._lean_lock.acquire(blocking=False):  # else: the asyncio way
+            self._lean_owner = threading.get_ident()
             try:
                 content, keep = execute_content(
                     self._async.config,
@@ -170,6 +174,9 @@ class Client:
                 )
                 return exec_result(content, reply, call)
             finally:
+                self._lean_owner = None
+                if self._closed and self._lean is not None:
+                    self._lean.close()  # close() came from this thread (a callback)
                 self._lean_lock.release()
         return self._call(
             self._async.execute(

@@ -77,3 +77,11 @@ def test_close_fails_a_call_waiting_in_another_thread(server: Server) -> None:
     waiting.join(timeout=15)
     assert not waiting.is_alive()
     assert [str(f) for f in failures] == ["client closed"]
+
+
+def test_close_from_a_callback_of_the_running_call(server: Server) -> None:
+    c = Client(server.config, autostart=False)
+    with pytest.raises(StigmerError, match="client closed"):
+        c.execute("echo go; sleep 30", kernel="cb", on_stdout=lambda text: c.close())
+    with pytest.raises(StigmerError, match="closed"):
+        c.execute("true", kernel="cb")

@@ -434,17 +434,18 @@ def parse_value(key: str, raw: Any) -> Any:
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
-    """Read the TOML config file; a missing file is an empty config."""
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - exercised on 3.10 only
-        import tomli as tomllib
+    """Read the TOML config file; a missing file is an empty config (and no TOML parser is
+    imported for it)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return {}
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.10 only
+        import tomli as tomllib
     try:
         parsed = tomllib.loads(data.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -18,6 +18,7 @@ from ..auto import Escalation
 from ..config import ExecutionMode
 from ..errors import RequestError
 from ..protocol import ErrorName, Message
+from ..protocol.constants import CLIENT_SOCKET_SEP
 from ..provisioners.workspace import check_workspace
 from . import options as options_of
 from .lifecycle import Lifecycle, check_remote_alive
@@ -27,6 +28,12 @@ if TYPE_CHECKING:
     from .pool import WarmPool
 
 log = logging.getLogger("stigmer.broker")
+
+
+def client_owner(identity: bytes) -> bytes:
+    """The client a DEALER identity belongs to: one client may use several sockets, tagged
+    after :data:`CLIENT_SOCKET_SEP` (``max_kernels_per_client`` counts them together)."""
+    return identity.partition(CLIENT_SOCKET_SEP)[0]
 
 
 class Creation:
@@ -144,7 +151,8 @@ class Creation:
                 "STIGMER_MAX_KERNELS and restart the server",
                 ErrorName.TOO_MANY_KERNELS,
             )
-        mine = sum(1 for k in top if client is not None and k.creator == client)
+        owner = client_owner(client) if client is not None else None
+        mine = sum(1 for k in top if k.creator is not None and client_owner(k.creator) == owner)
         limit = self.config.max_kernels_per_client
         if client is not None and mine >= limit:
             raise RequestError(

@@ -9,26 +9,13 @@ failed (one line on stderr says why); 2 for usage errors and options an existing
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from typing import Any, Protocol
 
 from .._version import __version__
 from ..errors import KernelMismatch, StigmerError
 from ..protocol.constants import EXIT_INTERRUPTED
-from . import (
-    config,
-    cp,
-    curve_keys,
-    kernels,
-    kernelspec,
-    logs,
-    mcp,
-    pools,
-    processes,
-    run,
-    sandbox,
-    server,
-)
 from .common import EXIT_BROKEN_PIPE, UsageError, add_remote_options, fail, silence
 
 
@@ -42,52 +29,86 @@ class _Command(Protocol):
         """Do what ``args`` asks; return the exit code (errors: :func:`main` maps them)."""
 
 
-#: Each subcommand's module, in the order ``stigmer --help`` lists them.
-COMMANDS: dict[str, _Command] = {
-    "run": run,
-    "cp": cp,
-    "start": processes.START,
-    "ps": processes.PS,
-    "logs": logs,
-    "kill": processes.KILL,
-    "wait": processes.WAIT,
-    "server": server,
-    "kernels": kernels,
-    "mcp": mcp,
-    "sandbox": sandbox,
-    "pools": pools,
-    "agent": pools.AGENT,
-    "curve": curve_keys,
-    "kernelspec": kernelspec,
-    "config": config,
+#: Each subcommand: (module in this package, attribute of it or "" for the module itself), in
+#: the order ``stigmer --help`` lists them. A module is imported only when its command runs
+#: (or for the top-level help), so ``stigmer run`` pays for no other command's imports.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("run", ""),
+    "cp": ("cp", ""),
+    "start": ("processes", "START"),
+    "ps": ("processes", "PS"),
+    "logs": ("logs", ""),
+    "kill": ("processes", "KILL"),
+    "wait": ("processes", "WAIT"),
+    "server": ("server", ""),
+    "kernels": ("kernels", ""),
+    "mcp": ("mcp", ""),
+    "sandbox": ("sandbox", ""),
+    "pools": ("pools", ""),
+    "agent": ("pools", "AGENT"),
+    "curve": ("curve_keys", ""),
+    "kernelspec": ("kernelspec", ""),
+    "config": ("config", ""),
 }
 
 
-def _parser() -> argparse.ArgumentParser:
+def command(name: str) -> _Command:
+    """The subcommand ``name``'s module (or object), imported now."""
+    module_name, attr = COMMANDS[name]
+    module = importlib.import_module(f"{__package__}.{module_name}")
+    found: _Command = getattr(module, attr) if attr else module
+    return found
+
+
+def _global_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runtime-dir", help="server runtime directory (STIGMER_RUNTIME_DIR)")
+    add_remote_options(parser)
+
+
+def _chosen(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` names, if it is one (the global options may come first)."""
+    peek = argparse.ArgumentParser(add_help=False)
+    _global_options(peek)
+    peek.add_argument("command", nargs="?")
+    peek.add_argument("rest", nargs=argparse.REMAINDER)
+    try:
+        known, _ = peek.parse_known_args(argv)
+    except SystemExit:  # a bad global option: the full parser says so
+        return None
+    name = known.command
+    return name if isinstance(name, str) and name in COMMANDS else None
+
+
+def _parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``only``, that subcommand's in full and the others' names alone."""
     parser = argparse.ArgumentParser(
         prog="stigmer",
         description="Run shell commands in warm kernels, locally or in sandboxes.",
     )
     parser.add_argument("--version", action="version", version=f"stigmer-kernel {__version__}")
-    parser.add_argument("--runtime-dir", help="server runtime directory (STIGMER_RUNTIME_DIR)")
-    add_remote_options(parser)
+    _global_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in COMMANDS.values():
-        module.add_parser(sub)
+    for name in COMMANDS:
+        if only is None or name == only:
+            command(name).add_parser(sub)
+        else:
+            sub.add_parser(name, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:2] == ["agent", "join"]:  # the agent's own options, which overlap ours
+        from . import pools
+
         return pools.AGENT.join(argv[2:])
-    parser = _parser()
+    parser = _parser(_chosen(argv))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
     try:
-        return COMMANDS[args.command].run(args)
+        return command(args.command).run(args)
     except (UsageError, KernelMismatch) as exc:  # an option the kernel does not have: usage
         return fail(str(exc), 2)
     except StigmerError as exc:

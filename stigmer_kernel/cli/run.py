@@ -10,18 +10,22 @@ stream. A sandbox image's pull or build draws a progress bar until the command w
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import shlex
 import signal
 import stat
 import sys
-from typing import Any, BinaryIO
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..config import Config
 from ..errors import RequestError, StigmerError
 from ..protocol.constants import EXIT_INTERRUPTED, EXIT_TIMEOUT
+
+if TYPE_CHECKING:
+    from ..client import ExecResult
+    from .progress import ProgressDisplay
 from .common import (
     EXIT_BROKEN_PIPE,
     UsageError,
@@ -240,7 +244,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     stdin = _stdin_source(args.stdin)
     args.requirements_text = read_requirements(args.requirements) if args.requirements else None
-    return asyncio.run(_run_async(args, config, code, stdin))
+    remote = remote_server(args)
+    if stdin is None and remote is None:
+        return _run_lean(args, config, code)  # in this thread: no event loop to start
+    import asyncio
+
+    return asyncio.run(_run_async(args, config, code, stdin, remote))
 
 
 def _stdin_source(wanted: bool | None) -> BinaryIO | None:
@@ -261,41 +270,122 @@ def _stdin_source(wanted: bool | None) -> BinaryIO | None:
     return sys.stdin.buffer if wanted else None
 
 
-async def _run_async(
-    args: argparse.Namespace, config: Config, code: str, stdin: BinaryIO | None
-) -> int:
-    from ..client import AsyncClient
-    from .progress import ProgressDisplay
+class _Output:
+    """Where a command's output goes: our stdout and stderr, each until its reader leaves
+    (`stigmer run -- yes | head -1`: the command is then interrupted, as SIGPIPE would end
+    it), and a sandbox image's progress until the command writes."""
 
-    out = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
-    closed: set[str] = set()  # streams whose reader went away (`stigmer run -- yes | head -1`)
-    stop_command: list[Any] = []  # set below: interrupts the command
-    display = ProgressDisplay()  # a sandbox image's pull or build, until the command writes
+    def __init__(self, kernel: str) -> None:
+        self.kernel = kernel
+        self.out = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
+        self.closed: set[str] = set()  # streams whose reader went away
+        self.stop_command: Callable[[], None] | None = None  # interrupts the command
+        self._display: ProgressDisplay | None = None  # made by the first progress event
 
-    def write(name: str, data: bytes) -> None:
-        if name in closed:
+    def write(self, name: str, data: bytes) -> None:
+        if name in self.closed:
             return
-        display.close()
-        stream = out[name]
+        self.close_display()
+        stream = self.out[name]
         try:
             stream.write(data)
             stream.flush()
         except BrokenPipeError:
             # Like a program killed by SIGPIPE: the command is interrupted (it would write on
             # forever otherwise), the CLI says nothing and exits 141.
-            closed.add(name)
+            self.closed.add(name)
             silence(stream)
-            if stop_command:
-                stop_command[0]()
+            if self.stop_command is not None:
+                self.stop_command()
 
-    def on_event(event: dict[str, Any]) -> None:
-        if event.get("event") == "progress" and event.get("kernel") == args.kernel:
-            display.report(str(event.get("reason")))
+    def on_event(self, event: dict[str, Any]) -> None:
+        if event.get("event") == "progress" and event.get("kernel") == self.kernel:
+            if self._display is None:
+                from .progress import ProgressDisplay
 
-    remote = remote_server(args)
+                self._display = ProgressDisplay()
+            self._display.report(str(event.get("reason")))
+
+    def close_display(self) -> None:
+        if self._display is not None:
+            self._display.close()
+
+
+def _run_lean(args: argparse.Namespace, config: Config, code: str) -> int:
+    """An ordinary run (no stdin to stream, a local server) on the blocking transport."""
+    from ..client._blocking import BlockingTransport
+    from ..client._call import client_identity
+    from ..client._requests import exec_result, execute_content
+    from ..client.discovery import find_server
+    from ..protocol import MsgType
+
+    output = _Output(args.kernel)
+    # A kernel this creates starts with our environment.
+    content, keep = execute_content(config, code, **_execute_options(args), inherit_env=True)
+    transport = BlockingTransport(find_server(config), client_identity(), output.on_event)
+    interrupted = False
+
+    def interrupt() -> None:
+        nonlocal interrupted
+        if not interrupted:
+            interrupted = True
+            transport.send_soon(MsgType.INTERRUPT_REQUEST, {"kernel": args.kernel})
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if interrupted:  # second Ctrl-C: stop waiting
+            raise KeyboardInterrupt
+        interrupt()
+
+    output.stop_command = interrupt
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        reply, call = transport.request(
+            MsgType.EXECUTE_REQUEST,
+            content,
+            on_output=None if args.json else output.write,
+            keep=keep,
+        )
+        result = exec_result(content, reply, call)
+    finally:
+        output.close_display()
+        signal.signal(signal.SIGINT, previous)
+        transport.close()
+    return _finish(args, result, output)
+
+
+def _execute_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``execute``'s options from ours (stdin apart)."""
+    return {
+        "remote": False,
+        "kernel": args.kernel,
+        "mode": args.mode,
+        "timeout": args.timeout,
+        "cwd": os.path.abspath(args.cwd) if args.cwd else None,
+        "output_limit": None if args.json else 0,  # streamed in full, nothing kept here
+        "ttl": None,
+        "sandbox_image": args.sandbox_image,
+        "requirements": args.requirements_text,
+        "workspace": None,
+        "env": args.env_vars,
+        "kernel_env": None,
+        "sticky": None,
+        "workdir": args.workdir,
+        "background": False,
+        "pool": args.pool,
+    }
+
+
+async def _run_async(
+    args: argparse.Namespace, config: Config, code: str, stdin: BinaryIO | None, remote: Any
+) -> int:
+    import asyncio
+
+    from ..client import AsyncClient
+
+    output = _Output(args.kernel)
     # A kernel this creates starts with our environment (a remote server's, with its own).
     async with AsyncClient(
-        config, on_event=on_event, remote=remote, inherit_env=remote is None
+        config, on_event=output.on_event, remote=remote, inherit_env=remote is None
     ) as client:
         loop = asyncio.get_running_loop()
         interrupted = asyncio.Event()
@@ -304,10 +394,7 @@ async def _run_async(
         def on_sigint() -> None:
             if interrupted.is_set():  # second Ctrl-C: stop waiting
                 raise KeyboardInterrupt
-            interrupted.set()
-            task = loop.create_task(client.interrupt(args.kernel))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            on_closed_pipe()
 
         def on_closed_pipe() -> None:
             if not interrupted.is_set():
@@ -316,27 +403,22 @@ async def _run_async(
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
 
-        stop_command.append(on_closed_pipe)
+        output.stop_command = on_closed_pipe
         loop.add_signal_handler(signal.SIGINT, on_sigint)
+        options = _execute_options(args)
+        del options["remote"]
         try:
             result = await client.execute(
-                code,
-                kernel=args.kernel,
-                mode=args.mode,
-                timeout=args.timeout,
-                cwd=os.path.abspath(args.cwd) if args.cwd else None,
-                stdin=stdin,
-                on_output=None if args.json else write,
-                output_limit=None if args.json else 0,  # streamed in full, nothing kept here
-                sandbox_image=args.sandbox_image,
-                requirements=args.requirements_text,
-                pool=args.pool,
-                env=args.env_vars,
-                workdir=args.workdir,
+                code, stdin=stdin, on_output=None if args.json else output.write, **options
             )
         finally:
-            display.close()
+            output.close_display()
         loop.remove_signal_handler(signal.SIGINT)
+    return _finish(args, result, output)
+
+
+def _finish(args: argparse.Namespace, result: ExecResult, output: _Output) -> int:
+    """Report ``result`` (events, ``--json``) and return our exit code."""
     for event in result.events:
         print(
             f"stigmer: kernel {event.get('kernel')!r} {event.get('event')}: {event.get('reason')}",
@@ -361,7 +443,7 @@ async def _run_async(
             "auto": result.auto,
         }
         print(json.dumps(payload))
-    if "stdout" in closed:
+    if "stdout" in output.closed:
         return EXIT_BROKEN_PIPE
     if result.status == "timeout":
         print(f"stigmer: {result.evalue}", file=sys.stderr)

@@ -15,13 +15,20 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..config import Config, load_config
-from ..environment import checked_env, client_environment
-from ..errors import RequestError, StigmerError
-from ..protocol import ErrorName, Message, MsgType
-from ._errors import raise_for, refused
+from ..errors import StigmerError
+from ..protocol import Message, MsgType
+from ._errors import raise_for
 from ._files import FileMethods
 from ._processes import ProcessesMixin
 from ._remote import RemoteServer
+from ._requests import (
+    add_kernel_env,
+    add_kernel_options,
+    current_dir,
+    default_mode,
+    exec_result,
+    execute_content,
+)
 from ._stdin import StdinSource, prepare
 from ._transport import EventCallback, OutputCallback, RawOutputCallback, Transport, run_callback
 from .discovery import ServerAddress
@@ -97,41 +104,13 @@ class AsyncClient(FileMethods, ProcessesMixin):
         raise_for(reply.content)
 
     def _add_kernel_env(self, content: dict[str, Any], given: Mapping[str, str] | None) -> None:
-        """``kernel_env`` of a request that may create a kernel: ``given``, else this process's
-        environment with ``inherit_env``, else none (the server's)."""
-        if given is not None:
-            content["kernel_env"] = checked_env(given, "kernel_env", shell_names=False)
-        elif self.inherit_env:
-            content["kernel_env"] = checked_env(
-                client_environment(), "kernel_env", shell_names=False
-            )
+        add_kernel_env(content, given, self.inherit_env)
 
     def _default_mode(self) -> str | None:
-        """The mode a request names when the caller gave none: this client's configured mode
-        if it was set (config file, environment, override), else none, so the server applies its
-        own default (``stigmer server start --execution-mode``) or an existing kernel's mode."""
-        if "execution_mode" in self.config.explicit:
-            return self.config.execution_mode.value
-        return None
+        return default_mode(self.config)
 
     def _add_kernel_options(self, content: dict[str, Any], **given: Any) -> None:
-        """Say which kernel options the caller chose (``explicit``: an existing kernel must
-        have them), and add this client's own settings as defaults for a kernel the request
-        creates: its ``kernel_cwd``, ``sandbox_image``, ``kernel_ttl`` and ``sandbox_ttl``,
-        when its config set them (a server started earlier has its own)."""
-        content["explicit"] = sorted(name for name, value in given.items() if value is not None)
-        config = self.config
-        if given.get("cwd") is None and "kernel_cwd" in config.explicit and config.kernel_cwd:
-            content["cwd"] = config.kernel_cwd
-        if content.get("sandbox_image") is None and "sandbox_image" in config.explicit:
-            content["sandbox_image"] = config.sandbox_image
-        settings = {
-            name: getattr(config, name)
-            for name in ("kernel_ttl", "sandbox_ttl")
-            if name in config.explicit
-        }
-        if settings:
-            content["settings"] = settings
+        add_kernel_options(content, self.config, **given)
 
     async def execute(
         self,
@@ -192,56 +171,27 @@ class AsyncClient(FileMethods, ProcessesMixin):
         :class:`RequestError`; everything about the command itself, including its kernel
         dying, is in the result.
         """
-        content: dict[str, Any] = {
-            "code": code,
-            "kernel": kernel,
-            "mode": mode or self._default_mode(),
-            "cwd": cwd or (None if self.remote else _cwd()),  # ours means nothing there
-            "silent": False,
-            "store_history": True,
-            "allow_stdin": False,
-        }
-        if timeout is not None:
-            content["timeout"] = timeout
-        keep = self.config.output_limit if output_limit is None else output_limit
-        if keep < 0:
-            raise RequestError(
-                f"output_limit must be >= 0 bytes, not {keep}", ErrorName.BAD_REQUEST
-            )
-        if ttl is not None:
-            content["ttl"] = ttl
-        if sandbox_image is not None:
-            content["sandbox_image"] = sandbox_image
-        if requirements is not None:
-            content["requirements"] = requirements
-        if workspace is not None:
-            content["workspace"] = workspace
-        if pool is not None:
-            content["pool"] = pool
-        if env:
-            content["env"] = checked_env(env, "env")
-        if workdir is not None:
-            content["workdir"] = workdir
-        if background:
-            content["background"] = True
-        own_timeout = "command_timeout" in self.config.explicit  # our setting, not the server's
-        if timeout is None and own_timeout and self.config.command_timeout is not None:
-            content["timeout"] = self.config.command_timeout
-        if sticky is None and "auto_sticky" in self.config.explicit:
-            sticky = self.config.auto_sticky  # our setting travels with the request
-        if sticky is not None:
-            content["sticky"] = sticky
-        self._add_kernel_options(
-            content,
+        content, keep = execute_content(
+            self.config,
+            code,
+            remote=self.remote is not None,
+            inherit_env=self.inherit_env,
+            kernel=kernel,
             mode=mode,
+            timeout=timeout,
             cwd=cwd,
+            output_limit=output_limit,
             ttl=ttl,
             sandbox_image=sandbox_image,
             requirements=requirements,
             workspace=workspace,
+            env=env,
+            kernel_env=kernel_env,
+            sticky=sticky,
+            workdir=workdir,
+            background=background,
             pool=pool,
         )
-        self._add_kernel_env(content, kernel_env)
         feed = None
         if stdin is not None:  # last: reading it may start here
             inline, feed = prepare(stdin)
@@ -258,32 +208,7 @@ class AsyncClient(FileMethods, ProcessesMixin):
             keep=keep,
             feed=feed,
         )
-        c = reply.content
-        if refused(c):
-            self._raise_for(reply)
-        exit_code = c.get("exit_code")
-        auto = c.get("auto") if isinstance(c.get("auto"), dict) else None
-        return ExecResult(
-            kernel=kernel,
-            mode=str(auto["mode"] if auto else c.get("mode") or content["mode"] or "unknown"),
-            auto=auto,
-            status=str(c.get("status", "error")),
-            exit_code=exit_code if isinstance(exit_code, int) else None,
-            stdout_bytes=call.output("stdout"),
-            stderr_bytes=call.output("stderr"),
-            duration=float(c.get("duration") or 0.0),
-            execution_count=c.get("execution_count"),
-            cwd=c.get("cwd"),
-            truncated=bool(c.get("truncated") or any(call.dropped.values())),
-            stdout_dropped=call.dropped["stdout"],
-            stderr_dropped=call.dropped["stderr"],
-            lost_messages=int(c.get("lost_messages") or 0),
-            session_reset=bool(c.get("session_reset")),
-            ename=c.get("ename"),
-            evalue=c.get("evalue"),
-            events=call.events,
-            process=c.get("process") if isinstance(c.get("process"), dict) else None,
-        )
+        return exec_result(content, reply, call)
 
     async def _agent_request(
         self,
@@ -380,7 +305,7 @@ class AsyncClient(FileMethods, ProcessesMixin):
         content: dict[str, Any] = {
             "kernel": kernel,
             "mode": mode or self._default_mode(),
-            "cwd": cwd or (None if self.remote else _cwd()),  # ours means nothing there
+            "cwd": cwd or (None if self.remote else current_dir()),  # ours means nothing there
         }
         if connection is not None:
             content["connection"] = connection
@@ -400,10 +325,3 @@ class AsyncClient(FileMethods, ProcessesMixin):
     async def shutdown_server(self) -> None:
         reply, _ = await self._transport.request(MsgType.SERVER_SHUTDOWN_REQUEST, {}, timeout=10)
         self._raise_for(reply)
-
-
-def _cwd() -> str | None:
-    try:
-        return os.getcwd()
-    except FileNotFoundError:
-        return None

@@ -1,7 +1,12 @@
-"""The blocking client: an :class:`AsyncClient` driven by its own event-loop thread.
+"""The blocking client: an :class:`AsyncClient` driven by its own event-loop thread, and a
+lean socket for the common case.
 
-Any number of threads may call one ``Client`` at once; callbacks (``on_stdout``...) run on the
-client's loop thread, and one that raises is logged (logger ``stigmer.client``), not propagated.
+Any number of threads may call one ``Client`` at once. An ``execute`` on a local server with no
+streamed stdin (none, or bytes/str small enough to travel in the request) runs in the calling
+thread on the client's :class:`~._blocking.BlockingTransport` when that is free (no thread hop,
+no event loop); any other call, or one that finds it busy, goes through the loop thread.
+Callbacks (``on_stdout``...) run on whichever thread serves the call, and one that raises is
+logged (logger ``stigmer.client``), not propagated.
 """
 
 from __future__ import annotations
@@ -13,10 +18,15 @@ from collections.abc import Coroutine, Mapping
 from typing import Any, BinaryIO, TypeVar
 
 from ..config import Config
+from ..errors import StigmerError
+from ..protocol import MsgType
+from ..protocol.constants import CLIENT_SOCKET_SEP, STDIN_INLINE_MAX
 from ._async import AsyncClient
+from ._blocking import BlockingTransport
 from ._files import FileInfo, Progress, Transfer
 from ._processes import Process, ProcessInfo
 from ._remote import RemoteServer
+from ._requests import exec_result, execute_content
 from ._stdin import StdinSource
 from ._transport import EventCallback, OutputCallback, RawOutputCallback
 from .result import ExecResult
@@ -53,6 +63,9 @@ class Client:
         )
         self._thread.start()
         self._closed = False
+        self._lean: BlockingTransport | None = None  # made by the first call it serves
+        self._lean_lock = threading.Lock()  # held by the one call it serves at a time
+        self._lean_owner: int | None = None  # the thread of that call
         try:
             self._call(self._async.connect())
         except BaseException:
@@ -82,6 +95,16 @@ class Client:
             return
         self._closed = True
         try:
+            lean = self._lean
+            if lean is not None:
+                lean.abort()  # a call it serves now fails, as a pending asyncio one does
+                if self._lean_owner == threading.get_ident():
+                    pass  # called by that call's callback: it closes the socket as it ends
+                elif self._lean_lock.acquire(timeout=10):
+                    try:
+                        lean.close()  # its detach_request; the asyncio socket says its own
+                    finally:
+                        self._lean_lock.release()
             self._call(self._async.aclose())
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
@@ -113,6 +136,48 @@ class Client:
         pool: str | None = None,
     ) -> ExecResult:
         """See :meth:`AsyncClient.execute`."""
+        inline = _inline(stdin)
+        servable = self._async.remote is None and (stdin is None or inline is not None)
+        if servable and self._lean_lock.acquire(blocking=False):  # else: the asyncio way
+            self._lean_owner = threading.get_ident()
+            try:
+                content, keep = execute_content(
+                    self._async.config,
+                    code,
+                    remote=False,
+                    inherit_env=self._async.inherit_env,
+                    kernel=kernel,
+                    mode=mode,
+                    timeout=timeout,
+                    cwd=cwd,
+                    output_limit=output_limit,
+                    ttl=ttl,
+                    sandbox_image=sandbox_image,
+                    requirements=requirements,
+                    workspace=workspace,
+                    env=env,
+                    kernel_env=kernel_env,
+                    sticky=sticky,
+                    workdir=workdir,
+                    background=background,
+                    pool=pool,
+                )
+                if inline is not None:
+                    content["stdin"] = inline
+                reply, call = self._lean_transport().request(
+                    MsgType.EXECUTE_REQUEST,
+                    content,
+                    on_stdout,
+                    on_stderr,
+                    on_output=on_output,
+                    keep=keep,
+                )
+                return exec_result(content, reply, call)
+            finally:
+                self._lean_owner = None
+                if self._closed and self._lean is not None:
+                    self._lean.close()  # close() came from this thread (a callback)
+                self._lean_lock.release()
         return self._call(
             self._async.execute(
                 code,
@@ -137,6 +202,20 @@ class Client:
                 on_output=on_output,
             )
         )
+
+    def _lean_transport(self) -> BlockingTransport:
+        """The lean socket (with the lock held): the asyncio socket's identity, tagged."""
+        if self._closed:
+            raise StigmerError("this client is closed")
+        if self._lean is None:
+            transport = self._async._transport
+            assert transport.address is not None  # connected in __init__
+            self._lean = BlockingTransport(
+                transport.address,
+                transport.identity + CLIENT_SOCKET_SEP + b"b",
+                self._async._kernel_event,
+            )
+        return self._lean
 
     def start(
         self,
@@ -312,3 +391,14 @@ class Client:
         return self._call(
             self._async.download_stream(kernel, remote_path, stream, mode=mode, progress=progress)
         )
+
+
+def _inline(stdin: StdinSource | None) -> bytes | None:
+    """``stdin`` as the bytes an execute_request carries, if it is small bytes or str."""
+    if isinstance(stdin, str):
+        stdin = stdin.encode("utf-8", "surrogateescape")
+    if isinstance(stdin, (bytes, bytearray, memoryview)) and (
+        memoryview(stdin).nbytes <= STDIN_INLINE_MAX
+    ):
+        return bytes(stdin)
+    return None

@@ -13,12 +13,8 @@ API's (``_async.py``); of the content, the transport reads only the kernel its s
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import dataclasses
-import logging
-import os
-import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -30,39 +26,44 @@ from ..errors import (
     ClientTimeout,
     ProtocolError,
     RuntimeDirError,
-    ServerError,
-    ServerNotRunning,
     StigmerError,
 )
 from ..protocol import Message, MsgType, Session
 from ..runtime import RuntimeDir
+from ._call import (
+    LIVENESS_PERIOD,
+    RESEND_GRACE,
+    Call,
+    EventCallback,
+    OutputCallback,
+    RawOutputCallback,
+    Sent,
+    Verdict,
+    check_server,
+    client_identity,
+    run_callback,
+)
 from ._remote import Link, RemoteServer
 from ._stdin import StdinFeed
 from .discovery import ServerAddress, find_server
 
-log = logging.getLogger("stigmer.client")
-
-OutputCallback = Callable[[str], Any]
-RawOutputCallback = Callable[[str, bytes], Any]
-EventCallback = Callable[[dict[str, Any]], Any]
-
-#: How often a waiting request checks that the server process still exists.
-_LIVENESS_PERIOD = 1.0
+__all__ = [
+    "AsyncCall",
+    "Call",
+    "EventCallback",
+    "OutputCallback",
+    "RawOutputCallback",
+    "Transport",
+    "client_identity",
+    "run_callback",
+]
 #: Messages (output chunks of <= 64 KiB) queued here before the server holds the rest: a
 #: caller that does not keep up (a slow stdout) then slows the command, not our memory.
 _RCVHWM = 256
 
 
-def run_callback(what: str, callback: Callable[..., Any], *args: Any) -> None:
-    """Call a user callback; an exception it raises is logged, never passed to the reader."""
-    try:
-        callback(*args)
-    except Exception:
-        log.exception("the %s callback raised; the request carries on without it", what)
-
-
-class Call:
-    """A request in flight: collects outputs until its reply arrives."""
+class AsyncCall(Call):
+    """A :class:`Call` with the future its reply resolves and the stdin it streams."""
 
     def __init__(
         self,
@@ -71,49 +72,9 @@ class Call:
         on_output: RawOutputCallback | None = None,
         keep: int | None = None,
     ) -> None:
-        self.on_output = on_output
-        self.keep = keep  # bytes of each stream kept for the result (None: all)
-        self.kept = {"stdout": 0, "stderr": 0}
-        self.dropped = {"stdout": 0, "stderr": 0}
+        super().__init__(on_stdout, on_stderr, on_output, keep)
         self.future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self.on = {"stdout": on_stdout, "stderr": on_stderr}
-        self.decoders = {
-            "stdout": codecs.getincrementaldecoder("utf-8")("replace"),
-            "stderr": codecs.getincrementaldecoder("utf-8")("replace"),
-        }
-        self.chunks: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
-        self.events: list[dict[str, Any]] = []
         self.feed: StdinFeed | None = None  # the command's stdin, streamed while it runs
-
-    def stream(self, name: str, data: bytes) -> None:
-        if name not in self.chunks:
-            return
-        if self.keep is None:
-            self.chunks[name].append(data)
-        else:  # streamed in full below; kept up to the limit
-            room = max(0, self.keep - self.kept[name])
-            if room:
-                self.chunks[name].append(data[:room])
-                self.kept[name] += min(room, len(data))
-            self.dropped[name] += max(0, len(data) - room)
-        if self.on_output is not None:
-            run_callback("on_output", self.on_output, name, data)
-        callback = self.on[name]
-        if callback is not None:
-            text = self.decoders[name].decode(data)
-            if text:
-                run_callback(f"on_{name}", callback, text)
-
-    def output(self, name: str) -> bytes:
-        """What was kept of stream ``name`` for the result."""
-        return b"".join(self.chunks[name])
-
-    def flush(self) -> None:
-        for name, callback in self.on.items():
-            if callback is not None:
-                text = self.decoders[name].decode(b"", final=True)
-                if text:
-                    run_callback(f"on_{name}", callback, text)
 
 
 class Transport:
@@ -139,7 +100,9 @@ class Transport:
         self._sock: zmq.asyncio.Socket | None = None
         self._session: Session | None = None
         self._old_session: Session | None = None  # the previous server's, after a restart
-        self._calls: dict[str, Call] = {}
+        self._calls: dict[str, AsyncCall] = {}
+        #: This client's DEALER identity: the server knows it by it.
+        self.identity = client_identity()
         self._reader: asyncio.Task[None] | None = None
         self._reader_failure: BaseException | None = None  # why the reader ended, if it did
         self._closed = False
@@ -168,7 +131,7 @@ class Transport:
                 self.remote.secure(sock)
             sock.setsockopt(zmq.LINGER, 500)
             sock.setsockopt(zmq.RCVHWM, _RCVHWM)
-            sock.setsockopt(zmq.IDENTITY, f"c:{os.getpid()}:{os.urandom(6).hex()}".encode())
+            sock.setsockopt(zmq.IDENTITY, self.identity)
             if self.remote is not None:
                 self._link = Link(self.remote.endpoint, sock)
             sock.connect(self.address.endpoint)
@@ -245,10 +208,7 @@ class Transport:
             call = self._calls.get(msg.parent_id or "")
             if mtype == MsgType.STREAM.value:
                 if call is not None:
-                    data = msg.content.get("data", b"")
-                    if isinstance(data, str):
-                        data = data.encode()
-                    call.stream(str(msg.content.get("name")), data)
+                    call.stream(str(msg.content.get("name")), msg.content.get("data", b""))
             elif mtype == MsgType.STDIN_ACK.value:
                 if call is not None and call.feed is not None:
                     call.feed.grant(msg.content)
@@ -269,7 +229,7 @@ class Transport:
         on_output: RawOutputCallback | None = None,
         keep: int | None = None,
         feed: StdinFeed | None = None,
-    ) -> tuple[Message, Call]:
+    ) -> tuple[Message, AsyncCall]:
         """Send ``content`` as a ``msg_type`` (connecting first) and wait for its reply, with
         the :class:`Call` that collected its output and events. :class:`ClientTimeout` after
         ``timeout`` seconds; :class:`ServerNotRunning` if the server (or the link to it) goes
@@ -281,7 +241,7 @@ class Transport:
             raise self._reader_error()
         assert self._sock is not None and self._session is not None and self.address
         msg = self._session.msg(msg_type.value, content)
-        call = Call(on_stdout, on_stderr, on_output, keep)
+        call = AsyncCall(on_stdout, on_stderr, on_output, keep)
         call.feed = feed
         self._calls[msg.msg_id] = call
         try:
@@ -291,12 +251,12 @@ class Transport:
                 await self._sock.send_multipart(self._session.serialize(msg), copy=False)
             if feed is not None:
                 feed.start(self._stdin_sender(msg, str(content.get("kernel") or "default")))
-            sent_at, sent_to = time.time(), self.address
+            sent = Sent(self.address)
             loop = asyncio.get_running_loop()
             deadline = None if timeout is None else loop.time() + timeout
             runtime: RuntimeDir = self.address.runtime
             while True:
-                wait = _LIVENESS_PERIOD
+                wait = LIVENESS_PERIOD
                 if deadline is not None:
                     wait = min(wait, max(0.0, deadline - loop.time()))
                 done, _ = await asyncio.wait({call.future}, timeout=wait)
@@ -309,36 +269,15 @@ class Transport:
                 if self._link is not None:
                     self._link.check(sent=True)  # a server on another host: is the link there?
                     continue
-                if not runtime.server_running():
-                    raise ServerNotRunning(
-                        f"the stigmer server of {runtime.path} stopped before answering"
-                    )
-                info = runtime.read_info() or {}
-                pid = info.get("pid")
-                if not isinstance(pid, int) or pid == sent_to.pid:
-                    continue
-                if pid != self.address.pid and not self._follow_restart(runtime, pid):
-                    continue  # its key is not there yet: look again at the next check
-                if self.address.key != sent_to.key:
-                    # A clean restart makes a new key: the new server dropped what was signed
-                    # with the old one unread (the old one would have answered it, and an
-                    # answer still queued here is read first), so it is sent again, once per
-                    # restart.
-                    done, _ = await asyncio.wait({call.future}, timeout=0.2)
+                verdict = check_server(
+                    runtime, sent, lambda pid: self._follow(runtime, pid), msg_type.value
+                )
+                if verdict is Verdict.RESEND:
+                    done, _ = await asyncio.wait({call.future}, timeout=RESEND_GRACE)
                     if done:
                         continue  # answered after all: returned at the top of the loop
                     await self._sock.send_multipart(self._session.serialize(msg), copy=False)
-                    sent_at, sent_to = time.time(), self.address
-                    continue
-                started = info.get("started")
-                if isinstance(started, (int, float)) and started < sent_at:
-                    sent_to = self.address  # it restarted before this was sent: the new one has it
-                    continue
-                raise ServerError(
-                    f"the stigmer server restarted (pid {sent_to.pid} -> {pid}) while this "
-                    f"{msg_type.value} was in flight; it may or may not have run — check "
-                    "before retrying"
-                )
+                    sent.again(self.address)
         finally:
             self._calls.pop(msg.msg_id, None)
             if feed is not None:
@@ -361,6 +300,13 @@ class Transport:
                 await self._sock.send_multipart(frames, copy=False)
 
         return send
+
+    def _follow(self, runtime: RuntimeDir, pid: int) -> ServerAddress | None:
+        """For :func:`check_server`: the address of server ``pid``, once followed."""
+        assert self.address is not None
+        if pid != self.address.pid and not self._follow_restart(runtime, pid):
+            return None
+        return self.address
 
     def _follow_restart(self, runtime: RuntimeDir, pid: int) -> bool:
         """The server of our runtime directory is now process ``pid``: take its key (a new one

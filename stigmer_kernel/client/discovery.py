@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import enum
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import FIELDS, USER_KEYS, Config
 from ..errors import RuntimeDirError, ServerNotRunning, ServerStartError
 from ..runtime import RuntimeDir
+
+if TYPE_CHECKING:
+    import subprocess
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,8 @@ def start_background_server(
     env = child_env(config)
     if for_client:
         env.pop(FIELDS["execution_mode"].metadata["env"], None)
+    import subprocess  # here: a client that finds its server running never needs it
+
     with open(runtime.log_path, "ab") as log:
         os.chmod(runtime.log_path, 0o600)
         proc = subprocess.Popen(

@@ -36,6 +36,9 @@ STDIN_ACK_EVERY = 256 * 1024
 #: of the broker's ``output_ack`` (which says how many reached the client's socket). A client
 #: that reads slowly makes the command wait on its pipe, as a slow reader does in a shell.
 OUTPUT_WINDOW = 64
+#: In a client's DEALER identity, what follows this is the tag of one of its sockets: the
+#: server counts kernels per client by the identity up to it (see ``client/_blocking.py``).
+CLIENT_SOCKET_SEP = b"/"
 #: The broker acknowledges a command's output every this many delivered stream messages.
 OUTPUT_ACK_EVERY = 16
 

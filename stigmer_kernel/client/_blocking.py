@@ -1,0 +1,218 @@
+"""The lean blocking transport: one request at a time, run in the calling thread.
+
+:class:`BlockingTransport` is a plain :class:`zmq.Socket` DEALER with no event loop and no
+thread: :meth:`~BlockingTransport.request` signs and sends, then polls and receives until the
+reply, handing streams and events to the request's :class:`~._call.Call` as they arrive and
+checking the server's liveness every :data:`~._call.LIVENESS_PERIOD` with the same
+:func:`~._call.check_server` as the asyncio :class:`~._transport.Transport` (so a restarted
+server is followed, and a request dropped by a clean restart sent again once, alike). It
+serves ``stigmer run`` and :meth:`Client.execute <._sync.Client.execute>` calls that need no
+streamed stdin, no remote link and no concurrency; everything else goes the asyncio way.
+
+The server knows a client by its DEALER identity: the kernels it created (the
+``max_kernels_per_client`` limit), the kernels it is attached to, what ``detach_request``
+forgets. Two sockets cannot share one identity (the server's ROUTER refuses a second
+connection with a live identity), so a :class:`~._sync.Client`'s lean socket is its asyncio
+socket's identity with :data:`~..protocol.constants.CLIENT_SOCKET_SEP` and a tag after it
+(``c:PID:RANDOM/b``). The server counts kernels per *owner*, the identity up to that separator
+(so the limit holds for the client as a whole), and the client says ``detach_request`` on both
+sockets when it closes. ``stigmer run`` uses a lean socket alone, as its only identity.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import time
+from collections import deque
+from typing import Any
+
+import zmq
+
+from ..errors import ClientTimeout, ProtocolError, RuntimeDirError, StigmerError
+from ..protocol import Message, MsgType, Session
+from ._call import (
+    LIVENESS_PERIOD,
+    RESEND_GRACE,
+    Call,
+    EventCallback,
+    OutputCallback,
+    RawOutputCallback,
+    Sent,
+    Verdict,
+    check_server,
+)
+from .discovery import ServerAddress
+
+#: As the asyncio transport's: output queued here before the server holds the rest.
+_RCVHWM = 256
+
+
+class BlockingTransport:
+    """A DEALER to a local server at ``address``, used by one thread at a time.
+
+    ``on_event`` gets every ``kernel_event`` (it must not raise). :meth:`send_soon` may be
+    called from a signal handler (Ctrl-C) while :meth:`request` waits.
+    """
+
+    def __init__(
+        self, address: ServerAddress, identity: bytes, on_event: EventCallback | None = None
+    ) -> None:
+        self.address = address
+        self.identity = identity
+        self.on_event = on_event
+        self._session = Session(address.key)
+        self._old_session: Session | None = None  # the previous server's, after a restart
+        self._ctx = zmq.Context()
+        self._sock: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
+        self._closed = False
+        self._aborted = False  # set by abort(): the waiting request fails
+        self._soon: deque[tuple[MsgType, dict[str, Any]]] = deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        try:
+            self._sock.setsockopt(zmq.LINGER, 500)
+            self._sock.setsockopt(zmq.RCVHWM, _RCVHWM)
+            self._sock.setsockopt(zmq.IDENTITY, identity)
+            self._sock.connect(address.endpoint)
+        except zmq.ZMQError as exc:
+            self.close()
+            raise StigmerError(f"cannot connect to {address.endpoint}: {exc}") from None
+        self._poller = zmq.Poller()
+        self._poller.register(self._sock, zmq.POLLIN)
+        self._poller.register(self._wake_r, zmq.POLLIN)
+
+    def close(self) -> None:
+        """Say ``detach_request`` (if connected) and close the socket."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(zmq.ZMQError):  # zmq.Again: no link to say goodbye on
+            bye = self._session.msg(MsgType.DETACH_REQUEST.value, {})
+            self._sock.send_multipart(self._session.serialize(bye), flags=zmq.NOBLOCK)
+        self._sock.close(linger=200)
+        self._ctx.term()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def abort(self) -> None:
+        """Make the request waiting now (if any) fail with "client closed", from any thread,
+        so that :meth:`close` can follow once it returned."""
+        self._aborted = True
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"\0")
+
+    def send_soon(self, msg_type: MsgType, content: dict[str, Any]) -> None:
+        """Send a request whose reply nobody waits for, from the waiting loop (so it is safe
+        in a signal handler or a callback): an interrupt while a command runs."""
+        self._soon.append((msg_type, content))
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"\0")
+
+    def _send(self, msg: Message) -> None:
+        self._sock.send_multipart(self._session.serialize(msg), copy=False)
+
+    def _receive(self) -> Message | None:
+        frames = self._sock.recv_multipart(zmq.NOBLOCK)  # zmq.Again: nothing (more) queued
+        try:
+            return self._session.deserialize(frames)[1]
+        except ProtocolError:
+            if self._old_session is None:
+                return None
+            try:  # the last words of a server that restarted, signed with its old key
+                return self._old_session.deserialize(frames)[1]
+            except ProtocolError:
+                return None
+
+    def request(
+        self,
+        msg_type: MsgType,
+        content: dict[str, Any],
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        timeout: float | None = None,
+        on_output: RawOutputCallback | None = None,
+        keep: int | None = None,
+    ) -> tuple[Message, Call]:
+        """As :meth:`Transport.request <._transport.Transport.request>`, in this thread."""
+        if self._closed or self._aborted:
+            raise StigmerError("this client is closed")
+        msg = self._session.msg(msg_type.value, content)
+        call = Call(on_stdout, on_stderr, on_output, keep)
+        self._send(msg)
+        sent = Sent(self.address)
+        now = time.monotonic()
+        deadline = None if timeout is None else now + timeout
+        check_at = now + LIVENESS_PERIOD
+        resend_at: float | None = None
+        runtime = self.address.runtime
+        while True:
+            if self._aborted:
+                raise StigmerError("client closed")
+            while self._soon:
+                extra_type, extra = self._soon.popleft()
+                self._send(self._session.msg(extra_type.value, extra))
+            now = time.monotonic()
+            wake = check_at if resend_at is None else min(check_at, resend_at)
+            if deadline is not None:
+                wake = min(wake, deadline)
+            events = dict(self._poller.poll(max(0, int((wake - now) * 1000) + 1)))
+            if events.get(self._wake_r):
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 512)
+            if events.get(self._sock):
+                reply = self._drain(msg.msg_id, call)
+                if reply is not None:
+                    call.flush()
+                    return reply, call
+            now = time.monotonic()  # output streaming in does not put off the checks below
+            if deadline is not None and now >= deadline:
+                raise ClientTimeout(f"no reply to {msg_type.value} within {timeout:g}s")
+            if resend_at is not None and now >= resend_at:
+                resend_at = None
+                self._send(msg)
+                sent.again(self.address)
+            if now >= check_at:
+                check_at = now + LIVENESS_PERIOD
+                verdict = check_server(runtime, sent, self._follow, msg_type.value)
+                if verdict is Verdict.RESEND and resend_at is None:
+                    resend_at = now + RESEND_GRACE  # unless its answer comes first
+
+    def _drain(self, msg_id: str, call: Call) -> Message | None:
+        """Everything queued on the socket; the reply to ``msg_id`` if it came."""
+        while True:
+            try:
+                msg = self._receive()
+            except zmq.Again:
+                return None
+            if msg is None or msg.parent_id != msg_id:
+                if msg is not None and msg.msg_type == MsgType.KERNEL_EVENT.value:
+                    self._event(msg.content, None)
+                continue  # a late reply to an earlier request, or the reply to send_soon
+            mtype = msg.msg_type
+            if mtype == MsgType.STREAM.value:
+                call.stream(str(msg.content.get("name")), msg.content.get("data", b""))
+            elif mtype == MsgType.KERNEL_EVENT.value:
+                self._event(msg.content, call)
+            elif mtype != MsgType.STDIN_ACK.value:
+                return msg
+
+    def _event(self, event: dict[str, Any], call: Call | None) -> None:
+        if call is not None:
+            call.events.append(event)
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def _follow(self, pid: int) -> ServerAddress | None:
+        """For :func:`check_server`: take the key of server ``pid`` (a new one after a clean
+        restart); None if it cannot be read yet."""
+        if pid != self.address.pid:
+            try:
+                key = self.address.runtime.read_key()
+            except RuntimeDirError:
+                return None
+            if key != self.address.key:
+                self._old_session, self._session = self._session, Session(key)
+            self.address = dataclasses.replace(self.address, pid=pid, key=key)
+        return self.address

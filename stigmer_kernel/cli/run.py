@@ -322,7 +322,9 @@ def _run_lean(args: argparse.Namespace, config: Config, code: str) -> int:
     output = _Output(args.kernel)
     # A kernel this creates starts with our environment.
     content, keep = execute_content(config, code, **_execute_options(args), inherit_env=True)
-    transport = BlockingTransport(find_server(config), client_identity(), output.on_event)
+    transport = BlockingTransport(
+        find_server(config), client_identity(), output.on_event, zmtp=True
+    )
     interrupted = False
 
     def interrupt() -> None:

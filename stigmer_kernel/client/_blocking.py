@@ -1,13 +1,13 @@
 """The lean blocking transport: one request at a time, run in the calling thread.
 
-:class:`BlockingTransport` is a plain :class:`zmq.Socket` DEALER with no event loop and no
-thread: :meth:`~BlockingTransport.request` signs and sends, then polls and receives until the
-reply, handing streams and events to the request's :class:`~._call.Call` as they arrive and
-checking the server's liveness every :data:`~._call.LIVENESS_PERIOD` with the same
+:class:`BlockingTransport` is a DEALER with no event loop and no thread:
+:meth:`~BlockingTransport.request` signs and sends, then polls and receives until the reply,
+handing streams and events to the request's :class:`~._call.Call` as they arrive and checking
+the server's liveness every :data:`~._call.LIVENESS_PERIOD` with the same
 :func:`~._call.check_server` as the asyncio :class:`~._transport.Transport` (so a restarted
-server is followed, and a request dropped by a clean restart sent again once, alike). It
-serves ``stigmer run`` and :meth:`Client.execute <._sync.Client.execute>` calls that need no
-streamed stdin, no remote link and no concurrency; everything else goes the asyncio way.
+server is followed, and a request dropped by a clean restart sent again once, alike). It serves
+``stigmer run`` and :meth:`Client.execute <._sync.Client.execute>` calls that need no streamed
+stdin, no remote link and no concurrency; everything else goes the asyncio way.
 
 The server knows a client by its DEALER identity: the kernels it created (the
 ``max_kernels_per_client`` limit), the kernels it is attached to, what ``detach_request``
@@ -17,6 +17,11 @@ socket's identity with :data:`~..protocol.constants.CLIENT_SOCKET_SEP` and a tag
 (``c:PID:RANDOM/b``). The server counts kernels per *owner*, the identity up to that separator
 (so the limit holds for the client as a whole), and the client says ``detach_request`` on both
 sockets when it closes. ``stigmer run`` uses a lean socket alone, as its only identity.
+
+Two wires serve it: a pyzmq DEALER (:class:`_ZmqLink`, for a :class:`~._sync.Client`, whose
+process has pyzmq loaded anyway) and the pure-Python :class:`~._zmtp.ZmtpDealer`
+(:class:`_ZmtpLink`, for ``stigmer run``, which then never imports pyzmq: importing it and
+starting libzmq's I/O thread costs more than the whole request).
 """
 
 from __future__ import annotations
@@ -24,11 +29,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import select
 import time
 from collections import deque
-from typing import Any
-
-import zmq
+from typing import Any, Protocol
 
 from ..errors import ClientTimeout, ProtocolError, RuntimeDirError, StigmerError
 from ..protocol import Message, MsgType, Session
@@ -47,52 +51,151 @@ from .discovery import ServerAddress
 
 #: As the asyncio transport's: output queued here before the server holds the rest.
 _RCVHWM = 256
+#: Milliseconds between two attempts to connect again after the server closed (libzmq's
+#: default reconnect interval).
+_RECONNECT_MS = 100
+
+
+class _Link(Protocol):
+    """A DEALER connection as the transport uses it."""
+
+    def send(self, frames: list[bytes]) -> None:
+        """Send one message (queued if the link is down)."""
+
+    def recv(self) -> list[bytes] | None:
+        """The next message received, None if none is queued."""
+
+    def poll(self, timeout_ms: int, wake_fd: int) -> tuple[bool, bool]:
+        """Wait up to ``timeout_ms``: (input on the link, input on ``wake_fd``)."""
+
+    def close(self, last: list[bytes]) -> None:
+        """Send ``last`` if that can be done without waiting, and close."""
+
+
+class _ZmqLink:
+    """A pyzmq DEALER."""
+
+    def __init__(self, endpoint: str, identity: bytes) -> None:
+        import zmq
+
+        self._zmq = zmq
+        self._ctx = zmq.Context()
+        self._sock: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
+        try:
+            self._sock.setsockopt(zmq.LINGER, 500)
+            self._sock.setsockopt(zmq.RCVHWM, _RCVHWM)
+            self._sock.setsockopt(zmq.IDENTITY, identity)
+            self._sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            self.close([])
+            raise StigmerError(f"cannot connect to {endpoint}: {exc}") from None
+        self._poller: zmq.Poller | None = None
+
+    def send(self, frames: list[bytes]) -> None:
+        self._sock.send_multipart(frames, copy=False)
+
+    def recv(self) -> list[bytes] | None:
+        try:
+            return self._sock.recv_multipart(self._zmq.NOBLOCK)
+        except self._zmq.Again:
+            return None
+
+    def poll(self, timeout_ms: int, wake_fd: int) -> tuple[bool, bool]:
+        if self._poller is None:
+            self._poller = self._zmq.Poller()
+            self._poller.register(self._sock, self._zmq.POLLIN)
+            self._poller.register(wake_fd, self._zmq.POLLIN)
+        events = dict(self._poller.poll(timeout_ms))
+        return bool(events.get(self._sock)), bool(events.get(wake_fd))
+
+    def close(self, last: list[bytes]) -> None:
+        if last:
+            with contextlib.suppress(self._zmq.ZMQError):  # Again: no link to say it on
+                self._sock.send_multipart(last, flags=self._zmq.NOBLOCK)
+        self._sock.close(linger=200)
+        self._ctx.term()
+
+
+class _ZmtpLink:
+    """A :class:`~._zmtp.ZmtpDealer`, connected again (as libzmq would) after the server
+    closed."""
+
+    def __init__(self, endpoint: str, identity: bytes) -> None:
+        from ._zmtp import ZmtpDealer
+
+        self._dealer = ZmtpDealer(endpoint, identity)
+        self._poller = select.poll()
+        self._polled = -1  # the descriptor registered with _poller
+        self._wake_fd = -1
+
+    def send(self, frames: list[bytes]) -> None:
+        self._dealer.send(frames)
+
+    def recv(self) -> list[bytes] | None:
+        return self._dealer.recv()
+
+    def poll(self, timeout_ms: int, wake_fd: int) -> tuple[bool, bool]:
+        if wake_fd != self._wake_fd:
+            self._poller.register(wake_fd, select.POLLIN)
+            self._wake_fd = wake_fd
+        if not self._dealer.reconnect():
+            timeout_ms = min(timeout_ms, _RECONNECT_MS)
+        fd = self._dealer.fileno()
+        if fd != self._polled:
+            if self._polled >= 0:
+                self._poller.unregister(self._polled)
+            if fd >= 0:
+                self._poller.register(fd, select.POLLIN)
+            self._polled = fd
+        events = dict(self._poller.poll(timeout_ms))
+        return fd >= 0 and bool(events.get(fd)), bool(events.get(wake_fd))
+
+    def close(self, last: list[bytes]) -> None:
+        if last and self._dealer.connected:
+            self._dealer.send(last)
+        self._dealer.close()
 
 
 class BlockingTransport:
     """A DEALER to a local server at ``address``, used by one thread at a time.
 
     ``on_event`` gets every ``kernel_event`` (it must not raise). :meth:`send_soon` may be
-    called from a signal handler (Ctrl-C) while :meth:`request` waits.
+    called from a signal handler (Ctrl-C) while :meth:`request` waits. ``zmtp``: the
+    pure-Python wire (no pyzmq), else a pyzmq socket.
     """
 
     def __init__(
-        self, address: ServerAddress, identity: bytes, on_event: EventCallback | None = None
+        self,
+        address: ServerAddress,
+        identity: bytes,
+        on_event: EventCallback | None = None,
+        *,
+        zmtp: bool = False,
     ) -> None:
         self.address = address
         self.identity = identity
         self.on_event = on_event
         self._session = Session(address.key)
         self._old_session: Session | None = None  # the previous server's, after a restart
-        self._ctx = zmq.Context()
-        self._sock: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
         self._closed = False
         self._aborted = False  # set by abort(): the waiting request fails
         self._soon: deque[tuple[MsgType, dict[str, Any]]] = deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         try:
-            self._sock.setsockopt(zmq.LINGER, 500)
-            self._sock.setsockopt(zmq.RCVHWM, _RCVHWM)
-            self._sock.setsockopt(zmq.IDENTITY, identity)
-            self._sock.connect(address.endpoint)
-        except zmq.ZMQError as exc:
-            self.close()
-            raise StigmerError(f"cannot connect to {address.endpoint}: {exc}") from None
-        self._poller = zmq.Poller()
-        self._poller.register(self._sock, zmq.POLLIN)
-        self._poller.register(self._wake_r, zmq.POLLIN)
+            self._link: _Link = (_ZmtpLink if zmtp else _ZmqLink)(address.endpoint, identity)
+        except BaseException:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            raise
 
     def close(self) -> None:
         """Say ``detach_request`` (if connected) and close the socket."""
         if self._closed:
             return
         self._closed = True
-        with contextlib.suppress(zmq.ZMQError):  # zmq.Again: no link to say goodbye on
-            bye = self._session.msg(MsgType.DETACH_REQUEST.value, {})
-            self._sock.send_multipart(self._session.serialize(bye), flags=zmq.NOBLOCK)
-        self._sock.close(linger=200)
-        self._ctx.term()
+        bye = self._session.msg(MsgType.DETACH_REQUEST.value, {})
+        self._link.close(self._session.serialize(bye))
         os.close(self._wake_r)
         os.close(self._wake_w)
 
@@ -111,10 +214,9 @@ class BlockingTransport:
             os.write(self._wake_w, b"\0")
 
     def _send(self, msg: Message) -> None:
-        self._sock.send_multipart(self._session.serialize(msg), copy=False)
+        self._link.send(self._session.serialize(msg))
 
-    def _receive(self) -> Message | None:
-        frames = self._sock.recv_multipart(zmq.NOBLOCK)  # zmq.Again: nothing (more) queued
+    def _receive(self, frames: list[bytes]) -> Message | None:
         try:
             return self._session.deserialize(frames)[1]
         except ProtocolError:
@@ -157,11 +259,11 @@ class BlockingTransport:
             wake = check_at if resend_at is None else min(check_at, resend_at)
             if deadline is not None:
                 wake = min(wake, deadline)
-            events = dict(self._poller.poll(max(0, int((wake - now) * 1000) + 1)))
-            if events.get(self._wake_r):
+            readable, woken = self._link.poll(max(0, int((wake - now) * 1000) + 1), self._wake_r)
+            if woken:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 512)
-            if events.get(self._sock):
+            if readable:
                 reply = self._drain(msg.msg_id, call)
                 if reply is not None:
                     call.flush()
@@ -182,10 +284,10 @@ class BlockingTransport:
     def _drain(self, msg_id: str, call: Call) -> Message | None:
         """Everything queued on the socket; the reply to ``msg_id`` if it came."""
         while True:
-            try:
-                msg = self._receive()
-            except zmq.Again:
-                return None
+            frames = self._link.recv()
+            if frames is None:
+                return None  # nothing (more) queued
+            msg = self._receive(frames)
             if msg is None or msg.parent_id != msg_id:
                 if msg is not None and msg.msg_type == MsgType.KERNEL_EVENT.value:
                     self._event(msg.content, None)

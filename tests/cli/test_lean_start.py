@@ -9,8 +9,9 @@ import sys
 from stigmer_kernel.cli.main import COMMANDS
 from tests.cli.conftest import stigmer
 
-#: Modules a plain ``stigmer run -- true`` must not load (each costs tens of milliseconds).
-HEAVY = ("asyncio", "docker", "jupyter_client", "yaml", "rich", "zmq.asyncio")
+#: Modules a plain ``stigmer run -- true`` must not load (each costs tens of milliseconds; pyzmq:
+#: the lean path speaks ZMTP itself).
+HEAVY = ("asyncio", "docker", "jupyter_client", "yaml", "rich", "zmq")
 
 
 def _imported(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
@@ -31,12 +32,12 @@ def _imported(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProc
     return r, names
 
 
-def test_a_plain_run_loads_no_asyncio_docker_or_jupyter(env: dict[str, str]) -> None:
+def test_a_plain_run_loads_no_asyncio_pyzmq_docker_or_jupyter(env: dict[str, str]) -> None:
     stigmer(env, "run", "--", "true")  # the server it autostarts is up: a run like any other
     r, names = _imported(env, "run", "--", "echo lean")
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout == "lean\n"
-    assert "zmq" in names and "stigmer_kernel.client._blocking" in names  # the check sees them
+    assert "msgpack" in names and "stigmer_kernel.client._zmtp" in names  # the check sees them
     assert sorted(n for n in names if n.split(".")[0] in HEAVY or n in HEAVY) == []
 
 

@@ -22,9 +22,10 @@ help: ## List every target with what it does
 	  awk 'BEGIN {FS = ":.*## "}; {printf "  make %-20s %s\n", $$1, $$2}'
 
 # Editable in compat mode: a plain path in a .pth, where the default mode imports a finder module
-# at every interpreter start (25-60 ms of each `stigmer run`). Byte-compiled once, so that a
-# process started with PYTHONDONTWRITEBYTECODE does not compile the package each time (a source
-# edited since is compiled again by the interpreter, as always).
+# at every interpreter start (25-60 ms of each `stigmer run`); a new module is seen without a
+# reinstall (strict mode needs one). Byte-compiled once, so that a process started with
+# PYTHONDONTWRITEBYTECODE does not compile the package each time (a source edited since is
+# compiled again by the interpreter, as always).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip

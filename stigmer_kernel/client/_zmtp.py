@@ -102,7 +102,7 @@ class ZmtpDealer:
         self._sock = sock
         self._buf.clear()
         self._parts = []
-        while self._pending:
+        while self._pending and self._sock is not None:  # (a write that fails drops the link)
             self._write(self._pending.popleft())
 
     @property

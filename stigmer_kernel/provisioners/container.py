@@ -75,11 +75,13 @@ def create_args(
     tcp_host_address: str,
     network_mode: str,
     storage_opt: dict[str, str] | None,
+    package: Path | None = None,
 ) -> dict[str, Any]:
     """The keyword arguments of ``containers.create`` for ``spec``'s agent in ``image``, run as
     ``user``. ``server``: :func:`server_id`; ``tcp_host_address``: what :data:`TCP_HOST` names;
-    ``network_mode`` and ``storage_opt``: from the provisioner, which asks the engine."""
-    package = Path(__file__).resolve().parents[1]
+    ``network_mode`` and ``storage_opt``: from the provisioner, which asks the engine;
+    ``package``: the directory mounted as the package (by default this very one)."""
+    package = package or Path(__file__).resolve().parents[1]  # or its compiled copy (bytecode.py)
     workspace = spec.workspace or spec.cwd
     tcp = spec.curve is not None  # the agent reaches spec.endpoint over the network
     endpoint = spec.endpoint if tcp else f"ipc://{AGENT_SOCKET_DIR}/{runtime.agent_socket.name}"

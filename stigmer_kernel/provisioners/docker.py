@@ -30,6 +30,7 @@ from ..errors import ModeUnavailable, RequestError
 from ..protocol import ErrorName
 from ..runtime import RuntimeDir
 from .base import AgentSpec, Provisioner
+from .bytecode import AgentPackage
 from .container import (
     LABEL_KERNEL_ID,
     LABEL_RUNTIME,
@@ -75,6 +76,7 @@ class DockerProvisioner(Provisioner):
         owner = {LABEL_SERVER: self.server, LABEL_RUNTIME: str(runtime.path)}
         self.network = SandboxNetwork(self.client, self.server, owner, config.sandbox_network)
         self._storage: tuple[str, str] | None = None  # the engine's (storage driver, backing fs)
+        self.package = AgentPackage(Path(__file__).resolve().parents[1], runtime.path)
 
     # -- the engine -----------------------------------------------------------------------------
     def client(self) -> Any:
@@ -112,6 +114,7 @@ class DockerProvisioner(Provisioner):
     # -- starting -------------------------------------------------------------------------------
     def start(self, spec: AgentSpec) -> DockerAgent:
         handle = DockerAgent(self, spec)
+        self.package.ensure()  # at the first start, for the next ones
         handle.future = self._pool.submit(self._start, handle, self._engine.in_flight)
         return handle
 
@@ -153,15 +156,16 @@ class DockerProvisioner(Provisioner):
             self._hand_over(spec.workdir, user)
             container = self._restart_stopped(handle, stopped) if stopped is not None else None
             if container is None:
-                create = self._create_args(spec, runnable, user)
-                container = self.client().containers.create(**create)
-                handle.container_id = container.id
-                self._handles[container.id] = handle
-                container.start()
+                container_id = self._create(self._create_args(spec, runnable, user))
+                handle.container_id = container_id
+                self._handles[container_id] = handle
+                self.client().api.start(container_id)
+            else:
+                container_id = container.id
             log.info(
                 "sandbox %s: container %s (%s%s)",
                 spec.kernel_name,
-                container.id[:12],
+                container_id[:12],
                 runnable,
                 ", stopped one restarted" if handle.reused else "",
             )
@@ -175,6 +179,15 @@ class DockerProvisioner(Provisioner):
                 detail = engine_unreachable()
             handle.failure = f"could not start the sandbox: {detail}"
             log.error("sandbox %s: %s", spec.kernel_name, handle.failure)
+
+    def _create(self, create: dict[str, Any]) -> str:
+        """Create the container; its id. As ``containers.create`` without the inspect that
+        follows it there (one Docker round trip fewer: nothing of it is needed)."""
+        from docker.models.containers import _create_container_args
+
+        client = self.client()
+        kwargs = {**create, "version": client.api._version}
+        return str(client.api.create_container(**_create_container_args(kwargs))["Id"])
 
     def _create_args(self, spec: AgentSpec, image: str, user: SandboxUser) -> dict[str, Any]:
         """``containers.create``'s arguments (container.py), with what only the engine knows: the
@@ -191,6 +204,7 @@ class DockerProvisioner(Provisioner):
             tcp_host_address=self.tcp_host_address,
             network_mode=network_mode,
             storage_opt=self._storage_opt(),
+            package=self.package.source(),
         )
 
     def _hand_over(self, workdir: Path, user: SandboxUser) -> None:
@@ -454,6 +468,7 @@ class DockerProvisioner(Provisioner):
         self._engine.close()
         if self._client is None:
             self._pool.shutdown(wait=False)
+            self.package.close()
             return
         with self._stopped_lock:
             self._stopped.clear()  # removed below with every other container of this server
@@ -474,6 +489,7 @@ class DockerProvisioner(Provisioner):
         self._pool.shutdown(wait=True, cancel_futures=True)
         with contextlib.suppress(Exception):
             self.network.close()  # no start can follow: remove it, and its firewall rules
+        self.package.close()
         with contextlib.suppress(Exception):
             self._client.close()
 

@@ -291,6 +291,8 @@ class ImageResolver:
 
         cache = self._cache()
         if found.id in cache:
+            if cache[found.id] in (name, found.id):
+                return cache[found.id]  # the image just found: no second look-up
             try:
                 client.images.get(cache[found.id])  # e.g. `stigmer sandbox clean` removed it
                 return cache[found.id]

@@ -47,16 +47,21 @@ def timed(fn: Callable[[], object], n: int) -> list[float]:
     return out
 
 
-def server(**settings: str) -> tuple[Client, str]:
+def server(**settings: str) -> tuple[Client, str, int]:
     runtime = tempfile.mkdtemp(prefix="stg-bench-", dir="/tmp")
     config = load_config({"runtime_dir": runtime, "sandbox_image": IMAGE, **settings})
-    start_background_server(config)
-    return Client(config, autostart=False), runtime
+    address = start_background_server(config)
+    return Client(config, autostart=False), runtime, address.pid
 
 
-def stop(client: Client, runtime: str) -> None:
+def stop(client: Client, runtime: str, pid: int) -> None:
     client.shutdown_server()
     client.close()
+    # Remove the runtime directory once the server is gone: until then its containers' bind
+    # mounts can bring a removed directory back.
+    deadline = time.monotonic() + 30
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.05)
     shutil.rmtree(runtime, ignore_errors=True)
 
 
@@ -78,7 +83,7 @@ def main() -> int:
     finally:
         box.remove(force=True)
 
-    c, runtime = server()
+    c, runtime, pid = server()
     try:
         c.execute("true", kernel="local")
         c.execute("true", kernel="warm", mode="sandbox", cwd=workspace)
@@ -95,9 +100,9 @@ def main() -> int:
             cold.append(time.perf_counter() - t)
             assert r.exit_code == 0, (r.ename, r.evalue)
     finally:
-        stop(c, runtime)
+        stop(c, runtime, pid)
 
-    c, runtime = server(sandbox_warm=2, sandbox_workspace=workspace)
+    c, runtime, pid = server(sandbox_warm=2, sandbox_workspace=workspace)
     try:
         pooled = []
         for i in range(args.starts):
@@ -107,7 +112,7 @@ def main() -> int:
             pooled.append((time.perf_counter() - t) * 1000)
             assert r.exit_code == 0, (r.ename, r.evalue)
     finally:
-        stop(c, runtime)
+        stop(c, runtime, pid)
         shutil.rmtree(workspace, ignore_errors=True)
 
     e50, e99 = p50_p99(exec_ms)

@@ -78,10 +78,10 @@ format: install ## Rewrite code with ruff's formatter and safe fixes
 	$(BIN)/ruff format stigmer_kernel tests examples scripts
 	$(BIN)/ruff check --fix stigmer_kernel tests examples scripts
 
-bench: install test-image ## Every benchmark (native vs subprocess, Jupyter vs bash_kernel, sandbox vs docker exec), then one table
+bench: install test-image ## Every benchmark of issue 17's targets (round trip, CLI, streaming, sandbox, load), one table and docs/performance.png
 	$(BIN)/python scripts/bench.py
 
-load: install test-image ## Load: 50 clients x 200 commands for 60 s, then 200 kernels alive at once
+load: install test-image ## Load: 50 clients x 200 commands for 60 s (p99, commands/s targets), then 200 kernels alive at once
 	$(BIN)/python scripts/load.py
 
 server: install ## Start a server in the background (stigmer server start)

@@ -43,6 +43,7 @@ from .docker_agent import DockerAgent
 from .engine import EngineCheck, engine_unreachable, ping_engine
 from .images import ImageResolver, Progress
 from .network import SandboxNetwork, reap_networks
+from .stopped import Stopped, StoppedContainers
 from .workspace import SandboxUser, check_workspace, sandbox_user
 
 log = logging.getLogger("stigmer.sandbox")
@@ -65,11 +66,8 @@ class DockerProvisioner(Provisioner):
         self._events: Any = None
         self._watcher: threading.Thread | None = None
         self._engine = EngineCheck()
-        # sandbox_cleanup=false: stopped containers by kernel name, restarted by the next kernel
-        # of that name (same image and workspace) instead of creating a new one.
-        self._stopped: dict[str, _Stopped] = {}
+        self._stopped = StoppedContainers()  # (sandbox_cleanup=false)
         self.tcp_host_address = "host-gateway"  # set by the broker for the tcp transport
-        self._stopped_lock = threading.Lock()
         self.images = ImageResolver(
             self.client, BASIC_TIER_TAG, runtime.path / "images.json", config.sandbox_ca_file
         )
@@ -183,9 +181,11 @@ class DockerProvisioner(Provisioner):
     def _create(self, create: dict[str, Any]) -> str:
         """Create the container; its id. As ``containers.create`` without the inspect that
         follows it there (one Docker round trip fewer: nothing of it is needed)."""
-        from docker.models.containers import _create_container_args
-
         client = self.client()
+        try:  # the SDK's own translation of containers.create's arguments (a private helper)
+            from docker.models.containers import _create_container_args
+        except ImportError:  # an SDK without it: its public call, inspect included
+            return str(client.containers.create(**create).id)
         kwargs = {**create, "version": client.api._version}
         return str(client.api.create_container(**_create_container_args(kwargs))["Id"])
 
@@ -247,27 +247,20 @@ class DockerProvisioner(Provisioner):
         """Remember ``handle``'s stopped container for the next kernel of its name."""
         assert handle.container_id is not None and handle.runnable is not None
         spec = handle.spec
-        entry = _Stopped(
+        entry = Stopped(
             handle.container_id, spec.workdir, handle.runnable, spec.workspace or spec.cwd
         )
-        with self._stopped_lock:
-            older = self._stopped.pop(spec.kernel_name, None)
-            self._stopped[spec.kernel_name] = entry
-        if older is not None and older.container_id != entry.container_id:
+        older = self._stopped.keep(spec.kernel_name, entry)
+        if older is not None:
             self._discard(older.container_id)  # one stopped container per kernel name
         log.info("sandbox %s: container %s stopped for reuse", spec.kernel_name, entry.short)
 
-    def _take_stopped(self, name: str, runnable: str, workspace: str) -> _Stopped | None:
+    def _take_stopped(self, name: str, runnable: str, workspace: str) -> Stopped | None:
         if self.config.sandbox_cleanup:
             return None
-        with self._stopped_lock:
-            entry = self._stopped.get(name)
-            if entry is None or (entry.image, entry.workspace) != (runnable, workspace):
-                return None  # another image or workspace: a new container (the old one stays)
-            del self._stopped[name]
-        return entry
+        return self._stopped.take(name, runnable, workspace)
 
-    def _restart_stopped(self, handle: DockerAgent, entry: _Stopped) -> Any:
+    def _restart_stopped(self, handle: DockerAgent, entry: Stopped) -> Any:
         """Start ``entry``'s container again for ``handle``; None (and the container removed)
         if it cannot be."""
         try:
@@ -470,8 +463,7 @@ class DockerProvisioner(Provisioner):
             self._pool.shutdown(wait=False)
             self.package.close()
             return
-        with self._stopped_lock:
-            self._stopped.clear()  # removed below with every other container of this server
+        self._stopped.clear()  # removed below with every other container of this server
         for handle in list(self._handles.values()):
             with contextlib.suppress(Exception):
                 handle._remove()
@@ -496,20 +488,6 @@ class DockerProvisioner(Provisioner):
 
 class _StartError(Exception):
     """A sandbox that cannot start for a reason of ours, said as it is."""
-
-
-@dataclasses.dataclass(frozen=True)
-class _Stopped:
-    """A stopped container kept for the next kernel of its name."""
-
-    container_id: str
-    workdir: Path  # its kernel directory mount's source: where the next agent's key goes
-    image: str
-    workspace: str
-
-    @property
-    def short(self) -> str:
-        return self.container_id[:12]
 
 
 def _created(container: Any) -> float:

@@ -8,8 +8,9 @@ out of credit, stops reading the command's pipes, and the command blocks on its 
 it would writing to a slow reader in a shell.
 
 Memory: per command at most ``OUTPUT_WINDOW`` held messages of <= 64 KiB (4 MiB), besides the
-client socket's own queue; an agent that ignores the window (an older remote agent) loses what
-passes ``_HOLD_LIMIT``, counted as ``lost_messages`` as before.
+client socket's own queue (``server._CLIENT_HWM`` messages: 62.5 MiB); an agent that ignores the
+window (an older remote agent) loses what passes ``_HOLD_LIMIT``, counted as ``lost_messages``
+as before.
 """
 
 from __future__ import annotations

@@ -7,6 +7,11 @@ A :class:`Session` turns a :class:`Message` into ZeroMQ frames and back::
 The four dict frames are msgpack (native protocol) or JSON (Jupyter channels). The signature is
 HMAC-SHA256 over the four dict frames, hex-encoded, as in the Jupyter messaging spec. Every
 signature a session accepts is remembered in a bounded window, so a replayed message is refused.
+
+A large ``stream`` chunk of the native protocol travels in a raw frame (the first buffer), its
+SHA-256 in the signed content (``data_sha256``): the signature covers it through the digest, a
+broker forwarding it re-signs the small frames only and never hashes or copies the data, and
+:meth:`Session.decode` checks the digest and gives the data back as ``content["data"]``.
 """
 
 from __future__ import annotations
@@ -79,6 +84,11 @@ def now_iso() -> str:
 def new_key() -> bytes:
     """A fresh random signing key (hex text, as Jupyter connection files carry it)."""
     return os.urandom(32).hex().encode()
+
+
+#: A native ``stream`` chunk at least this large is sent in a raw frame (see the module's doc).
+RAW_STREAM_MIN = 16 * 1024
+_STREAM = "stream"
 
 
 #: A signature's length: HMAC-SHA256, hex-encoded.
@@ -206,13 +216,24 @@ class Session:
     def serialize(self, msg: Message, ids: Sequence[bytes] = ()) -> list[bytes]:
         """Frames for ``msg``, preceded by routing ``ids``."""
         dumps = self._dumps
+        content, buffers = msg.content, msg.buffers
+        data = content.get("data")
+        if (
+            self.packing == "msgpack"
+            and isinstance(data, bytes)
+            and len(data) >= RAW_STREAM_MIN
+            and msg.header.get("msg_type") == _STREAM
+        ):
+            content = {k: v for k, v in content.items() if k != "data"}
+            content["data_sha256"] = hashlib.sha256(data).digest()
+            buffers = [data, *buffers]
         parts = [
             dumps(msg.header),
             dumps(msg.parent_header),
             dumps(msg.metadata),
-            dumps(msg.content),
+            dumps(content),
         ]
-        return [*ids, DELIM, self.signer.sign(parts), *parts, *msg.buffers]
+        return [*ids, DELIM, self.signer.sign(parts), *parts, *buffers]
 
     def resign(self, msg_frames: Sequence[bytes]) -> list[bytes]:
         """Re-sign already serialized message frames (after the delimiter) with our key."""
@@ -245,7 +266,15 @@ class Session:
             raise ProtocolError("parent_header and metadata must be maps")
         if not isinstance(content, dict):
             raise ProtocolError("content must be a map")
-        return Message(header, parent, metadata, content, [bytes(b) for b in msg_frames[5:]])
+        buffers = [bytes(b) for b in msg_frames[5:]]
+        if "data_sha256" in content and header["msg_type"] == _STREAM:
+            digest = content.pop("data_sha256")
+            if not buffers or not hmac.compare_digest(
+                hashlib.sha256(buffers[0]).digest(), digest if isinstance(digest, bytes) else b""
+            ):
+                raise SignatureError("a stream's data frame does not match its signed digest")
+            content["data"] = buffers.pop(0)
+        return Message(header, parent, metadata, content, buffers)
 
     def decode_routing(self, msg_frames: Sequence[bytes]) -> tuple[str, str | None]:
         """(msg_type, parent msg_id) of verified frames, without decoding the content.

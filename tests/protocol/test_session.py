@@ -96,3 +96,31 @@ def test_message_ids_are_unique() -> None:
     s = Session(b"k")
     ids = {s.msg("x").msg_id for _ in range(10000)}
     assert len(ids) == 10000
+
+
+def test_large_stream_data_travels_in_a_raw_frame_covered_by_the_signature() -> None:
+    agent, broker, client = Session(b"agent-key"), Session(b"agent-key"), Session(b"client-key")
+    data = bytes(range(256)) * 1024  # 256 KiB
+    frames = agent.serialize(agent.msg("stream", {"name": "stdout", "data": data}))
+    assert frames[-1] is data  # not copied into the content frame
+    content = msgpack.unpackb(frames[5])
+    assert "data" not in content and len(content["data_sha256"]) == 32
+    # The broker checks the small frames and re-signs them; the data goes on untouched.
+    broker.verify_frames(frames[1:])
+    assert broker.decode_routing(frames[1:]) == ("stream", None)
+    forwarded = [b"client", *client.resign(frames[1:])]
+    _, got = Session(b"client-key", check_replay=False).deserialize(forwarded)
+    assert got.content == {"name": "stdout", "data": data} and got.buffers == []
+    # A changed data frame does not match the signed digest.
+    tampered = [*forwarded[:-1], b"x" + data[1:]]
+    with pytest.raises(SignatureError):
+        Session(b"client-key", check_replay=False).deserialize(tampered)
+
+
+def test_small_stream_data_and_jupyter_streams_stay_in_the_content() -> None:
+    for session in (Session(b"k"), Session(b"k", packing="json")):
+        frames = session.serialize(session.msg("stream", {"name": "stdout", "data": b"hi\n"}))
+        assert len(frames) == 6
+    s = Session(b"k", packing="json")
+    frames = s.serialize(s.msg("stream", {"name": "stdout", "text": "x" * 100_000}))
+    assert len(frames) == 6

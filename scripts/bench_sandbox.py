@@ -19,10 +19,9 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 
 import docker
-from benchlib import save_samples, target
+from benchlib import p50_p99, save_samples, target, timed
 
 from stigmer_kernel import Client, load_config
 from stigmer_kernel.client.discovery import start_background_server
@@ -31,20 +30,6 @@ IMAGE = os.environ.get("STIGMER_SANDBOX_IMAGE", "stigmer-test-base:bookworm")
 WARM_VS_LOCAL = 1.0
 COLD_START_MS = 300.0
 POOL_START_MS = 10.0
-
-
-def p50_p99(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-
-
-def timed(fn: Callable[[], object], n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t) * 1000)
-    return out
 
 
 def server(**settings: str) -> tuple[Client, str, int]:

@@ -34,6 +34,7 @@ from collections.abc import Callable
 
 import msgpack
 import zmq
+from benchlib import timed
 
 from stigmer_kernel import AsyncClient, Client, load_config
 from stigmer_kernel.client.discovery import find_server, start_background_server
@@ -98,15 +99,6 @@ def floor_agent(where: str) -> None:
                 os.read(ctl_r, 4096)
                 body = msgpack.packb({"msg_type": "execute_reply", "status": "ok"})
                 sock.send_multipart([_sign(body), body])
-
-
-def timed(fn: Callable[[], object], n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - start) * 1000)
-    return out
 
 
 def baseline() -> None:

@@ -18,6 +18,7 @@ from ..errors import ProtocolError, RequestError
 from ..protocol import ErrorName, KernelEvent, Message, MsgType, Session
 from ..protocol.constants import REPLY_FOR, STDIN_CHUNK_MAX, STDIN_WINDOW
 from ..protocol.session import split_ids
+from .creation import client_owner
 from .jupyter_channels import check_connection
 from .model import Kernel, Pending, checked_code
 from .options import restart_changes
@@ -132,7 +133,13 @@ class NativeFrontend:
         }
         mine = [c for c, frontend in kernel.clients.items() if frontend is self]
         targets = ([only] if only in mine else []) if only is not None else mine
-        targets = [c for c in targets if c != exclude]
+        if exclude is not None:  # the requester, told with its reply: on none of its sockets
+            targets = [c for c in targets if client_owner(c) != client_owner(exclude)]
+        if only is None:
+            # A client's tagged socket (its blocking one: creation.client_owner) reads only
+            # while its own requests wait: news for every client go to the client's own socket,
+            # which reads them as they come. A notice for one request goes where it was asked.
+            targets = list(dict.fromkeys(client_owner(c) for c in targets))
         for client in targets:
             msg = self.session.msg(MsgType.KERNEL_EVENT.value, content, parent)
             self.broker.reactor.send(self.sock, self.session.serialize(msg, [client]))

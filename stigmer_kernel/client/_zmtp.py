@@ -18,6 +18,7 @@ caller's liveness check.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 from collections import deque
@@ -119,7 +120,9 @@ class ZmtpDealer:
             self._sock = None
 
     def _handshake(self, sock: socket.socket) -> None:
-        sock.sendall(_GREETING)
+        # A peer that closed at once: what it said first, if anything, says why.
+        with contextlib.suppress(OSError):
+            sock.sendall(_GREETING)
         greeting = self._read_exact(sock, 64)
         if greeting[0] != 0xFF or greeting[9] != 0x7F or greeting[10] < 3:
             raise self._error("it does not speak ZMTP 3 (is it a stigmer server?)")

@@ -130,6 +130,10 @@ class Broker:
         self.jupyter = JupyterFrontend(self)
         self._maintenance: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        # What the runtime directory and the sockets were when bound (device, inode): once one
+        # is gone or replaced, no client can reach this server and its files are not its own.
+        self._home: list[tuple[int, int]] = []
+        self.runtime_lost = False
 
     @property
     def clients(self) -> Session:
@@ -224,6 +228,7 @@ class Broker:
             # It reads each message's ZAP User-Id: the key that connection presented.
             self.reactor.register(sock, self.agents.receiver(sock, curve=True), raw=True)
         adoption.adopt_all(self, records)
+        self._home = self._where()
         self.runtime.write_info(
             {
                 "pid": os.getpid(),
@@ -297,6 +302,31 @@ class Broker:
     def request_stop(self) -> None:
         self.stopping.set()
 
+    def _where(self) -> list[tuple[int, int]]:
+        """(device, inode) of the runtime directory and of the two sockets; [] if one is gone."""
+        where = []
+        for path in (self.runtime.path, self.runtime.client_socket, self.runtime.agent_socket):
+            try:
+                st = os.stat(path)
+            except OSError:
+                return []
+            where.append((st.st_dev, st.st_ino))
+        return where
+
+    def check_home(self) -> None:
+        """Stop if the runtime directory or a socket was removed or replaced (e.g. the directory
+        deleted, or a new server started in a new directory of the same name): new clients cannot
+        reach this server, and it must not remove files that are now another server's."""
+        if self.runtime_lost or not self._home or self._where() == self._home:
+            return
+        self.runtime_lost = True
+        log.warning(
+            "the runtime directory %s or its sockets were removed or replaced: no client can "
+            "reach this server any more; stopping (its files are left alone)",
+            self.runtime.path,
+        )
+        self.request_stop()
+
     async def _shutdown(self) -> None:
         log.info("stopping: ending %d kernel(s)", len(self.registry))
         self.lifecycle.stopping = True
@@ -325,6 +355,10 @@ class Broker:
         self.remote.close()
         self.connections.close()
         self.ctx.term()
+        if self.runtime_lost:  # not ours any more (check_home)
+            self.lock.release()
+            log.info("stopped")
+            return
         for path in (
             self.runtime.client_socket,
             self.runtime.agent_socket,
@@ -352,9 +386,13 @@ class Broker:
     async def _maintain(self) -> None:
         """Liveness and idle expiry, a few times per heartbeat interval."""
         period = min(0.25, self.config.heartbeat_interval / 4)
+        turns = 0
         while True:
             await asyncio.sleep(period)
+            turns += 1
             try:
+                if turns % 4 == 0:
+                    self.check_home()
                 self.check_kernels(time.monotonic())
                 self.pools.tick(time.monotonic())
                 self.lifecycle.reap()

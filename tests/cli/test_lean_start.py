@@ -19,11 +19,13 @@ from tests.cli.conftest import stigmer
 #: Modules a plain ``stigmer run -- true`` must not load (each costs tens of milliseconds; pyzmq:
 #: the lean path speaks ZMTP itself).
 HEAVY = ("asyncio", "docker", "jupyter_client", "yaml", "rich", "zmq")
-#: Nor these, each a few milliseconds of a start that is itself tens: argparse (and gettext, and
-#: shutil with bz2 and lzma, that its parsers load) for options parse_plain reads alone; typing,
-#: which only the type checker needs (TYPE_CHECKING = False in each module); importlib, for
-#: the lazy names of the package (``__import__`` finds them).
-LIGHT = ("argparse", "gettext", "shutil", "bz2", "lzma", "typing", "locale", "shlex")
+#: Nor these, each a few milliseconds of a start that is itself tens: argparse (with gettext,
+#: locale, and shutil with bz2 and lzma, which its parsers load) for the options parse_plain
+#: reads alone; typing, which only the type checker needs (``TYPE_CHECKING = False`` in each
+#: module on the path); socket (with selectors), whose import makes enums of all its constants,
+#: for a dealer that needs only ``_socket``; shlex, for a command given as one argument.
+LIGHT = ("argparse", "gettext", "locale", "shutil", "bz2", "lzma", "typing", "socket")
+LIGHT += ("selectors", "shlex")
 
 
 def _imported(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:

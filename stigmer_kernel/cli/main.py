@@ -110,7 +110,37 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """Run the ``stigmer`` command line ``argv`` and return its exit code. Without ``argv`` it
+    is this process's (the console script, ``python -m stigmer_kernel``), which then ends at
+    once when nothing is left to do (:func:`_end_now`)."""
+    code = _main(sys.argv[1:] if argv is None else argv)
+    if argv is None:
+        _end_now(code)
+    return code
+
+
+def _end_now(code: int) -> None:
+    """End this process with ``code`` now, skipping the interpreter's teardown (freeing what a
+    ``stigmer run`` loaded costs it about as much as its request), if teardown has nothing to
+    do: no thread may run (``threading`` was never imported), no ``atexit`` callback is
+    registered, and stdout and stderr flush. Otherwise return: the process ends the usual way
+    (a closed stdout, say, is reported as it always was)."""
+    import atexit
+
+    if "threading" in sys.modules or atexit._ncallbacks():
+        return
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+    except (OSError, ValueError):
+        return
+    import os
+
+    os._exit(code)
+
+
+def _main(argv: list[str]) -> int:
     if argv[:2] == ["agent", "join"]:  # the agent's own options, which overlap ours
         from . import pools
 

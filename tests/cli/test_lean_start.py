@@ -152,3 +152,44 @@ def test_plain_parse_is_argparse_or_leaves_it_to_argparse(
 )
 def test_the_common_runs_are_parsed_without_argparse(argv: list[str]) -> None:
     assert parse_plain(argv) is not None
+
+
+# -- the stigmer process ends at once, unless something would still run at its exit ------------
+_AS_THE_PROCESS = "import sys\nsys.argv = ['stigmer', 'run', '--', 'exit 3']\n"
+_MAIN = "from stigmer_kernel.cli.main import main\nsys.exit(main())\n"
+
+
+def _python(env: dict[str, str], code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_run_ends_its_process_with_its_code_and_all_its_output(env: dict[str, str]) -> None:
+    r = stigmer(env, "run", "--", "seq 100000; echo done >&2; exit 7")
+    assert r.returncode == 7
+    assert r.stdout.decode().splitlines()[-1] == "100000"
+    assert r.stderr == b"done\n"
+
+
+def test_an_atexit_callback_still_runs(env: dict[str, str]) -> None:
+    code = _AS_THE_PROCESS + "import atexit\natexit.register(print, 'at exit')\n" + _MAIN
+    r = _python(env, code)
+    assert (r.returncode, r.stdout) == (3, "at exit\n"), r.stderr
+
+
+def test_a_thread_still_running_is_waited_for(env: dict[str, str]) -> None:
+    code = (
+        _AS_THE_PROCESS
+        + "import threading\nreturned = threading.Event()\n"
+        + "threading.Thread(target=lambda: returned.wait() and print('thread ended')).start()\n"
+        + "from stigmer_kernel.cli.main import main\ncode = main()\nreturned.set()\n"
+        + "sys.exit(code)\n"
+    )
+    r = _python(env, code)
+    assert (r.returncode, r.stdout) == (3, "thread ended\n"), r.stderr

@@ -15,12 +15,16 @@ pay for the client and asyncio machinery it never uses.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+import sys
 
 from ._version import __version__
 
+#: Not typing's, whose import would cost every ``stigmer`` command (mypy takes any
+#: ``TYPE_CHECKING`` as true); the same in each module a plain ``stigmer run`` loads.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from .client import AsyncClient, Client, ExecResult
     from .config import Config, ExecutionMode, load_config
     from .errors import (
@@ -107,6 +111,8 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'stigmer_kernel' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
+    full = __name__ + module
+    __import__(full)  # not importlib.import_module: importing importlib costs one more module
+    value = getattr(sys.modules[full], name)
     globals()[name] = value
     return value

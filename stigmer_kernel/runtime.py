@@ -43,9 +43,12 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from .errors import RuntimeDirError
+
+TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Longest path an ipc:// endpoint may have (sun_path is 108 bytes with the NUL).
 MAX_IPC_PATH = 107

@@ -3,15 +3,21 @@ the global ``--remote`` options, reading a requirements file, quieting a closed 
 
 from __future__ import annotations
 
-import argparse
 import os
-import re
 import sys
-from typing import Any
 
 from ..config import Config, load_config
 from ..errors import StigmerError
 from ..protocol.constants import EXIT_STIGMER_ERROR
+
+TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
+if TYPE_CHECKING:
+    import argparse
+    import types
+    from typing import Any
+
+    #: What a subcommand's ``run`` gets: argparse's, or ``stigmer run``'s plain parse of it.
+    Args = argparse.Namespace | types.SimpleNamespace
 
 EXIT_NOT_RUNNING = 3
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a program ended by SIGPIPE
@@ -81,7 +87,7 @@ def add_remote_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def remote_server(args: argparse.Namespace) -> Any:
+def remote_server(args: Args) -> Any:
     """The :class:`RemoteServer` the global ``--remote`` options (or their STIGMER_REMOTE*
     variables) name, or None."""
     for attr, var in _REMOTE_ENV.items():
@@ -102,6 +108,8 @@ def remote_server(args: argparse.Namespace) -> Any:
     ]
     if missing:
         raise StigmerError(f"--remote needs {', '.join(missing)} too")
+    import re
+
     if not re.fullmatch(r"tcp://[^\s:/]+:\d{1,5}|tcp://\[[0-9A-Fa-f:.]+\]:\d{1,5}", args.remote):
         raise StigmerError(f"--remote {args.remote!r}: give the server's tcp://HOST:PORT")
     for path in (args.server_key, args.curve_cert):
@@ -117,6 +125,6 @@ def remote_server(args: argparse.Namespace) -> Any:
     return RemoteServer(args.remote, key, args.server_key, args.curve_cert)
 
 
-def load(args: argparse.Namespace, **overrides: Any) -> Config:
+def load(args: Args, **overrides: Any) -> Config:
     """The configuration with the global ``--runtime-dir`` and ``overrides`` (CLI flags) on top."""
     return load_config({"runtime_dir": args.runtime_dir, **overrides})

@@ -8,25 +8,28 @@ failed (one line on stderr says why); 2 for usage errors and options an existing
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import sys
-from typing import Any, Protocol
 
-from .._version import __version__
 from ..errors import KernelMismatch, StigmerError
 from ..protocol.constants import EXIT_INTERRUPTED
-from .common import EXIT_BROKEN_PIPE, UsageError, add_remote_options, fail, silence
+from .common import EXIT_BROKEN_PIPE, UsageError, fail, silence
 
+TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any, Protocol
 
-class _Command(Protocol):
-    """A subcommand's module."""
+    from .common import Args
 
-    def add_parser(self, sub: Any) -> None:
-        """Register the subcommand (and its actions) on ``sub``, the top-level subparsers."""
+    class _Command(Protocol):
+        """A subcommand's module."""
 
-    def run(self, args: argparse.Namespace) -> int:
-        """Do what ``args`` asks; return the exit code (errors: :func:`main` maps them)."""
+        def add_parser(self, sub: Any) -> None:
+            """Register the subcommand (and its actions) on ``sub``, the top-level
+            subparsers."""
+
+        def run(self, args: Args) -> int:
+            """Do what ``args`` asks; return the exit code (errors: :func:`main` maps them)."""
 
 
 #: Each subcommand: (module in this package, attribute of it or "" for the module itself), in
@@ -55,18 +58,24 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def command(name: str) -> _Command:
     """The subcommand ``name``'s module (or object), imported now."""
     module_name, attr = COMMANDS[name]
-    module = importlib.import_module(f"{__package__}.{module_name}")
+    full = f"{__package__}.{module_name}"
+    __import__(full)  # not importlib's import_module: importlib is one more import to pay for
+    module = sys.modules[full]
     found: _Command = getattr(module, attr) if attr else module
     return found
 
 
 def _global_options(parser: argparse.ArgumentParser) -> None:
+    from .common import add_remote_options
+
     parser.add_argument("--runtime-dir", help="server runtime directory (STIGMER_RUNTIME_DIR)")
     add_remote_options(parser)
 
 
 def _chosen(argv: list[str]) -> str | None:
     """The subcommand ``argv`` names, if it is one (the global options may come first)."""
+    import argparse
+
     peek = argparse.ArgumentParser(add_help=False)
     _global_options(peek)
     peek.add_argument("command", nargs="?")
@@ -81,6 +90,10 @@ def _chosen(argv: list[str]) -> str | None:
 
 def _parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser; with ``only``, that subcommand's in full and the others' names alone."""
+    import argparse
+
+    from .._version import __version__
+
     parser = argparse.ArgumentParser(
         prog="stigmer",
         description="Run shell commands in warm kernels, locally or in sandboxes.",
@@ -97,16 +110,52 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """Run the ``stigmer`` command line ``argv`` and return its exit code. Without ``argv`` it
+    is this process's (the console script, ``python -m stigmer_kernel``), which then ends at
+    once when nothing is left to do (:func:`_end_now`)."""
+    code = _main(sys.argv[1:] if argv is None else argv)
+    if argv is None:
+        _end_now(code)
+    return code
+
+
+def _end_now(code: int) -> None:
+    """End this process with ``code`` now, skipping the interpreter's teardown (freeing what a
+    ``stigmer run`` loaded costs it about as much as its request), if teardown has nothing to
+    do: no thread may run (``threading`` was never imported), no ``atexit`` callback is
+    registered, and stdout and stderr flush. Otherwise return: the process ends the usual way
+    (a closed stdout, say, is reported as it always was)."""
+    import atexit
+
+    if "threading" in sys.modules or atexit._ncallbacks():
+        return
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+    except (OSError, ValueError):
+        return
+    import os
+
+    os._exit(code)
+
+
+def _main(argv: list[str]) -> int:
     if argv[:2] == ["agent", "join"]:  # the agent's own options, which overlap ours
         from . import pools
 
         return pools.AGENT.join(argv[2:])
-    parser = _parser(_chosen(argv))
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
+    args: Args | None = None
+    if argv[:1] == ["run"]:  # the common case, without argparse (it falls back on the rest)
+        from .run import parse_plain
+
+        args = parse_plain(argv)
+    if args is None:
+        parser = _parser(_chosen(argv))
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
     try:
         return command(args.command).run(args)
     except (UsageError, KernelMismatch) as exc:  # an option the kernel does not have: usage

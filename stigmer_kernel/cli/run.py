@@ -9,23 +9,14 @@ stream. A sandbox image's pull or build draws a progress bar until the command w
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import shlex
 import signal
 import stat
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, BinaryIO
+from types import SimpleNamespace
 
-from ..config import Config
 from ..errors import RequestError, StigmerError
 from ..protocol.constants import EXIT_INTERRUPTED, EXIT_TIMEOUT
-
-if TYPE_CHECKING:
-    from ..client import ExecResult
-    from .progress import ProgressDisplay
 from .common import (
     EXIT_BROKEN_PIPE,
     UsageError,
@@ -36,8 +27,20 @@ from .common import (
     silence,
 )
 
+TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, BinaryIO
+
+    from ..client import ExecResult
+    from ..config import Config
+    from .common import Args
+    from .progress import ProgressDisplay
+
 
 def add_parser(sub: Any) -> None:
+    import argparse
+
     parser = sub.add_parser(
         "run",
         help="run a shell command and exit with its exit code",
@@ -128,6 +131,97 @@ def add_parser(sub: Any) -> None:
     )
 
 
+#: ``stigmer run``'s options that take a value, and the attribute each sets (see add_parser).
+_VALUED = {
+    "--mode": "mode",
+    "--kernel": "kernel",
+    "-k": "kernel",
+    "--timeout": "timeout",
+    "-t": "timeout",
+    "--cwd": "cwd",
+    "--workdir": "workdir",
+    "-w": "workdir",
+    "--sandbox-image": "sandbox_image",
+    "--pool": "pool",
+    "--requirements": "requirements",
+    "--env": "env",
+    "-e": "env",
+}
+#: Its flags: the attribute each sets, and to what.
+_FLAGS = {
+    "--stdin": ("stdin", True),
+    "--no-stdin": ("stdin", False),
+    "--explain": ("explain", True),
+    "--json": ("json", True),
+}
+_MODES = ("local", "sandbox", "auto", "remote")
+
+
+def parse_plain(argv: list[str]) -> Args | None:
+    """``argv`` (``run`` first) parsed as argparse would parse it, without argparse (whose
+    import and parser cost a plain run more than the rest of its start), or None for anything
+    but plain options before the command (help, a global option, an abbreviation, a value that
+    looks like an option, a mistake...): argparse then parses it, and says what is wrong."""
+    args = SimpleNamespace(
+        runtime_dir=None,
+        remote=None,
+        remote_key=None,
+        server_key=None,
+        curve_cert=None,
+        command="run",
+        mode=None,
+        kernel="default",
+        timeout=None,
+        cwd=None,
+        workdir=None,
+        sandbox_image=None,
+        pool=None,
+        requirements=None,
+        env=[],
+        stdin=None,
+        explain=False,
+        json=False,
+        argv=[],
+    )
+    seen_stdin: set[bool] = set()
+    i = 1
+    while i < len(argv):
+        token = argv[i]
+        if token == "--" or (token and token[0] != "-"):
+            args.argv = argv[i:]  # argparse.REMAINDER keeps the "--"
+            return args
+        if token in _FLAGS:
+            attr, value = _FLAGS[token]
+            if attr == "stdin":
+                seen_stdin.add(value)
+                if len(seen_stdin) > 1:  # --stdin with --no-stdin: argparse says why not
+                    return None
+            setattr(args, attr, value)
+            i += 1
+            continue
+        name, eq, given = token.partition("=")
+        if eq and name.startswith("--"):
+            i += 1
+        elif token in _VALUED and i + 1 < len(argv) and argv[i + 1][:1] not in ("-", ""):
+            name, given = token, argv[i + 1]
+            i += 2
+        else:
+            return None
+        dest = _VALUED.get(name)
+        if dest is None or (dest == "mode" and given not in _MODES):
+            return None
+        if dest == "env":
+            args.env.append(given)
+        elif dest == "timeout":
+            try:
+                args.timeout = float(given)  # argparse's type=float
+            except ValueError:
+                return None
+        else:
+            setattr(args, dest, given)
+    return args
+
+
 _EPILOG = """\
 examples:
   stigmer run -- 'make -j4 && ./test.sh'      shell code, as one argument
@@ -195,7 +289,11 @@ def _command_text(argv: list[str]) -> str:
         argv = argv[1:]
     if not argv:
         raise UsageError("no command given — usage: stigmer run [OPTIONS] -- COMMAND...")
-    return argv[0] if len(argv) == 1 else shlex.join(argv)
+    if len(argv) == 1:
+        return argv[0]
+    import shlex
+
+    return shlex.join(argv)
 
 
 def _env_options(items: list[str]) -> dict[str, str]:
@@ -215,7 +313,7 @@ def _env_options(items: list[str]) -> dict[str, str]:
         raise UsageError(str(exc)) from None
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: Args) -> int:
     config = load(args)
     code = _command_text(args.argv)
     args.env_vars = _env_options(args.env)
@@ -311,7 +409,7 @@ class _Output:
             self._display.close()
 
 
-def _run_lean(args: argparse.Namespace, config: Config, code: str) -> int:
+def _run_lean(args: Args, config: Config, code: str) -> int:
     """An ordinary run (no stdin to stream, a local server) on the blocking transport."""
     from ..client._blocking import BlockingTransport
     from ..client._call import client_identity
@@ -355,7 +453,7 @@ def _run_lean(args: argparse.Namespace, config: Config, code: str) -> int:
     return _finish(args, result, output)
 
 
-def _execute_options(args: argparse.Namespace) -> dict[str, Any]:
+def _execute_options(args: Args) -> dict[str, Any]:
     """``execute``'s options from ours (stdin apart)."""
     return {
         "remote": False,
@@ -378,7 +476,7 @@ def _execute_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _run_async(
-    args: argparse.Namespace, config: Config, code: str, stdin: BinaryIO | None, remote: Any
+    args: Args, config: Config, code: str, stdin: BinaryIO | None, remote: Any
 ) -> int:
     import asyncio
 
@@ -419,7 +517,7 @@ async def _run_async(
     return _finish(args, result, output)
 
 
-def _finish(args: argparse.Namespace, result: ExecResult, output: _Output) -> int:
+def _finish(args: Args, result: ExecResult, output: _Output) -> int:
     """Report ``result`` (events, ``--json``) and return our exit code."""
     for event in result.events:
         print(
@@ -444,6 +542,8 @@ def _finish(args: argparse.Namespace, result: ExecResult, output: _Output) -> in
             "events": result.events,
             "auto": result.auto,
         }
+        import json
+
         print(json.dumps(payload))
     if "stdout" in output.closed:
         return EXIT_BROKEN_PIPE

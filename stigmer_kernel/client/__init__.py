@@ -6,10 +6,12 @@ Names are imported lazily, so that ``stigmer run`` (which drives the lean blocki
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+import sys
 
+TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._async import AsyncClient
     from ._files import FileInfo, Transfer
     from ._processes import AsyncProcess, OutputChunk, Process, ProcessInfo
@@ -48,6 +50,8 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'stigmer_kernel.client' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
+    full = __name__ + module
+    __import__(full)  # as stigmer_kernel.__getattr__
+    value = getattr(sys.modules[full], name)
     globals()[name] = value
     return value

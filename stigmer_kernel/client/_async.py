@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config, load_config
 from ..errors import StigmerError
@@ -30,9 +30,12 @@ from ._requests import (
     execute_content,
 )
 from ._stdin import StdinSource, prepare
-from ._transport import EventCallback, OutputCallback, RawOutputCallback, Transport, run_callback
+from ._transport import Transport, run_callback
 from .discovery import ServerAddress
 from .result import ExecResult
+
+if TYPE_CHECKING:
+    from ._call import EventCallback, OutputCallback, RawOutputCallback
 
 
 class AsyncClient(FileMethods, ProcessesMixin):

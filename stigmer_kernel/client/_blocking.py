@@ -32,22 +32,17 @@ import os
 import select
 import time
 from collections import deque
-from typing import Any, Protocol
 
 from ..errors import ClientTimeout, ProtocolError, RuntimeDirError, StigmerError
 from ..protocol import Message, MsgType, Session
-from ._call import (
-    LIVENESS_PERIOD,
-    RESEND_GRACE,
-    Call,
-    EventCallback,
-    OutputCallback,
-    RawOutputCallback,
-    Sent,
-    Verdict,
-    check_server,
-)
-from .discovery import ServerAddress
+from ._call import LIVENESS_PERIOD, RESEND_GRACE, Call, Sent, Verdict, check_server
+
+TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
+if TYPE_CHECKING:
+    from typing import Any, Protocol
+
+    from ._call import EventCallback, OutputCallback, RawOutputCallback
+    from .discovery import ServerAddress
 
 #: As the asyncio transport's: output queued here before the server holds the rest.
 _RCVHWM = 256
@@ -56,20 +51,22 @@ _RCVHWM = 256
 _RECONNECT_MS = 100
 
 
-class _Link(Protocol):
-    """A DEALER connection as the transport uses it."""
+if TYPE_CHECKING:
 
-    def send(self, frames: list[bytes]) -> None:
-        """Send one message (queued if the link is down)."""
+    class _Link(Protocol):
+        """A DEALER connection as the transport uses it."""
 
-    def recv(self) -> list[bytes] | None:
-        """The next message received, None if none is queued."""
+        def send(self, frames: list[bytes]) -> None:
+            """Send one message (queued if the link is down)."""
 
-    def poll(self, timeout_ms: int, wake_fd: int) -> tuple[bool, bool]:
-        """Wait up to ``timeout_ms``: (input on the link, input on ``wake_fd``)."""
+        def recv(self) -> list[bytes] | None:
+            """The next message received, None if none is queued."""
 
-    def close(self, last: list[bytes]) -> None:
-        """Send ``last`` if that can be done without waiting, and close."""
+        def poll(self, timeout_ms: int, wake_fd: int) -> tuple[bool, bool]:
+            """Wait up to ``timeout_ms``: (input on the link, input on ``wake_fd``)."""
+
+        def close(self, last: list[bytes]) -> None:
+            """Send ``last`` if that can be done without waiting, and close."""
 
 
 class _ZmqLink:

@@ -13,16 +13,20 @@ import codecs
 import enum
 import os
 import time
-from collections.abc import Callable
-from typing import Any
 
 from ..errors import ServerError, ServerNotRunning
-from ..runtime import RuntimeDir
-from .discovery import ServerAddress
 
-OutputCallback = Callable[[str], Any]
-RawOutputCallback = Callable[[str, bytes], Any]
-EventCallback = Callable[[dict[str, Any]], Any]
+TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from ..runtime import RuntimeDir
+    from .discovery import ServerAddress
+
+    OutputCallback = Callable[[str], Any]
+    RawOutputCallback = Callable[[str, bytes], Any]
+    EventCallback = Callable[[dict[str, Any]], Any]
 
 #: How often a waiting request checks that the server process still exists.
 LIVENESS_PERIOD = 1.0

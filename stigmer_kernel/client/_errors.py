@@ -7,9 +7,6 @@ execute_reply is the command's outcome, returned in ``ExecResult.ename``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from ..errors import (
     ChecksumMismatch,
     DirectoryNotEmpty,
@@ -27,6 +24,11 @@ from ..errors import (
     RequestError,
 )
 from ..protocol import ErrorName
+
+TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
 
 #: The exception raised for a reply with status ``error`` and each ``ename``.
 EXCEPTION_FOR: dict[ErrorName, type[RequestError]] = {

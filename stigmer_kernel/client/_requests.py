@@ -10,16 +10,21 @@ Nothing here does I/O or needs an event loop.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import Any
 
-from ..config import Config
 from ..environment import checked_env, client_environment
 from ..errors import RequestError
-from ..protocol import ErrorName, Message
-from ._call import Call
+from ..protocol import ErrorName
 from ._errors import raise_for, refused
 from .result import ExecResult
+
+TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+    from ..config import Config
+    from ..protocol import Message
+    from ._call import Call
 
 
 def default_mode(config: Config) -> str | None:

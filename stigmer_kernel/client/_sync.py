@@ -15,7 +15,7 @@ import asyncio
 import os
 import threading
 from collections.abc import Coroutine, Mapping
-from typing import Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from ..config import Config
 from ..errors import StigmerError
@@ -28,8 +28,10 @@ from ._processes import Process, ProcessInfo
 from ._remote import RemoteServer
 from ._requests import exec_result, execute_content
 from ._stdin import StdinSource
-from ._transport import EventCallback, OutputCallback, RawOutputCallback
 from .result import ExecResult
+
+if TYPE_CHECKING:
+    from ._call import EventCallback, OutputCallback, RawOutputCallback
 
 T = TypeVar("T")
 

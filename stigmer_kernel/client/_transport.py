@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 import zmq.asyncio
@@ -34,9 +34,6 @@ from ._call import (
     LIVENESS_PERIOD,
     RESEND_GRACE,
     Call,
-    EventCallback,
-    OutputCallback,
-    RawOutputCallback,
     Sent,
     Verdict,
     check_server,
@@ -47,12 +44,12 @@ from ._remote import Link, RemoteServer
 from ._stdin import StdinFeed
 from .discovery import ServerAddress, find_server
 
+if TYPE_CHECKING:
+    from ._call import OutputCallback, RawOutputCallback
+
 __all__ = [
     "AsyncCall",
     "Call",
-    "EventCallback",
-    "OutputCallback",
-    "RawOutputCallback",
     "Transport",
     "client_identity",
     "run_callback",

@@ -18,8 +18,8 @@ caller's liveness check.
 
 from __future__ import annotations
 
+import _socket  # socket's C core: socket.py would convert its constants to enums at import
 import contextlib
-import socket
 import struct
 from collections import deque
 
@@ -44,7 +44,7 @@ class ZmtpDealer:
         self.endpoint = endpoint
         self.identity = identity
         self.timeout = timeout  # for connecting and the handshake
-        self._sock: socket.socket | None = None
+        self._sock: _socket.socket | None = None
         self._buf = bytearray()
         self._parts: list[bytes] = []  # frames of the message being read
         self._messages: deque[list[bytes]] = deque()
@@ -75,21 +75,21 @@ class ZmtpDealer:
         scheme, sep, where = self.endpoint.partition("://")
         address: str | tuple[str, int]
         if scheme == "ipc" and sep:
-            family, address = socket.AF_UNIX, where
+            family, address = _socket.AF_UNIX, where
         elif scheme == "tcp" and sep:
             host, _, port = where.rpartition(":")
             host = host.strip("[]")
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            family = _socket.AF_INET6 if ":" in host else _socket.AF_INET
             try:
                 address = (host, int(port))
             except ValueError:
                 raise self._error("not a HOST:PORT") from None
         else:
             raise self._error("not an ipc:// or tcp:// endpoint")
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = _socket.socket(family, _socket.SOCK_STREAM)
         try:
-            if family != socket.AF_UNIX:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if family != _socket.AF_UNIX:
+                sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
             sock.settimeout(self.timeout)
             sock.connect(address)
             try:
@@ -119,7 +119,7 @@ class ZmtpDealer:
             self._sock.close()
             self._sock = None
 
-    def _handshake(self, sock: socket.socket) -> None:
+    def _handshake(self, sock: _socket.socket) -> None:
         # A peer that closed at once: what it said first, if anything, says why.
         with contextlib.suppress(OSError):
             sock.sendall(_GREETING)
@@ -147,7 +147,7 @@ class ZmtpDealer:
         if name != b"READY" or _properties(rest).get(b"socket-type") != b"ROUTER":
             raise self._error("it is not a ZMTP ROUTER")
 
-    def _read_exact(self, sock: socket.socket, n: int) -> bytes:
+    def _read_exact(self, sock: _socket.socket, n: int) -> bytes:
         data = bytearray()
         while len(data) < n:
             chunk = sock.recv(n - len(data))

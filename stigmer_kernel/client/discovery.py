@@ -8,12 +8,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..config import FIELDS, USER_KEYS, Config
 from ..errors import RuntimeDirError, ServerNotRunning, ServerStartError
 from ..runtime import RuntimeDir
 
+TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
 if TYPE_CHECKING:
     import subprocess
 

@@ -22,17 +22,20 @@ import hmac
 import itertools
 import json
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal
 
 import msgpack
 
 from ..errors import ProtocolError, SignatureError
 from .constants import DELIM, MAX_BUFFERS, MIN_FRAMES, PROTOCOL_VERSION
 
-Packing = Literal["msgpack", "json"]
+TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any, Literal
+
+    Packing = Literal["msgpack", "json"]
 
 _REQUIRED_HEADER = ("msg_id", "msg_type", "session")
 

@@ -1,17 +1,31 @@
-"""``stigmer run`` starts lean: it imports only what a plain run needs, and the lazily loaded
-subcommands still all show in ``stigmer --help``."""
+"""``stigmer run`` starts lean: it imports only what a plain run needs, parses its options as
+argparse would without argparse, and the lazily loaded subcommands still all show in
+``stigmer --help``."""
 
 from __future__ import annotations
 
+import argparse
+import functools
+import itertools
 import subprocess
 import sys
 
-from stigmer_kernel.cli.main import COMMANDS
+import pytest
+
+from stigmer_kernel.cli.main import COMMANDS, _chosen, _parser
+from stigmer_kernel.cli.run import parse_plain
 from tests.cli.conftest import stigmer
 
 #: Modules a plain ``stigmer run -- true`` must not load (each costs tens of milliseconds; pyzmq:
 #: the lean path speaks ZMTP itself).
 HEAVY = ("asyncio", "docker", "jupyter_client", "yaml", "rich", "zmq")
+#: Nor these, each a few milliseconds of a start that is itself tens: argparse (with gettext,
+#: locale, and shutil with bz2 and lzma, which its parsers load) for the options parse_plain
+#: reads alone; typing, which only the type checker needs (``TYPE_CHECKING = False`` in each
+#: module on the path); socket (with selectors), whose import makes enums of all its constants,
+#: for a dealer that needs only ``_socket``; shlex, for a command given as one argument.
+LIGHT = ("argparse", "gettext", "locale", "shutil", "bz2", "lzma", "typing", "socket")
+LIGHT += ("selectors", "shlex")
 
 
 def _imported(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
@@ -39,6 +53,7 @@ def test_a_plain_run_loads_no_asyncio_pyzmq_docker_or_jupyter(env: dict[str, str
     assert r.stdout == "lean\n"
     assert "msgpack" in names and "stigmer_kernel.client._zmtp" in names  # the check sees them
     assert sorted(n for n in names if n.split(".")[0] in HEAVY or n in HEAVY) == []
+    assert sorted(n for n in names if n in LIGHT) == []
 
 
 def test_a_run_with_stdin_to_stream_still_streams_it(env: dict[str, str]) -> None:
@@ -54,3 +69,127 @@ def test_help_lists_every_command_and_each_has_its_own(env: dict[str, str]) -> N
         own = stigmer(env, name, "--help")
         assert own.returncode == 0, (name, own.stderr)
         assert f"usage: stigmer {name}" in own.stdout.decode(), name
+
+
+#: Every way of writing run's options parse_plain reads itself, and some it leaves to argparse.
+_PIECES = [
+    ["-k", "build"],
+    ["--kernel", "build"],
+    ["--kernel=build"],
+    ["--kernel="],
+    ["-t", "5"],
+    ["--timeout", "2.5"],
+    ["--timeout=1e3"],
+    ["--timeout", "-1"],
+    ["--timeout=-1"],
+    ["--timeout", "soon"],
+    ["--mode", "sandbox"],
+    ["--mode=auto"],
+    ["--mode", "nowhere"],
+    ["--cwd", "/tmp"],
+    ["-w", "sub"],
+    ["--workdir=/x"],
+    ["--sandbox-image", "img:1"],
+    ["--pool", "p"],
+    ["--requirements", "req.txt"],
+    ["-e", "A=1"],
+    ["--env", "B=2"],
+    ["--env=C=3=4"],
+    ["--stdin"],
+    ["--no-stdin"],
+    ["--explain"],
+    ["--json"],
+    ["--json=yes"],
+    ["-kbuild"],
+    ["--kern", "x"],
+    ["--help"],
+    ["--bogus"],
+    ["-k", "-x"],
+    ["-k"],
+    ["-"],
+]
+_COMMANDS = [["--", "true"], ["--", "ls", "-la"], ["echo", "--kernel", "x"], ["--"], []]
+
+
+@functools.cache
+def _run_parser() -> argparse.ArgumentParser:
+    return _parser(_chosen(["run"]))
+
+
+def _argparse(argv: list[str]) -> dict[str, object] | None:
+    """What the full parser makes of ``argv``; None if it refuses it (or prints help)."""
+    try:
+        return vars(_run_parser().parse_args(argv))
+    except SystemExit:
+        return None
+
+
+@pytest.mark.parametrize(
+    "options",
+    [list(itertools.chain(*c)) for n in (0, 1, 2) for c in itertools.permutations(_PIECES, n)],
+    ids=lambda options: " ".join(options) or "none",
+)
+def test_plain_parse_is_argparse_or_leaves_it_to_argparse(
+    options: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    for command in _COMMANDS:
+        argv = ["run", *options, *command]
+        plain = parse_plain(argv)
+        if plain is not None:
+            assert vars(plain) == _argparse(argv), argv
+    capsys.readouterr()  # argparse's complaints about the refused ones
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--", "true"],
+        ["run", "true"],
+        ["run", "-k", "build", "--timeout", "60", "--", "make", "-j4"],
+        ["run", "--json", "--env=A=1", "-e", "B=2", "--no-stdin", "--", "env"],
+        ["run", "--mode", "auto", "--explain", "--", "pip install six"],
+    ],
+)
+def test_the_common_runs_are_parsed_without_argparse(argv: list[str]) -> None:
+    assert parse_plain(argv) is not None
+
+
+# -- the stigmer process ends at once, unless something would still run at its exit ------------
+_AS_THE_PROCESS = "import sys\nsys.argv = ['stigmer', 'run', '--', 'exit 3']\n"
+_MAIN = "from stigmer_kernel.cli.main import main\nsys.exit(main())\n"
+
+
+def _python(env: dict[str, str], code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_run_ends_its_process_with_its_code_and_all_its_output(env: dict[str, str]) -> None:
+    r = stigmer(env, "run", "--", "seq 100000; echo done >&2; exit 7")
+    assert r.returncode == 7
+    assert r.stdout.decode().splitlines()[-1] == "100000"
+    assert r.stderr == b"done\n"
+
+
+def test_an_atexit_callback_still_runs(env: dict[str, str]) -> None:
+    code = _AS_THE_PROCESS + "import atexit\natexit.register(print, 'at exit')\n" + _MAIN
+    r = _python(env, code)
+    assert (r.returncode, r.stdout) == (3, "at exit\n"), r.stderr
+
+
+def test_a_thread_still_running_is_waited_for(env: dict[str, str]) -> None:
+    code = (
+        _AS_THE_PROCESS
+        + "import threading\nreturned = threading.Event()\n"
+        + "threading.Thread(target=lambda: returned.wait() and print('thread ended')).start()\n"
+        + "from stigmer_kernel.cli.main import main\ncode = main()\nreturned.set()\n"
+        + "sys.exit(code)\n"
+    )
+    r = _python(env, code)
+    assert (r.returncode, r.stdout) == (3, "thread ended\n"), r.stderr

@@ -34,7 +34,7 @@ from ..errors import ProtocolError
 from ..protocol import ErrorName, Message, MsgType, Session
 from ..protocol.constants import EXIT_INTERRUPTED, StreamName
 from . import introspect, procs
-from .command import Command
+from .command import UNSENT_WAIT_MS, Command
 from .context import ContextMixin
 from .files import Files, shell_cwd
 from .heartbeat import Heartbeat, secure
@@ -258,7 +258,16 @@ class Agent(ContextMixin):
                     )
                 registered_bg = bg
             timeout_ms = self._next_timer_ms()
-            for sock_or_fd, events in poller.poll(timeout_ms):
+            ready = None
+            if command is not None and command.unsent:
+                # Output read but not sent: the reply carries it if the command ends now (its
+                # end report is there, or comes within UNSENT_WAIT: bash reports right after
+                # the last write); else it goes before the loop waits, so that a long command
+                # streams as it writes.
+                ready = poller.poll(min(timeout_ms, UNSENT_WAIT_MS))
+                if command.flush_due(time.monotonic(), not ready and timeout_ms > 0):
+                    command.flush()
+            for sock_or_fd, events in ready or poller.poll(timeout_ms):
                 if sock_or_fd is self.sock:
                     self._drain_socket()
                 elif table.owns(int(sock_or_fd)) or int(sock_or_fd) in bg[1]:

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from ..protocol import Message, MsgType
 from ..protocol.constants import (
     EXIT_INTERRUPTED,
+    INLINE_OUTPUT_MAX,
     STDIN_ACK_EVERY,
     STDIN_WINDOW,
     StreamName,
@@ -42,6 +43,13 @@ _STDIN_POLL = 0.1  # seconds between checks for a command waiting on interactive
 _STDIN_END_POLL = 0.02  # seconds between checks that bash opened the FIFO (to close it at EOF)
 _STDIN_PIPE_SIZE = 1024 * 1024  # capacity asked for the FIFO of streamed stdin (the usual cap)
 _HIDDEN_CAPTURE = 4 * 1024 * 1024  # bytes of a hidden run's stdout kept for its reply
+#: Milliseconds the agent's loop waits for a command's end report with output read and not
+#: sent yet (bash reports its end right after the command's last write; a command that goes
+#: on gets that output streamed after this wait, before the loop sleeps).
+UNSENT_WAIT_MS = 2
+#: Seconds output may wait unsent while the agent's loop does not sleep (output keeps coming,
+#: a file job works in slices): a chatty command's output goes out at least this often.
+_UNSENT_MAX_AGE = 0.005
 
 
 class Link(Protocol):
@@ -140,6 +148,14 @@ class Command:
         window = content.get("window")
         if internal is None:
             env = content.get("env") if kind is MsgType.EXECUTE_REQUEST else None
+        #: The broker takes this command's last output inside its reply (``inline_output``).
+        self.inline = kind is MsgType.EXECUTE_REQUEST and content.get("inline_output") is True
+        #: Output read but not sent yet, in order ([stream name, data], a stream's consecutive
+        #: chunks joined), at most INLINE_OUTPUT_MAX bytes: sent by :meth:`flush` before the
+        #: agent's loop waits, or in the reply if the command ends first.
+        self.unsent: list[list[Any]] = []
+        self.unsent_bytes = 0
+        self.unsent_since = 0.0
         self.script = script
         self.stdin = stdin
         self.env = env if isinstance(env, dict) else None  # this command's own variables
@@ -215,7 +231,7 @@ class Command:
                 f"[stigmer] {dropped} bytes of output written between commands were "
                 f"discarded (more than {BETWEEN_COMMANDS_LIMIT} bytes per stream)\n"
             ).encode()
-            self.link.send(MsgType.STREAM, {"name": "stderr", "data": notice}, parent=self.run.msg)
+            self._emit(StreamName.STDERR, notice)
 
     def start(self) -> None:
         """Write the command line to bash, its stdin wired as the request asked."""
@@ -272,8 +288,44 @@ class Command:
                 run.dropped += len(data) - room
                 data = data[:room]
         run.sent += len(data)
+        self._emit(name, data)
+
+    def _emit(self, name: StreamName, data: bytes) -> None:
+        """Output for the client, in order: kept unsent if the reply can carry it (the command
+        may be about to end), else sent now (a large read goes as it came)."""
+        if self.inline:
+            if self.unsent_bytes + len(data) > INLINE_OUTPUT_MAX:
+                self.flush()
+            if len(data) < INLINE_OUTPUT_MAX:
+                unsent = self.unsent
+                if not unsent:
+                    self.unsent_since = time.monotonic()
+                    unsent.append([name.value, data])
+                elif unsent[-1][0] == name.value:
+                    unsent[-1][1] += data
+                else:
+                    unsent.append([name.value, data])
+                self.unsent_bytes += len(data)
+                return
+        self._send(name.value, data)
+
+    def _send(self, name: str, data: bytes) -> None:
+        run = self.run
         run.messages += 1
-        self.link.send(MsgType.STREAM, {"name": name.value, "data": data}, parent=run.msg)
+        self.link.send(MsgType.STREAM, {"name": name, "data": data}, parent=run.msg)
+
+    def flush(self) -> None:
+        """Send the output kept unsent (the agent's loop is about to wait: output never
+        waits with it)."""
+        if self.unsent:
+            unsent, self.unsent, self.unsent_bytes = self.unsent, [], 0
+            for name, data in unsent:
+                self._send(name, data)
+
+    def flush_due(self, now: float, waits: bool) -> bool:
+        """Whether the unsent output must go now: the loop is about to wait (``waits``), or
+        it has been kept for :data:`_UNSENT_MAX_AGE` already."""
+        return bool(self.unsent) and (waits or now - self.unsent_since >= _UNSENT_MAX_AGE)
 
     def output_ack(self, msg: Message) -> None:
         """The broker's credit: how many of this command's stream messages reached the client."""
@@ -341,6 +393,7 @@ class Command:
         ]
         if self.stdin_pipe.reader_waiting(pids):
             run.waiting_input = True
+            self.flush()  # (the prompt it printed comes first)
             self.link.send(MsgType.INPUT_REQUEST, {"prompt": "", "password": False}, parent=run.msg)
 
     # -- timers and stopping ----------------------------------------------------------------
@@ -494,9 +547,11 @@ class Command:
                 f"\n[stigmer] output truncated: {run.dropped} bytes past the limit of "
                 f"{run.output_limit} bytes were discarded\n"
             ).encode()
-            self.link.send(MsgType.STREAM, {"name": "stderr", "data": notice}, parent=run.msg)
+            self._emit(StreamName.STDERR, notice)
         cwd = self.reply_cwd or self.shell.cwd
         content = execute_reply(run, end, time.monotonic(), cwd, self.link.stopping)
+        if self.unsent:  # the output read since the loop last waited: in the reply
+            content["output"], self.unsent, self.unsent_bytes = self.unsent, [], 0
         if content["exit_code"] == 137 and _oom_killed():
             content["oom_killed"] = True  # (the engine's own event may come after this reply)
         self.link.send(MsgType.EXECUTE_REPLY, content, parent=run.msg)

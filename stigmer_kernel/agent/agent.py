@@ -34,7 +34,7 @@ from ..errors import ProtocolError
 from ..protocol import ErrorName, Message, MsgType, Session
 from ..protocol.constants import EXIT_INTERRUPTED, StreamName
 from . import introspect, procs
-from .command import UNSENT_WAIT_MS, Command
+from .command import Command
 from .context import ContextMixin
 from .files import Files, shell_cwd
 from .heartbeat import Heartbeat, secure
@@ -42,6 +42,7 @@ from .processes import JOURNAL_BYTES, ProcessTable
 from .shell import BashSession, CommandEnd
 from .shell_scripts import chdir_back_script
 from .stdin import StdinPipe
+from .unsent import UNSENT_WAIT_MS
 
 log = logging.getLogger("stigmer.agent")
 
@@ -265,7 +266,7 @@ class Agent(ContextMixin):
                 # the last write); else it goes before the loop waits, so that a long command
                 # streams as it writes.
                 ready = poller.poll(min(timeout_ms, UNSENT_WAIT_MS))
-                if command.flush_due(time.monotonic(), not ready and timeout_ms > 0):
+                if command.unsent.due(time.monotonic(), not ready and timeout_ms > 0):
                     command.flush()
             for sock_or_fd, events in ready or poller.poll(timeout_ms):
                 if sock_or_fd is self.sock:

@@ -22,16 +22,15 @@ from typing import Any, Protocol
 from ..protocol import Message, MsgType
 from ..protocol.constants import (
     EXIT_INTERRUPTED,
-    INLINE_OUTPUT_MAX,
     STDIN_ACK_EVERY,
     STDIN_WINDOW,
     StreamName,
 )
 from . import introspect, procs
-from .run import Run, execute_reply, hidden_reply
+from .run import Run, between_notice, execute_reply, hidden_reply, truncated_notice
 from .shell import BashSession, CommandEnd
-from .shell_pipes import BETWEEN_COMMANDS_LIMIT
 from .stdin import StdinPipe
+from .unsent import UnsentOutput
 
 #: Interrupt escalation: seconds after the interrupt at which each step happens.
 _TERM_AFTER = 0.5  # SIGTERM the command's processes, SIGINT bash again
@@ -43,13 +42,6 @@ _STDIN_POLL = 0.1  # seconds between checks for a command waiting on interactive
 _STDIN_END_POLL = 0.02  # seconds between checks that bash opened the FIFO (to close it at EOF)
 _STDIN_PIPE_SIZE = 1024 * 1024  # capacity asked for the FIFO of streamed stdin (the usual cap)
 _HIDDEN_CAPTURE = 4 * 1024 * 1024  # bytes of a hidden run's stdout kept for its reply
-#: Milliseconds the agent's loop waits for a command's end report with output read and not
-#: sent yet (bash reports its end right after the command's last write; a command that goes
-#: on gets that output streamed after this wait, before the loop sleeps).
-UNSENT_WAIT_MS = 2
-#: Seconds output may wait unsent while the agent's loop does not sleep (output keeps coming,
-#: a file job works in slices): a chatty command's output goes out at least this often.
-_UNSENT_MAX_AGE = 0.005
 
 
 class Link(Protocol):
@@ -148,14 +140,10 @@ class Command:
         window = content.get("window")
         if internal is None:
             env = content.get("env") if kind is MsgType.EXECUTE_REQUEST else None
-        #: The broker takes this command's last output inside its reply (``inline_output``).
+        #: The broker takes this command's last output inside its reply (``inline_output``);
+        #: output read is kept in ``unsent`` until :meth:`flush` or the reply.
         self.inline = kind is MsgType.EXECUTE_REQUEST and content.get("inline_output") is True
-        #: Output read but not sent yet, in order ([stream name, data], a stream's consecutive
-        #: chunks joined), at most INLINE_OUTPUT_MAX bytes: sent by :meth:`flush` before the
-        #: agent's loop waits, or in the reply if the command ends first.
-        self.unsent: list[list[Any]] = []
-        self.unsent_bytes = 0
-        self.unsent_since = 0.0
+        self.unsent = UnsentOutput()
         self.script = script
         self.stdin = stdin
         self.env = env if isinstance(env, dict) else None  # this command's own variables
@@ -227,11 +215,7 @@ class Command:
             if kept := between.take(fd):
                 self.forward(name, kept)
         if dropped := between.take_dropped():
-            notice = (
-                f"[stigmer] {dropped} bytes of output written between commands were "
-                f"discarded (more than {BETWEEN_COMMANDS_LIMIT} bytes per stream)\n"
-            ).encode()
-            self._emit(StreamName.STDERR, notice)
+            self._emit(StreamName.STDERR, between_notice(dropped))
 
     def start(self) -> None:
         """Write the command line to bash, its stdin wired as the request asked."""
@@ -291,41 +275,20 @@ class Command:
         self._emit(name, data)
 
     def _emit(self, name: StreamName, data: bytes) -> None:
-        """Output for the client, in order: kept unsent if the reply can carry it (the command
-        may be about to end), else sent now (a large read goes as it came)."""
+        """Output for the client, in order: kept while the reply may carry it, else sent."""
         if self.inline:
-            if self.unsent_bytes + len(data) > INLINE_OUTPUT_MAX:
-                self.flush()
-            if len(data) < INLINE_OUTPUT_MAX:
-                unsent = self.unsent
-                if not unsent:
-                    self.unsent_since = time.monotonic()
-                    unsent.append([name.value, data])
-                elif unsent[-1][0] == name.value:
-                    unsent[-1][1] += data
-                else:
-                    unsent.append([name.value, data])
-                self.unsent_bytes += len(data)
-                return
-        self._send(name.value, data)
-
-    def _send(self, name: str, data: bytes) -> None:
-        run = self.run
-        run.messages += 1
-        self.link.send(MsgType.STREAM, {"name": name, "data": data}, parent=run.msg)
+            self._send(self.unsent.add(name.value, data, time.monotonic()))
+        else:
+            self._send([[name.value, data]])
 
     def flush(self) -> None:
-        """Send the output kept unsent (the agent's loop is about to wait: output never
-        waits with it)."""
-        if self.unsent:
-            unsent, self.unsent, self.unsent_bytes = self.unsent, [], 0
-            for name, data in unsent:
-                self._send(name, data)
+        """Send the output kept (the agent's loop is about to wait: output never waits too)."""
+        self._send(self.unsent.take())
 
-    def flush_due(self, now: float, waits: bool) -> bool:
-        """Whether the unsent output must go now: the loop is about to wait (``waits``), or
-        it has been kept for :data:`_UNSENT_MAX_AGE` already."""
-        return bool(self.unsent) and (waits or now - self.unsent_since >= _UNSENT_MAX_AGE)
+    def _send(self, chunks: list[list[Any]]) -> None:
+        for name, data in chunks:
+            self.run.messages += 1
+            self.link.send(MsgType.STREAM, {"name": name, "data": data}, parent=self.run.msg)
 
     def output_ack(self, msg: Message) -> None:
         """The broker's credit: how many of this command's stream messages reached the client."""
@@ -543,31 +506,15 @@ class Command:
         if fresh_session:
             end.session_ended = True
         if run.dropped:
-            notice = (
-                f"\n[stigmer] output truncated: {run.dropped} bytes past the limit of "
-                f"{run.output_limit} bytes were discarded\n"
-            ).encode()
-            self._emit(StreamName.STDERR, notice)
+            self._emit(StreamName.STDERR, truncated_notice(run))
         cwd = self.reply_cwd or self.shell.cwd
         content = execute_reply(run, end, time.monotonic(), cwd, self.link.stopping)
         if self.unsent:  # the output read since the loop last waited: in the reply
-            content["output"], self.unsent, self.unsent_bytes = self.unsent, [], 0
-        if content["exit_code"] == 137 and _oom_killed():
+            content["output"] = self.unsent.take()
+        if content["exit_code"] == 137 and procs.oom_killed():
             content["oom_killed"] = True  # (the engine's own event may come after this reply)
         self.link.send(MsgType.EXECUTE_REPLY, content, parent=run.msg)
         if self.shell.stdin_written:
             self.shell.stdin_written = False
             with contextlib.suppress(FileNotFoundError):
                 self.shell.files.stdin_path.unlink()
-
-
-_OOM_SEEN = [procs.oom_kills()]
-
-
-def _oom_killed() -> bool:
-    """Whether the out-of-memory killer ended a process of this cgroup since the last time a
-    command was asked this (read only after a SIGKILL: no cost on other commands)."""
-    now = procs.oom_kills()
-    killed = now is not None and _OOM_SEEN[0] is not None and now > _OOM_SEEN[0]
-    _OOM_SEEN[0] = now
-    return killed

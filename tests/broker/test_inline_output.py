@@ -133,3 +133,18 @@ async def test_async_client_gets_inline_output_through_its_callbacks(server: Ser
             *(client.execute(f"echo {i}", kernel=f"inline-a{i % 3}") for i in range(12))
         )
         assert [r.stdout for r in results] == [f"{i}\n" for i in range(12)]
+
+
+def test_auto_kernel_reply_rebuilt_with_its_decision_keeps_the_output(server: Server) -> None:
+    """An auto kernel's reply is built anew (with the decision): its inline output stays."""
+    client = server.client()
+    seen: list[tuple[str, bytes]] = []
+    result = client.execute(
+        "echo via-auto; echo e >&2",
+        kernel="inline-auto",
+        mode="auto",
+        on_output=lambda name, data: seen.append((name, data)),
+    )
+    assert (result.stdout, result.stderr, result.mode) == ("via-auto\n", "e\n", "local")
+    assert result.auto is not None and result.auto["mode"] == "local"
+    assert sorted(seen) == [("stderr", b"e\n"), ("stdout", b"via-auto\n")]

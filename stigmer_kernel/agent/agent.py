@@ -42,6 +42,7 @@ from .processes import JOURNAL_BYTES, ProcessTable
 from .shell import BashSession, CommandEnd
 from .shell_scripts import chdir_back_script
 from .stdin import StdinPipe
+from .unsent import UNSENT_WAIT_MS
 
 log = logging.getLogger("stigmer.agent")
 
@@ -258,7 +259,16 @@ class Agent(ContextMixin):
                     )
                 registered_bg = bg
             timeout_ms = self._next_timer_ms()
-            for sock_or_fd, events in poller.poll(timeout_ms):
+            ready = None
+            if command is not None and command.unsent:
+                # Output read but not sent: the reply carries it if the command ends now (its
+                # end report is there, or comes within UNSENT_WAIT: bash reports right after
+                # the last write); else it goes before the loop waits, so that a long command
+                # streams as it writes.
+                ready = poller.poll(min(timeout_ms, UNSENT_WAIT_MS))
+                if command.unsent.due(time.monotonic(), not ready and timeout_ms > 0):
+                    command.flush()
+            for sock_or_fd, events in ready or poller.poll(timeout_ms):
                 if sock_or_fd is self.sock:
                     self._drain_socket()
                 elif table.owns(int(sock_or_fd)) or int(sock_or_fd) in bg[1]:

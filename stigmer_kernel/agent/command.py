@@ -27,10 +27,10 @@ from ..protocol.constants import (
     StreamName,
 )
 from . import introspect, procs
-from .run import Run, execute_reply, hidden_reply
+from .run import Run, between_notice, execute_reply, hidden_reply, truncated_notice
 from .shell import BashSession, CommandEnd
-from .shell_pipes import BETWEEN_COMMANDS_LIMIT
 from .stdin import StdinPipe
+from .unsent import UnsentOutput
 
 #: Interrupt escalation: seconds after the interrupt at which each step happens.
 _TERM_AFTER = 0.5  # SIGTERM the command's processes, SIGINT bash again
@@ -140,6 +140,10 @@ class Command:
         window = content.get("window")
         if internal is None:
             env = content.get("env") if kind is MsgType.EXECUTE_REQUEST else None
+        #: The broker takes this command's last output inside its reply (``inline_output``);
+        #: output read is kept in ``unsent`` until :meth:`flush` or the reply.
+        self.inline = kind is MsgType.EXECUTE_REQUEST and content.get("inline_output") is True
+        self.unsent = UnsentOutput()
         self.script = script
         self.stdin = stdin
         self.env = env if isinstance(env, dict) else None  # this command's own variables
@@ -211,11 +215,7 @@ class Command:
             if kept := between.take(fd):
                 self.forward(name, kept)
         if dropped := between.take_dropped():
-            notice = (
-                f"[stigmer] {dropped} bytes of output written between commands were "
-                f"discarded (more than {BETWEEN_COMMANDS_LIMIT} bytes per stream)\n"
-            ).encode()
-            self.link.send(MsgType.STREAM, {"name": "stderr", "data": notice}, parent=self.run.msg)
+            self._emit(StreamName.STDERR, between_notice(dropped))
 
     def start(self) -> None:
         """Write the command line to bash, its stdin wired as the request asked."""
@@ -272,8 +272,23 @@ class Command:
                 run.dropped += len(data) - room
                 data = data[:room]
         run.sent += len(data)
-        run.messages += 1
-        self.link.send(MsgType.STREAM, {"name": name.value, "data": data}, parent=run.msg)
+        self._emit(name, data)
+
+    def _emit(self, name: StreamName, data: bytes) -> None:
+        """Output for the client, in order: kept while the reply may carry it, else sent."""
+        if self.inline:
+            self._send(self.unsent.add(name.value, data, time.monotonic()))
+        else:
+            self._send([[name.value, data]])
+
+    def flush(self) -> None:
+        """Send the output kept (the agent's loop is about to wait: output never waits too)."""
+        self._send(self.unsent.take())
+
+    def _send(self, chunks: list[list[Any]]) -> None:
+        for name, data in chunks:
+            self.run.messages += 1
+            self.link.send(MsgType.STREAM, {"name": name, "data": data}, parent=self.run.msg)
 
     def output_ack(self, msg: Message) -> None:
         """The broker's credit: how many of this command's stream messages reached the client."""
@@ -341,6 +356,7 @@ class Command:
         ]
         if self.stdin_pipe.reader_waiting(pids):
             run.waiting_input = True
+            self.flush()  # (the prompt it printed comes first)
             self.link.send(MsgType.INPUT_REQUEST, {"prompt": "", "password": False}, parent=run.msg)
 
     # -- timers and stopping ----------------------------------------------------------------
@@ -490,29 +506,15 @@ class Command:
         if fresh_session:
             end.session_ended = True
         if run.dropped:
-            notice = (
-                f"\n[stigmer] output truncated: {run.dropped} bytes past the limit of "
-                f"{run.output_limit} bytes were discarded\n"
-            ).encode()
-            self.link.send(MsgType.STREAM, {"name": "stderr", "data": notice}, parent=run.msg)
+            self._emit(StreamName.STDERR, truncated_notice(run))
         cwd = self.reply_cwd or self.shell.cwd
         content = execute_reply(run, end, time.monotonic(), cwd, self.link.stopping)
-        if content["exit_code"] == 137 and _oom_killed():
+        if self.unsent:  # the output read since the loop last waited: in the reply
+            content["output"] = self.unsent.take()
+        if content["exit_code"] == 137 and procs.oom_killed():
             content["oom_killed"] = True  # (the engine's own event may come after this reply)
         self.link.send(MsgType.EXECUTE_REPLY, content, parent=run.msg)
         if self.shell.stdin_written:
             self.shell.stdin_written = False
             with contextlib.suppress(FileNotFoundError):
                 self.shell.files.stdin_path.unlink()
-
-
-_OOM_SEEN = [procs.oom_kills()]
-
-
-def _oom_killed() -> bool:
-    """Whether the out-of-memory killer ended a process of this cgroup since the last time a
-    command was asked this (read only after a SIGKILL: no cost on other commands)."""
-    now = procs.oom_kills()
-    killed = now is not None and _OOM_SEEN[0] is not None and now > _OOM_SEEN[0]
-    _OOM_SEEN[0] = now
-    return killed

@@ -304,3 +304,15 @@ def oom_kills() -> int | None:
                     if key == "oom_kill":
                         return int(value)
     return None
+
+
+_OOM_SEEN = [oom_kills()]
+
+
+def oom_killed() -> bool:
+    """Whether the out-of-memory killer ended a process of this cgroup since the last time a
+    command was asked this (read only after a SIGKILL: no cost on other commands)."""
+    now = oom_kills()
+    killed = now is not None and _OOM_SEEN[0] is not None and now > _OOM_SEEN[0]
+    _OOM_SEEN[0] = now
+    return killed

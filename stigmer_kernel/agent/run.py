@@ -14,6 +14,7 @@ from ..protocol import ErrorName, ExecStatus, Message, MsgType
 from ..protocol.constants import EXIT_INTERRUPTED, EXIT_TIMEOUT
 from . import introspect
 from .shell import CommandEnd
+from .shell_pipes import BETWEEN_COMMANDS_LIMIT
 
 
 @dataclass
@@ -108,6 +109,22 @@ def execute_reply(
         content["evalue"] += "; the shell was restarted with its state (variables, "
         "functions, options and cwd kept)"
     return content
+
+
+def truncated_notice(run: Run) -> bytes:
+    """The stderr line that ends a command whose output passed its limit."""
+    return (
+        f"\n[stigmer] output truncated: {run.dropped} bytes past the limit of "
+        f"{run.output_limit} bytes were discarded\n"
+    ).encode()
+
+
+def between_notice(dropped: int) -> bytes:
+    """The stderr line that says background jobs' output between commands was discarded."""
+    return (
+        f"[stigmer] {dropped} bytes of output written between commands were "
+        f"discarded (more than {BETWEEN_COMMANDS_LIMIT} bytes per stream)\n"
+    ).encode()
 
 
 def hidden_reply(run: Run) -> tuple[MsgType, dict[str, Any]]:

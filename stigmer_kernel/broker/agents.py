@@ -210,14 +210,58 @@ class AgentEndpoint:
         self, kernel: Kernel, pending: Pending, msg: Message, msg_frames: list[bytes]
     ) -> None:
         """The agent's reply to ``pending``: completed once the output it follows is out."""
+        frames: list[bytes] | None = msg_frames
+        if (
+            "output" in msg.content
+            and msg.msg_type == MsgType.EXECUTE_REPLY.value
+            and not self._inline(kernel, pending, msg.content)
+        ):
+            frames = None  # the reply is built anew, without it
 
         def finish() -> None:
             if kernel.pending.get(pending.msg_id) is not pending:
                 return  # answered meanwhile (its kernel died, ...)
             if pending.lost:
                 msg.content["lost_messages"] = pending.lost
-            frames = None if pending.lost else msg_frames
-            self.hub.scheduler.complete(kernel, pending, msg.content, frames)
+            self.hub.scheduler.complete(
+                kernel, pending, msg.content, None if pending.lost else frames
+            )
 
         if not self.flow.hold_reply(pending, finish):
             finish()
+
+    def _inline(self, kernel: Kernel, pending: Pending, content: dict[str, Any]) -> bool:
+        """The output an execute_reply carries (its ``output``, the command's last): to the
+        Jupyter channels now, as its stream messages would have gone, and to the client in the
+        reply if it takes it there, else as stream messages before the reply. True if the
+        reply keeps it (its frames can be forwarded as they are)."""
+        output = content.get("output")
+        entries = output if isinstance(output, list) else []
+        chunks = [(entry[0], entry[1]) for entry in entries if _chunk(entry)]
+        channels = kernel.channels
+        if channels is not None and not pending.silent:
+            for name, data in chunks:
+                channels.output_chunk(pending, name, data)
+        if pending.sink.takes_inline(pending):
+            if entries and len(chunks) == len(entries):
+                return True
+            content["output"] = [list(chunk) for chunk in chunks]  # (bad entries dropped)
+            return False
+        del content["output"]
+        session = kernel.session
+        if session is not None:
+            for name, data in chunks:  # as the agent's own stream messages would have come
+                stream = {"name": name, "data": data}
+                msg = session.msg(MsgType.STREAM.value, stream, pending.header)
+                self.flow.output(kernel, pending, session.serialize(msg)[1:])  # (no delimiter)
+        return False
+
+
+def _chunk(entry: object) -> bool:
+    """One well-formed entry of an execute_reply's ``output``: [stream name, bytes]."""
+    return (
+        isinstance(entry, (list, tuple))
+        and len(entry) == 2
+        and entry[0] in ("stdout", "stderr")
+        and isinstance(entry[1], bytes)
+    )

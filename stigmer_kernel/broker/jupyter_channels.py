@@ -313,8 +313,11 @@ class JupyterChannels:
             )
 
     def output(self, kernel: Kernel, pending: Pending, msg: Message) -> None:
-        name = msg.content.get("name")
-        data = msg.content.get("data")
+        self.output_chunk(pending, msg.content.get("name"), msg.content.get("data"))
+
+    def output_chunk(self, pending: Pending, name: object, data: object) -> None:
+        """One chunk of ``pending``'s output (a stream message's, or one of its reply's inline
+        ``output``): published on iopub."""
         if self._private(pending) or name not in ("stdout", "stderr"):
             return
         if not isinstance(data, bytes):
@@ -348,6 +351,9 @@ class JupyterChannels:
     # -- the sink of Jupyter requests -----------------------------------------------------------
     def stream(self, kernel: Kernel, pending: Pending, frames: list[bytes]) -> bool:
         return True  # Jupyter clients get outputs on iopub (see output())
+
+    def takes_inline(self, pending: Pending) -> bool:
+        return True  # (published on iopub with every other output, before the reply)
 
     def reply(
         self, kernel: Kernel, pending: Pending, content: dict[str, Any], frames: list[bytes] | None

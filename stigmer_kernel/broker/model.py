@@ -60,6 +60,10 @@ class Sink(Protocol):
     def stream(self, kernel: Kernel, pending: Pending, frames: list[bytes]) -> bool:
         """Deliver one output chunk (agent frames after the delimiter); False if dropped."""
 
+    def takes_inline(self, pending: Pending) -> bool:
+        """Whether the client of ``pending`` gets the output an execute_reply carries inline
+        (its ``output``) from the reply itself; if not, it goes to :meth:`stream` first."""
+
     def reply(
         self, kernel: Kernel, pending: Pending, content: dict[str, Any], frames: list[bytes] | None
     ) -> None:
@@ -99,6 +103,7 @@ class Pending:
     tell_mode: bool = False  # the request named no mode: its reply says the kernel's
     run_at: float = 0.0  # monotonic time it went to the agent
     started: bool = False  # busy was published for it (Jupyter iopub)
+    inline: bool = False  # its (native) client takes the reply's inline ``output`` itself
 
     @property
     def msg_id(self) -> str:

@@ -148,6 +148,9 @@ class NativeFrontend:
     def stream(self, kernel: Kernel, pending: Pending, frames: list[bytes]) -> bool:
         return self.broker.reactor.send(self.sock, [pending.client, *self.session.resign(frames)])
 
+    def takes_inline(self, pending: Pending) -> bool:
+        return pending.inline
+
     def reply(
         self, kernel: Kernel, pending: Pending, content: dict[str, Any], frames: list[bytes] | None
     ) -> None:
@@ -215,6 +218,7 @@ class NativeFrontend:
             stop_on_error=bool(content.get("stop_on_error", False)),
             tell_mode=not content.get("mode"),
             sticky=sticky,
+            inline=content.get("inline_output") is True,
         )
         self.broker.scheduler.submit(kernel, pending)
 

@@ -130,6 +130,7 @@ class Scheduler:
     def _send(self, kernel: Kernel, pending: Pending) -> bool:
         if pending.kind is MsgType.EXECUTE_REQUEST:
             pending.content["window"] = OUTPUT_WINDOW  # flow control of its output (flow.py)
+            pending.content["inline_output"] = True  # its last output in its reply (agents.py)
         if not self.link.forward(kernel, pending):
             return False
         pending.run_at = time.monotonic()

@@ -295,6 +295,7 @@ class BlockingTransport:
             elif mtype == MsgType.KERNEL_EVENT.value:
                 self._event(msg.content, call)
             elif mtype != MsgType.STDIN_ACK.value:
+                call.reply(msg.content)
                 return msg
 
     def _event(self, event: dict[str, Any], call: Call | None) -> None:

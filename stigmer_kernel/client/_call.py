@@ -95,6 +95,19 @@ class Call:
             if text:
                 run_callback(f"on_{name}", callback, text)
 
+    def reply(self, content: dict[str, Any]) -> None:
+        """The reply came: the output it carries inline (an execute_reply's ``output``, the
+        command's last, after every stream message of it) goes out as those would have."""
+        output = content.pop("output", None)
+        if isinstance(output, list):
+            for entry in output:
+                if (
+                    isinstance(entry, (list, tuple))
+                    and len(entry) == 2
+                    and isinstance(entry[1], (bytes, str))
+                ):
+                    self.stream(str(entry[0]), entry[1])
+
     def output(self, name: str) -> bytes:
         """What was kept of stream ``name`` for the result."""
         return b"".join(self.chunks[name])

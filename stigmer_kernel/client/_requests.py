@@ -98,6 +98,7 @@ def execute_content(
         "silent": False,
         "store_history": True,
         "allow_stdin": False,
+        "inline_output": True,  # the command's last output may come inside its reply
     }
     if timeout is not None:
         content["timeout"] = timeout

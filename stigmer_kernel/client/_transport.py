@@ -214,6 +214,7 @@ class Transport:
                     call.events.append(msg.content)
                 self.on_event(msg.content)
             elif call is not None and not call.future.done():
+                call.reply(msg.content)
                 call.future.set_result(msg)
 
     async def request(

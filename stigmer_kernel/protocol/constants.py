@@ -41,6 +41,10 @@ OUTPUT_WINDOW = 64
 CLIENT_SOCKET_SEP = b"/"
 #: The broker acknowledges a command's output every this many delivered stream messages.
 OUTPUT_ACK_EVERY = 16
+#: Output a command wrote but the agent had not sent yet when it ended travels inside its
+#: ``execute_reply`` (its ``output`` list), at most this many bytes: a short command's output
+#: then costs no stream message of its own. Reads of this size or more are streamed as ever.
+INLINE_OUTPUT_MAX = 16 * 1024
 
 
 class MsgType(str, enum.Enum):

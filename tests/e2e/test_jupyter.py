@@ -190,6 +190,44 @@ def test_two_clients_share_a_kernel_the_jupyter_way(shared: tuple[Client, str]) 
     b.stop_channels()
 
 
+def test_short_output_is_published_before_the_reply(shared: tuple[Client, str]) -> None:
+    """A short command's output reaches the broker inside the agent's reply: Jupyter clients
+    still get it as iopub stream messages published before the execute_reply, and a Jupyter
+    client watching the kernel sees a native client's short command's output too."""
+    native, path = shared
+    a, b = connect(path), connect(path)
+    for _ in range(3):
+        msg_id = a.execute("echo hi; echo err >&2")
+        reply = a.get_shell_msg(timeout=10)
+        assert reply["parent_header"]["msg_id"] == msg_id and reply["content"]["status"] == "ok"
+        seen = drain_iopub(a, msg_id)
+        streams = [m for m in seen if m["msg_type"] == "stream"]
+        assert [(m["content"]["name"], m["content"]["text"]) for m in streams] == [
+            ("stdout", "hi\n"),
+            ("stderr", "err\n"),
+        ]
+        assert all(m["header"]["date"] <= reply["header"]["date"] for m in streams)
+        assert for_parent(drain_iopub(b, msg_id), msg_id)[-3:] == [
+            ("stream", ("stdout", "hi\n")),
+            ("stream", ("stderr", "err\n")),
+            ("status", "idle"),
+        ]
+    r = native.execute("echo watched; echo also >&2", kernel="team")
+    assert (r.stdout, r.stderr) == ("watched\n", "also\n")
+    texts: list[tuple[str, str]] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(texts) < 2:
+        try:
+            msg = b.get_iopub_msg(timeout=1)
+        except Empty:
+            continue
+        if msg["msg_type"] == "stream":
+            texts.append((msg["content"]["name"], msg["content"]["text"]))
+    assert texts == [("stdout", "watched\n"), ("stderr", "also\n")]
+    a.stop_channels()
+    b.stop_channels()
+
+
 def test_a_jupyter_client_counts_as_attached_until_it_disconnects(
     shared: tuple[Client, str],
 ) -> None:

@@ -147,7 +147,7 @@ def _main(argv: list[str]) -> int:
         return pools.AGENT.join(argv[2:])
     args: Args | None = None
     if argv[:1] == ["run"]:  # the common case, without argparse (it falls back on the rest)
-        from .run import parse_plain
+        from .run_args import parse_plain
 
         args = parse_plain(argv)
     if args is None:

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from stigmer_kernel.cli.main import COMMANDS, _chosen, _parser
-from stigmer_kernel.cli.run import parse_plain
+from stigmer_kernel.cli.run_args import parse_plain
 from tests.cli.conftest import stigmer
 
 #: Modules a plain ``stigmer run -- true`` must not load (each costs tens of milliseconds; pyzmq:

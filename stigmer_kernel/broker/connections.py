@@ -66,9 +66,10 @@ class Limits:
     rcvhwm: int
 
 
-#: Agents: output chunks of at most 64 KiB; the largest message is a completion or inspection
-#: reply, built from at most 4 MiB + 64 KiB of captured output that invalid UTF-8 can triple
-#: (U+FFFD). 200 chunks queued per agent is the streaming backpressure.
+#: Agents: output chunks of at most 256 KiB (``OUTPUT_CHUNK``); the largest message is a
+#: completion or inspection reply, built from at most 4 MiB + 256 KiB of captured output that
+#: invalid UTF-8 can triple (U+FFFD). An agent keeps to its window of 64 chunks per command;
+#: 200 queued per agent connection stop one that does not.
 AGENT_LIMITS = Limits(max_frame=16 * 1024 * 1024, rcvhwm=200)
 #: Jupyter shell, control and stdin: an execute_request's code is at most 1 Mi characters
 #: (``MAX_CODE``), up to 12 bytes each in escaped JSON; clients ask one thing at a time.
@@ -79,6 +80,10 @@ JUPYTER_SMALL_LIMITS = Limits(max_frame=4096, rcvhwm=16)
 #: client; more streams in ``stdin_chunk`` messages); the frame limit is
 #: ``Config.max_message_bytes``.
 CLIENT_RCVHWM = 64
+#: Messages queued to one peer of a ROUTER before it counts as not reading (output is then held
+#: by flow.py, a reply deferred): for a client, <= 192 output chunks of <= ``OUTPUT_CHUNK``
+#: (256 KiB): 48 MiB.
+SNDHWM = 192
 #: Live connections per socket: a Jupyter channel (a few clients each), the agent sockets (two
 #: per agent: main and heartbeat; so per kernel allowed, with room for restarts), and a TCP
 #: socket for remote clients.

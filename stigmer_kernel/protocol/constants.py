@@ -32,7 +32,10 @@ STDIN_CHUNK_MAX = 1024 * 1024
 FILE_CHUNK_MAX = 1024 * 1024
 #: The agent acknowledges stdin every this many bytes written (and whenever its buffer empties).
 STDIN_ACK_EVERY = 256 * 1024
-#: Flow control of a command's output: stream messages (<= 64 KiB each) an agent sends ahead
+#: Bytes of command output one ``stream`` message carries at most: what one read of its pipe
+#: (grown to this size) takes. Fewer, bigger messages: the cost of streaming is per message.
+OUTPUT_CHUNK = 256 * 1024
+#: Flow control of a command's output: stream messages (<= ``OUTPUT_CHUNK``) an agent sends ahead
 #: of the broker's ``output_ack`` (which says how many reached the client's socket). A client
 #: that reads slowly makes the command wait on its pipe, as a slow reader does in a shell.
 OUTPUT_WINDOW = 64

@@ -29,10 +29,10 @@ _SIGNATURE = b"\xff" + b"\0" * 8 + b"\x7f"
 _GREETING = _SIGNATURE + b"\x03\x01" + b"NULL".ljust(20, b"\0") + b"\0" + b"\0" * 31
 _MORE, _LONG, _COMMAND = 0x01, 0x02, 0x04
 _CLOSED = "it closed the connection during the handshake"
-#: Bytes asked of the socket per read.
-_READ = 256 * 1024
-#: A frame at least this large (an output chunk) is read straight into a buffer of its own, not
-#: through the read buffer: one copy from the socket instead of three.
+#: Bytes asked of the socket per read of frames (a big frame's rest is asked for whole).
+_READ = 16 * 1024
+#: A frame at least this large (an output chunk) is read past the read buffer: its rest straight
+#: from the socket in as few reads as it takes, then joined (one copy instead of three).
 _BIG = 64 * 1024
 
 
@@ -49,8 +49,8 @@ class ZmtpDealer:
         self.timeout = timeout  # for connecting and the handshake
         self._sock: socket.socket | None = None
         self._buf = bytearray()
-        self._body: bytearray | None = None  # a big frame being read into its own buffer
-        self._body_got = 0  # ... its bytes read so far
+        self._body: list[bytes] = []  # the pieces read of a big frame, while it is read
+        self._body_left = 0  # ... the bytes still to read
         self._body_flags = 0  # ... and its flags
         self._parts: list[bytes] = []  # frames of the message being read
         self._messages: deque[list[bytes]] = deque()
@@ -108,7 +108,7 @@ class ZmtpDealer:
             raise
         self._sock = sock
         self._buf.clear()
-        self._body = None
+        self._body, self._body_left = [], 0
         self._parts = []
         while self._pending and self._sock is not None:  # (a write that fails drops the link)
             self._write(self._pending.popleft())
@@ -208,23 +208,22 @@ class ZmtpDealer:
     def _read_available(self) -> None:
         """Read until the socket has nothing more now or a message is complete."""
         while self._sock is not None and not self._messages:
-            sock = self._sock
             try:
-                if self._body is not None:
-                    with memoryview(self._body) as view:
-                        got = sock.recv_into(view[self._body_got :])
-                    if got:
-                        self._body_got += got
-                        if self._body_got == len(self._body):
-                            body, self._body = bytes(self._body), None
+                if self._body_left:
+                    piece = self._sock.recv(self._body_left)
+                    if piece:
+                        self._body.append(piece)
+                        self._body_left -= len(piece)
+                        if not self._body_left:
+                            body, self._body = b"".join(self._body), []
                             self._frame(self._body_flags, body)
                         continue
                 else:
-                    chunk = sock.recv(_READ)
+                    chunk = self._sock.recv(_READ)
                     if chunk:
                         self._buf += chunk
                         self._parse()
-                        if len(chunk) < _READ and self._body is None:
+                        if len(chunk) < _READ and not self._body_left:
                             break  # (what came is all there was)
                         continue
             except BlockingIOError:
@@ -235,7 +234,7 @@ class ZmtpDealer:
             break
 
     def _parse(self) -> None:
-        """Take the complete frames out of the read buffer (a big one's start into its own)."""
+        """Take the complete frames out of the read buffer (and a big one's start)."""
         buf, pos, end = self._buf, 0, len(self._buf)
         commands: list[bytes] = []
         with memoryview(buf) as view:
@@ -251,9 +250,8 @@ class ZmtpDealer:
                     start = pos + 2
                 if end - start < size:
                     if size >= _BIG and not flags & _COMMAND:
-                        self._body = bytearray(size)
-                        self._body[: end - start] = view[start:end]
-                        self._body_got, self._body_flags = end - start, flags
+                        self._body = [bytes(view[start:end])]
+                        self._body_left, self._body_flags = size - (end - start), flags
                         pos = end
                     break
                 body = bytes(view[start : start + size])
@@ -284,7 +282,7 @@ class ZmtpDealer:
         """The peer closed: forget the half-read message; reconnect() makes a new link."""
         self.close()
         self._buf.clear()
-        self._body = None
+        self._body, self._body_left = [], 0
         self._parts = []
 
 

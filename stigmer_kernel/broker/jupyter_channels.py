@@ -35,7 +35,7 @@ import zmq
 
 from ..errors import RequestError
 from ..protocol import ErrorName, Message, MsgType, Session, new_key
-from .connections import JUPYTER_CAP, JUPYTER_LIMITS, JUPYTER_SMALL_LIMITS, apply_limits
+from .connections import JUPYTER_CAP, JUPYTER_LIMITS, JUPYTER_SMALL_LIMITS, SNDHWM, apply_limits
 from .model import Kernel, Pending
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ class JupyterChannels:
         if name != "iopub":
             # No ROUTER_HANDOVER: a second connection with a live client's identity is refused.
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        sock.setsockopt(zmq.SNDHWM, 1000)
+        sock.setsockopt(zmq.SNDHWM, SNDHWM)  # (iopub: a slow subscriber's output, <= 48 MiB)
         small = name in ("iopub", "hb")  # subscriptions and pings only come in there
         apply_limits(sock, JUPYTER_SMALL_LIMITS if small else JUPYTER_LIMITS)
         self.sockets[name] = sock

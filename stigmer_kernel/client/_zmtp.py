@@ -31,9 +31,12 @@ _MORE, _LONG, _COMMAND = 0x01, 0x02, 0x04
 _CLOSED = "it closed the connection during the handshake"
 #: Bytes asked of the socket per read of frames (a big frame's rest is asked for whole).
 _READ = 16 * 1024
-#: A frame at least this large (an output chunk) is read past the read buffer: its rest straight
-#: from the socket in as few reads as it takes, then joined (one copy instead of three).
+#: A frame at least this large (an output chunk) is read past the read buffer, its rest straight
+#: from the socket into a buffer kept for that, and copied out once (one copy instead of three,
+#: one allocation: a fresh one per read would make the kernel fault its pages in each time).
 _BIG = 64 * 1024
+#: A buffer for big frames larger than this is not kept once its frame is out.
+_KEEP = 1024 * 1024
 
 
 class ZmtpDealer:
@@ -49,8 +52,9 @@ class ZmtpDealer:
         self.timeout = timeout  # for connecting and the handshake
         self._sock: socket.socket | None = None
         self._buf = bytearray()
-        self._body: list[bytes] = []  # the pieces read of a big frame, while it is read
-        self._body_left = 0  # ... the bytes still to read
+        self._big = bytearray()  # where a big frame is read
+        self._body_size = 0  # ... the size of the one being read (0: none)
+        self._body_got = 0  # ... its bytes read so far
         self._body_flags = 0  # ... and its flags
         self._parts: list[bytes] = []  # frames of the message being read
         self._messages: deque[list[bytes]] = deque()
@@ -108,7 +112,7 @@ class ZmtpDealer:
             raise
         self._sock = sock
         self._buf.clear()
-        self._body, self._body_left = [], 0
+        self._body_size = 0
         self._parts = []
         while self._pending and self._sock is not None:  # (a write that fails drops the link)
             self._write(self._pending.popleft())
@@ -209,21 +213,25 @@ class ZmtpDealer:
         """Read until the socket has nothing more now or a message is complete."""
         while self._sock is not None and not self._messages:
             try:
-                if self._body_left:
-                    piece = self._sock.recv(self._body_left)
-                    if piece:
-                        self._body.append(piece)
-                        self._body_left -= len(piece)
-                        if not self._body_left:
-                            body, self._body = b"".join(self._body), []
-                            self._frame(self._body_flags, body)
+                if self._body_size:
+                    with memoryview(self._big) as view:
+                        got = self._sock.recv_into(view[self._body_got : self._body_size])
+                        self._body_got += got
+                        done = got and self._body_got == self._body_size
+                        body = bytes(view[: self._body_size]) if done else b""
+                    if done:
+                        if self._body_size > _KEEP:
+                            self._big = bytearray()
+                        self._body_size = 0
+                        self._frame(self._body_flags, body)
+                    if got:
                         continue
                 else:
                     chunk = self._sock.recv(_READ)
                     if chunk:
                         self._buf += chunk
                         self._parse()
-                        if len(chunk) < _READ and not self._body_left:
+                        if len(chunk) < _READ and not self._body_size:
                             break  # (what came is all there was)
                         continue
             except BlockingIOError:
@@ -250,8 +258,11 @@ class ZmtpDealer:
                     start = pos + 2
                 if end - start < size:
                     if size >= _BIG and not flags & _COMMAND:
-                        self._body = [bytes(view[start:end])]
-                        self._body_left, self._body_flags = size - (end - start), flags
+                        if len(self._big) < size:
+                            self._big = bytearray(size)
+                        self._big[: end - start] = view[start:end]
+                        self._body_size, self._body_got = size, end - start
+                        self._body_flags = flags
                         pos = end
                     break
                 body = bytes(view[start : start + size])
@@ -282,7 +293,7 @@ class ZmtpDealer:
         """The peer closed: forget the half-read message; reconnect() makes a new link."""
         self.close()
         self._buf.clear()
-        self._body, self._body_left = [], 0
+        self._body_size = 0
         self._parts = []
 
 

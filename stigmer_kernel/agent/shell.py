@@ -82,9 +82,10 @@ NONINTERACTIVE_ENV = {
 }
 
 _READ = 65536
-#: Bytes asked per read of an output pipe, and the capacity the pipes are grown to (a pipe of
-#: 64 KiB would give no more per read).
+#: Bytes asked per read of an output pipe, and the capacities the pipes are grown to, the first
+#: the system allows (a pipe of 64 KiB would give no more per read).
 _OUTPUT_READ = OUTPUT_CHUNK
+_PIPE_SIZES = (OUTPUT_CHUNK, 256 * 1024)
 #: How long the agent waits for the rest of an end report once its first marker came: bash
 #: prints the three markers of one report in a row, so reading them in one turn saves two
 #: loop turns per command (a report that does not follow is read at the next turn as ever).
@@ -157,8 +158,10 @@ class BashSession(ShellProcess):
             self.stderr_fd, self._err_w = os.pipe()
             for fd in (self.stdout_fd, self.stderr_fd):
                 os.set_blocking(fd, False)
-                with contextlib.suppress(OSError):  # (above pipe-max-size: 64 KiB it stays)
-                    fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _OUTPUT_READ)
+                for size in _PIPE_SIZES:  # (above pipe-max-size: refused, 64 KiB it may stay)
+                    with contextlib.suppress(OSError):
+                        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+                        break
             os.set_blocking(self._cmd_w, False)  # (bash's end, a separate description, blocks)
         else:
             self._discard_input()

@@ -182,7 +182,7 @@ class Broker:
             Limits(self.config.max_message_bytes, CLIENT_RCVHWM),
             zap_domain=IPC_ZAP_DOMAIN,
         )
-        # Per agent, at most ~200 chunks (<= 256 KiB) wait for the broker; beyond that the agent's
+        # Per agent, at most 64 chunks (<= 1 MiB) wait for the broker; beyond that the agent's
         # sends block and its command waits on its pipe: backpressure, not memory. Registered
         # raw: a stream's data frame is forwarded as the zmq.Frame it came in (agents.py).
         agent_sock = self.agents.sock = self._router(self.runtime.agent_endpoint, AGENT_LIMITS)

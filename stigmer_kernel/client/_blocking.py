@@ -50,7 +50,7 @@ from ._call import (
 from .discovery import ServerAddress
 
 #: As the asyncio transport's: output queued here before the server holds the rest.
-_RCVHWM = 64
+_RCVHWM = 16
 #: Milliseconds between two attempts to connect again after the server closed (libzmq's
 #: default reconnect interval).
 _RECONNECT_MS = 100

@@ -75,7 +75,7 @@ def test_output_is_streamed_in_full_and_a_stopped_reader_loses_nothing(
     assert cli.wait(timeout=60) == 0, err
     assert got == BIG and digest.hexdigest() == want
     assert err == b""  # no truncation notice
-    # the client socket's queue (192 messages of <= 256 KiB) and one command's window (64)
+    # the client socket's queue (48 messages of <= 1 MiB) and one command's window (16 such)
     assert peak - baseline < 100_000, (baseline, peak)
 
 

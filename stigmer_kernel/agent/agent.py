@@ -130,7 +130,9 @@ class Agent(ContextMixin):
         frames = self.session.serialize(msg)
         while True:  # a slow broker loses nothing: retry for as long as it answers heartbeats
             try:
-                self.sock.send_multipart(frames, copy=False)
+                # Copied into libzmq's messages (a memcpy): a zero-copy send of a big chunk
+                # costs more, pyzmq's garbage thread taking the GIL to release each one.
+                self.sock.send_multipart(frames)
                 return
             except zmq.Again:
                 if self._orphaned():

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..environment import NAME_RE
+from ..protocol.constants import OUTPUT_CHUNK
 from . import procs
 from .shell_files import SessionFiles
 from .shell_pipes import BETWEEN_COMMANDS_LIMIT, BetweenCommands, ControlScanner
@@ -81,6 +82,10 @@ NONINTERACTIVE_ENV = {
 }
 
 _READ = 65536
+#: Bytes asked per read of an output pipe, and the capacities the pipes are grown to, the first
+#: the system allows (a pipe of 64 KiB would give no more per read).
+_OUTPUT_READ = OUTPUT_CHUNK
+_PIPE_SIZES = (OUTPUT_CHUNK, 256 * 1024)
 #: How long the agent waits for the rest of an end report once its first marker came: bash
 #: prints the three markers of one report in a row, so reading them in one turn saves two
 #: loop turns per command (a report that does not follow is read at the next turn as ever).
@@ -151,8 +156,12 @@ class BashSession(ShellProcess):
             self._cmd_r, self._cmd_w = os.pipe()
             self.stdout_fd, self._out_w = os.pipe()
             self.stderr_fd, self._err_w = os.pipe()
-            os.set_blocking(self.stdout_fd, False)
-            os.set_blocking(self.stderr_fd, False)
+            for fd in (self.stdout_fd, self.stderr_fd):
+                os.set_blocking(fd, False)
+                for size in _PIPE_SIZES:  # (above pipe-max-size: refused, 64 KiB it may stay)
+                    with contextlib.suppress(OSError):
+                        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+                        break
             os.set_blocking(self._cmd_w, False)  # (bash's end, a separate description, blocks)
         else:
             self._discard_input()
@@ -285,7 +294,7 @@ class BashSession(ShellProcess):
     def read(self, fd: int) -> tuple[bytes, bool]:
         """Read what is available on the output pipe ``fd``: (bytes, eof)."""
         try:
-            data = os.read(fd, _READ)
+            data = os.read(fd, _OUTPUT_READ)
         except BlockingIOError:
             return b"", False
         except OSError:

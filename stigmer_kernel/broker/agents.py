@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..curve import ClientKeys, keypair
 from ..errors import ProtocolError, RequestError
 from ..protocol import Message, MsgType
+from ..protocol.constants import DELIM
 from ..protocol.session import split_ids
 from .model import Kernel, Pending
 from .pools import MEMBER_PREFIX
@@ -120,11 +121,11 @@ class AgentEndpoint:
         """The reactor callback of agent socket ``sock``; ``curve``: it reads each message's
         ZAP User-Id (the sandboxes' TCP socket, registered raw)."""
         if not curve:
-            return lambda frames: self.on_frames(frames, sock)
+            return lambda frames: self.on_frames(_envelope_bytes(frames), sock)
 
         def on_raw(frames: list[Any]) -> None:
             user = frames[-1].get("User-Id")  # the z85 key ZAP accepted for that connection
-            self.on_frames([f.bytes for f in frames], sock, curve_user=str(user))
+            self.on_frames(_envelope_bytes(frames), sock, curve_user=str(user))
 
         return on_raw
 
@@ -265,3 +266,17 @@ def _chunk(entry: object) -> bool:
         and entry[0] in ("stdout", "stderr")
         and isinstance(entry[1], bytes)
     )
+
+
+def _envelope_bytes(frames: list[Any]) -> list[Any]:
+    """An agent's message (``zmq.Frame`` objects) with its routing ids, delimiter, signature and
+    four dict frames as bytes, and its buffers left as frames: a stream's raw data frame is
+    forwarded to the client as it came, never copied (``Session`` reads buffers either way)."""
+    out: list[Any] = []
+    for index, frame in enumerate(frames):
+        out.append(frame.bytes)
+        if out[-1] == DELIM:
+            out.extend(f.bytes for f in frames[index + 1 : index + 6])
+            out.extend(frames[index + 6 :])
+            return out
+    return out

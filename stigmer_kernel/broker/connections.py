@@ -66,10 +66,11 @@ class Limits:
     rcvhwm: int
 
 
-#: Agents: output chunks of at most 64 KiB; the largest message is a completion or inspection
-#: reply, built from at most 4 MiB + 64 KiB of captured output that invalid UTF-8 can triple
-#: (U+FFFD). 200 chunks queued per agent is the streaming backpressure.
-AGENT_LIMITS = Limits(max_frame=16 * 1024 * 1024, rcvhwm=200)
+#: Agents: output chunks of at most 1 MiB (``OUTPUT_CHUNK``); the largest message is a
+#: completion or inspection reply, built from at most 4 MiB + 1 MiB of captured output that
+#: invalid UTF-8 can triple (U+FFFD). An agent keeps to its window of 16 chunks per command;
+#: 64 queued per agent connection stop one that does not.
+AGENT_LIMITS = Limits(max_frame=16 * 1024 * 1024, rcvhwm=64)
 #: Jupyter shell, control and stdin: an execute_request's code is at most 1 Mi characters
 #: (``MAX_CODE``), up to 12 bytes each in escaped JSON; clients ask one thing at a time.
 JUPYTER_LIMITS = Limits(max_frame=16 * 1024 * 1024, rcvhwm=32)
@@ -79,6 +80,14 @@ JUPYTER_SMALL_LIMITS = Limits(max_frame=4096, rcvhwm=16)
 #: client; more streams in ``stdin_chunk`` messages); the frame limit is
 #: ``Config.max_message_bytes``.
 CLIENT_RCVHWM = 64
+#: Messages queued to one peer of a native ROUTER before it counts as not reading (output is
+#: then held by flow.py, a reply deferred): for a client, <= 48 output chunks of <=
+#: ``OUTPUT_CHUNK`` (1 MiB): 48 MiB.
+SNDHWM = 48
+#: The same on the Jupyter channels, whose stream messages carry <= 64 KiB of output each
+#: (``jupyter_channels.JUPYTER_STREAM_PIECE``; iopub is a PUB: a slow subscriber loses what
+#: passes it).
+JUPYTER_SNDHWM = 1000
 #: Live connections per socket: a Jupyter channel (a few clients each), the agent sockets (two
 #: per agent: main and heartbeat; so per kernel allowed, with room for restarts), and a TCP
 #: socket for remote clients.

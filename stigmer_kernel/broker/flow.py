@@ -7,8 +7,9 @@ and retried, instead of dropped; the command's reply waits behind its held outpu
 out of credit, stops reading the command's pipes, and the command blocks on its next write, as
 it would writing to a slow reader in a shell.
 
-Memory: per command at most ``OUTPUT_WINDOW`` held messages of <= 64 KiB (4 MiB), besides the
-client socket's own queue (``server._CLIENT_HWM`` messages: 62.5 MiB); an agent that ignores the
+Memory: per command at most ``OUTPUT_WINDOW`` (16) held messages of <= ``OUTPUT_CHUNK`` (1 MiB:
+16 MiB), besides the client socket's own queue (``connections.SNDHWM``, 48 messages: 48 MiB);
+an agent that ignores the
 window (an older remote agent) loses what passes ``_HOLD_LIMIT``, counted as ``lost_messages``
 as before.
 """

@@ -35,7 +35,13 @@ import zmq
 
 from ..errors import RequestError
 from ..protocol import ErrorName, Message, MsgType, Session, new_key
-from .connections import JUPYTER_CAP, JUPYTER_LIMITS, JUPYTER_SMALL_LIMITS, apply_limits
+from .connections import (
+    JUPYTER_CAP,
+    JUPYTER_LIMITS,
+    JUPYTER_SMALL_LIMITS,
+    JUPYTER_SNDHWM,
+    apply_limits,
+)
 from .model import Kernel, Pending
 
 if TYPE_CHECKING:
@@ -46,6 +52,8 @@ if TYPE_CHECKING:
 FrameHandler = Callable[["JupyterChannels", str, list[bytes], "int | None"], None]
 
 CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
+#: Bytes of command output per iopub ``stream`` message at most (an agent's chunk is cut).
+JUPYTER_STREAM_PIECE = 64 * 1024
 _LOOPBACK = {"127.0.0.1", "localhost"}
 #: Replies for requests the agent serves, by request kind.
 _REPLY_TYPES = {
@@ -144,7 +152,7 @@ class JupyterChannels:
         if name != "iopub":
             # No ROUTER_HANDOVER: a second connection with a live client's identity is refused.
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        sock.setsockopt(zmq.SNDHWM, 1000)
+        sock.setsockopt(zmq.SNDHWM, JUPYTER_SNDHWM)
         small = name in ("iopub", "hb")  # subscriptions and pings only come in there
         apply_limits(sock, JUPYTER_SMALL_LIMITS if small else JUPYTER_LIMITS)
         self.sockets[name] = sock
@@ -325,9 +333,11 @@ class JupyterChannels:
         decoder = pending.decoders.get(name)
         if decoder is None:
             decoder = pending.decoders[name] = codecs.getincrementaldecoder("utf-8")("replace")
-        text = decoder.decode(data)
-        if text:
-            self.publish(MsgType.STREAM, {"name": name, "text": text}, pending.header)
+        with memoryview(data) as view:  # in pieces: each iopub message as before the big chunks
+            for at in range(0, len(data), JUPYTER_STREAM_PIECE):
+                text = decoder.decode(view[at : at + JUPYTER_STREAM_PIECE])
+                if text:
+                    self.publish(MsgType.STREAM, {"name": name, "text": text}, pending.header)
 
     def finished(self, kernel: Kernel, pending: Pending, content: dict[str, Any]) -> None:
         if self._private(pending):

@@ -37,7 +37,7 @@ from ..curve import (
 from ..errors import ProtocolError, StigmerError
 from ..protocol import KernelState, MsgType, Session
 from ..provisioners import AgentHandle
-from .connections import CLIENT_RCVHWM, Limits, apply_limits
+from .connections import CLIENT_RCVHWM, SNDHWM, Limits, apply_limits
 from .model import AGENT_REPLAY_WINDOW, NAME_RE, REMOTE, Incarnation
 from .peers import Authenticator, LocalPeers
 
@@ -113,7 +113,7 @@ class RemoteEndpoints:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 1000)
+        sock.setsockopt(zmq.SNDHWM, SNDHWM)
         apply_limits(sock, limits or Limits(self.broker.config.max_message_bytes, CLIENT_RCVHWM))
         sock.setsockopt(zmq.IPV6, 1)  # tcp://[::1]:PORT too (IPv4 addresses work as before)
         if not plain:

@@ -44,6 +44,7 @@ from .connections import (
     AGENT_LIMITS,
     CLIENT_RCVHWM,
     CLIENT_TCP_CAP,
+    SNDHWM,
     ConnectionGuard,
     Limits,
     apply_limits,
@@ -64,8 +65,6 @@ from .sandbox_tcp import bind_sandbox_tcp
 from .scheduler import Scheduler
 
 log = logging.getLogger("stigmer.broker")
-
-_CLIENT_HWM = 1000  # messages (<= 64 KiB each) queued for one client before drops start
 
 
 class Broker:
@@ -187,8 +186,9 @@ class Broker:
             Limits(self.config.max_message_bytes, CLIENT_RCVHWM),
             zap_domain=IPC_ZAP_DOMAIN,
         )
-        # Per agent, at most ~200 chunks (<= 64 KiB) wait for the broker; beyond that the agent's
-        # sends block and its command waits on its pipe: backpressure, not memory.
+        # Per agent, at most 64 chunks (<= 1 MiB) wait for the broker; beyond that the agent's
+        # sends block and its command waits on its pipe: backpressure, not memory. Registered
+        # raw: a stream's data frame is forwarded as the zmq.Frame it came in (agents.py).
         agent_sock = self.agents.sock = self._router(self.runtime.agent_endpoint, AGENT_LIMITS)
         # Mounted in every sandbox: its connections are capped and watched (connections.py).
         agent_cap = AGENT_CAP_PER_KERNEL * self.config.max_kernels + 64
@@ -196,7 +196,7 @@ class Broker:
         for path in (self.runtime.client_socket, self.runtime.agent_socket):
             os.chmod(path, 0o600)
         self.reactor.register(self.client_sock, self.native.on_frames)
-        self.reactor.register(agent_sock, self.agents.receiver(agent_sock))
+        self.reactor.register(agent_sock, self.agents.receiver(agent_sock), raw=True)
         if self.config.client_endpoint:
             self.client_tcp_sock = self.remote.tcp_router(
                 self.config.client_endpoint,
@@ -213,7 +213,7 @@ class Broker:
             )
             self.connections.watch(tcp, "agent TCP socket", agent_cap)
             if self.config.allow_plain_tcp:
-                self.reactor.register(tcp, self.agents.receiver(tcp))
+                self.reactor.register(tcp, self.agents.receiver(tcp), raw=True)
             else:  # it reads each message's ZAP User-Id: pool members are told apart by it
                 self.reactor.register(tcp, self.agents.receiver(tcp, curve=True), raw=True)
         if self.config.sandbox_transport == "tcp":
@@ -247,7 +247,7 @@ class Broker:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, _CLIENT_HWM)
+        sock.setsockopt(zmq.SNDHWM, SNDHWM)
         apply_limits(sock, limits)  # before bind: libzmq copies them to the listener there
         if zap_domain is not None:
             sock.setsockopt(zmq.ZAP_DOMAIN, zap_domain.encode())

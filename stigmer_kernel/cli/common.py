@@ -1,5 +1,6 @@
 """What the subcommands share: failing with one line on stderr, exit codes of the CLI's own,
-the global ``--remote`` options, reading a requirements file, quieting a closed stdout."""
+the global ``--remote`` options, reading a requirements file, writing all of a chunk to stdout
+and quieting it once closed."""
 
 from __future__ import annotations
 
@@ -30,6 +31,29 @@ class UsageError(StigmerError):
 def fail(message: str, code: int = EXIT_STIGMER_ERROR) -> int:
     print(f"stigmer: error: {message}", file=sys.stderr)
     return code
+
+
+def write_all(stream: Any, data: bytes | memoryview) -> None:
+    """Write all of ``data`` to ``stream`` and flush it.
+
+    ``sys.stdout.buffer`` is a raw ``FileIO`` under ``python -u`` or ``PYTHONUNBUFFERED`` (as
+    in many container images), and a raw write to a pipe returns short when a signal comes
+    while it waits for the reader (SIGSTOP/SIGCONT of a pipeline, SIGWINCH, Ctrl-Z): the rest
+    is written here, never dropped. A non-blocking descriptor is waited for.
+    """
+    view = memoryview(data).cast("B")
+    while view:
+        try:
+            written = stream.write(view)
+        except BlockingIOError as exc:  # a buffered stream on a non-blocking descriptor
+            written = exc.characters_written
+        if written is None or written == 0:  # a raw one that took nothing now
+            import select
+
+            select.select([], [stream], [])
+            continue
+        view = view[written:]
+    stream.flush()
 
 
 def silence(stream: Any) -> None:

@@ -9,6 +9,7 @@ nothing is printed unless something fails.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from typing import Any
@@ -95,7 +96,10 @@ def run(args: argparse.Namespace) -> int:
             else:
                 assert source_kernel is not None
                 if args.target == "-":
-                    c.download_stream(source_kernel, source, sys.stdout.buffer, mode=args.mode)
+                    # Buffered, so that a write a signal cuts short is finished (a raw
+                    # sys.stdout.buffer under PYTHONUNBUFFERED would drop the rest).
+                    with os.fdopen(sys.stdout.fileno(), "wb", closefd=False) as out:
+                        c.download_stream(source_kernel, source, out, mode=args.mode)
                 else:
                     c.download(source_kernel, source, target, mode=args.mode, progress=bar.update)
     except FileError as exc:

@@ -11,7 +11,7 @@ import asyncio
 import sys
 from typing import Any
 
-from .common import EXIT_BROKEN_PIPE, UsageError, silence
+from .common import EXIT_BROKEN_PIPE, UsageError, silence, write_all
 from .processes import client_for, split_ref
 
 
@@ -58,8 +58,7 @@ async def _logs(
                     file=sys.stderr,
                 )
             if chunk.data:
-                out.write(chunk.data)
-                out.flush()
+                write_all(out, chunk.data)
             since = chunk.next
             if chunk.data and since < chunk.end:
                 continue  # more is there already

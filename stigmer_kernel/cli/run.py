@@ -24,6 +24,7 @@ from .common import (
     read_requirements,
     remote_server,
     silence,
+    write_all,
 )
 
 TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
@@ -294,8 +295,7 @@ class _Output:
         self.close_display()
         stream = self.out[name]
         try:
-            stream.write(data)
-            stream.flush()
+            write_all(stream, data)
         except BrokenPipeError:
             # Like a program killed by SIGPIPE: the command is interrupted (it would write on
             # forever otherwise), the CLI says nothing and exits 141.

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import StigmerError
 from ..runtime import RuntimeDir
-from .common import EXIT_NOT_RUNNING, fail, load, remote_server
+from .common import EXIT_NOT_RUNNING, fail, load, remote_server, write_all
 
 
 def add_parser(sub: Any) -> None:
@@ -143,12 +143,10 @@ def _copy_log(handle: Any, follow: bool, lines: int | None) -> None:
     data = handle.read()
     if lines is not None:
         data = b"".join(data.splitlines(keepends=True)[-lines:]) if lines > 0 else b""
-    out.write(data)
-    out.flush()
+    write_all(out, data)
     while follow:
         chunk = handle.read()
         if chunk:
-            out.write(chunk)
-            out.flush()
+            write_all(out, chunk)
         else:
             time.sleep(0.2)

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from .discovery import ServerAddress
 
 #: As the asyncio transport's: output queued here before the server holds the rest.
-_RCVHWM = 256
+_RCVHWM = 16
 #: Milliseconds between two attempts to connect again after the server closed (libzmq's
 #: default reconnect interval).
 _RECONNECT_MS = 100

@@ -54,9 +54,9 @@ __all__ = [
     "client_identity",
     "run_callback",
 ]
-#: Messages (output chunks of <= 64 KiB) queued here before the server holds the rest: a
-#: caller that does not keep up (a slow stdout) then slows the command, not our memory.
-_RCVHWM = 256
+#: Messages (output chunks of <= 1 MiB: 16 MiB) queued here before the server holds the rest:
+#: a caller that does not keep up (a slow stdout) then slows the command, not our memory.
+_RCVHWM = 16
 
 
 class AsyncCall(Call):

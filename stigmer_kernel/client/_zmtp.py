@@ -29,8 +29,14 @@ _SIGNATURE = b"\xff" + b"\0" * 8 + b"\x7f"
 _GREETING = _SIGNATURE + b"\x03\x01" + b"NULL".ljust(20, b"\0") + b"\0" + b"\0" * 31
 _MORE, _LONG, _COMMAND = 0x01, 0x02, 0x04
 _CLOSED = "it closed the connection during the handshake"
-#: Bytes asked of the socket per read.
-_READ = 256 * 1024
+#: Bytes asked of the socket per read of frames (a big frame's rest is asked for whole).
+_READ = 16 * 1024
+#: A frame at least this large (an output chunk) is read past the read buffer, its rest straight
+#: from the socket into a buffer kept for that, and copied out once (one copy instead of three,
+#: one allocation: a fresh one per read would make the kernel fault its pages in each time).
+_BIG = 64 * 1024
+#: A buffer for big frames larger than this is not kept once its frame is out.
+_KEEP = 1024 * 1024
 
 
 class ZmtpDealer:
@@ -46,6 +52,10 @@ class ZmtpDealer:
         self.timeout = timeout  # for connecting and the handshake
         self._sock: _socket.socket | None = None
         self._buf = bytearray()
+        self._big = bytearray()  # where a big frame is read
+        self._body_size = 0  # ... the size of the one being read (0: none)
+        self._body_got = 0  # ... its bytes read so far
+        self._body_flags = 0  # ... and its flags
         self._parts: list[bytes] = []  # frames of the message being read
         self._messages: deque[list[bytes]] = deque()
         self._pending: deque[bytes] = deque()  # sent while down: sent once up again
@@ -102,6 +112,7 @@ class ZmtpDealer:
             raise
         self._sock = sock
         self._buf.clear()
+        self._body_size = 0
         self._parts = []
         while self._pending and self._sock is not None:  # (a write that fails drops the link)
             self._write(self._pending.popleft())
@@ -199,46 +210,76 @@ class ZmtpDealer:
         return self._messages.popleft() if self._messages else None
 
     def _read_available(self) -> None:
-        assert self._sock is not None
-        while True:
+        """Read until the socket has nothing more now or a message is complete."""
+        while self._sock is not None and not self._messages:
             try:
-                chunk = self._sock.recv(_READ)
+                if self._body_size:
+                    with memoryview(self._big) as view:
+                        got = self._sock.recv_into(view[self._body_got : self._body_size])
+                        self._body_got += got
+                        done = got and self._body_got == self._body_size
+                        body = bytes(view[: self._body_size]) if done else b""
+                    if done:
+                        if self._body_size > _KEEP:
+                            self._big = bytearray()
+                        self._body_size = 0
+                        self._frame(self._body_flags, body)
+                    if got:
+                        continue
+                else:
+                    chunk = self._sock.recv(_READ)
+                    if chunk:
+                        self._buf += chunk
+                        self._parse()
+                        if len(chunk) < _READ and not self._body_size:
+                            break  # (what came is all there was)
+                        continue
             except BlockingIOError:
                 break
             except OSError:
-                chunk = b""
-            if not chunk:
-                self._lost()
-                break
-            self._buf += chunk
-            if len(chunk) < _READ:
-                break
-        self._parse()
+                pass
+            self._lost()  # (read nothing: the peer closed)
+            break
 
     def _parse(self) -> None:
+        """Take the complete frames out of the read buffer (and a big one's start)."""
         buf, pos, end = self._buf, 0, len(self._buf)
-        while end - pos >= 2:
-            flags = buf[pos]
-            if flags & _LONG:
-                if end - pos < 9:
+        commands: list[bytes] = []
+        with memoryview(buf) as view:
+            while end - pos >= 2:
+                flags = buf[pos]
+                if flags & _LONG:
+                    if end - pos < 9:
+                        break
+                    size = int.from_bytes(view[pos + 1 : pos + 9], "big")
+                    start = pos + 9
+                else:
+                    size = buf[pos + 1]
+                    start = pos + 2
+                if end - start < size:
+                    if size >= _BIG and not flags & _COMMAND:
+                        if len(self._big) < size:
+                            self._big = bytearray(size)
+                        self._big[: end - start] = view[start:end]
+                        self._body_size, self._body_got = size, end - start
+                        self._body_flags = flags
+                        pos = end
                     break
-                size = int.from_bytes(buf[pos + 1 : pos + 9], "big")
-                start = pos + 9
-            else:
-                size = buf[pos + 1]
-                start = pos + 2
-            if end - start < size:
-                break
-            body = bytes(buf[start : start + size])
-            pos = start + size
-            if flags & _COMMAND:
-                self._on_command(body)
-            else:
-                self._parts.append(body)
-                if not flags & _MORE:
-                    self._messages.append(self._parts)
-                    self._parts = []
+                body = bytes(view[start : start + size])
+                pos = start + size
+                if flags & _COMMAND:
+                    commands.append(body)  # after the buffer is trimmed (an ERROR clears it)
+                else:
+                    self._frame(flags, body)
         del buf[:pos]
+        for body in commands:
+            self._on_command(body)
+
+    def _frame(self, flags: int, body: bytes) -> None:
+        self._parts.append(body)
+        if not flags & _MORE:
+            self._messages.append(self._parts)
+            self._parts = []
 
     def _on_command(self, body: bytes) -> None:
         name, rest = _command(body)
@@ -252,6 +293,7 @@ class ZmtpDealer:
         """The peer closed: forget the half-read message; reconnect() makes a new link."""
         self.close()
         self._buf.clear()
+        self._body_size = 0
         self._parts = []
 
 

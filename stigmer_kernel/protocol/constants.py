@@ -32,15 +32,19 @@ STDIN_CHUNK_MAX = 1024 * 1024
 FILE_CHUNK_MAX = 1024 * 1024
 #: The agent acknowledges stdin every this many bytes written (and whenever its buffer empties).
 STDIN_ACK_EVERY = 256 * 1024
-#: Flow control of a command's output: stream messages (<= 64 KiB each) an agent sends ahead
+#: Bytes of command output one ``stream`` message carries at most: what one read of its pipe
+#: (grown to this size) takes. Fewer, bigger messages: much of the cost of streaming is per
+#: message.
+OUTPUT_CHUNK = 1024 * 1024
+#: Flow control of a command's output: stream messages (<= ``OUTPUT_CHUNK``) an agent sends ahead
 #: of the broker's ``output_ack`` (which says how many reached the client's socket). A client
 #: that reads slowly makes the command wait on its pipe, as a slow reader does in a shell.
-OUTPUT_WINDOW = 64
+OUTPUT_WINDOW = 16
 #: In a client's DEALER identity, what follows this is the tag of one of its sockets: the
 #: server counts kernels per client by the identity up to it (see ``client/_blocking.py``).
 CLIENT_SOCKET_SEP = b"/"
 #: The broker acknowledges a command's output every this many delivered stream messages.
-OUTPUT_ACK_EVERY = 16
+OUTPUT_ACK_EVERY = 4
 #: Output a command wrote but the agent had not sent yet when it ended travels inside its
 #: ``execute_reply`` (its ``output`` list), at most this many bytes: a short command's output
 #: then costs no stream message of its own. Reads of this size or more are streamed as ever.

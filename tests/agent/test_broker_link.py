@@ -121,10 +121,14 @@ def test_agent_blocked_sending_to_a_gone_broker_exits(hand_broker: Any) -> None:
             broker.answer_heartbeat(identity)
         elif msg.parent_header.get("msg_id") == request.msg_id:
             break
+    # Credit for all the output there will be, so that flow control never holds it back: the
+    # agent keeps sending until its own queue is full.
+    ack = broker.session.msg(MsgType.OUTPUT_ACK.value, {"delivered": 1 << 40}, request)
+    broker.router.send_multipart(broker.session.serialize(ack, ids=[broker.identity]))
     broker.router.close(0)  # now it is gone
     gone_at = time.monotonic()
-    # The endless output fills the agent's send queue (1000 messages) well within the orphan
-    # timeout, so the agent notices the broker's silence while a send is blocked.
+    # The endless output fills the agent's send queue well within the orphan timeout, so the
+    # agent notices the broker's silence while a send is blocked.
     code = broker.agent.wait(timeout=10)
     assert code == 0
     # Orphan timeout, a retry period, clean-up; slack doubled for a slow machine (a blocked send

@@ -121,7 +121,7 @@ def test_client_that_never_reads_does_not_block_others(server: Server) -> None:
         peak = max(peak, _rss_kb(pid))
     assert served > 5  # the good client kept being served during the flood (slow CI: few)
     # 300 MB went to a reader that never reads: the broker queued at most its per-client
-    # limit (1000 messages of <= 64 KiB), held the command's window (64 such messages) and the
+    # limit (48 messages of <= 1 MiB), held the command's window (16 such messages) and the
     # command waited on its pipe (flow control): ~70 MB.
     assert peak - baseline < 150_000, (baseline, peak)
     stats = good.server_info()["stats"]

@@ -160,6 +160,36 @@ def test_a_libzmq_router_over_tcp_sees_its_identity_and_frames() -> None:
         ctx.term()
 
 
+def test_frames_big_and_small_arrive_whole_whatever_the_reads_cut() -> None:
+    """A big frame (an output chunk) is read into a buffer of its own: its start comes with the
+    frames before it, its end with the ones after; every message arrives whole, in order."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    try:
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        dealer = ZmtpDealer(f"tcp://127.0.0.1:{port}", b"c:big")
+        dealer.send([b"hello"])
+        assert router.poll(10000)
+        router.recv_multipart()
+        sizes = [65536, 3, 262144, 65535, 1 << 20, 0, 300001, 70000, 5]
+        sent = [[b"head", os.urandom(n), b"tail"] for n in sizes * 3]
+        for message in sent:
+            router.send_multipart([b"c:big", *message])
+        got: list[list[bytes]] = []
+
+        def all_arrived() -> bool:
+            while (message := dealer.recv()) is not None:
+                got.append(message)
+            return len(got) == len(sent)
+
+        wait_for(all_arrived)
+        assert got == sent
+        dealer.close()
+    finally:
+        router.close(linger=0)
+        ctx.term()
+
+
 def test_it_connects_again_to_a_restarted_server_and_follows_its_key(server: Server) -> None:
     transport = BlockingTransport(find_server(server.config), client_identity(), zmtp=True)
     try:

@@ -33,6 +33,7 @@ from ..curve import ClientKeys
 from ..errors import ProtocolError
 from ..protocol import ErrorName, Message, MsgType, Session
 from ..protocol.constants import EXIT_INTERRUPTED, StreamName
+from ..protocol.wire import send_frames, waiting
 from . import introspect, procs
 from .command import Command
 from .context import ContextMixin
@@ -130,7 +131,7 @@ class Agent(ContextMixin):
         frames = self.session.serialize(msg)
         while True:  # a slow broker loses nothing: retry for as long as it answers heartbeats
             try:
-                self.sock.send_multipart(frames, copy=False)
+                send_frames(self.sock, frames)
                 return
             except zmq.Again:
                 if self._orphaned():
@@ -302,7 +303,7 @@ class Agent(ContextMixin):
         return max(0, int(wait * 1000))
 
     def _drain_socket(self) -> None:
-        while True:
+        while waiting(self.sock):  # (cheaper than a recv raising zmq.Again)
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:

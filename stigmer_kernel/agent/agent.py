@@ -33,6 +33,7 @@ from ..curve import ClientKeys
 from ..errors import ProtocolError
 from ..protocol import ErrorName, Message, MsgType, Session
 from ..protocol.constants import EXIT_INTERRUPTED, StreamName
+from ..protocol.wire import send_frames, waiting
 from . import introspect, procs
 from .command import Command
 from .context import ContextMixin
@@ -132,7 +133,7 @@ class Agent(ContextMixin):
             try:
                 # Copied into libzmq's messages (a memcpy): a zero-copy send of a big chunk
                 # costs more, pyzmq's garbage thread taking the GIL to release each one.
-                self.sock.send_multipart(frames)
+                send_frames(self.sock, frames, copy_all=True)
                 return
             except zmq.Again:
                 if self._orphaned():
@@ -304,7 +305,7 @@ class Agent(ContextMixin):
         return max(0, int(wait * 1000))
 
     def _drain_socket(self) -> None:
-        while True:
+        while waiting(self.sock):  # (cheaper than a recv raising zmq.Again)
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:

@@ -24,6 +24,9 @@ from . import options as options_of
 from .lifecycle import Lifecycle, check_remote_alive
 from .model import NAME_RE, POOL_BACKEND, REMOTE, Incarnation, Kernel, Phase
 
+#: The modes a request may name (besides remote).
+_MODES = frozenset(m.value for m in ExecutionMode)
+
 if TYPE_CHECKING:
     from .pool import WarmPool
 
@@ -72,7 +75,7 @@ class Creation:
         if kernel is not None and kernel.mode != REMOTE and "mode" not in asked:
             mode = kernel.mode  # no mode chosen: the kernel's own (remote ones must be asked)
         mode = mode or self.config.execution_mode.value
-        if mode != REMOTE and mode not in {m.value for m in ExecutionMode}:
+        if mode != REMOTE and mode not in _MODES:
             raise RequestError(
                 f"unknown mode {mode!r}: use local, sandbox, auto or remote", ErrorName.BAD_REQUEST
             )

@@ -25,6 +25,8 @@ from typing import Any, Protocol
 
 import zmq
 
+from ..protocol.wire import NOBLOCK, send_frames, waiting
+
 log = logging.getLogger("stigmer.broker")
 
 BATCH = 256  # messages handled per socket per pump pass
@@ -95,6 +97,7 @@ class Reactor:
         self._raw: set[Socket] = set()  # sockets whose handler takes zmq.Frame objects
         self._ready: set[Socket] = set()
         self._pump_scheduled = False
+        self._pumping = False  # sockets marked meanwhile are drained by the running pump
         # Messages that met a full queue: retried in order (up to DEFERRED_PER_PEER per peer)
         # until the peer reads or is gone, instead of being dropped.
         self._deferred: dict[tuple[Socket, bytes], collections.deque[list[bytes]]] = {}
@@ -104,7 +107,7 @@ class Reactor:
         """Watch every registered socket on ``loop`` (and those registered later)."""
         self.loop = loop
         for sock in self._handlers:
-            loop.add_reader(sock.fileno(), self._mark, sock)
+            loop.add_reader(sock.fileno(), self._readable, sock)
             self._mark(sock)
 
     def register(self, sock: Socket, handler: Handler, raw: bool = False) -> None:
@@ -114,7 +117,7 @@ class Reactor:
         if raw:
             self._raw.add(sock)
         if self.loop is not None:
-            self.loop.add_reader(sock.fileno(), self._mark, sock)
+            self.loop.add_reader(sock.fileno(), self._readable, sock)
             self._mark(sock)
 
     def registered(self, sock: Socket) -> bool:
@@ -139,14 +142,27 @@ class Reactor:
     # -- the pump -------------------------------------------------------------------------------
     def _mark(self, sock: Socket) -> None:
         self._ready.add(sock)
-        if not self._pump_scheduled and self.loop is not None:
+        if not (self._pump_scheduled or self._pumping) and self.loop is not None:
             self._pump_scheduled = True
             self.loop.call_soon(self.pump)
+
+    def _readable(self, sock: Socket) -> None:
+        """The event loop's reader callback: pumped now, not one loop turn later."""
+        self._ready.add(sock)
+        if not self._pumping:
+            self.pump()
 
     def pump(self) -> None:
         """Drain the ready sockets, at most :data:`PASS_LIMIT` messages before the event loop's
         timers get their turn."""
         self._pump_scheduled = False
+        self._pumping = True
+        try:
+            self._pump()
+        finally:
+            self._pumping = False
+
+    def _pump(self) -> None:
         handled = 0
         while self._ready:
             sock = self._ready.pop()
@@ -160,7 +176,9 @@ class Reactor:
             watched = guard.watched.get(sock) if guard is not None else None
             for _ in range(BATCH):
                 try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=not raw and watched is None)
+                    if not waiting(sock):  # (cheaper than a recv raising zmq.Again)
+                        break
+                    frames = sock.recv_multipart(NOBLOCK, copy=not raw and watched is None)
                 except zmq.Again:
                     break
                 except zmq.ZMQError as exc:  # e.g. a socket closed while handling
@@ -202,7 +220,7 @@ class Reactor:
             self._deferred[key].append(frames)  # keep the order of what must arrive
             return False
         try:
-            sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            send_frames(sock, frames, NOBLOCK)
             return True
         except zmq.Again:
             if must_arrive and sock.type == zmq.ROUTER:
@@ -236,7 +254,7 @@ class Reactor:
             while queue:
                 sock = key[0]
                 try:
-                    sock.send_multipart(queue[0], flags=zmq.NOBLOCK, copy=False)
+                    send_frames(sock, queue[0], NOBLOCK)
                 except zmq.Again:
                     break
                 except zmq.ZMQError:

@@ -75,7 +75,10 @@ class _ZmqLink:
     def __init__(self, endpoint: str, identity: bytes) -> None:
         import zmq
 
+        from ..protocol import wire
+
         self._zmq = zmq
+        self._wire = wire
         self._ctx = zmq.Context()
         self._sock: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
         try:
@@ -89,9 +92,11 @@ class _ZmqLink:
         self._poller: zmq.Poller | None = None
 
     def send(self, frames: list[bytes]) -> None:
-        self._sock.send_multipart(frames, copy=False)
+        self._wire.send_frames(self._sock, frames)
 
     def recv(self) -> list[bytes] | None:
+        if not self._wire.waiting(self._sock):
+            return None  # (asked first: cheaper than a recv raising zmq.Again)
         try:
             return self._sock.recv_multipart(self._zmq.NOBLOCK)
         except self._zmq.Again:

@@ -22,6 +22,7 @@ import hmac
 import itertools
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -80,8 +81,20 @@ def _json_loads(data: bytes) -> Any:
     return json.loads(data)
 
 
+#: The ISO text of the last second :func:`now_iso` formatted: (that second, its text).
+_iso_second: tuple[int, str] = (-1, "")
+
+
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    """The time now as ISO 8601 in UTC, to the microsecond (a header's ``date``): the text of
+    the second is made once per second, not once per message."""
+    global _iso_second
+    now = time.time()
+    second = int(now)
+    if second != _iso_second[0]:
+        text = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        _iso_second = (second, text)
+    return f"{_iso_second[1]}.{int((now - second) * 1e6):06d}+00:00"
 
 
 def new_key() -> bytes:

@@ -50,7 +50,11 @@ def main() -> int:
             c.execute("true", kernel="default")  # the kernel `stigmer run` uses, warm
 
             def run(argv: list[str]) -> None:
-                subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
+                # Neither gets a stdin to pass on (docker exec without -i passes none; stigmer
+                # run would stream a pipe or file it was given, on its asyncio path).
+                subprocess.run(
+                    argv, env=env, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+                )
 
             timed(lambda: run(stigmer), 2)
             timed(lambda: run(docker), 2)

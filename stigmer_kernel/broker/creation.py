@@ -192,7 +192,10 @@ class Creation:
                 "— run with --mode local or --mode sandbox",
                 ErrorName.MODE_UNAVAILABLE,
             )
-        provisioner.check_available()
+        if not (mode == "sandbox" and self.pool is not None and self.pool.any_ready()):
+            # A container to start: the engine must answer (a stale answer waits on a ping).
+            # A warm sandbox that may serve this kernel runs already: no wait before it does.
+            provisioner.check_available()
         default_ttl = self.config.sandbox_ttl if mode == "sandbox" else self.config.kernel_ttl
         if ttls:
             default_ttl = ttls.get(mode, default_ttl)
@@ -251,7 +254,7 @@ class Creation:
             kernel.handle.renamed(kernel.name)
         self.records.save(kernel)  # now a named kernel: re-adoptable after a crash
         assert self.pool is not None
-        self.pool.refill()
+        self.pool.taken_by(kernel)  # its replacement starts once this kernel has answered
 
     def adopted(
         self,

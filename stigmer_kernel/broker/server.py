@@ -103,6 +103,7 @@ class Broker:
         self.scheduler = Scheduler(self.agents)
         self.scheduler.on_answered.append(lambda _kernel, pending: self.flow.forget(pending))
         self.pool = WarmPool(self)
+        self.scheduler.on_answered.append(self.pool.answered)
         self.records = adoption.Records(
             self.runtime.path,
             pooled=lambda kernel: kernel in self.pool.kernels,

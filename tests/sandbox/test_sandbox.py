@@ -347,6 +347,33 @@ def test_warm_pool_serves_new_kernels_at_once(sandbox_factory: Any, docker_clien
     assert sandbox_info(c, "fast")["container"] == container
 
 
+def test_warm_pool_refills_while_the_first_command_of_its_taker_runs(
+    sandbox_factory: Any, docker_client: Any
+) -> None:
+    # The replacement waits for the taker's first answer, but not for long: a first command
+    # that runs on does not leave the pool empty.
+    workspace = sandbox_workspace("stg-pool-")
+    srv = sandbox_factory(STIGMER_SANDBOX_WARM="1", STIGMER_SANDBOX_WORKSPACE=workspace)
+    wait_for(lambda: len(containers_of(docker_client, srv)) == 1, timeout=30)
+    pool_name = containers_of(docker_client, srv)[0].labels["stigmer.kernel"]
+    wait_for(lambda: f"kernel {pool_name} ready (" in srv.log(), timeout=30)
+    results: list[Any] = []
+    slow = threading.Thread(
+        target=lambda: results.append(
+            srv.client().execute("sleep 60", kernel="slow", mode="sandbox", cwd=workspace)
+        )
+    )
+    slow.start()
+    try:
+        wait_for(lambda: "kernel slow took a warm sandbox" in srv.log(), timeout=10)
+        wait_for(lambda: len(containers_of(docker_client, srv)) == 2, timeout=30)
+        assert not results  # the replacement came while `sleep 60` still ran
+    finally:
+        srv.client().interrupt("slow")
+        slow.join(timeout=30)
+    assert results and results[0].exit_code != 0
+
+
 def test_jupyter_clients_reach_a_sandbox_kernel(sandbox: Server) -> None:
     from jupyter_client import BlockingKernelClient
 

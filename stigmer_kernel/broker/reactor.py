@@ -187,7 +187,11 @@ class Reactor:
                 handled += 1
                 if watched is not None:
                     assert guard is not None
-                    fd = guard.delivered(watched, frames)
+                    try:
+                        fd = guard.delivered(watched, frames)
+                    except Exception:  # as for a handler: the socket must go on being drained
+                        log.exception("error while noting the connection of a message")
+                        fd = -1
                     if not raw:
                         frames = [frame.bytes for frame in frames]  # type: ignore[union-attr]
                     bad = self.stats["dropped_bad"]

@@ -167,3 +167,28 @@ def test_the_reactor_knows_nothing_of_kernels_or_frontends() -> None:
     allowed |= {"errno", "logging", "time", "typing", "zmq"}
     allowed |= {"..protocol.wire"}  # how frames go on a socket: nothing of kernels
     assert imported <= allowed, imported - allowed
+
+
+def test_a_messages_connection_is_found_whichever_frame_libzmq_marks(tmp_path: Path) -> None:
+    """libzmq 4.3.4 gives no descriptor (EINVAL) on the routing id of a connection's first
+    message: the guard asks the other frames (a pump that raised there lost agents' first
+    messages, and with them their registration)."""
+    from stigmer_kernel.broker.connections import _source_fd
+
+    ctx = zmq.Context()
+    try:
+        router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+        router.bind(f"ipc://{tmp_path}/r.sock")
+        dealer.connect(f"ipc://{tmp_path}/r.sock")
+        dealer.send_multipart([b"a", b"b"])
+        assert router.poll(5000)
+        frames = router.recv_multipart(copy=False)
+        fd = _source_fd(frames)
+        assert fd >= 0 and fd == int(frames[-1].get(zmq.SRCFD))
+        unmarked = zmq.Frame(b"made here")  # no connection: libzmq refuses to name one
+        with pytest.raises(zmq.ZMQError):
+            unmarked.get(zmq.SRCFD)
+        assert _source_fd([unmarked, *frames[1:]]) == fd
+        assert _source_fd([unmarked]) == -1
+    finally:
+        ctx.destroy(linger=0)

@@ -20,72 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
+from .names import EnvVar as EnvVar  # re-exported: `from stigmer_kernel.config import EnvVar`
+from .names import ExecutionMode as ExecutionMode
 
 TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any
-
-
-class ExecutionMode(str, enum.Enum):
-    """Where commands run."""
-
-    LOCAL = "local"
-    SANDBOX = "sandbox"
-    AUTO = "auto"
-
-
-class EnvVar(str, enum.Enum):
-    """Every environment variable stigmer-kernel reads."""
-
-    CONFIG = "STIGMER_CONFIG"
-    RUNTIME_DIR = "STIGMER_RUNTIME_DIR"
-    EXECUTION_MODE = "STIGMER_EXECUTION_MODE"
-    KERNEL_TTL = "STIGMER_KERNEL_TTL"
-    HEARTBEAT_INTERVAL = "STIGMER_HEARTBEAT_INTERVAL"
-    HEARTBEAT_MISSES = "STIGMER_HEARTBEAT_MISSES"
-    TIMEOUT = "STIGMER_TIMEOUT"
-    OUTPUT_LIMIT = "STIGMER_OUTPUT_LIMIT"
-    PROCESS_JOURNAL_BYTES = "STIGMER_PROCESS_JOURNAL_BYTES"
-    EXPIRE_WITH_PROCESSES = "STIGMER_EXPIRE_WITH_PROCESSES"
-    WORKDIR = "STIGMER_WORKDIR"
-    CLIENT_ENDPOINT = "STIGMER_CLIENT_ENDPOINT"
-    AGENT_ENDPOINT = "STIGMER_AGENT_ENDPOINT"
-    LOG_LEVEL = "STIGMER_LOG_LEVEL"
-    SHELL = "STIGMER_SHELL"
-    SANDBOX_IMAGE = "STIGMER_SANDBOX_IMAGE"
-    SANDBOX_AUTO_PULL = "STIGMER_SANDBOX_AUTO_PULL"
-    SANDBOX_CLEANUP = "STIGMER_SANDBOX_CLEANUP"
-    SANDBOX_TTL = "STIGMER_SANDBOX_TTL"
-    SANDBOX_NETWORK = "STIGMER_SANDBOX_NETWORK"
-    SANDBOX_TRANSPORT = "STIGMER_SANDBOX_TRANSPORT"
-    SANDBOX_AGENT_BIND = "STIGMER_SANDBOX_AGENT_BIND"
-    SANDBOX_MEMORY = "STIGMER_SANDBOX_MEMORY"
-    SANDBOX_CPUS = "STIGMER_SANDBOX_CPUS"
-    SANDBOX_PIDS = "STIGMER_SANDBOX_PIDS"
-    SANDBOX_READ_ONLY = "STIGMER_SANDBOX_READ_ONLY"
-    SANDBOX_USER = "STIGMER_SANDBOX_USER"
-    SANDBOX_TMPFS_SIZE = "STIGMER_SANDBOX_TMPFS_SIZE"
-    SANDBOX_DISK = "STIGMER_SANDBOX_DISK"
-    SANDBOX_WORKSPACE = "STIGMER_SANDBOX_WORKSPACE"
-    SANDBOX_WARM = "STIGMER_SANDBOX_WARM"
-    SANDBOX_CA_FILE = "STIGMER_SANDBOX_CA_FILE"
-    SANDBOX_POOL = "STIGMER_SANDBOX_POOL"
-    POOL_WAIT = "STIGMER_POOL_WAIT"
-    # Read by a pool member (``stigmer agent join --pool``) when no key file is given: the
-    # z85 keys, as Swarm and Kubernetes secrets hand them over.
-    POOL_SERVER_KEY = "STIGMER_POOL_SERVER_KEY"
-    POOL_CURVE_SECRET = "STIGMER_POOL_CURVE_SECRET"
-    AUTO_LOCAL_FALLBACK = "STIGMER_AUTO_LOCAL_FALLBACK"
-    AUTO_STICKY = "STIGMER_AUTO_STICKY"
-    ALLOW_PLAIN_TCP = "STIGMER_ALLOW_PLAIN_TCP"
-    MAX_KERNELS = "STIGMER_MAX_KERNELS"
-    BROKER_MEMORY_MB = "STIGMER_BROKER_MEMORY_MB"
-    MAX_KERNELS_PER_CLIENT = "STIGMER_MAX_KERNELS_PER_CLIENT"
-    # Set by the broker for the agents it spawns; never read from user config.
-    AGENT_KEY = "STIGMER_AGENT_KEY"
-    # Set by the broker in a local kernel's shell (its name); never read.
-    KERNEL = "STIGMER_KERNEL"
 
 
 def default_runtime_dir() -> Path:
@@ -109,18 +50,35 @@ def _env(var: EnvVar) -> dict[str, Any]:
     return {"env": var.value}
 
 
+class _Pattern:
+    """A regular expression compiled at its first :meth:`fullmatch`: only a setting given as
+    text is checked, and compiling them all would cost every ``stigmer`` command's start."""
+
+    __slots__ = ("_compiled", "flags", "source")
+
+    def __init__(self, source: str, flags: int = 0) -> None:
+        self.source = source
+        self.flags = flags
+        self._compiled: re.Pattern[str] | None = None
+
+    def fullmatch(self, text: str) -> re.Match[str] | None:
+        if self._compiled is None:
+            self._compiled = re.compile(self.source, self.flags)
+        return self._compiled.fullmatch(text)
+
+
 #: Docker's memory syntax (bytes, or a number with b, k, m or g), as ``sandbox_memory`` takes it.
 _MEMORY = (
-    re.compile(r"[0-9]+(\.[0-9]+)?([kmg]b?|b)?", re.IGNORECASE),
+    _Pattern(r"[0-9]+(\.[0-9]+)?([kmg]b?|b)?", re.IGNORECASE),
     "a size such as 512m, 2g or 2gb",
 )
 #: A tmpfs size as the kernel takes it (``size=0`` would mean no limit, so it is refused).
-_TMPFS = (re.compile(r"[1-9][0-9]*[kmg]?", re.IGNORECASE), "a size such as 256m or 1g")
+_TMPFS = (_Pattern(r"[1-9][0-9]*[kmg]?", re.IGNORECASE), "a size such as 256m or 1g")
 #: Docker's storage-opt size syntax.
-_DISK = (re.compile(r"[1-9][0-9]*([kmgt]b?|b)?", re.IGNORECASE), "a size such as 10g")
+_DISK = (_Pattern(r"[1-9][0-9]*([kmgt]b?|b)?", re.IGNORECASE), "a size such as 10g")
 #: ``UID:GID`` or ``UID``, neither of them 0: a sandbox never runs as root.
 _SANDBOX_USER = (
-    re.compile(r"0*[1-9][0-9]{0,9}(:0*[1-9][0-9]{0,9})?"),
+    _Pattern(r"0*[1-9][0-9]{0,9}(:0*[1-9][0-9]{0,9})?"),
     "UID:GID or UID (numbers, e.g. 1000:1000), neither of them 0: sandboxes never run as root",
 )
 

@@ -22,10 +22,8 @@ libzmq's socket options and ZAP User-Ids take them.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
-import shutil
 import stat
 import time
 from pathlib import Path
@@ -36,8 +34,19 @@ from zmq.utils.z85 import Z85CHARS
 
 from .errors import CurveKeyError
 
-# The ZAP checks run in the broker, whose log names them.
-log = logging.getLogger("stigmer.broker")
+
+class _BrokerLog:
+    """The ZAP checks run in the broker, whose log names them. Looked up (and :mod:`logging`
+    imported) at the first line logged: an agent imports this module too, and logs nothing
+    through it."""
+
+    def warning(self, msg: str, *args: object) -> None:
+        import logging
+
+        logging.getLogger("stigmer.broker").warning(msg, *args)
+
+
+log = _BrokerLog()
 
 #: The ZAP domain of the broker's CurveZMQ sockets for other hosts (the authorized keys).
 ZAP_DOMAIN = "stigmer"
@@ -226,6 +235,8 @@ def authorize(runtime_path: Path, public_key_file: Path, pool: str | None = None
         target_dir = pools_dir(runtime_path) / pool
         target_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     target = target_dir / public_key_file.name
+    import shutil  # only `stigmer agent authorize` copies a key; an agent's start needs no shutil
+
     shutil.copyfile(public_key_file, target)
     os.utime(target_dir)  # the running server re-reads the directory
     return target

@@ -16,8 +16,8 @@ import os
 import re
 from collections.abc import Mapping
 
-from .config import EnvVar
 from .errors import RequestError
+from .names import EnvVar
 from .protocol import ErrorName
 
 #: Largest environment a request may carry (names plus values, UTF-8, one ``=`` and one NUL

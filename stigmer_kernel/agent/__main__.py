@@ -6,30 +6,97 @@ The broker's provisioners start it; the signing key comes as the first line of s
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
-import logging
 import os
-import shutil
 import signal
 import sys
-import tempfile
+import types
 from pathlib import Path
 
-from ..config import EnvVar
 from ..curve import ClientKeys, client_keys, keys_from_text, take_agent_keys
 from ..errors import CurveKeyError, StigmerError
-from . import member, nosuid, procs
+from ..names import EnvVar
+from . import log, member, nosuid, procs
 from .agent import Agent, AgentOptions
 from .processes import JOURNAL_BYTES
 
+TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable
+    from typing import Any
 
-def main(argv: list[str] | None = None) -> int:
-    # First of all, before any key is read: no other process of this uid (a command of this
-    # very kernel included) may read this one's memory or environment. Exec'd programs are
-    # dumpable again, as they hold no key.
-    procs.set_non_dumpable()
+
+#: The options :func:`_parse` reads without argparse: option -> (attribute, conversion).
+_VALUED: dict[str, tuple[str, Callable[[str], object]]] = {
+    "--endpoint": ("endpoint", str),
+    "--server": ("endpoint", str),
+    "--kernel-id": ("kernel_id", str),
+    "--cwd": ("cwd", str),
+    "--workdir": ("workdir", str),
+    "--shell": ("shell", str),
+    "--heartbeat-interval": ("heartbeat_interval", float),
+    "--orphan-timeout": ("orphan_timeout", float),
+    "--timeout": ("timeout", float),
+    "--output-limit": ("output_limit", int),
+    "--journal-bytes": ("journal_bytes", int),
+    "--key-file": ("key_file", str),
+    "--env-file": ("env_file", str),
+    "--kernel-id-file": ("kernel_id_file", str),
+    "--join": ("join", str),
+    "--pool": ("pool", str),
+    "--server-key": ("server_key", str),
+    "--curve-cert": ("curve_cert", str),
+    "--curve-file": ("curve_file", str),
+}
+#: The defaults of :func:`_parser`'s options (``--cwd``'s is the current directory).
+_DEFAULTS: dict[str, object] = {
+    **{dest: None for dest, _ in _VALUED.values()},
+    "shell": "bash",
+    "heartbeat_interval": 1.0,
+    "orphan_timeout": 60.0,
+    "timeout": 0.0,
+    "output_limit": 0,
+    "journal_bytes": 0,
+    "sandbox": False,
+}
+
+
+def _parse(argv: list[str]) -> Any:
+    """The agent's options as :func:`_parser` parses them, without argparse for a command line
+    of the options as the broker writes them (argparse, with gettext, costs milliseconds of
+    every start): ``--option value``, ``--option=value`` and ``--sandbox``. Anything else
+    (``--help``, an abbreviation, a value that starts with ``-``, an error) goes to argparse."""
+    values = dict(_DEFAULTS, cwd=os.getcwd())
+    i = 0
+    while i < len(argv):
+        name, eq, value = argv[i].partition("=")
+        i += 1
+        if name == "--sandbox" and not eq:
+            values["sandbox"] = True
+            continue
+        spec = _VALUED.get(name)
+        if spec is None:
+            return _parser().parse_args(argv)
+        if not eq:
+            if i == len(argv) or argv[i].startswith("-"):
+                return _parser().parse_args(argv)
+            value = argv[i]
+            i += 1
+        try:
+            values[spec[0]] = spec[1](value)
+        except ValueError:
+            return _parser().parse_args(argv)
+    if values["endpoint"] is None:
+        return _parser().parse_args(argv)
+    return types.SimpleNamespace(**values)
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The agent's command line (its ``--help`` and its errors); see :func:`_parse`."""
+    import argparse  # see _parse
+
     parser = argparse.ArgumentParser(prog="python -m stigmer_kernel.agent")
     parser.add_argument(
         "--endpoint", "--server", dest="endpoint", required=True, help="broker agent endpoint"
@@ -84,11 +151,19 @@ def main(argv: list[str] | None = None) -> int:
         help="CurveZMQ keys given by the broker (sandbox over tcp): the server's public key, "
         "this agent's public and secret key, z85, one per line; read, then deleted",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    # First of all, before any key is read: no other process of this uid (a command of this
+    # very kernel included) may read this one's memory or environment. Exec'd programs are
+    # dumpable again, as they hold no key.
+    procs.set_non_dumpable()
+    args = _parse(sys.argv[1:] if argv is None else argv)
     if args.sandbox:
         # Before any thread (ZeroMQ's included) and any command: all of them inherit it.
         try:
-            nosuid.install(args.workdir or tempfile.gettempdir())
+            nosuid.install(args.workdir or _tempdir())
         except (StigmerError, OSError) as exc:
             print(f"agent: {exc}", file=sys.stderr)
             return 2
@@ -96,11 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     curve = None
     if args.pool:
         if args.join or args.kernel_id:
-            parser.error("--pool takes neither --join nor --kernel-id: the broker assigns one")
-        curve = _pool_keys(args, parser)
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s agent[%(process)d] %(levelname)s %(message)s"
-        )
+            _parser().error("--pool takes neither --join nor --kernel-id: the broker assigns one")
+        curve = _pool_keys(args)
+        log.to_stderr()
         # An idle member is often PID 1 of its container, where SIGTERM has no default
         # action: without a handler `docker stack rm` or a scale-down waits for SIGKILL.
         signal.signal(signal.SIGTERM, _terminate)
@@ -128,28 +201,28 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     elif args.join:
         if not (args.server_key and args.curve_cert):
-            parser.error("--join needs --server-key and --curve-cert (CurveZMQ)")
+            _parser().error("--join needs --server-key and --curve-cert (CurveZMQ)")
         try:
             curve = client_keys(args.server_key, args.curve_cert)
         except CurveKeyError as exc:
-            parser.error(str(exc))
+            _parser().error(str(exc))
         os.environ[EnvVar.AGENT_KEY.value] = os.urandom(32).hex()  # a key of its own choosing
         args.kernel_id = args.kernel_id or f"{args.join}-r{os.urandom(4).hex()}"
     elif args.curve_file:
         try:
             curve = take_agent_keys(args.curve_file)
         except OSError as exc:
-            parser.error(f"cannot read --curve-file: {exc}")
+            _parser().error(f"cannot read --curve-file: {exc}")
         except CurveKeyError:
-            parser.error("--curve-file must hold three z85 keys")
+            _parser().error("--curve-file must hold three z85 keys")
     if args.kernel_id_file and not args.kernel_id:
         try:
             with open(args.kernel_id_file, encoding="ascii") as handle:
                 args.kernel_id = handle.read().strip()
         except (OSError, UnicodeDecodeError) as exc:
-            parser.error(f"cannot read --kernel-id-file: {exc}")
+            _parser().error(f"cannot read --kernel-id-file: {exc}")
     if not args.kernel_id:
-        parser.error("--kernel-id is required (or --join NAME for a remote agent)")
+        _parser().error("--kernel-id is required (or --join NAME for a remote agent)")
     key = os.environ.pop(EnvVar.AGENT_KEY.value, "").encode()
     if not key and args.key_file:
         with contextlib.suppress(OSError):
@@ -172,24 +245,24 @@ def main(argv: list[str] | None = None) -> int:
                 shell_env = json.load(handle)
             os.unlink(args.env_file)
         except (OSError, ValueError) as exc:
-            parser.error(f"cannot read --env-file: {exc}")
+            _parser().error(f"cannot read --env-file: {exc}")
         if not isinstance(shell_env, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in shell_env.items()
         ):
-            parser.error("--env-file must hold a JSON object of strings")
+            _parser().error("--env-file must hold a JSON object of strings")
     home = os.environ.get("HOME")
     if home and not os.path.isdir(home):
         with contextlib.suppress(OSError):
             os.makedirs(home, mode=0o700)  # sandboxes run as a uid with no home of its own
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s agent[%(process)d] %(levelname)s %(message)s"
-    )
+    log.to_stderr()
     # The broker interrupts commands by message; a stray Ctrl-C must not kill the agent. A
     # handler (not SIG_IGN) so that bash, after exec, starts with SIGINT at its default.
     signal.signal(signal.SIGINT, lambda *_: None)
     signal.signal(signal.SIGTERM, _terminate)  # ends like a shutdown: its processes go with it
     own_workdir = None
     if not args.workdir:  # a remote agent's, say: ours to remove when the agent ends
+        import tempfile  # an agent the broker starts is given its --workdir
+
         args.workdir = own_workdir = tempfile.mkdtemp(prefix="stigmer-agent-")
     opts = AgentOptions(
         endpoint=args.endpoint,
@@ -211,10 +284,12 @@ def main(argv: list[str] | None = None) -> int:
         return Agent(opts).run()
     finally:
         if own_workdir is not None:
+            import shutil  # see tempfile above
+
             shutil.rmtree(own_workdir, ignore_errors=True)
 
 
-def _pool_keys(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ClientKeys:
+def _pool_keys(args: Any) -> ClientKeys:
     """A pool member's CurveZMQ keys: from files, else from the environment (z85 text)."""
     try:
         if args.server_key and args.curve_cert:
@@ -222,13 +297,19 @@ def _pool_keys(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Cli
         server = os.environ.pop(EnvVar.POOL_SERVER_KEY.value, "")
         secret = os.environ.pop(EnvVar.POOL_CURVE_SECRET.value, "")
         if not (server and secret):
-            parser.error(
+            _parser().error(
                 "--pool needs --server-key and --curve-cert, or "
                 f"{EnvVar.POOL_SERVER_KEY.value} and {EnvVar.POOL_CURVE_SECRET.value} (CurveZMQ)"
             )
         return keys_from_text(server, secret)
     except CurveKeyError as exc:
-        parser.error(str(exc))
+        _parser().error(str(exc))
+
+
+def _tempdir() -> str:
+    import tempfile  # an agent the broker starts is given its --workdir
+
+    return tempfile.gettempdir()
 
 
 def _terminate(*_: object) -> None:

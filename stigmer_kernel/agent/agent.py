@@ -17,35 +17,30 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import logging
 import os
 import signal
-import socket
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from _socket import gethostname  # not socket: its import (enums, selectors) slows a start
 from typing import Any
 
 import zmq
 
 from .._version import __version__
-from ..curve import ClientKeys
 from ..errors import ProtocolError
 from ..protocol import ErrorName, Message, MsgType, Session
 from ..protocol.constants import EXIT_INTERRUPTED, StreamName
 from ..protocol.wire import send_frames, waiting
-from . import introspect, procs
+from . import introspect, log, procs
 from .command import Command
 from .context import ContextMixin
 from .files import Files, shell_cwd
 from .heartbeat import Heartbeat, secure
-from .processes import JOURNAL_BYTES, ProcessTable
+from .options import AgentOptions as AgentOptions  # re-exported: its home was here
+from .processes import ProcessTable
 from .shell import BashSession, CommandEnd
 from .shell_scripts import chdir_back_script
 from .stdin import StdinPipe
 from .unsent import UNSENT_WAIT_MS
-
-log = logging.getLogger("stigmer.agent")
 
 _STARTUP_TIMEOUT = 10.0
 _SEND_RETRY = 0.25  # seconds a blocked send waits before checking that the broker still answers
@@ -59,24 +54,6 @@ _QUEUED = {
 
 class _BrokerGone(Exception):
     """The broker stopped answering while a send was blocked on a full queue."""
-
-
-@dataclass
-class AgentOptions:
-    endpoint: str
-    kernel_id: str
-    key: bytes
-    cwd: str
-    workdir: Path
-    shell: str = "bash"
-    heartbeat_interval: float = 1.0
-    orphan_timeout: float = 60.0
-    command_timeout: float | None = None
-    output_limit: int = 0  # bytes of output sent per command at most (0: no limit)
-    join: str | None = None  # a remote agent: the kernel name it offers to serve
-    curve: ClientKeys | None = None  # CurveZMQ to the broker over TCP (remote, sandbox on tcp)
-    env: dict[str, str] | None = None  # the shell's environment (None: the agent's own)
-    journal_bytes: int = JOURNAL_BYTES  # bytes kept per stream of a background process
 
 
 class Agent(ContextMixin):
@@ -213,7 +190,7 @@ class Agent(ContextMixin):
                 "kernel_id": self.opts.kernel_id,
                 "pid": os.getpid(),
                 "shell_pgid": self.shell.pid,
-                "hostname": socket.gethostname(),
+                "hostname": gethostname(),
                 "version": __version__,
                 "cwd": self.shell.cwd,
                 "bash_version": self.shell.version(),

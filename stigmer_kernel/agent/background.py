@@ -11,7 +11,6 @@ import collections
 import contextlib
 import signal
 import subprocess
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..protocol import ErrorName
@@ -67,20 +66,49 @@ class Journal:
         return offset, b"".join(out)
 
 
-@dataclass
 class BackgroundProcess:
+    # A plain class, not a dataclass: an agent's start imports no dataclasses (inspect, ast).
+
     id: str
     command: str
     popen: subprocess.Popen[bytes]
     started: float  # Unix time
     journals: dict[str, Journal]
-    fds: dict[int, str] = field(default_factory=dict)  # open output pipes: fd -> stream name
-    stdin_fd: int = -1
-    stdin_buffer: bytearray = field(default_factory=bytearray)
-    stdin_close: bool = False  # close the pipe once the buffer is written
-    stdin_written: int = 0
-    pidfd: int = -1
-    changed: int = 0  # counts output and the exit: long-polls answer when it moves
+    fds: dict[int, str]  # open output pipes: fd -> stream name
+    stdin_fd: int
+    stdin_buffer: bytearray
+    stdin_close: bool  # close the pipe once the buffer is written
+    stdin_written: int
+    pidfd: int
+    changed: int  # counts output and the exit: long-polls answer when it moves
+
+    def __init__(
+        self,
+        id: str,
+        command: str,
+        popen: subprocess.Popen[bytes],
+        started: float,
+        journals: dict[str, Journal],
+        fds: dict[int, str] | None = None,
+        stdin_fd: int = -1,
+        stdin_buffer: bytearray | None = None,
+        stdin_close: bool = False,
+        stdin_written: int = 0,
+        pidfd: int = -1,
+        changed: int = 0,
+    ) -> None:
+        self.id = id
+        self.command = command
+        self.popen = popen
+        self.started = started
+        self.journals = journals
+        self.fds = {} if fds is None else fds
+        self.stdin_fd = stdin_fd
+        self.stdin_buffer = bytearray() if stdin_buffer is None else stdin_buffer
+        self.stdin_close = stdin_close
+        self.stdin_written = stdin_written
+        self.pidfd = pidfd
+        self.changed = changed
 
     @property
     def pid(self) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
-from dataclasses import dataclass
+from typing import NamedTuple
 
 #: Characters that end a word for completion purposes.
 _WORD_RE = re.compile(r"[^\s;|&<>()`\"'=]*$")
@@ -23,8 +23,8 @@ _COMMAND_POSITION_RE = re.compile(
 _MAX_MATCHES = 1000
 
 
-@dataclass(frozen=True)
-class CompletionQuery:
+# Not a frozen dataclass: an agent's start imports no dataclasses (with inspect, ast).
+class CompletionQuery(NamedTuple):
     word: str
     cursor_start: int
     cursor_end: int

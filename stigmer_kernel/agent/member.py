@@ -12,10 +12,9 @@ handler rejects ends it with the reason.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
-import socket
 import time
+from _socket import gethostname  # not socket: its import (enums, selectors) slows a start
 from typing import Any
 
 import zmq
@@ -24,8 +23,7 @@ from .._version import __version__
 from ..curve import ClientKeys, make_client
 from ..errors import ProtocolError, StigmerError
 from ..protocol import MsgType, Session
-
-log = logging.getLogger("stigmer.agent")
+from . import log
 
 
 class Refused(StigmerError):
@@ -56,7 +54,7 @@ def wait_for_claim(
         "key": key.decode(),
         "version": __version__,
         "curve_key": own_public.decode(),
-        "hostname": socket.gethostname(),
+        "hostname": gethostname(),
         "pid": os.getpid(),
     }
     welcomed = False

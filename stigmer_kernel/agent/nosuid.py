@@ -35,8 +35,7 @@ import os
 import platform
 import stat
 import sys
-import tempfile
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..errors import StigmerError
 
@@ -102,8 +101,8 @@ AUDIT_ARCH_AARCH64 = 0xC00000B7
 X32_SYSCALL_BIT = 0x40000000
 
 
-@dataclass(frozen=True)
-class Arch:
+# Not a frozen dataclass: an agent's start imports no dataclasses (with inspect, ast).
+class Arch(NamedTuple):
     """What the filter checks on one architecture."""
 
     audit: int  # the seccomp_data.arch value of this ABI; any other is refused
@@ -249,12 +248,34 @@ def install(probe_dir: str, machine: str | None = None) -> None:
 
 def _prove(directory: str) -> None:
     """Check that the filter holds: a set-uid chmod of a nameless file must fail."""
-    with tempfile.TemporaryFile(dir=directory) as probe:
-        try:
-            os.fchmod(probe.fileno(), 0o4600)
-        except PermissionError:
-            return
+    fd = _nameless_file(directory)
+    try:
+        os.fchmod(fd, 0o4600)
+    except PermissionError:
+        return
+    finally:
+        os.close(fd)
     raise StigmerError(
         "sandbox agent: its seccomp filter is installed but does not refuse set-uid modes; "
         "not starting"
     )
+
+
+def _nameless_file(directory: str) -> int:
+    """A new file without a name in ``directory``, made as ``tempfile.TemporaryFile`` makes
+    one (``O_TMPFILE``, else a file unlinked at once), without importing tempfile (and shutil,
+    bz2, lzma) at every sandbox start."""
+    flags = os.O_RDWR | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(directory, flags | os.O_TMPFILE, 0o600)
+    except OSError:  # no O_TMPFILE here (kernel or file system): as tempfile does, a named one
+        pass
+    for _ in range(100):
+        path = os.path.join(directory, f".stigmer-probe-{os.urandom(6).hex()}")
+        try:
+            fd = os.open(path, flags | os.O_CREAT, 0o600)
+        except FileExistsError:
+            continue
+        os.unlink(path)
+        return fd
+    raise FileExistsError(errno.EEXIST, "no free name for a probe file", directory)

@@ -21,7 +21,6 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from ..protocol import ErrorName, Message
@@ -48,14 +47,31 @@ _STREAMS = ("stdout", "stderr")
 Answer = Callable[[Message, dict[str, Any]], None]
 
 
-@dataclass
 class _Waiter:
+    # A plain class, not a dataclass: an agent's start imports no dataclasses (inspect, ast).
+
     msg: Message
     proc: BackgroundProcess
     deadline: float
     seen: int  # the process's ``changed`` when it began to wait
     op: str  # "output" | "wait"
     params: dict[str, Any]
+
+    def __init__(
+        self,
+        msg: Message,
+        proc: BackgroundProcess,
+        deadline: float,
+        seen: int,
+        op: str,
+        params: dict[str, Any],
+    ) -> None:
+        self.msg = msg
+        self.proc = proc
+        self.deadline = deadline
+        self.seen = seen
+        self.op = op
+        self.params = params
 
 
 class ProcessTable:

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import functools
 import glob
 import os
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 _PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
@@ -38,8 +37,8 @@ KILL_TIMEOUT = 0.5
 _GONE = (b"Z", b"X", b"x")  # zombie or dead: nothing left to end, only to reap
 
 
-@dataclass(frozen=True)
-class Stat:
+# Not a frozen dataclass: an agent's start imports no dataclasses (with inspect, ast).
+class Stat(NamedTuple):
     """The fields of ``/proc/PID/stat`` that these helpers use."""
 
     state: bytes
@@ -54,8 +53,17 @@ class Stat:
 
 @functools.cache
 def _libc() -> ctypes.CDLL | None:
+    # glibc's name first: ctypes.util.find_library runs `ldconfig -p` (tens of milliseconds of
+    # every agent's start, the first thing it does) to give that same name back; it is asked
+    # only where that name is not libc's (musl, other systems).
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        pass
+    from ctypes.util import find_library
+
+    try:
+        return ctypes.CDLL(find_library("c") or "libc.so.6", use_errno=True)
     except OSError:
         return None
 

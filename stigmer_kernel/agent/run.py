@@ -7,7 +7,6 @@ the output and stdin it has moved so far, how far a stop has escalated.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..protocol import ErrorName, ExecStatus, Message, MsgType
@@ -17,9 +16,10 @@ from .shell import CommandEnd
 from .shell_pipes import BETWEEN_COMMANDS_LIMIT
 
 
-@dataclass
 class Run:
     """One execute request in progress."""
+
+    # A plain class, not a dataclass: an agent's start imports no dataclasses (inspect, ast).
 
     msg: Message
     code: str
@@ -29,27 +29,89 @@ class Run:
     deadline: float | None
     output_limit: int  # bytes of output sent at most (0: no limit)
     execution_count: int
-    window: int = 0  # stream messages sent ahead of the broker's output_ack (0: no flow control)
-    sent: int = 0
-    messages: int = 0  # stream messages sent
-    acked: int = 0  # of which the broker said they reached the client
-    dropped: int = 0
-    stop_reason: str | None = None  # "timeout" | "interrupted"
-    stop_started: float = 0.0
-    stop_stage: int = 0
-    captured: list[bytes] = field(default_factory=list)  # output of hidden runs
-    query: introspect.CompletionQuery | None = None
-    allow_stdin: bool = False
-    waiting_input: bool = False
-    stdin_stream: bool = False  # stdin arrives in stdin_chunk messages, into the FIFO
-    stdin_eof: bool = False  # ... and has ended: the FIFO closes once all of it is in
-    stdin_written: int = 0  # bytes of it written into the FIFO
-    stdin_acked: int = 0  # ... as last told in a stdin_ack
-    next_stdin_check: float = 0.0
-    next_idle_check: float = 0.0
-    exit_held: bytes = b""  # a trailing "exit\n" on stderr, sent unless the command ran `exit`
-    problem: str | None = None  # what broke the session, when the agent ended bash for it
-    internal: bool = False  # a line of the agent's own (a background start, a cwd put back)
+    window: int  # stream messages sent ahead of the broker's output_ack (0: no flow control)
+    sent: int
+    messages: int  # stream messages sent
+    acked: int  # of which the broker said they reached the client
+    dropped: int
+    stop_reason: str | None  # "timeout" | "interrupted"
+    stop_started: float
+    stop_stage: int
+    captured: list[bytes]  # output of hidden runs
+    query: introspect.CompletionQuery | None
+    allow_stdin: bool
+    waiting_input: bool
+    stdin_stream: bool  # stdin arrives in stdin_chunk messages, into the FIFO
+    stdin_eof: bool  # ... and has ended: the FIFO closes once all of it is in
+    stdin_written: int  # bytes of it written into the FIFO
+    stdin_acked: int  # ... as last told in a stdin_ack
+    next_stdin_check: float
+    next_idle_check: float
+    exit_held: bytes  # a trailing "exit\n" on stderr, sent unless the command ran `exit`
+    problem: str | None  # what broke the session, when the agent ended bash for it
+    internal: bool  # a line of the agent's own (a background start, a cwd put back)
+
+    def __init__(
+        self,
+        msg: Message,
+        code: str,
+        kind: MsgType,
+        started: float,
+        started_ticks: int,
+        deadline: float | None,
+        output_limit: int,
+        execution_count: int,
+        window: int = 0,
+        sent: int = 0,
+        messages: int = 0,
+        acked: int = 0,
+        dropped: int = 0,
+        stop_reason: str | None = None,
+        stop_started: float = 0.0,
+        stop_stage: int = 0,
+        captured: list[bytes] | None = None,
+        query: introspect.CompletionQuery | None = None,
+        allow_stdin: bool = False,
+        waiting_input: bool = False,
+        stdin_stream: bool = False,
+        stdin_eof: bool = False,
+        stdin_written: int = 0,
+        stdin_acked: int = 0,
+        next_stdin_check: float = 0.0,
+        next_idle_check: float = 0.0,
+        exit_held: bytes = b"",
+        problem: str | None = None,
+        internal: bool = False,
+    ) -> None:
+        self.msg = msg
+        self.code = code
+        self.kind = kind
+        self.started = started
+        self.started_ticks = started_ticks
+        self.deadline = deadline
+        self.output_limit = output_limit
+        self.execution_count = execution_count
+        self.window = window
+        self.sent = sent
+        self.messages = messages
+        self.acked = acked
+        self.dropped = dropped
+        self.stop_reason = stop_reason
+        self.stop_started = stop_started
+        self.stop_stage = stop_stage
+        self.captured = [] if captured is None else captured
+        self.query = query
+        self.allow_stdin = allow_stdin
+        self.waiting_input = waiting_input
+        self.stdin_stream = stdin_stream
+        self.stdin_eof = stdin_eof
+        self.stdin_written = stdin_written
+        self.stdin_acked = stdin_acked
+        self.next_stdin_check = next_stdin_check
+        self.next_idle_check = next_idle_check
+        self.exit_held = exit_held
+        self.problem = problem
+        self.internal = internal
 
     @property
     def hidden(self) -> bool:

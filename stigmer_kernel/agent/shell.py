@@ -34,7 +34,6 @@ import re
 import select
 import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..environment import NAME_RE
@@ -92,12 +91,25 @@ _PIPE_SIZES = (OUTPUT_CHUNK, 256 * 1024)
 _REPORT_WAIT = 0.002
 
 
-@dataclass
 class CommandEnd:
+    # A plain class, not a dataclass: an agent's start imports no dataclasses (inspect, ast).
+
     exit_code: int
     cwd: str | None
-    session_ended: bool = False  # bash itself exited and a fresh session was started
-    problem: str | None = None  # the session's plumbing was broken: what happened
+    session_ended: bool  # bash itself exited and a fresh session was started
+    problem: str | None  # the session's plumbing was broken: what happened
+
+    def __init__(
+        self,
+        exit_code: int,
+        cwd: str | None,
+        session_ended: bool = False,
+        problem: str | None = None,
+    ) -> None:
+        self.exit_code = exit_code
+        self.cwd = cwd
+        self.session_ended = session_ended
+        self.problem = problem
 
 
 class BashSession(ShellProcess):

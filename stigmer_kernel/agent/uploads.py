@@ -13,9 +13,7 @@ import contextlib
 import hashlib
 import os
 import stat
-import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..protocol import ErrorName
@@ -39,9 +37,10 @@ MAX_UPLOADS = 64
 _HASH_SLICE = 8 * 1024 * 1024
 
 
-@dataclass
 class Upload:
     """A write in progress: its temporary file, what arrived, the hash of what arrived in order."""
+
+    # A plain class, not a dataclass: an agent's start imports no dataclasses (inspect, ast).
 
     token: str
     target: str
@@ -49,10 +48,34 @@ class Upload:
     fd: int
     permissions: int
     used: float
-    size: int = 0  # the end of the furthest chunk written
-    hashed: int = 0  # bytes hashed: the chunks that arrived in order
-    in_order: bool = True
-    hasher: Any = field(default_factory=hashlib.sha256)
+    size: int  # the end of the furthest chunk written
+    hashed: int  # bytes hashed: the chunks that arrived in order
+    in_order: bool
+    hasher: Any
+
+    def __init__(
+        self,
+        token: str,
+        target: str,
+        temp: str,
+        fd: int,
+        permissions: int,
+        used: float,
+        size: int = 0,
+        hashed: int = 0,
+        in_order: bool = True,
+        hasher: Any | None = None,
+    ) -> None:
+        self.token = token
+        self.target = target
+        self.temp = temp
+        self.fd = fd
+        self.permissions = permissions
+        self.used = used
+        self.size = size
+        self.hashed = hashed
+        self.in_order = in_order
+        self.hasher = hashlib.sha256() if hasher is None else hasher
 
 
 class Uploads:
@@ -91,6 +114,8 @@ class Uploads:
             permissions = stat.S_IMODE(st.st_mode) if st else 0o666 & ~self._umask
         directory, name = os.path.split(path)
         try:
+            import tempfile  # only a file upload needs it: not imported at an agent's start
+
             fd, temp = tempfile.mkstemp(prefix=f".{name[:200]}.", suffix=".stigmer", dir=directory)
         except OSError as exc:
             raise refused(exc, path, "write") from None

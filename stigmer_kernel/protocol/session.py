@@ -20,11 +20,8 @@ import collections
 import hashlib
 import hmac
 import itertools
-import json
 import os
 import time
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 import msgpack
 
@@ -41,15 +38,54 @@ if TYPE_CHECKING:
 _REQUIRED_HEADER = ("msg_id", "msg_type", "session")
 
 
-@dataclass(slots=True)
 class Message:
-    """One protocol message: the Jupyter envelope plus optional binary buffers."""
+    """One protocol message: the Jupyter envelope plus optional binary buffers.
+
+    Written out, not a ``@dataclass(slots=True)``: the same constructor, ``repr`` and ``==``
+    without the import of :mod:`dataclasses` (and :mod:`inspect`, :mod:`ast`) on the start of
+    an agent or of ``stigmer run``.
+    """
+
+    __slots__ = ("buffers", "content", "header", "metadata", "parent_header")
+    __match_args__ = ("header", "parent_header", "metadata", "content", "buffers")
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value, like a dataclass
 
     header: dict[str, Any]
-    parent_header: dict[str, Any] = field(default_factory=dict)
-    metadata: dict[str, Any] = field(default_factory=dict)
-    content: dict[str, Any] = field(default_factory=dict)
-    buffers: list[bytes] = field(default_factory=list)
+    parent_header: dict[str, Any]
+    metadata: dict[str, Any]
+    content: dict[str, Any]
+    buffers: list[bytes]
+
+    def __init__(
+        self,
+        header: dict[str, Any],
+        parent_header: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        content: dict[str, Any] | None = None,
+        buffers: list[bytes] | None = None,
+    ) -> None:
+        self.header = header
+        self.parent_header = {} if parent_header is None else parent_header
+        self.metadata = {} if metadata is None else metadata
+        self.content = {} if content is None else content
+        self.buffers = [] if buffers is None else buffers
+
+    def __repr__(self) -> str:
+        return (
+            f"Message(header={self.header!r}, parent_header={self.parent_header!r}, "
+            f"metadata={self.metadata!r}, content={self.content!r}, buffers={self.buffers!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message) or other.__class__ is not self.__class__:
+            return NotImplemented
+        return (self.header, self.parent_header, self.metadata, self.content, self.buffers) == (
+            other.header,
+            other.parent_header,
+            other.metadata,
+            other.content,
+            other.buffers,
+        )
 
     @property
     def msg_type(self) -> str:
@@ -74,10 +110,14 @@ def _msgpack_loads(data: bytes) -> Any:
 
 
 def _json_dumps(obj: Any) -> bytes:
+    import json  # only Jupyter channels pack JSON: not imported by an agent or a native client
+
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 
 
 def _json_loads(data: bytes) -> Any:
+    import json  # see _json_dumps
+
     return json.loads(data)
 
 
@@ -92,7 +132,7 @@ def now_iso() -> str:
     now = time.time()
     second = int(now)
     if second != _iso_second[0]:
-        text = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))  # no datetime import
         _iso_second = (second, text)
     return f"{_iso_second[1]}.{int((now - second) * 1e6):06d}+00:00"
 

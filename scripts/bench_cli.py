@@ -17,12 +17,11 @@ import subprocess
 import sys
 import tempfile
 
-from benchlib import p50_p99, save_samples, target, timed, venv_bin
+from benchlib import idle_container, p50_p99, save_samples, target, timed, venv_bin
 
 from stigmer_kernel import Client, load_config
 from stigmer_kernel.client.discovery import start_background_server
 
-IMAGE = os.environ.get("STIGMER_SANDBOX_IMAGE", "stigmer-test-base:bookworm")
 TARGET_RATIO = 0.5
 
 
@@ -36,12 +35,7 @@ def main() -> int:
     start_background_server(config)
     env = {**os.environ, "STIGMER_RUNTIME_DIR": runtime}
     stigmer = [venv_bin("stigmer"), "run", "--", "true"]
-    box = subprocess.run(
-        ["docker", "run", "-d", "--init", IMAGE, "sleep", "infinity"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    box = idle_container()
     docker = ["docker", "exec", box, "true"]
     cli: list[float] = []
     exec_ms: list[float] = []

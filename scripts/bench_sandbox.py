@@ -21,12 +21,11 @@ import tempfile
 import time
 
 import docker
-from benchlib import p50_p99, save_samples, target, timed
+from benchlib import IMAGE, p50_p99, save_samples, target, timed
 
 from stigmer_kernel import Client, load_config
 from stigmer_kernel.client.discovery import start_background_server
 
-IMAGE = os.environ.get("STIGMER_SANDBOX_IMAGE", "stigmer-test-base:bookworm")
 WARM_VS_LOCAL = 1.0
 COLD_START_MS = 300.0
 POOL_START_MS = 10.0

@@ -21,12 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import target, venv_bin
+from benchlib import idle_container, target, venv_bin
 
 from stigmer_kernel import Client, load_config
 from stigmer_kernel.client.discovery import start_background_server
 
-IMAGE = os.environ.get("STIGMER_SANDBOX_IMAGE", "stigmer-test-base:bookworm")
 TARGET_RATIO = 3.0
 
 
@@ -62,12 +61,7 @@ def main() -> int:
     config = load_config({"runtime_dir": runtime})
     address = start_background_server(config)
     env = {**os.environ, "STIGMER_RUNTIME_DIR": runtime}
-    box = subprocess.run(
-        ["docker", "run", "-d", "--init", IMAGE, "sleep", "infinity"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    box = idle_container()
     try:
         subprocess.run(["docker", "exec", box, "sh", "-c", f"{produce} > /tmp/big"], check=True)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from pathlib import Path
 SAMPLES_ENV = "STIGMER_BENCH_SAMPLES"
 #: Prefix of the machine-readable result lines.
 RESULT_PREFIX = "BENCH "
+#: The image of the baseline containers (``docker exec``) and of the sandbox kernels.
+IMAGE = os.environ.get("STIGMER_SANDBOX_IMAGE", "stigmer-test-base:bookworm")
 
 
 def p50_p99(samples: list[float]) -> tuple[float, float]:
@@ -57,3 +60,14 @@ def save_samples(samples: dict[str, list[float]]) -> None:
 def venv_bin(name: str) -> str:
     """An entry point installed next to this interpreter (the venv's bin)."""
     return str(Path(sys.executable).parent / name)
+
+
+def idle_container() -> str:
+    """Start a container of :data:`IMAGE` that sleeps (for ``docker exec`` baselines); its id.
+    The caller removes it (``docker rm -f``)."""
+    return subprocess.run(
+        ["docker", "run", "-d", "--init", IMAGE, "sleep", "infinity"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()

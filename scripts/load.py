@@ -26,12 +26,12 @@ import time
 import uuid
 from pathlib import Path
 
+from benchlib import IMAGE as SANDBOX_IMAGE
 from benchlib import save_samples, target
 
 from stigmer_kernel import Client, load_config
 from stigmer_kernel.client.discovery import start_background_server
 
-SANDBOX_IMAGE = os.environ.get("STIGMER_SANDBOX_IMAGE", "stigmer-test-base:bookworm")
 #: Phase 1 commands/s before the performance work (issue 17), the base of the throughput target.
 #: Measured on 2026-12-02 at commit 8a935ca (only this script's workspace chmod fix added) on the
 #: 2-core development machine, shared with other jobs, one run each: `make load` defaults

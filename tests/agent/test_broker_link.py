@@ -134,7 +134,9 @@ def test_agent_blocked_sending_to_a_gone_broker_exits(hand_broker: Any) -> None:
     # Orphan timeout, a retry period, clean-up; slack doubled for a slow machine (a blocked send
     # that never noticed would hang until killed).
     assert time.monotonic() - gone_at < 2.0 + 5.0
-    assert "no answer from the broker for 2s while sending to it" in broker.log.read_text()
+    # Usually noticed inside the blocked send ("... while sending to it"); on a loaded machine
+    # the heartbeat check may see the silence first. Either way it must exit, not hang.
+    assert "no answer from the broker for 2s" in broker.log.read_text()
     assert processes_matching(f"stg-yes-{tag}") == []  # its command ended with it
 
 

@@ -12,6 +12,7 @@ module does not import the agent.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shlex
 import signal
@@ -20,12 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from ..protocol import Message, MsgType
-from ..protocol.constants import (
-    EXIT_INTERRUPTED,
-    STDIN_ACK_EVERY,
-    STDIN_WINDOW,
-    StreamName,
-)
+from ..protocol.constants import EXIT_INTERRUPTED, STDIN_ACK_EVERY, STDIN_WINDOW, StreamName
 from . import introspect, procs
 from .run import Run, between_notice, execute_reply, hidden_reply, truncated_notice
 from .shell import BashSession, CommandEnd
@@ -220,18 +216,19 @@ class Command:
     def start(self) -> None:
         """Write the command line to bash, its stdin wired as the request asked."""
         run = self.run
+        begin = functools.partial(self.shell.begin, self.script, env=self.env, user=not run.hidden)
         if run.stdin_stream:
             self.stdin_pipe.open(_STDIN_PIPE_SIZE)
-            self.shell.begin(self.script, stdin_file=self.stdin_pipe.path, env=self.env)
+            begin(stdin_file=self.stdin_pipe.path)
             # Credit: the client sends its stdin from now on, ``window`` bytes ahead.
             self.link.send(
                 MsgType.STDIN_ACK, {"written": 0, "window": STDIN_WINDOW}, parent=run.msg
             )
         elif run.allow_stdin:
             self.stdin_pipe.open()
-            self.shell.begin(self.script, stdin_file=self.stdin_pipe.path, env=self.env)
+            begin(stdin_file=self.stdin_pipe.path)
         else:
-            self.shell.begin(self.script, self.stdin, env=self.env)
+            begin(self.stdin)
 
     # -- output -----------------------------------------------------------------------------
     def _streams(self) -> tuple[tuple[int, StreamName], tuple[int, StreamName]]:

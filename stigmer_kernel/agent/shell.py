@@ -39,6 +39,7 @@ from pathlib import Path
 from ..environment import NAME_RE
 from ..protocol.constants import OUTPUT_CHUNK
 from . import procs
+from .last_command import Carry
 from .shell_files import SessionFiles
 from .shell_pipes import BETWEEN_COMMANDS_LIMIT, BetweenCommands, ControlScanner
 from .shell_process import ShellProcess
@@ -149,6 +150,7 @@ class BashSession(ShellProcess):
         self._result: tuple[int, str] | None = None
         self._repair_rc: int | None = None
         self.files = SessionFiles(workdir)
+        self.carry = Carry(self.files.return_path)
         self._tmpenv_written = False
         self.stdin_written = False  # the stdin file holds a command's stdin bytes
         self._new_token()
@@ -178,6 +180,7 @@ class BashSession(ShellProcess):
         else:
             self._discard_input()
         self.release()
+        self.carry.restarted()
         if not restore:
             self.files.discard_state()
         self._new_token()
@@ -259,18 +262,22 @@ class BashSession(ShellProcess):
         stdin: bytes | None = None,
         stdin_file: Path | None = None,
         env: Mapping[str, str] | None = None,
+        user: bool = True,
     ) -> None:
         """Start running ``code``; its end shows as :meth:`finished` returning it.
 
         Its stdin is /dev/null, or the bytes ``stdin``, or the file (FIFO) ``stdin_file``;
-        ``env`` holds variables set for this command only.
+        ``env`` holds variables set for this command only. A ``user`` command sees ``$?``,
+        ``$_`` and ``PIPESTATUS`` as the last one left them, and leaves its own.
         """
         if stdin is not None:
             self.files.stdin_path.write_bytes(stdin)
             self.stdin_written = True
             stdin_file = self.files.stdin_path
         # Temporary assignments need the plain `eval` (`builtin eval` does not keep them).
-        line = command_line(code, stdin_file, tested=self.builtin_ok and not env)
+        tested = self.builtin_ok and not env
+        replay, code, tail = self.carry.line(code, user, self.builtin_ok, tested)
+        line = command_line(code, stdin_file, tested=tested, tail=tail)
         if env:
             line = assignments(env) + line
             # An `exit` in the command must not keep them (the EXIT trap saves the state).
@@ -282,7 +289,7 @@ class BashSession(ShellProcess):
         self._end = self._result = self._repair_rc = None
         self.repairing = False
         self.lines += 1
-        self._write_line(line.encode("utf-8", "surrogateescape"))
+        self._write_line((replay + line).encode("utf-8", "surrogateescape"))
 
     def _write_line(self, line: bytes) -> None:
         """Write a whole line; bash reads it as the pipe fills (a long line takes a while). A
@@ -395,18 +402,23 @@ class BashSession(ShellProcess):
             with contextlib.suppress(ValueError):
                 self._result = (int(status), function)
         elif kind == KIND_BUILTIN:
-            self._probe_ok = not payload
+            pipes, _, function = payload.rpartition(";")
+            self._probe_ok = not function
+            if self.ready and self._result is not None:
+                self.carry.reported(self._result[0], pipes)
         elif kind == KIND_REPAIR:
             with contextlib.suppress(ValueError):
                 self._repair_rc = int(payload)
         elif kind == KIND_END:
             number, _, cwd = payload.partition(";")
+            options, _, cwd = cwd.partition(";")
             try:
                 line: int | None = int(number) if number else None  # None: LINENO was unset
             except ValueError:
                 return  # not a report but the text of one (a trace)
             if cwd:
                 self.cwd = cwd
+            self.carry.verbose = "v" in options
             self.builtin_ok, self._probe_ok = self._probe_ok, False
             if not self.ready:
                 self.ready = line in (0, None)
@@ -420,6 +432,8 @@ class BashSession(ShellProcess):
     def _make_end(self) -> CommandEnd:
         if self.repairing:
             code = self._repair_rc if self._repair_rc is not None else -1
+            if self.carry.capturing and self._result is not None and not self._result[1]:
+                code = self._result[0]  # (CAPTURE's: the status before the line's tail)
             return CommandEnd(code, self.cwd)
         if self._result is None or self._result[1]:
             return CommandEnd(

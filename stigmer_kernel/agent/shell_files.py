@@ -9,7 +9,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from .shell_scripts import STATE_DONE, exit_script, late_script, rc_file
+from .shell_scripts import RETURN_SCRIPT, STATE_DONE, exit_script, late_script, rc_file
 
 
 class SessionFiles:
@@ -25,6 +25,8 @@ class SessionFiles:
         self.traps_path = workdir / "traps.sh"
         #: The names of the running command's own variables, for the EXIT trap (empty if none).
         self.tmpenv_path = workdir / "tmpenv.sh"
+        #: Sets ``$?`` without a fork (agent/last_command.py).
+        self.return_path = workdir / "return.sh"
 
     def write_scripts(
         self, restore: bool, status: int, out_fd: int, err_fd: int, marker: str, end: str
@@ -49,6 +51,7 @@ class SessionFiles:
                 late_sh=self.late_path if restore else None,
                 status=status,
             ),
+            self.return_path: RETURN_SCRIPT,
         }
         if restore:
             text[self.late_path] = late_script(traps=self.traps_path, marker=marker, end=end)

@@ -34,12 +34,13 @@ CTL_FD = 60
 #   s<flag>        the rc file ran (flag "r": the saved state was read back)
 #   r<rc>;<fn>     the end report's first half, printed by `\eval` (fn non-empty or the message
 #                  missing: `eval` is not the builtin)
-#   e<line>;<pwd>  the end report, after the command line numbered <line>
+#   e<line>;<opts>;<pwd>  the end report, after the command line numbered <line> ($- in opts)
 #   x<rc>          a line the agent sent to put the end report back (the command removed it)
 #   q              the EXIT trap runs: bash is exiting with its control pipe still open (no
 #                  such report before the pipe closes: `exec`, or a command closed it)
-#   b<fn>          printed through `\builtin eval` (fn empty): `builtin` is bash's own, so the
-#                  next line may run its command with it (see :func:`command_line`)
+#   b<p>;<fn>      printed through `\builtin eval` (fn empty): `builtin` is bash's own, so the
+#                  next line may run its command with it (see :func:`command_line`); p: what
+#                  CAPTURE_PIPES saw (see below)
 KIND_START, KIND_RESULT, KIND_END, KIND_REPAIR, KIND_EXIT = "s", "r", "e", "x", "q"
 KIND_BUILTIN = "b"
 
@@ -47,10 +48,32 @@ KIND_BUILTIN = "b"
 STATE_DONE = b"__stg_ok=r\n"
 
 _HOOK = (
-    "\\eval '! 9</dev/null/\"{m}r$?;${{FUNCNAME[0]-}}{e}\"'; "
-    "\\builtin eval '! 9</dev/null/\"{m}b${{FUNCNAME[0]-}}{e}\"'; "
-    '! 9</dev/null/"{m}e$LINENO;${{PWD-}}{e}"'
+    "\\eval '! 9</dev/null/\"{m}r${{__stgR-${{__stgS-$?}}}};${{FUNCNAME[0]-}}{e}\"'; "
+    '\\builtin eval \'! 9</dev/null/"{m}b${{__stgP-}};${{FUNCNAME[0]-}}{e}"; '
+    "${{__stgL+builtin unset -v __stgR __stgS __stgL __stgP}}'; "
+    '! 9</dev/null/"{m}e$LINENO;$-;${{PWD-}}{e}"'
 )
+
+# What a command leaves to the next: $?, PIPESTATUS and $_ (agent/last_command.py). CAPTURE
+# follows a user command's code, on a line of its own, inside its `eval`: it saves them while
+# expanding to an empty command (no trace; bash runs the DEBUG trap before it, though).
+# CAPTURE_PIPES also saves the pipeline's length, its statuses (joined by IFS's first
+# character) and the options. LAST_TESTED or LAST_PLAIN end the line: `builtin true` sets $_ to
+# the code's (PROMPT_COMMAND keeps it for the next line); a plain `eval` whose code ended before
+# CAPTURE keeps its status in __stgS. The end report sends __stgR (else __stgS) as the status
+# and __stgP, and unsets them all if __stgL is set (it is whenever any is; an `unset` costs ~8
+# microseconds). bash parses all of this for every command: it is kept short.
+CAPTURE = "\n${BASH_ALIASES[/${__stgR=$?}${__stgL=${_-}}]-}"
+CAPTURE_PIPES = (
+    "\n${BASH_ALIASES[/${__stgR=$?}${__stgL=${_-}}"
+    "${__stgP=${#PIPESTATUS[@]};${PIPESTATUS[*]};$SHELLOPTS}]-}"
+)
+LAST_TESTED = ' && \\builtin true "${__stgL-}"'
+LAST_PLAIN = '; __stgS=$?; \\builtin true "${__stgL=}"'
+#: Before a hidden line of the agent's own (then LAST_PLAIN): $_ is kept.
+KEEP_LAST = "__stgL=${_-}; "
+#: The script that sets ``$?`` to its first argument (``. FILE STATUS "$_"`` keeps ``$_``).
+RETURN_SCRIPT = '\\builtin return "$1"\n'
 
 _RC = r"""
 exec 60>&2 61>&{out} 62>&{err} {out}>&- {err}>&-
@@ -227,7 +250,9 @@ def assignments(env: Mapping[str, str]) -> str:
     )
 
 
-def command_line(code: str, stdin: Path | None, *, tested: bool = False) -> str:
+def command_line(
+    code: str, stdin: Path | None, *, tested: bool = False, tail: str | None = None
+) -> str:
     """The line that runs ``code`` at top level with the output pipes as its stdout and stderr,
     ``stdin`` (else /dev/null) as its stdin, and none of the session's descriptors.
 
@@ -238,9 +263,12 @@ def command_line(code: str, stdin: Path | None, *, tested: bool = False) -> str:
     that already, inside); `builtin` bypasses the rule that turns ``set -e`` and the ERR trap
     off inside an `eval` whose status is tested. The empty loop (no command, so no DEBUG trap
     or trace) keeps the status. A plain ``\\eval`` runs the ERR trap a second time for a line
-    whose last command failed, and exits for ``set -e`` after ``false && true``."""
+    whose last command failed, and exits for ``set -e`` after ``false && true``. ``tail``, if
+    given, replaces what follows the `eval` (see CAPTURE)."""
     source = "/dev/null" if stdin is None else _q(stdin)
-    runner, tail = ("\\builtin eval", " && for _ in; do :; done") if tested else ("\\eval", "")
+    runner = "\\builtin eval" if tested else "\\eval"
+    if tail is None:
+        tail = " && for _ in; do :; done" if tested else ""
     return (
         f"{runner} {quote_code(code + chr(10))} <{source} "
         f">&{OUT_FD} 2>&{ERR_FD} {CTL_FD}>&- {OUT_FD}>&- {ERR_FD}>&-{tail}\n"

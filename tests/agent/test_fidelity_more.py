@@ -8,6 +8,7 @@ interactive bash on a pipe prints for the same lines.
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 from stigmer_kernel import Client
 
@@ -77,3 +78,91 @@ def test_a_function_named_builtin_keeps_the_session_working(client: Client) -> N
         assert (r.exit_code, r.stdout) == (i + 2, f"out-{i}\n")
     client.execute("unset -f builtin", kernel="shadowed")
     assert client.execute("echo back", kernel="shadowed").stdout == "back\n"
+
+
+# -- what a command leaves to the next: $?, $_ and PIPESTATUS ----------------------------------
+def test_status_last_argument_and_pipestatus_carry_to_the_next_command(
+    client: Client, tmp_path: Path
+) -> None:
+    made = tmp_path / "made dir"
+    lines = [
+        "true abc",
+        'echo "[$_] $?"',
+        "false 'q r'",
+        'echo "[$_] $? ${PIPESTATUS[*]}"',
+        "(exit 3)",
+        'echo "$? ${PIPESTATUS[*]}"',
+        "false | true | (exit 3)",
+        'echo "${PIPESTATUS[*]} $?"',
+        "! false last",
+        'echo "${PIPESTATUS[*]} $? [$_]"',
+        "set -o pipefail; (exit 2) | true",
+        'echo "${PIPESTATUS[*]} $?"; set +o pipefail',
+        "IFS=,; false | true",
+        'echo "${PIPESTATUS[*]}"; unset IFS',
+        "printf '%s' x $'two\\nlines' 'ü \\\\ $(no)'",
+        'echo "[$_]"',
+        f"mkdir -p '{made}'",
+        'cd "$_" && pwd',
+        "cat <<EOF\nhere\nEOF",
+        'echo "[$_]"',
+    ]
+    expected = _terminal(lines)
+    outputs = _run(client, "carry", lines)
+    assert "".join(outputs) == expected
+    assert outputs[1] == "[abc] 0\n" and outputs[3] == "[q r] 1 1\n"
+    assert outputs[5] == "3 3\n" and outputs[7] == "1 0 3 3\n" and outputs[9] == "1 0 [last]\n"
+    assert outputs[15] == "[ü \\\\ $(no)]\n" and outputs[17] == f"{made}\n"
+    assert client.execute("compgen -v | grep -c __stg", kernel="carry").stdout == "0\n"
+
+
+def test_the_carried_status_runs_no_err_trap_and_no_set_e_exit(client: Client) -> None:
+    lines = [
+        f"n=0; {COUNTER}",
+        "false z",
+        'echo "$n [$_] $?"',
+        "(exit 4)",
+        'echo "$n $?"',
+        "set -e; ! true y",
+        'echo "$? [$_] $n"; set +e',
+    ]
+    expected = _terminal(lines)
+    outputs = _run(client, "carry-err", lines)
+    assert "".join(outputs) == expected
+    assert outputs[2] == "1 [] 1\n"  # (the trap assigned last)
+    assert outputs[4] == "2 4\n" and outputs[6] == "1 [y] 2\n"
+    r = client.execute("echo done", kernel="carry-err")
+    assert (r.stdout, r.session_reset) == ("done\n", False)
+
+
+def test_the_carry_is_invisible_to_traces_and_survives_env_and_workdir(
+    client: Client, tmp_path: Path
+) -> None:
+    traced = client.execute("set -x; true traced; set +x", kernel="carry-x")
+    again = client.execute('echo "[$_]"', kernel="carry-x")
+    assert again.stdout == "[+x]\n"
+    for r in (traced, again):
+        assert "__stg" not in r.stderr and "builtin" not in r.stderr and "for _" not in r.stderr
+    client.execute("true with-env", kernel="carry-x", env={"ONLY": "here"})
+    r = client.execute('echo "[$_] ${ONLY-unset}"', kernel="carry-x")
+    assert r.stdout == "[with-env] unset\n"
+    client.execute("true in-workdir; (exit 6)", kernel="carry-x", workdir=str(tmp_path))
+    r = client.execute('echo "$? [$_] $PWD"', kernel="carry-x")
+    assert r.stdout.split(" ")[:2] == ["6", "[in-workdir]"]
+    verbose = client.execute("set -v; echo loud", kernel="carry-x")
+    assert verbose.stdout == "loud\n"
+    r = client.execute("echo quiet; set +v", kernel="carry-x")
+    assert r.stderr == "echo quiet; set +v\n"
+
+
+def test_code_the_capture_cannot_follow_runs_as_written(client: Client) -> None:
+    """An unterminated here-document or a line continued with `|` would take in a line after
+    the code: none is added (such a command's ``$_`` is its code, as before)."""
+    heredoc = client.execute("cat <<EOF\nhi", kernel="nocap")
+    assert heredoc.stdout == "hi\n" and "wanted `EOF'" in heredoc.stderr
+    piped = client.execute("echo a |", kernel="nocap")
+    assert (piped.exit_code, piped.stdout) == (2, "")
+    assert piped.stderr == "bash: syntax error: unexpected end of file\n"
+    client.execute("true before-bg", kernel="nocap")
+    assert client.start("true started", kernel="nocap").wait(timeout=15) == 0
+    assert client.execute('echo "[$_]"', kernel="nocap").stdout == "[before-bg]\n"

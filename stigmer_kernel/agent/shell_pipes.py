@@ -51,9 +51,12 @@ class ControlScanner:
 
 def _partial_suffix(buf: bytes, marker: bytes) -> int:
     """Length of the longest suffix of ``buf`` that is a proper prefix of ``marker``."""
-    for size in range(min(len(buf), len(marker) - 1), 0, -1):
-        if marker.startswith(buf[-size:]):
-            return size
+    first = marker[:1]
+    at = buf.find(first, max(0, len(buf) - len(marker) + 1))
+    while at >= 0:  # (from the longest: only where the marker's first byte is)
+        if marker.startswith(buf[at:]):
+            return len(buf) - at
+        at = buf.find(first, at + 1)
     return 0
 
 

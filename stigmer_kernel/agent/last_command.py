@@ -21,7 +21,7 @@ import re
 import shlex
 from pathlib import Path
 
-from .shell_scripts import CAPTURE, CAPTURE_PIPES, KEEP_LAST, LAST_PLAIN, LAST_TESTED
+from .shell_scripts import CAPTURE, CAPTURE_PIPES, KEEP_LAST, KEPT_LAST, LAST_PLAIN, LAST_TESTED
 
 _NOT_DIGITS = re.compile(r"[^0-9]")
 _CONTINUED = re.compile(r"(\\|\||&&|\|&)[ \t]*$")
@@ -103,7 +103,7 @@ class LastCommand:
         return self._finish(run, single != self.status)
 
     def _finish(self, run: str, negated: bool) -> str:
-        tail = " && for _ in; do :; done" if self.status else ""
+        tail = ' && \\builtin true "$_"' if self.status else ""  # (runs only after a success)
         return f"{'! ' if negated else ''}{run}{tail}; "
 
 
@@ -134,11 +134,11 @@ class Carry:
             self.left = None if user else self.left
             return "", code, None
         if not user:
-            return KEEP_LAST, code, (" && for _ in; do :; done" if tested else "") + LAST_PLAIN
+            return KEEP_LAST, code, KEPT_LAST
         left, self.left = self.left, None
         head = "" if left is None else left.replay(self.script, self.pipes)
-        if self.verbose or not capturable(code):
-            return head, code, None
+        if self.verbose or not capturable(code):  # (`$_` after it: empty, not the code)
+            return head, code, LAST_TESTED if tested else None
         self.capturing = True
         # (A pipeline's statuses cost ~12 microseconds more: for code with a pipeline or a `!`.)
         code += CAPTURE_PIPES if self.pipes or "|" in code or "!" in code else CAPTURE

@@ -70,8 +70,12 @@ CAPTURE_PIPES = (
 )
 LAST_TESTED = ' && \\builtin true "${__stgL-}"'
 LAST_PLAIN = '; __stgS=$?; \\builtin true "${__stgL=}"'
-#: Before a hidden line of the agent's own (then LAST_PLAIN): $_ is kept.
+#: Before and after a hidden line of the agent's own: $_ is kept (its status is tested, in
+#: __stgS when it failed).
 KEEP_LAST = "__stgL=${_-}; "
+KEPT_LAST = ' || __stgS=$?; \\builtin true "$__stgL"'
+# (Lines that capture use no reserved word but `!`, which no alias replaces: a user's `alias
+# for=...` would make every line a syntax error.)
 #: The script that sets ``$?`` to its first argument (``. FILE STATUS "$_"`` keeps ``$_``).
 RETURN_SCRIPT = '\\builtin return "$1"\n'
 

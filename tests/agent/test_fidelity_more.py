@@ -166,3 +166,19 @@ def test_code_the_capture_cannot_follow_runs_as_written(client: Client) -> None:
     client.execute("true before-bg", kernel="nocap")
     assert client.start("true started", kernel="nocap").wait(timeout=15) == 0
     assert client.execute('echo "[$_]"', kernel="nocap").stdout == "[before-bg]\n"
+
+
+def test_aliases_of_reserved_words_leave_the_session_working(client: Client) -> None:
+    lines = [
+        "alias for='echo HIJACK' do='echo D' done='echo E'",
+        "false",
+        'echo "$? [$_]"',
+        "(exit 3)",
+        'echo "$? [$_]"',
+        "unalias for do done",
+        "echo ok",
+    ]
+    expected = _terminal(lines)
+    outputs = _run(client, "aliased", lines)
+    assert "".join(outputs) == expected
+    assert outputs[2] == "1 [false]\n" and outputs[4] == "3 [1 [false]]\n" and outputs[6] == "ok\n"

@@ -41,7 +41,6 @@ import fcntl
 import json
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import RuntimeDirError
@@ -65,9 +64,31 @@ _OURS = {
 }  # fmt: skip
 
 
-@dataclass(frozen=True)
 class RuntimeDir:
+    """A runtime directory's paths and files; immutable, equal to another of the same path.
+    Not a dataclass: ``stigmer run`` finds its server through one and imports no dataclasses
+    (docs/performance.md)."""
+
+    __slots__ = ("path",)
+
     path: Path
+
+    def __init__(self, path: Path) -> None:
+        object.__setattr__(self, "path", path)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}: a RuntimeDir is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RuntimeDir):
+            return NotImplemented
+        return self.path == other.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    def __repr__(self) -> str:
+        return f"RuntimeDir(path={self.path!r})"
 
     @property
     def lock_path(self) -> Path:

@@ -1,12 +1,13 @@
 """The settings a plain ``stigmer run`` reads, without building a :class:`~.config.Config`.
 
-``Config`` is a frozen dataclass: importing dataclasses (with inspect and ast) and building one
-cost ``stigmer run -- true`` about a fifth of its time. :func:`lean_settings` gives the few
-settings a run reads, with the values :func:`~.config.load_config` would give them, whenever
-that is sure without it: no config file, and no setting in the environment but the runtime
-directory and the execution mode. Otherwise it returns None and the caller builds the
-``Config``, which also reports a wrong setting as always. tests/test_lean_config.py holds the
-two to the same values.
+``Config`` is a frozen dataclass of ``Path`` values: importing dataclasses (with inspect and
+ast) and pathlib (with urllib.parse and ipaddress) and building one cost ``stigmer run -- true``
+about a fifth of its time. :func:`lean_settings` gives the few settings a run reads, with the
+values :func:`~.config.load_config` would give them (the runtime directory as the string of its
+``Path``), whenever that is sure without it: no config file, and no setting in the environment
+but the runtime directory and the execution mode. Otherwise it returns None and the caller
+builds the ``Config``, which also reports a wrong setting as always. tests/test_lean_config.py
+holds the two to the same values.
 
 The default paths live here, for both (config.py re-exports them).
 """
@@ -14,17 +15,19 @@ The default paths live here, for both (config.py re-exports them).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from .names import EnvVar, ExecutionMode
 
 TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from pathlib import Path
 
 
 def default_runtime_dir() -> Path:
     """``$XDG_RUNTIME_DIR/stigmer`` when that directory exists, else ``/tmp/stigmer-<uid>``."""
+    from pathlib import Path
+
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg and os.path.isdir(xdg):
         return Path(xdg) / "stigmer"
@@ -32,6 +35,8 @@ def default_runtime_dir() -> Path:
 
 
 def default_config_path(env: Mapping[str, str] | None = None) -> Path:
+    from pathlib import Path
+
     env = os.environ if env is None else env
     explicit = env.get(EnvVar.CONFIG.value)
     if explicit:
@@ -51,8 +56,9 @@ _READ = frozenset({EnvVar.RUNTIME_DIR, EnvVar.EXECUTION_MODE})
 
 
 class LeanSettings:
-    """The values of the ``Config`` fields a plain run reads: the runtime directory, the
-    execution mode and ``explicit`` as given, the others at ``Config``'s defaults."""
+    """The values of the ``Config`` fields a plain run reads: the runtime directory (as
+    ``str(config.runtime_dir)``: no ``Path``), the execution mode and ``explicit`` as given, the
+    others at ``Config``'s defaults."""
 
     __slots__ = ("execution_mode", "explicit", "runtime_dir")
 
@@ -65,7 +71,7 @@ class LeanSettings:
     auto_sticky = True
 
     def __init__(
-        self, runtime_dir: Path, execution_mode: ExecutionMode, explicit: frozenset[str]
+        self, runtime_dir: str, execution_mode: ExecutionMode, explicit: frozenset[str]
     ) -> None:
         self.runtime_dir = runtime_dir
         self.execution_mode = execution_mode
@@ -82,11 +88,19 @@ def lean_settings(
     for var in EnvVar:
         if env.get(var.value) and var not in _READ and var not in NOT_SETTINGS:
             return None
+    given = env.get(EnvVar.CONFIG.value)
+    if given:
+        config_file = _path(given, absolute=False)
+    else:
+        home = env.get("XDG_CONFIG_HOME") or _path("~/.config", absolute=False)
+        config_file = f"{home}/stigmer/config.toml" if home else None
+    if config_file is None:
+        return None  # load_config cannot tell where it is, and says so
     try:
-        os.stat(default_config_path(env))
+        os.stat(config_file)
     except FileNotFoundError:
         pass  # no config file: an empty one
-    except (OSError, RuntimeError, KeyError):  # load_config says what is wrong
+    except OSError:  # load_config says what is wrong
         return None
     else:
         return None
@@ -99,26 +113,58 @@ def lean_settings(
         except ValueError:
             return None
         explicit.add("execution_mode")
-    path: Path | None = None
+    path: str | None = None
     for text in (env.get(EnvVar.RUNTIME_DIR.value) or None, runtime_dir):  # the override wins
         if text is not None:
             path = _path(text)
             if path is None:
                 return None
             explicit.add("runtime_dir")
-    return LeanSettings(path or default_runtime_dir(), mode, frozenset(explicit))
+    if path is None:
+        xdg = os.environ.get("XDG_RUNTIME_DIR")  # as default_runtime_dir, without a Path
+        if xdg and os.path.isdir(xdg):
+            path = _normal(*_split(f"{xdg}/stigmer"))
+        else:
+            path = f"/tmp/stigmer-{os.getuid()}"
+    return LeanSettings(path, mode, frozenset(explicit))
 
 
-def _path(text: str) -> Path | None:
-    """A path setting as ``Config`` takes it (relative: to the current directory), or None
-    when it would be refused."""
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        return Path(text).expanduser().absolute()
-    except (RuntimeError, OSError):  # ~user of no user; a current directory gone
-        return None
+def _path(text: str, absolute: bool = True) -> str | None:
+    """``str(Path(text).expanduser())``, with ``absolute`` ``str(Path(text.strip())
+    .expanduser().absolute())`` (how ``Config`` takes a path setting), without pathlib; None
+    when pathlib would raise, or ``Config`` refuse it."""
+    if absolute:
+        text = text.strip()
+        if not text:
+            return None
+    root, parts = _split(text)
+    if not root and parts and parts[0][:1] == "~":
+        home = os.path.expanduser(parts[0])
+        if home[:1] == "~":
+            return None  # no such user, or no home: pathlib raises
+        root, home_parts = _split(home)
+        parts = home_parts + parts[1:]
+    if not root and absolute:
+        try:
+            root, cwd_parts = _split(os.getcwd())
+        except OSError:  # the current directory is gone
+            return None
+        parts = cwd_parts + parts
+    return _normal(root, parts)
+
+
+def _normal(root: str, parts: list[str]) -> str:
+    """The path of ``root`` and ``parts`` as ``str(Path(...))`` writes it."""
+    return root + "/".join(parts) or "."
+
+
+def _split(text: str) -> tuple[str, list[str]]:
+    """A POSIX path's root (``/``, or ``//`` as POSIX keeps it) and its parts, as pathlib
+    splits it: no empty or ``.`` part."""
+    stripped = text.lstrip("/")
+    slashes = len(text) - len(stripped)
+    root = "" if not slashes else "//" if slashes == 2 else "/"
+    return root, [part for part in stripped.split("/") if part and part != "."]
 
 
 __all__ = ["LeanSettings", "default_config_path", "default_runtime_dir", "lean_settings"]

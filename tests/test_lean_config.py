@@ -26,7 +26,10 @@ def _compare(env: dict[str, str], runtime_dir: str | None) -> LeanSettings | Non
         return None
     if lean is not None:
         for name in LEAN_FIELDS:
-            assert getattr(lean, name) == getattr(full, name), name
+            value = getattr(full, name)
+            if name == "runtime_dir":  # the lean one is a string: no pathlib imported
+                value = str(value)
+            assert getattr(lean, name) == value, name
     return lean
 
 
@@ -44,6 +47,12 @@ def no_file(tmp_path: Path) -> dict[str, str]:
         ({"STIGMER_RUNTIME_DIR": " /tmp//stg-lean/./x/ "}, None),
         ({"STIGMER_RUNTIME_DIR": "relative/dir"}, None),
         ({"STIGMER_RUNTIME_DIR": "~/stg"}, None),
+        ({"STIGMER_RUNTIME_DIR": "~"}, None),
+        ({"STIGMER_RUNTIME_DIR": "~//a/../b/"}, None),
+        ({"STIGMER_RUNTIME_DIR": "//net/x"}, None),
+        ({"STIGMER_RUNTIME_DIR": "///many//x"}, None),
+        ({"STIGMER_RUNTIME_DIR": "."}, None),
+        ({"STIGMER_RUNTIME_DIR": "./a/./b/.."}, None),
         ({"STIGMER_RUNTIME_DIR": ""}, None),
         ({"STIGMER_RUNTIME_DIR": "/tmp/a"}, "/tmp/b"),
         ({}, "rel"),
@@ -90,6 +99,27 @@ def test_a_config_file_is_left_to_load_config(tmp_path: Path, content: dict[str,
     path.unlink()
     path.mkdir()  # unreadable as a file: load_config says so
     assert _compare(env, None) is None
+
+
+@pytest.mark.parametrize("xdg", [None, "", "exists", "missing"])
+@pytest.mark.parametrize("home", [None, "", "/", "relative"])
+def test_the_default_paths_are_config_s(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    no_file: dict[str, str],
+    xdg: str | None,
+    home: str | None,
+) -> None:
+    for var, value in (("XDG_RUNTIME_DIR", xdg), ("HOME", home)):
+        if value is None:
+            monkeypatch.delenv(var, raising=False)
+        else:
+            value = {"exists": f"{tmp_path}//run/", "missing": f"{tmp_path}/no"}.get(value, value)
+            monkeypatch.setenv(var, value)
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert _compare(no_file, None) is not None
+    assert _compare(no_file, "~/x") is not None
 
 
 def test_the_default_config_path_counts_too(tmp_path: Path) -> None:

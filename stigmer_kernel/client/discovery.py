@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 
 from ..errors import RuntimeDirError, ServerNotRunning, ServerStartError
 from ..runtime import RuntimeDir
@@ -13,6 +12,7 @@ from ..runtime import RuntimeDir
 TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
 if TYPE_CHECKING:
     import subprocess
+    from pathlib import Path
 
     from ..config import Config
 
@@ -61,6 +61,8 @@ class ServerAddress:
 
 def package_root() -> str:
     """Directory holding the ``stigmer_kernel`` package (for child processes' PYTHONPATH)."""
+    from pathlib import Path
+
     return str(Path(__file__).resolve().parent.parent.parent)
 
 
@@ -90,7 +92,7 @@ def child_env(config: Config) -> dict[str, str]:
 
 def _read_address(runtime: RuntimeDir) -> ServerAddress | None:
     info = runtime.read_info()
-    if not info or not runtime.key_path.exists():
+    if not info:
         return None
     try:
         key = runtime.read_key()
@@ -165,8 +167,9 @@ def start_background_server(
     return wait_for_server(runtime, timeout, proc)
 
 
-def running_server(runtime_dir: Path, timeout: float = 20.0) -> ServerAddress | None:
-    """The address of the server of ``runtime_dir`` if one runs, else None."""
+def running_server(runtime_dir: Path | str, timeout: float = 20.0) -> ServerAddress | None:
+    """The address of the server of ``runtime_dir`` if one runs, else None (a string: see
+    :class:`RuntimeDir`)."""
     runtime = RuntimeDir(runtime_dir)
     return wait_for_server(runtime, timeout) if runtime.server_running() else None
 

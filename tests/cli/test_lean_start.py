@@ -31,6 +31,9 @@ LIGHT += ("selectors", "shlex")
 #: dataclass; nor the whole config module (its TOML parser, its table of every setting).
 DATACLASS = ("dataclasses", "inspect", "ast", "dis", "tokenize", "stigmer_kernel.config")
 DATACLASS += ("stigmer_kernel.client.result", "tomllib")
+#: Nor pathlib, with urllib.parse, ipaddress and fnmatch (~5 ms): the run's runtime directory
+#: is a string (lean_config, runtime.RuntimeDir).
+DATACLASS += ("pathlib", "urllib", "urllib.parse", "ipaddress", "fnmatch")
 
 
 def _imported(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
+from .lean_config import default_config_path as default_config_path  # re-exported
+from .lean_config import default_runtime_dir as default_runtime_dir
 from .names import EnvVar as EnvVar  # re-exported: `from stigmer_kernel.config import EnvVar`
 from .names import ExecutionMode as ExecutionMode
 
@@ -27,23 +29,6 @@ TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any
-
-
-def default_runtime_dir() -> Path:
-    """``$XDG_RUNTIME_DIR/stigmer`` when that directory exists, else ``/tmp/stigmer-<uid>``."""
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg and os.path.isdir(xdg):
-        return Path(xdg) / "stigmer"
-    return Path("/tmp") / f"stigmer-{os.getuid()}"
-
-
-def default_config_path(env: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if env is None else env
-    explicit = env.get(EnvVar.CONFIG.value)
-    if explicit:
-        return Path(explicit).expanduser()
-    base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "stigmer" / "config.toml"
 
 
 def _env(var: EnvVar) -> dict[str, Any]:

@@ -41,13 +41,12 @@ import fcntl
 import json
 import os
 import stat
-from dataclasses import dataclass
-from pathlib import Path
 
 from .errors import RuntimeDirError
 
 TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Any
 
 #: Longest path an ipc:// endpoint may have (sun_path is 108 bytes with the NUL).
@@ -65,9 +64,47 @@ _OURS = {
 }  # fmt: skip
 
 
-@dataclass(frozen=True)
 class RuntimeDir:
-    path: Path
+    """A runtime directory's paths and files; immutable, equal to another of the same path.
+
+    Not a dataclass, and given as a string it makes no ``Path`` until one is asked for: a plain
+    ``stigmer run`` finds its server through one (:meth:`server_running`, :meth:`read_info`,
+    :meth:`read_key` open files by name) and imports neither dataclasses nor pathlib
+    (docs/performance.md). A string must be a path as ``str(Path(...))`` writes it.
+    """
+
+    __slots__ = ("_given", "_text")
+
+    _given: Path | str
+    _text: str
+
+    def __init__(self, path: Path | str) -> None:
+        object.__setattr__(self, "_given", path)
+        object.__setattr__(self, "_text", str(path))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}: a RuntimeDir is immutable")
+
+    @property
+    def path(self) -> Path:
+        from pathlib import Path
+
+        return self._given if isinstance(self._given, Path) else Path(self._given)
+
+    def _file(self, name: str) -> str:
+        """The path of ``name`` in this directory, as ``str(self.path / name)``."""
+        return f"{self._text.rstrip('/')}/{name}"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RuntimeDir):
+            return NotImplemented
+        return self._text == other._text
+
+    def __hash__(self) -> int:
+        return hash(self._text)
+
+    def __repr__(self) -> str:
+        return f"RuntimeDir(path={self.path!r})"
 
     @property
     def lock_path(self) -> Path:
@@ -175,15 +212,15 @@ class RuntimeDir:
         os.replace(tmp, self.key_path)
 
     def read_key(self) -> bytes:
+        key_path = self._file("key")
         try:
-            info = self.key_path.stat()
+            info = os.stat(key_path)
             if info.st_mode & 0o077:
-                raise RuntimeDirError(
-                    f"key file {self.key_path} is readable by others; refusing it"
-                )
-            return self.key_path.read_bytes().strip()
+                raise RuntimeDirError(f"key file {key_path} is readable by others; refusing it")
+            with open(key_path, "rb") as handle:
+                return handle.read().strip()
         except FileNotFoundError:
-            raise RuntimeDirError(f"no key file in {self.path}: is a server running?") from None
+            raise RuntimeDirError(f"no key file in {self._text}: is a server running?") from None
 
     def write_info(self, info: dict[str, Any]) -> None:
         tmp = self.info_path.with_suffix(".tmp")
@@ -193,7 +230,8 @@ class RuntimeDir:
 
     def read_info(self) -> dict[str, Any] | None:
         try:
-            data = json.loads(self.info_path.read_text(encoding="utf-8"))
+            with open(self._file("server.json"), encoding="utf-8") as handle:
+                data = json.loads(handle.read())
         except (FileNotFoundError, ValueError):
             return None
         return data if isinstance(data, dict) else None
@@ -219,7 +257,7 @@ class RuntimeDir:
     def server_running(self) -> bool:
         """True while some process holds this directory's server lock."""
         try:
-            fd = os.open(self.lock_path, os.O_RDONLY)
+            fd = os.open(self._file("server.lock"), os.O_RDONLY)
         except FileNotFoundError:
             return False
         except OSError:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import sys
 
-from ..config import Config, load_config
 from ..errors import StigmerError
 from ..protocol.constants import EXIT_STIGMER_ERROR
 
@@ -16,6 +15,8 @@ if TYPE_CHECKING:
     import argparse
     import types
     from typing import Any
+
+    from ..config import Config
 
     #: What a subcommand's ``run`` gets: argparse's, or ``stigmer run``'s plain parse of it.
     Args = argparse.Namespace | types.SimpleNamespace
@@ -151,4 +152,6 @@ def remote_server(args: Args) -> Any:
 
 def load(args: Args, **overrides: Any) -> Config:
     """The configuration with the global ``--runtime-dir`` and ``overrides`` (CLI flags) on top."""
+    from ..config import load_config  # here: a plain run reads its few settings without it
+
     return load_config({"runtime_dir": args.runtime_dir, **overrides})

@@ -15,6 +15,7 @@ import stat
 import sys
 
 from ..errors import RequestError, StigmerError
+from ..lean_config import LeanSettings, lean_settings
 from ..protocol.constants import EXIT_INTERRUPTED, EXIT_TIMEOUT
 from .common import (
     EXIT_BROKEN_PIPE,
@@ -29,6 +30,7 @@ from .common import (
 
 TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
 if TYPE_CHECKING:
+    import types
     from collections.abc import Callable
     from typing import Any, BinaryIO
 
@@ -222,8 +224,13 @@ def _env_options(items: list[str]) -> dict[str, str]:
         raise UsageError(str(exc)) from None
 
 
+def _full(args: Args, config: Config | LeanSettings) -> Config:
+    """The whole configuration, for what needs more than a plain run's few settings."""
+    return load(args) if isinstance(config, LeanSettings) else config
+
+
 def run(args: Args) -> int:
-    config = load(args)
+    config = lean_settings(args.runtime_dir) or load(args)  # the same values either way
     code = _command_text(args.argv)
     args.env_vars = _env_options(args.env)
     if args.timeout is not None and not args.timeout > 0:
@@ -241,6 +248,7 @@ def run(args: Args) -> int:
         if value and named in ("local", "remote"):
             raise UsageError(f"{flag} applies to sandbox and auto kernels, not to {named} mode")
     if args.explain:
+        config = _full(args, config)
         mode = named or _server_side_mode(config, args.kernel, remote_server(args))
         if mode != "auto":
             print(f"{mode}: mode {mode} runs every command there (no auto decision)")
@@ -256,7 +264,7 @@ def run(args: Args) -> int:
         return _run_lean(args, config, code)  # in this thread: no event loop to start
     import asyncio
 
-    return asyncio.run(_run_async(args, config, code, stdin, remote))
+    return asyncio.run(_run_async(args, _full(args, config), code, stdin, remote))
 
 
 def _stdin_source(wanted: bool | None) -> BinaryIO | None:
@@ -317,20 +325,22 @@ class _Output:
             self._display.close()
 
 
-def _run_lean(args: Args, config: Config, code: str) -> int:
-    """An ordinary run (no stdin to stream, a local server) on the blocking transport."""
+def _run_lean(args: Args, config: Config | LeanSettings, code: str) -> int:
+    """An ordinary run (no stdin to stream, a local server) on the blocking transport; with
+    ``config`` lean, it builds no dataclass unless a server must be started (or ``--json``)."""
+    import types
+
     from ..client._blocking import BlockingTransport
     from ..client._call import client_identity
-    from ..client._requests import exec_result, execute_content
-    from ..client.discovery import find_server
+    from ..client._requests import exec_result, execute_content, result_fields
+    from ..client.discovery import find_server, running_server
     from ..protocol import MsgType
 
     output = _Output(args.kernel)
     # A kernel this creates starts with our environment.
     content, keep = execute_content(config, code, **_execute_options(args), inherit_env=True)
-    transport = BlockingTransport(
-        find_server(config), client_identity(), output.on_event, zmtp=True
-    )
+    address = running_server(config.runtime_dir) or find_server(_full(args, config))
+    transport = BlockingTransport(address, client_identity(), output.on_event, zmtp=True)
     interrupted = False
 
     def interrupt() -> None:
@@ -353,7 +363,11 @@ def _run_lean(args: Args, config: Config, code: str) -> int:
             on_output=None if args.json else output.write,
             keep=keep,
         )
-        result = exec_result(content, reply, call)
+        result: ExecResult | types.SimpleNamespace = (
+            exec_result(content, reply, call)
+            if args.json  # it prints all of it
+            else types.SimpleNamespace(**result_fields(content, reply, call))
+        )
     finally:
         output.close_display()
         signal.signal(signal.SIGINT, previous)
@@ -425,7 +439,7 @@ async def _run_async(
     return _finish(args, result, output)
 
 
-def _finish(args: Args, result: ExecResult, output: _Output) -> int:
+def _finish(args: Args, result: ExecResult | types.SimpleNamespace, output: _Output) -> int:
     """Report ``result`` (events, ``--json``) and return our exit code."""
     for event in result.events:
         print(

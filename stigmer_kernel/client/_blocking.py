@@ -27,7 +27,6 @@ starting libzmq's I/O thread costs more than the whole request).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import select
 import time
@@ -319,5 +318,5 @@ class BlockingTransport:
                 return None
             if key != self.address.key:
                 self._old_session, self._session = self._session, Session(key)
-            self.address = dataclasses.replace(self.address, pid=pid, key=key)
+            self.address = self.address.of_server(pid, key)
         return self.address

@@ -15,7 +15,6 @@ from ..environment import checked_env, client_environment
 from ..errors import RequestError
 from ..protocol import ErrorName
 from ._errors import raise_for, refused
-from .result import ExecResult
 
 TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
 if TYPE_CHECKING:
@@ -23,11 +22,16 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ..config import Config
+    from ..lean_config import LeanSettings
     from ..protocol import Message
     from ._call import Call
+    from .result import ExecResult
+
+    #: A client's configuration, or the few settings of it a plain ``stigmer run`` reads.
+    Settings = Config | LeanSettings
 
 
-def default_mode(config: Config) -> str | None:
+def default_mode(config: Settings) -> str | None:
     """The mode a request names when the caller gave none: the client's configured mode if it
     was set (config file, environment, override), else none, so the server applies its own
     default (``stigmer server start --execution-mode``) or an existing kernel's mode."""
@@ -47,7 +51,7 @@ def add_kernel_env(
         content["kernel_env"] = checked_env(client_environment(), "kernel_env", shell_names=False)
 
 
-def add_kernel_options(content: dict[str, Any], config: Config, **given: Any) -> None:
+def add_kernel_options(content: dict[str, Any], config: Settings, **given: Any) -> None:
     """Say which kernel options the caller chose (``explicit``: an existing kernel must have
     them), and add the client's own settings as defaults for a kernel the request creates: its
     ``kernel_cwd``, ``sandbox_image``, ``kernel_ttl`` and ``sandbox_ttl``, when its config set
@@ -67,7 +71,7 @@ def add_kernel_options(content: dict[str, Any], config: Config, **given: Any) ->
 
 
 def execute_content(
-    config: Config,
+    config: Settings,
     code: str,
     *,
     remote: bool,
@@ -145,12 +149,20 @@ def execute_content(
 
 def exec_result(content: Mapping[str, Any], reply: Message, call: Call) -> ExecResult:
     """The result of the execute_request ``content`` from its reply (refusals raise)."""
+    from .result import ExecResult
+
+    return ExecResult(**result_fields(content, reply, call))
+
+
+def result_fields(content: Mapping[str, Any], reply: Message, call: Call) -> dict[str, Any]:
+    """:class:`ExecResult`'s fields for the execute_request ``content`` from its reply
+    (refusals raise); ``stigmer run`` reads them without building one."""
     c = reply.content
     if refused(c):
         raise_for(c)
     exit_code = c.get("exit_code")
     auto = c.get("auto") if isinstance(c.get("auto"), dict) else None
-    return ExecResult(
+    return dict(
         kernel=str(content["kernel"]),
         mode=str(auto["mode"] if auto else c.get("mode") or content["mode"] or "unknown"),
         auto=auto,

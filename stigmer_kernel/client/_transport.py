@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -317,5 +316,5 @@ class Transport:
             return False
         if key != self.address.key:
             self._old_session, self._session = self._session, Session(key)
-        self.address = dataclasses.replace(self.address, pid=pid, key=key)
+        self.address = self.address.of_server(pid, key)
         return True

@@ -2,37 +2,76 @@
 
 from __future__ import annotations
 
-import enum
 import os
 import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
-from ..config import FIELDS, USER_KEYS, Config
 from ..errors import RuntimeDirError, ServerNotRunning, ServerStartError
 from ..runtime import RuntimeDir
 
 TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
 if TYPE_CHECKING:
     import subprocess
+    from pathlib import Path
+
+    from ..config import Config
 
 
-@dataclass(frozen=True)
 class ServerAddress:
+    """Where a running server takes clients, the key they sign with, its pid and runtime
+    directory; immutable. Not a dataclass: ``stigmer run`` imports no dataclasses."""
+
+    __slots__ = ("endpoint", "key", "pid", "runtime")
+
     endpoint: str
     key: bytes
     pid: int
     runtime: RuntimeDir
 
+    def __init__(self, endpoint: str, key: bytes, pid: int, runtime: RuntimeDir) -> None:
+        object.__setattr__(self, "endpoint", endpoint)
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "pid", pid)
+        object.__setattr__(self, "runtime", runtime)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}: a ServerAddress is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ServerAddress):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (
+            f"ServerAddress(endpoint={self.endpoint!r}, key={self.key!r}, pid={self.pid!r}, "
+            f"runtime={self.runtime!r})"
+        )
+
+    def _fields(self) -> tuple[str, bytes, int, RuntimeDir]:
+        return (self.endpoint, self.key, self.pid, self.runtime)
+
+    def of_server(self, pid: int, key: bytes) -> ServerAddress:
+        """This address for server ``pid`` of the same directory, whose key is ``key``."""
+        return ServerAddress(self.endpoint, key, pid, self.runtime)
+
 
 def package_root() -> str:
     """Directory holding the ``stigmer_kernel`` package (for child processes' PYTHONPATH)."""
+    from pathlib import Path
+
     return str(Path(__file__).resolve().parent.parent.parent)
 
 
 def child_env(config: Config) -> dict[str, str]:
     """Environment for a child process so that it builds exactly ``config``."""
+    import enum
+
+    from ..config import FIELDS, USER_KEYS
+
     env = dict(os.environ)
     for key in USER_KEYS:
         value = getattr(config, key)
@@ -53,7 +92,7 @@ def child_env(config: Config) -> dict[str, str]:
 
 def _read_address(runtime: RuntimeDir) -> ServerAddress | None:
     info = runtime.read_info()
-    if not info or not runtime.key_path.exists():
+    if not info:
         return None
     try:
         key = runtime.read_key()
@@ -107,6 +146,8 @@ def start_background_server(
     runtime.ensure()
     env = child_env(config)
     if for_client:
+        from ..config import FIELDS
+
         env.pop(FIELDS["execution_mode"].metadata["env"], None)
     import subprocess  # here: a client that finds its server running never needs it
 
@@ -126,11 +167,19 @@ def start_background_server(
     return wait_for_server(runtime, timeout, proc)
 
 
+def running_server(runtime_dir: Path | str, timeout: float = 20.0) -> ServerAddress | None:
+    """The address of the server of ``runtime_dir`` if one runs, else None (a string: see
+    :class:`RuntimeDir`)."""
+    runtime = RuntimeDir(runtime_dir)
+    return wait_for_server(runtime, timeout) if runtime.server_running() else None
+
+
 def find_server(config: Config, autostart: bool = True, timeout: float = 20.0) -> ServerAddress:
     """The address of the server of ``config.runtime_dir``, starting one if allowed."""
+    address = running_server(config.runtime_dir, timeout)
+    if address is not None:
+        return address
     runtime = RuntimeDir(config.runtime_dir)
-    if runtime.server_running():
-        return wait_for_server(runtime, timeout)
     if not autostart:
         raise ServerNotRunning(
             f"no stigmer server runs in {runtime.path} — start one with `stigmer server start`"
@@ -138,4 +187,10 @@ def find_server(config: Config, autostart: bool = True, timeout: float = 20.0) -
     return start_background_server(config, timeout, for_client=True)
 
 
-__all__ = ["ServerAddress", "child_env", "find_server", "start_background_server"]
+__all__ = [
+    "ServerAddress",
+    "child_env",
+    "find_server",
+    "running_server",
+    "start_background_server",
+]

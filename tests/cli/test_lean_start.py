@@ -26,6 +26,14 @@ HEAVY = ("asyncio", "docker", "jupyter_client", "yaml", "rich", "zmq")
 #: for a dealer that needs only ``_socket``; shlex, for a command given as one argument.
 LIGHT = ("argparse", "gettext", "locale", "shutil", "bz2", "lzma", "typing", "socket")
 LIGHT += ("selectors", "shlex")
+#: Nor a ``Config``: dataclasses, with inspect and ast (and tokenize, dis), ~10 ms; the run reads
+#: its few settings with lean_config (tests/test_lean_config.py), and nothing on its path is a
+#: dataclass; nor the whole config module (its TOML parser, its table of every setting).
+DATACLASS = ("dataclasses", "inspect", "ast", "dis", "tokenize", "stigmer_kernel.config")
+DATACLASS += ("stigmer_kernel.client.result", "tomllib")
+#: Nor pathlib, with urllib.parse, ipaddress and fnmatch (~5 ms): the run's runtime directory
+#: is a string (lean_config, runtime.RuntimeDir).
+DATACLASS += ("pathlib", "urllib", "urllib.parse", "ipaddress", "fnmatch")
 
 
 def _imported(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
@@ -54,6 +62,14 @@ def test_a_plain_run_loads_no_asyncio_pyzmq_docker_or_jupyter(env: dict[str, str
     assert "msgpack" in names and "stigmer_kernel.client._zmtp" in names  # the check sees them
     assert sorted(n for n in names if n.split(".")[0] in HEAVY or n in HEAVY) == []
     assert sorted(n for n in names if n in LIGHT) == []
+    assert sorted(n for n in names if n in DATACLASS) == []
+
+
+def test_a_plain_run_with_a_setting_still_applies_it(env: dict[str, str]) -> None:
+    stigmer(env, "run", "--", "true")
+    r, names = _imported({**env, "STIGMER_TIMEOUT": "0.5"}, "run", "--", "sleep 5")
+    assert r.returncode == 124, r.stderr[-2000:]  # the Config path read it: timed out
+    assert "stigmer_kernel.config" in names
 
 
 def test_a_run_with_stdin_to_stream_still_streams_it(env: dict[str, str]) -> None:

@@ -1,0 +1,170 @@
+"""The settings a plain ``stigmer run`` reads, without building a :class:`~.config.Config`.
+
+``Config`` is a frozen dataclass of ``Path`` values: importing dataclasses (with inspect and
+ast) and pathlib (with urllib.parse and ipaddress) and building one cost ``stigmer run -- true``
+about a fifth of its time. :func:`lean_settings` gives the few settings a run reads, with the
+values :func:`~.config.load_config` would give them (the runtime directory as the string of its
+``Path``), whenever that is sure without it: no config file, and no setting in the environment
+but the runtime directory and the execution mode. Otherwise it returns None and the caller
+builds the ``Config``, which also reports a wrong setting as always. tests/test_lean_config.py
+holds the two to the same values.
+
+The default paths live here, for both (config.py re-exports them).
+"""
+
+from __future__ import annotations
+
+import os
+
+from .names import EnvVar, ExecutionMode
+
+TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
+
+
+def default_runtime_dir() -> Path:
+    """``$XDG_RUNTIME_DIR/stigmer`` when that directory exists, else ``/tmp/stigmer-<uid>``."""
+    from pathlib import Path
+
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isdir(xdg):
+        return Path(xdg) / "stigmer"
+    return Path("/tmp") / f"stigmer-{os.getuid()}"
+
+
+def default_config_path(env: Mapping[str, str] | None = None) -> Path:
+    from pathlib import Path
+
+    env = os.environ if env is None else env
+    explicit = env.get(EnvVar.CONFIG.value)
+    if explicit:
+        return Path(explicit).expanduser()
+    base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "stigmer" / "config.toml"
+
+
+#: The variables of :class:`EnvVar` that set no ``Config`` field (tests/test_lean_config.py
+#: checks that every other one does).
+NOT_SETTINGS = frozenset(
+    {EnvVar.CONFIG, EnvVar.POOL_SERVER_KEY, EnvVar.POOL_CURVE_SECRET, EnvVar.AGENT_KEY}
+    | {EnvVar.KERNEL}
+)
+#: The settings :func:`lean_settings` reads from the environment itself.
+_READ = frozenset({EnvVar.RUNTIME_DIR, EnvVar.EXECUTION_MODE})
+
+
+class LeanSettings:
+    """The values of the ``Config`` fields a plain run reads: the runtime directory (as
+    ``str(config.runtime_dir)``: no ``Path``), the execution mode and ``explicit`` as given, the
+    others at ``Config``'s defaults."""
+
+    __slots__ = ("execution_mode", "explicit", "runtime_dir")
+
+    output_limit = 32 * 1024 * 1024
+    kernel_cwd: str | None = None
+    sandbox_image = "ghcr.io/stigmer/agent-sandbox-basic:latest"
+    kernel_ttl = 3600.0
+    sandbox_ttl = 3600.0
+    command_timeout: float | None = None
+    auto_sticky = True
+
+    def __init__(
+        self, runtime_dir: str, execution_mode: ExecutionMode, explicit: frozenset[str]
+    ) -> None:
+        self.runtime_dir = runtime_dir
+        self.execution_mode = execution_mode
+        self.explicit = explicit
+
+
+def lean_settings(
+    runtime_dir: str | None = None, env: Mapping[str, str] | None = None
+) -> LeanSettings | None:
+    """What ``load_config({"runtime_dir": runtime_dir}, env)`` gives the fields of
+    :class:`LeanSettings`, or None when only ``load_config`` can tell (a config file, another
+    setting in ``env``, a value it would refuse)."""
+    env = os.environ if env is None else env
+    for var in EnvVar:
+        if env.get(var.value) and var not in _READ and var not in NOT_SETTINGS:
+            return None
+    given = env.get(EnvVar.CONFIG.value)
+    if given:
+        config_file = _path(given, absolute=False)
+    else:
+        home = env.get("XDG_CONFIG_HOME") or _path("~/.config", absolute=False)
+        config_file = f"{home}/stigmer/config.toml" if home else None
+    if config_file is None:
+        return None  # load_config cannot tell where it is, and says so
+    try:
+        os.stat(config_file)
+    except FileNotFoundError:
+        pass  # no config file: an empty one
+    except OSError:  # load_config says what is wrong
+        return None
+    else:
+        return None
+    explicit: set[str] = set()
+    mode = ExecutionMode.LOCAL
+    given = env.get(EnvVar.EXECUTION_MODE.value)
+    if given:
+        try:
+            mode = ExecutionMode(given.strip().lower())
+        except ValueError:
+            return None
+        explicit.add("execution_mode")
+    path: str | None = None
+    for text in (env.get(EnvVar.RUNTIME_DIR.value) or None, runtime_dir):  # the override wins
+        if text is not None:
+            path = _path(text)
+            if path is None:
+                return None
+            explicit.add("runtime_dir")
+    if path is None:
+        xdg = os.environ.get("XDG_RUNTIME_DIR")  # as default_runtime_dir, without a Path
+        if xdg and os.path.isdir(xdg):
+            path = _normal(*_split(f"{xdg}/stigmer"))
+        else:
+            path = f"/tmp/stigmer-{os.getuid()}"
+    return LeanSettings(path, mode, frozenset(explicit))
+
+
+def _path(text: str, absolute: bool = True) -> str | None:
+    """``str(Path(text).expanduser())``, with ``absolute`` ``str(Path(text.strip())
+    .expanduser().absolute())`` (how ``Config`` takes a path setting), without pathlib; None
+    when pathlib would raise, or ``Config`` refuse it."""
+    if absolute:
+        text = text.strip()
+        if not text:
+            return None
+    root, parts = _split(text)
+    if not root and parts and parts[0][:1] == "~":
+        home = os.path.expanduser(parts[0])
+        if home[:1] == "~":
+            return None  # no such user, or no home: pathlib raises
+        root, home_parts = _split(home)
+        parts = home_parts + parts[1:]
+    if not root and absolute:
+        try:
+            root, cwd_parts = _split(os.getcwd())
+        except OSError:  # the current directory is gone
+            return None
+        parts = cwd_parts + parts
+    return _normal(root, parts)
+
+
+def _normal(root: str, parts: list[str]) -> str:
+    """The path of ``root`` and ``parts`` as ``str(Path(...))`` writes it."""
+    return root + "/".join(parts) or "."
+
+
+def _split(text: str) -> tuple[str, list[str]]:
+    """A POSIX path's root (``/``, or ``//`` as POSIX keeps it) and its parts, as pathlib
+    splits it: no empty or ``.`` part."""
+    stripped = text.lstrip("/")
+    slashes = len(text) - len(stripped)
+    root = "" if not slashes else "//" if slashes == 2 else "/"
+    return root, [part for part in stripped.split("/") if part and part != "."]
+
+
+__all__ = ["LeanSettings", "default_config_path", "default_runtime_dir", "lean_settings"]

@@ -58,6 +58,11 @@ def _test_built(client: Any) -> set[str]:
     return {image.id for name in TEST_BUILT for image in client.images.list(name)}
 
 
+def _test_tags(client: Any) -> set[str]:
+    """The tags of those images (a cached build tags an image that was there already)."""
+    return {tag for name in TEST_BUILT for image in client.images.list(name) for tag in image.tags}
+
+
 #: Test sessions may run at once on one engine (two checkouts, CI beside a developer): the tags
 #: a session builds carry its pid, and the images tests made are removed by the last session
 #: to end, keeping what existed when the first of them began.
@@ -101,18 +106,43 @@ def docker_client() -> Iterator[Any]:
     base = _SESSIONS / "base.json"
     with _sessions_locked() as others:
         if not others or not base.exists():
-            base.write_text(json.dumps(sorted(_test_built(client))))
+            base.write_text(
+                json.dumps({"ids": sorted(_test_built(client)), "tags": sorted(_test_tags(client))})
+            )
         (_SESSIONS / SESSION).touch()
     yield client
     with _sessions_locked() as others:
         (_SESSIONS / SESSION).unlink(missing_ok=True)
         if not others:
-            before = set(json.loads(base.read_text())) if base.exists() else _test_built(client)
+            saved = json.loads(base.read_text()) if base.exists() else {}
             base.unlink(missing_ok=True)
-            for image in _test_built(client) - before:
-                with contextlib.suppress(Exception):  # one in use by someone's container stays
-                    client.images.remove(image, force=True, noprune=False)
+            if isinstance(saved, list):  # (written by an older checkout's session)
+                saved = {"ids": saved}
+            before = set(saved.get("ids", _test_built(client)))
+            _remove_images(client, _test_built(client) - before)
+            for tag in _test_tags(client) - set(saved.get("tags", _test_tags(client))):
+                with contextlib.suppress(Exception):  # a tag of an image kept: untagged only
+                    client.images.remove(tag, noprune=True)
     client.close()
+
+
+def _remove_images(client: Any, images: set[str]) -> None:
+    """Remove ``images``, children first: a pass removes what has no child left (the engine
+    refuses an image another one is built on, even forced), until a pass removes nothing
+    (one in use by someone's running container stays)."""
+    left = set(images)
+    while left:
+        removed = set()
+        for image in sorted(left):
+            try:
+                client.images.remove(image, force=True, noprune=False)
+            except Exception as exc:  # the engine's conflict, or already gone
+                if "No such image" not in str(exc):
+                    continue
+            removed.add(image)
+        if not removed:
+            return
+        left -= removed
 
 
 #: A cold build of the basic tier takes 60-90 s here (apt in two stages, ~60 MB of downloads),

@@ -40,9 +40,11 @@ from .container import (
     server_id,
 )
 from .docker_agent import DockerAgent
-from .engine import EngineCheck, engine_unreachable, ping_engine
+from .engine import EngineCheck, engine_unreachable
 from .images import ImageResolver, Progress
-from .network import SandboxNetwork, reap_networks
+from .leftovers import reap_leftovers
+from .netns import LABEL_NETNS, Holders, holder_args, joined
+from .network import SandboxNetwork
 from .stopped import Stopped, StoppedContainers
 from .workspace import SandboxUser, check_workspace, sandbox_user
 
@@ -71,8 +73,11 @@ class DockerProvisioner(Provisioner):
         self.images = ImageResolver(
             self.client, BASIC_TIER_TAG, runtime.path / "images.json", config.sandbox_ca_file
         )
-        owner = {LABEL_SERVER: self.server, LABEL_RUNTIME: str(runtime.path)}
-        self.network = SandboxNetwork(self.client, self.server, owner, config.sandbox_network)
+        self.owner = {LABEL_SERVER: self.server, LABEL_RUNTIME: str(runtime.path)}
+        self.network = SandboxNetwork(self.client, self.server, self.owner, config.sandbox_network)
+        # Network namespaces made ahead (netns.py): containers kept for reuse never join one.
+        self.holders = Holders(self._run, self._discard, self._pool.submit)
+        self._holder_of: dict[str, str] = {}  # container id -> the holder it joined
         self._storage: tuple[str, str] | None = None  # the engine's (storage driver, backing fs)
         self.package = AgentPackage(Path(__file__).resolve().parents[1], runtime.path)
 
@@ -154,10 +159,9 @@ class DockerProvisioner(Provisioner):
             self._hand_over(spec.workdir, user)
             container = self._restart_stopped(handle, stopped) if stopped is not None else None
             if container is None:
-                container_id = self._create(self._create_args(spec, runnable, user))
-                handle.container_id = container_id
-                self._handles[container_id] = handle
-                self.client().api.start(container_id)
+                container_id = self._create_and_start(
+                    handle, self._create_args(spec, runnable, user)
+                )
             else:
                 container_id = container.id
             log.info(
@@ -188,6 +192,39 @@ class DockerProvisioner(Provisioner):
             return str(client.containers.create(**create).id)
         kwargs = {**create, "version": client.api._version}
         return str(client.api.create_container(**_create_container_args(kwargs))["Id"])
+
+    def _create_and_start(self, handle: DockerAgent, create: dict[str, Any]) -> str:
+        """Create and start ``handle``'s container in the ready network holder's namespace if
+        there is one (netns.py), else in one of its own; its id."""
+        import docker.errors
+
+        args = holder_args(create, self.owner)
+        holder = self.holders.take(args) if self.config.sandbox_cleanup else None
+        if holder is not None:
+            try:
+                container_id = self._run(joined(create, holder), handle)
+                self._holder_of[container_id] = holder
+                return container_id
+            except docker.errors.APIError as exc:  # the holder is gone, or stopped
+                self.holders.failed(holder, str(exc.explanation or exc))
+        return self._run(create, handle)
+
+    def _run(self, create: dict[str, Any], handle: DockerAgent | None = None) -> str:
+        """Create and start a container (a kernel's: ``handle``'s, else a holder); its id. One
+        that does not start is removed."""
+        container_id = self._create(create)
+        if handle is not None:
+            handle.container_id = container_id
+            self._handles[container_id] = handle  # before start: its events are ours
+        try:
+            self.client().api.start(container_id)
+        except Exception:
+            self._handles.pop(container_id, None)
+            if handle is not None:
+                handle.container_id = None
+            self._discard(container_id)
+            raise
+        return container_id
 
     def _create_args(self, spec: AgentSpec, image: str, user: SandboxUser) -> dict[str, Any]:
         """``containers.create``'s arguments (container.py), with what only the engine knows: the
@@ -302,6 +339,9 @@ class DockerProvisioner(Provisioner):
         except Exception as exc:
             log.warning("could not remove container %s: %s", container_id[:12], exc)
         self._handles.pop(container_id, None)
+        holder = self._holder_of.pop(container_id, None)
+        if holder is not None:
+            self._discard(holder)  # its network namespace goes with it
         return kept
 
     def workspace_root(self, workspace: str) -> str:
@@ -353,6 +393,9 @@ class DockerProvisioner(Provisioner):
             if mount.get("Destination") == WORKSPACE and mount.get("Source"):
                 handle.spec = dataclasses.replace(spec, workspace=str(mount["Source"]))
         self._handles[found[0].id] = handle
+        holder = (found[0].labels or {}).get(LABEL_NETNS)
+        if holder:
+            self._holder_of[found[0].id] = holder
         if os.getuid() == 0:
             with contextlib.suppress(RequestError):  # its agent comes back to a new socket
                 self._share_agent_socket(sandbox_user(self.config))
@@ -362,57 +405,8 @@ class DockerProvisioner(Provisioner):
     def reap_leftovers(
         self, keep: set[str] | None = None, before: float | None = None
     ) -> int | None:
-        """Remove containers left by servers that are not running (this one's past included),
-        except those of kernels in ``keep`` (being re-adopted) and the still running containers
-        of another runtime directory's server (it may be restarting). Returns how many went,
-        or None if the engine could not be asked (the caller tries again later)."""
-        removed = 0
-        unreachable, _ = ping_engine()  # a hung engine costs a few seconds, not the client's 120
-        if unreachable is not None:
-            log.info("no leftover check yet: %s", unreachable)
-            return None
-        try:
-            containers = self.client().containers.list(
-                all=True, ignore_removed=True, filters={"label": LABEL_SERVER}
-            )
-        except Exception as exc:
-            log.info("no leftover check yet: %s", exc)
-            return None
-        for container in containers:
-            labels = container.labels or {}
-            if labels.get(LABEL_KERNEL_ID) in (keep or set()) or container.id in (keep or set()):
-                continue
-            if before is not None and _created(container) >= before:
-                continue  # started by this very server (e.g. its warm pool) meanwhile
-            owner = labels.get(LABEL_RUNTIME)
-            if labels.get(LABEL_SERVER) == self.server:
-                alive = False  # we hold this runtime dir's lock: it is a dead server's container
-            elif container.status == "running":
-                # Another server's, its agent still running: that server may be restarting and
-                # re-adopt it (or live where its runtime directory cannot be seen from here, as
-                # in the compose setup). An agent whose server stays away exits after its orphan
-                # timeout; the stopped container is removed next time.
-                alive = True
-            else:
-                alive = isinstance(owner, str) and RuntimeDir(Path(owner)).server_running()
-            if not alive:
-                with contextlib.suppress(Exception):
-                    container.remove(force=True)
-                    removed += 1
-        if removed:
-            log.info("removed %d leftover sandbox container(s) of stopped servers", removed)
-
-        def network_dead(labels: Any) -> bool:
-            if labels.get(LABEL_SERVER) == self.server:
-                return False  # this server's own (maybe with re-adopted containers): close()
-            owner = labels.get(LABEL_RUNTIME)
-            return not (isinstance(owner, str) and RuntimeDir(Path(owner)).server_running())
-
-        try:
-            reap_networks(self.client(), LABEL_SERVER, network_dead)
-        except Exception as exc:
-            log.info("no leftover network check: %s", exc)
-        return removed
+        """leftovers.py's :func:`reap_leftovers` for this server."""
+        return reap_leftovers(self.client, self.server, keep or set(), before)
 
     def _ensure_watcher(self) -> None:
         if self._watcher is None or not self._watcher.is_alive():
@@ -436,6 +430,7 @@ class DockerProvisioner(Provisioner):
                 container_id = str(event.get("id", ""))
                 handle = self._handles.get(container_id)
                 if handle is None:
+                    self.holders.died(container_id)
                     continue
                 attrs = (event.get("Actor") or {}).get("Attributes") or {}
                 handle.container_event(
@@ -459,6 +454,7 @@ class DockerProvisioner(Provisioner):
     def close(self) -> None:
         """Remove every container of this server, then its network (at shutdown)."""
         self._engine.close()
+        self.holders.close()
         if self._client is None:
             self._pool.shutdown(wait=False)
             self.package.close()
@@ -488,14 +484,3 @@ class DockerProvisioner(Provisioner):
 
 class _StartError(Exception):
     """A sandbox that cannot start for a reason of ours, said as it is."""
-
-
-def _created(container: Any) -> float:
-    """A container's creation time (epoch seconds); 0 if unknown."""
-    from datetime import datetime
-
-    text = str(container.attrs.get("Created", ""))
-    try:
-        return datetime.fromisoformat(text[:26].rstrip("Z") + "+00:00").timestamp()
-    except ValueError:
-        return 0.0

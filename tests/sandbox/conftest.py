@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from stigmer_kernel.provisioners.netns import LABEL_ROLE, ROLE_NETNS
 from tests.conftest import Server, short_tempdir
 
 #: Built by scripts/build-test-image.sh (debootstrap; no registry is reachable here).
@@ -246,7 +247,17 @@ def basic_tier(docker_client: Any, marked_ca: MarkedCA) -> Iterator[BuiltTier]:
 
 
 def containers_of(client: Any, server: Server) -> list[Any]:
-    """Containers labelled with ``server``'s runtime directory (running or not)."""
+    """Kernel containers labelled with ``server``'s runtime directory (running or not): not
+    its network holders (:func:`holders_of`)."""
+    return [c for c in _labelled(client, server) if LABEL_ROLE not in c.labels]
+
+
+def holders_of(client: Any, server: Server) -> list[Any]:
+    """``server``'s network holders (stigmer_kernel/provisioners/netns.py), running or not."""
+    return [c for c in _labelled(client, server) if c.labels.get(LABEL_ROLE) == ROLE_NETNS]
+
+
+def _labelled(client: Any, server: Server) -> list[Any]:
     return client.containers.list(
         all=True,
         ignore_removed=True,  # one removed between listing and inspecting is simply gone

@@ -20,6 +20,7 @@ from tests.sandbox.conftest import (
     SANDBOX_UID,
     TEST_IMAGE,
     containers_of,
+    holders_of,
     sandbox_workspace,
 )
 
@@ -210,8 +211,10 @@ def test_server_stop_leaves_no_container(sandbox: Server, docker_client: Any) ->
     for name in ("one", "two"):
         c.execute("true", kernel=name, mode="sandbox")
     assert len(containers_of(docker_client, sandbox)) == 2
+    wait_for(lambda: holders_of(docker_client, sandbox) != [], timeout=30)  # one made ahead
     sandbox.stop()
     assert containers_of(docker_client, sandbox) == []
+    assert holders_of(docker_client, sandbox) == []
 
 
 def test_leftovers_that_cannot_be_readopted_are_removed_at_start(

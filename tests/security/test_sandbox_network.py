@@ -26,7 +26,8 @@ from stigmer_kernel.broker.sandbox_tcp import bridge_address
 from stigmer_kernel.provisioners.container import LABEL_KERNEL, LABEL_SERVER, server_id
 from stigmer_kernel.provisioners.network import network_name
 from tests.conftest import Server
-from tests.sandbox.conftest import containers_of, sandbox_workspace
+from tests.sandbox.conftest import containers_of, holders_of, sandbox_workspace
+from tests.sandbox.test_netns import ready_holder
 
 #: Connects to each host:port given and prints "<host> connected|refused|timeout|<error>".
 PROBE = """\
@@ -148,6 +149,7 @@ def isolated(
     for srv in started:
         srv.stop()
         assert networks_of(docker_client, srv) == []
+        assert holders_of(docker_client, srv) == []
         assert iptables_rules_of(network_name(server_id(srv.runtime))) == []
 
 
@@ -198,6 +200,39 @@ def test_a_sandbox_cannot_reach_services_bound_on_the_host(
     assert set(attempt.values()) == {"refused"}, attempt  # rejected at once, not left to hang
     assert host_listener.accepted == ["127.0.0.1"]
     assert c.kernel_info("k")["host_firewall"] == "on"
+
+
+def test_a_sandbox_in_a_network_holders_namespace_is_as_cut_off(
+    isolated: Callable[..., Server],
+    docker_client: Any,
+    host_listener: HostListener,
+    workspace: str,
+    root_only: None,
+) -> None:
+    """The attacks above from a sandbox that joined a namespace made ahead (netns.py)."""
+    srv = isolated()
+    c = srv.client()
+    serve = "nohup python3 -m http.server 8000 --bind 0.0.0.0 >/dev/null 2>&1 &"
+    assert c.execute(serve, kernel="web", mode="sandbox", cwd=workspace).ok
+    holder = ready_holder(docker_client, srv)
+    assert c.execute("true", kernel="attacker", mode="sandbox", cwd=workspace).ok
+    attacker = container_of(docker_client, srv, "attacker")
+    assert attacker.attrs["HostConfig"]["NetworkMode"] == f"container:{holder.id}"
+    name = network_name(server_id(srv.runtime))
+    web = container_of(docker_client, srv, "web").attrs["NetworkSettings"]["Networks"][name]
+    deadline = time.monotonic() + 10
+    while probe(c, "web", 8000, "127.0.0.1") != {"127.0.0.1": "connected"}:  # it serves
+        assert time.monotonic() < deadline, "the sandbox's HTTP server did not come up"
+    attempt = probe(c, "attacker", 8000, web["IPAddress"])
+    assert attempt[web["IPAddress"]] in ("timeout", "refused"), attempt
+    # The holder's own address is the attacker's; nothing listens there but what it runs.
+    own = holder.attrs["NetworkSettings"]["Networks"][name]
+    assert own["IPAddress"] != web["IPAddress"]
+    targets = [own["Gateway"], primary_address(), bridge_address() or own["Gateway"]]
+    assert set(probe(c, "attacker", host_listener.port, *targets).values()) == {"refused"}
+    assert host_listener.accepted == []
+    r = c.execute("cat /proc/net/if_inet6", kernel="attacker", mode="sandbox")
+    assert [line for line in r.stdout.splitlines() if not line.endswith(" lo")] == []
 
 
 def test_package_mirrors_are_still_reachable_and_scratch_space_is_capped(
@@ -252,6 +287,7 @@ def test_writing_past_the_tmpfs_size_fails_with_enospc(
 
 def test_tcp_transport_lets_in_the_broker_port_only(
     isolated: Callable[..., Server],
+    docker_client: Any,
     host_listener: HostListener,
     workspace: str,
     root_only: None,
@@ -260,6 +296,10 @@ def test_tcp_transport_lets_in_the_broker_port_only(
     c = srv.client()
     r = c.execute("echo over tcp", kernel="t", mode="sandbox", cwd=workspace)
     assert r.stdout == "over tcp\n", r.stderr
+    ready_holder(docker_client, srv)  # the next one joins it: the broker's host name is its
+    r = c.execute("echo joined", kernel="j", mode="sandbox", cwd=workspace)
+    assert r.stdout == "joined\n", r.stderr
+    assert container_of(docker_client, srv, "j").labels.get("stigmer.netns")
     host = bridge_address()
     assert host is not None
     assert probe(c, "t", host_listener.port, host) == {host: "refused"}

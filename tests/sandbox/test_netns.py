@@ -1,0 +1,105 @@
+"""Network holders (stigmer_kernel/provisioners/netns.py): a new sandbox joins a network
+namespace made ahead, keeps it to itself, and takes it away with it."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from tests.conftest import Server, wait_for
+from tests.sandbox.conftest import containers_of, holders_of
+
+
+def ready_holder(docker_client: Any, srv: Server, besides: set[str] = frozenset()) -> Any:
+    """Wait for a running holder of ``srv`` other than those in ``besides``; it."""
+    found: list[Any] = []
+
+    def ready() -> bool:
+        found[:] = [
+            h
+            for h in holders_of(docker_client, srv)
+            if h.status == "running" and h.id not in besides
+        ]
+        return bool(found)
+
+    wait_for(ready, timeout=30)
+    return found[0]
+
+
+def kernel_container(docker_client: Any, srv: Server, kernel: str) -> Any:
+    (container,) = [
+        c for c in containers_of(docker_client, srv) if c.labels["stigmer.kernel"] == kernel
+    ]
+    return container
+
+
+def test_a_new_sandbox_joins_a_ready_holder_and_takes_it_away(
+    sandbox: Server, docker_client: Any
+) -> None:
+    c = sandbox.client()
+    assert c.execute("true", kernel="first", mode="sandbox").ok  # no holder yet: its own
+    first = kernel_container(docker_client, sandbox, "first")
+    assert first.attrs["HostConfig"]["NetworkMode"].startswith("stigmer-")
+    holder = ready_holder(docker_client, sandbox)
+    host = holder.attrs["HostConfig"]
+    assert host["CapDrop"] == ["ALL"] and host["ReadonlyRootfs"] and host["PidsLimit"] == 4
+    assert holder.attrs["Config"]["User"] == first.attrs["Config"]["User"]  # never root
+    assert host["NetworkMode"] == first.attrs["HostConfig"]["NetworkMode"]
+
+    r = c.execute("hostname; grep -c . /proc/net/route", kernel="second", mode="sandbox")
+    assert r.ok, r.stderr
+    assert r.stdout.splitlines()[0] == "sandbox"
+    assert int(r.stdout.splitlines()[1]) > 1  # an interface with routes, not just lo
+    second = kernel_container(docker_client, sandbox, "second")
+    assert second.attrs["HostConfig"]["NetworkMode"] == f"container:{holder.id}"
+    assert second.labels["stigmer.netns"] == holder.id
+    # A sandbox never shares a namespace: the next one gets a holder of its own.
+    following = ready_holder(docker_client, sandbox, besides={holder.id})
+    assert c.execute("true", kernel="third", mode="sandbox").ok
+    third = kernel_container(docker_client, sandbox, "third")
+    assert third.attrs["HostConfig"]["NetworkMode"] == f"container:{following.id}"
+
+    c.shutdown_kernel("second")
+    wait_for(
+        lambda: holder.id not in {h.id for h in holders_of(docker_client, sandbox)}, timeout=30
+    )
+    assert following.id in {h.id for h in holders_of(docker_client, sandbox)}  # still third's
+    sandbox.stop()
+    assert containers_of(docker_client, sandbox) == [] and holders_of(docker_client, sandbox) == []
+
+
+def test_a_sandbox_whose_holder_is_gone_makes_its_own_namespace(
+    sandbox: Server, docker_client: Any
+) -> None:
+    c = sandbox.client()
+    assert c.execute("true", kernel="first", mode="sandbox").ok
+    ready_holder(docker_client, sandbox).remove(force=True)  # a clumsy `docker rm -f`
+    r = c.execute("echo up", kernel="next", mode="sandbox")
+    assert (r.stdout, r.exit_code) == ("up\n", 0), r.stderr
+    mode = kernel_container(docker_client, sandbox, "next").attrs["HostConfig"]["NetworkMode"]
+    # Its own, as before holders: the engine's event of the removal came first, or the join
+    # failed and the start went on without it.
+    assert mode.startswith("stigmer-")
+    ready_holder(docker_client, sandbox)  # and a new one is made for the start after
+
+
+def test_a_readopted_sandbox_keeps_its_holder(sandbox: Server, docker_client: Any) -> None:
+    c = sandbox.client()
+    assert c.execute("true", kernel="first", mode="sandbox").ok
+    holder = ready_holder(docker_client, sandbox)
+    assert c.execute("cd /tmp && KEPT=yes", kernel="joined", mode="sandbox").ok
+    assert kernel_container(docker_client, sandbox, "joined").labels["stigmer.netns"] == holder.id
+    spare = ready_holder(docker_client, sandbox, besides={holder.id})
+    assert sandbox.proc is not None
+    sandbox.proc.send_signal(signal.SIGKILL)  # the broker only: the containers live on
+    sandbox.proc.wait()
+    sandbox.start()  # re-adopts both kernels; the dead server's spare is a leftover
+    wait_for(lambda: spare.id not in {h.id for h in holders_of(docker_client, sandbox)}, timeout=30)
+    r = c.execute("pwd; echo $KEPT; hostname", kernel="joined", mode="sandbox")
+    assert r.stdout == "/tmp\nyes\nsandbox\n", r.stderr
+    holder.reload()
+    assert holder.status == "running"  # kept: its sandbox was re-adopted
+    c.shutdown_kernel("joined")
+    wait_for(
+        lambda: holder.id not in {h.id for h in holders_of(docker_client, sandbox)}, timeout=30
+    )

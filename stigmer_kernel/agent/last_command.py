@@ -4,7 +4,7 @@
 bash sets all three from the last command it ran, which for a session's line is the wrapper
 (``eval CODE``: ``$_`` would be the code). So a user command's code gets one more line inside
 its ``eval``, :data:`~.shell_scripts.CAPTURE`, which runs no command and saves them in
-variables; the line ends with ``builtin true "$__stg_lL"``, which sets ``$_`` (PROMPT_COMMAND
+variables; the line ends with ``builtin true "$__stgL"``, which sets ``$_`` (PROMPT_COMMAND
 keeps it for the next line); the end report sends the status and the pipeline's statuses and
 unsets the variables; the next user command's line starts with :meth:`LastCommand.replay`,
 builtins that set ``$?`` (and ``PIPESTATUS``) again and keep ``$_``.

@@ -35,6 +35,9 @@ class Pool:
             STIGMER_POOL_WAIT=wait,
         )
         self.keys = short_tempdir("stg-keys-")
+        # A claimed member makes its work directory in TMPDIR; the SIGKILL of close() leaves
+        # it there, in a directory the session removes.
+        self.tmp = short_tempdir("stg-members-")
         self.members: list[subprocess.Popen[str]] = []
 
     def key(self, name: str, pool: str | None) -> str:
@@ -65,7 +68,7 @@ class Pool:
                 "--cwd",
                 cwd,
             ],
-            env=self.srv.env,
+            env={**self.srv.env, "TMPDIR": self.tmp},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -306,6 +309,7 @@ def test_member_keys_from_the_environment(pool: Pool) -> None:
     _public, secret = read_secret(cert)
     env = {
         **pool.srv.env,
+        "TMPDIR": pool.tmp,
         "STIGMER_POOL_SERVER_KEY": read_public(
             pool.srv.runtime.path / "curve" / "server.key"
         ).decode(),

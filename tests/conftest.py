@@ -45,6 +45,11 @@ def short_tempdir(prefix: str = "stg-") -> str:
     return path
 
 
+def session_tempdirs() -> list[str]:
+    """The directories :func:`short_tempdir` made so far (test servers' runtime dirs among them)."""
+    return list(_TEMPDIRS)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _remove_short_tempdirs() -> Iterator[None]:
     yield

@@ -12,7 +12,7 @@ from typing import Any
 from ..runtime import RuntimeDir
 from .container import LABEL_KERNEL_ID, LABEL_RUNTIME, LABEL_SERVER
 from .engine import ping_engine
-from .netns import LABEL_NETNS
+from .netns import LABEL_NETNS, LABEL_ROLE, ROLE_NETNS
 from .network import reap_networks
 
 log = logging.getLogger("stigmer.sandbox")
@@ -25,8 +25,9 @@ def reap_leftovers(
     included), except those of kernels in ``keep`` (kernel or container ids being re-adopted),
     the holders whose namespace those joined, containers created at or after ``before`` (by
     this very server meanwhile) and the still running containers of another runtime
-    directory's server (it may be restarting). Returns how many went, or None if the engine
-    could not be asked (the caller tries again later)."""
+    directory's server (it may be restarting): of its network holders, those a running sandbox
+    joined, or all while that server runs. Returns how many went, or None if the engine could
+    not be asked (the caller tries again later)."""
     removed = 0
     unreachable, _ = ping_engine()  # a hung engine costs a few seconds, not the client's 120
     if unreachable is not None:
@@ -44,6 +45,7 @@ def reap_leftovers(
         return (container.labels or {}).get(LABEL_KERNEL_ID) in keep or container.id in keep
 
     holders = {(c.labels or {}).get(LABEL_NETNS) for c in containers if kept(c)}
+    joined = {(c.labels or {}).get(LABEL_NETNS) for c in containers if c.status == "running"}
     for container in containers:
         labels = container.labels or {}
         if kept(container) or container.id in holders:
@@ -53,6 +55,12 @@ def reap_leftovers(
         owner = labels.get(LABEL_RUNTIME)
         if labels.get(LABEL_SERVER) == server:
             alive = False  # we hold this runtime dir's lock: it is a dead server's container
+        elif labels.get(LABEL_ROLE) == ROLE_NETNS:
+            # A network holder never exits by itself: it lives while the sandbox that joined
+            # it runs, or (one made ahead) while its server does.
+            alive = container.id in joined or (
+                isinstance(owner, str) and RuntimeDir(Path(owner)).server_running()
+            )
         elif container.status == "running":
             # Another server's, its agent still running: that server may be restarting and
             # re-adopt it (or live where its runtime directory cannot be seen from here, as

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from stigmer_kernel.provisioners.netns import LABEL_ROLE, ROLE_NETNS
-from tests.conftest import Server, short_tempdir
+from tests.conftest import Server, session_tempdirs, short_tempdir
 
 #: Built by scripts/build-test-image.sh (debootstrap; no registry is reachable here).
 TEST_IMAGE = os.environ.get("STIGMER_TEST_SANDBOX_IMAGE", "stigmer-test-base:bookworm")
@@ -112,6 +112,14 @@ def docker_client() -> Iterator[Any]:
             )
         (_SESSIONS / SESSION).touch()
     yield client
+    # Containers of this session's servers that outlived them (a server killed and never
+    # started again leaves its sandboxes and network holders running): they would keep
+    # the session's images in use.
+    ours = set(session_tempdirs())
+    for container in client.containers.list(all=True, filters={"label": "stigmer.runtime_dir"}):
+        if container.labels.get("stigmer.runtime_dir") in ours:
+            with contextlib.suppress(Exception):
+                container.remove(force=True)
     with _sessions_locked() as others:
         (_SESSIONS / SESSION).unlink(missing_ok=True)
         if not others:

@@ -103,3 +103,24 @@ def test_a_readopted_sandbox_keeps_its_holder(sandbox: Server, docker_client: An
     wait_for(
         lambda: holder.id not in {h.id for h in holders_of(docker_client, sandbox)}, timeout=30
     )
+
+
+def test_the_ready_holder_of_a_dead_server_is_removed_by_the_next_one(
+    sandbox_factory: Any, docker_client: Any
+) -> None:
+    dead = sandbox_factory()
+    c = dead.client()
+    assert c.execute("true", kernel="lives-on", mode="sandbox").ok
+    spare = ready_holder(docker_client, dead)
+    assert dead.proc is not None
+    dead.proc.send_signal(signal.SIGKILL)  # its containers live on: it may yet restart
+    dead.proc.wait()
+    other = sandbox_factory()  # another runtime directory: its start-up sweep looks at all
+    other.client().execute("true", kernel="x")
+    # A holder never exits by itself: one made ahead goes with its server.
+    wait_for(lambda: spare.id not in {h.id for h in holders_of(docker_client, dead)}, timeout=60)
+    assert [k.status for k in containers_of(docker_client, dead)] == ["running"]
+    dead.start()  # back on its runtime directory: re-adopts its kernel, and stops clean
+    assert c.execute("echo back", kernel="lives-on", mode="sandbox").stdout == "back\n"
+    dead.stop()
+    assert containers_of(docker_client, dead) == [] and holders_of(docker_client, dead) == []

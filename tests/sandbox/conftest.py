@@ -128,11 +128,26 @@ def docker_client() -> Iterator[Any]:
             if isinstance(saved, list):  # (written by an older checkout's session)
                 saved = {"ids": saved}
             before = set(saved.get("ids", _test_built(client)))
-            _remove_images(client, _test_built(client) - before)
+            _remove_images(client, _with_descendants(client, _test_built(client) - before))
             for tag in _test_tags(client) - set(saved.get("tags", _test_tags(client))):
                 with contextlib.suppress(Exception):  # a tag of an image kept: untagged only
                     client.images.remove(tag, noprune=True)
     client.close()
+
+
+def _with_descendants(client: Any, images: set[str]) -> set[str]:
+    """``images`` and the untagged images built on them: the steps a build made before it
+    failed (a refused pool build from a test image) hold their parent, which the engine then
+    refuses to remove."""
+    parents = {i.id: i.attrs.get("Parent") or "" for i in client.images.list(all=True)}
+    untagged = {i.id for i in client.images.list(all=True) if not i.tags}
+    found = set(images)
+    grown = True
+    while grown:
+        more = {i for i in untagged - found if parents.get(i) in found}
+        found |= more
+        grown = bool(more)
+    return found
 
 
 def _remove_images(client: Any, images: set[str]) -> None:

@@ -17,11 +17,10 @@ broker forwarding it re-signs the small frames only and never hashes or copies t
 from __future__ import annotations
 
 import collections
-import hashlib
-import hmac
 import itertools
 import os
 import time
+from _operator import _compare_digest as compare_digest  # hmac's, without importing hmac
 
 import msgpack
 
@@ -30,10 +29,16 @@ from .constants import DELIM, MAX_BUFFERS, MIN_FRAMES, PROTOCOL_VERSION
 
 TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
 if TYPE_CHECKING:
+    from _hashlib import HASH
     from collections.abc import Sequence
+    from hashlib import sha256
     from typing import Any, Literal
 
     Packing = Literal["msgpack", "json"]
+else:
+    # The builtin SHA-256 (no stub for mypy: hashlib's has the same API). hashlib would load
+    # OpenSSL, a tenth of a plain ``stigmer run``'s start; it is faster on large data only.
+    from _sha256 import sha256
 
 _REQUIRED_HEADER = ("msg_id", "msg_type", "session")
 
@@ -147,33 +152,79 @@ RAW_STREAM_MIN = 16 * 1024
 _STREAM = "stream"
 
 
+#: Data of this many bytes or more is hashed by OpenSSL (through :mod:`hashlib`, :mod:`hmac`):
+#: several times the builtin SHA-256's speed on megabytes, but a tenth of a plain ``stigmer
+#: run``'s start to load, so smaller data (every round trip's frames) is hashed by the builtin.
+_LARGE = 64 * 1024
+
+
+def _sha256_of(data: bytes) -> bytes:
+    if len(data) < _LARGE:
+        return sha256(data).digest()
+    import hashlib
+
+    return hashlib.sha256(data).digest()
+
+
 #: A signature's length: HMAC-SHA256, hex-encoded.
-SIGNATURE_LENGTH = 2 * hashlib.sha256().digest_size
+SIGNATURE_LENGTH = 2 * sha256().digest_size
+#: SHA-256's block size, the length HMAC pads its key to (RFC 2104).
+_BLOCK = 64
+#: What XOR with HMAC's ipad and opad bytes makes of each byte.
+_IPAD = bytes(b ^ 0x36 for b in range(256))
+_OPAD = bytes(b ^ 0x5C for b in range(256))
 
 
 class Signer:
-    """HMAC-SHA256 over the four dict frames; a key of ``b""`` disables signing."""
+    """HMAC-SHA256 over the four dict frames; a key of ``b""`` disables signing.
 
-    __slots__ = ("_base", "key")
+    RFC 2104's construction on the builtin SHA-256, whose inner and outer states after the
+    padded key are kept: a small message's signature costs two copies and two digests (less
+    than :mod:`hmac` takes, whose ``copy`` is Python too), and no OpenSSL to load. Frames of
+    :data:`_LARGE` bytes or more (a file chunk's content) go through :mod:`hmac` and OpenSSL;
+    both give the same signature (tests/protocol/test_session.py).
+    """
+
+    __slots__ = ("_inner", "_outer", "key")
+
+    _inner: HASH | None  # the builtin SHA-256 after the key XOR ipad
+    _outer: HASH | None  # ... after the key XOR opad
 
     def __init__(self, key: bytes) -> None:
         self.key = key
-        self._base = hmac.new(key, digestmod=hashlib.sha256) if key else None
+        self._inner = self._outer = None
+        if key:
+            padded = (sha256(key).digest() if len(key) > _BLOCK else key).ljust(_BLOCK, b"\0")
+            self._inner = sha256(padded.translate(_IPAD))
+            self._outer = sha256(padded.translate(_OPAD))
 
     def sign(self, parts: Sequence[bytes]) -> bytes:
-        if self._base is None:
+        if self._inner is None or self._outer is None:
             return b""
-        mac = self._base.copy()
+        if sum(len(part) for part in parts) >= _LARGE:
+            return self._sign_large(parts)
+        inner = self._inner.copy()
+        for part in parts:
+            inner.update(part)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest().encode()
+
+    def _sign_large(self, parts: Sequence[bytes]) -> bytes:
+        import hashlib
+        import hmac
+
+        mac = hmac.new(self.key, digestmod=hashlib.sha256)
         for part in parts:
             mac.update(part)
         return mac.hexdigest().encode()
 
     def verify(self, signature: bytes, parts: Sequence[bytes]) -> bool:
-        if self._base is None:
+        if self._inner is None:
             return True
         if len(signature) != SIGNATURE_LENGTH:
             return False  # not even the shape of one: nothing is hashed for it
-        return hmac.compare_digest(signature, self.sign(parts))
+        return compare_digest(signature, self.sign(parts))
 
 
 class ReplayWindow:
@@ -281,7 +332,7 @@ class Session:
             and msg.header.get("msg_type") == _STREAM
         ):
             content = {k: v for k, v in content.items() if k != "data"}
-            content["data_sha256"] = hashlib.sha256(data).digest()
+            content["data_sha256"] = _sha256_of(data)
             buffers = [data, *buffers]
         parts = [
             dumps(msg.header),
@@ -325,8 +376,8 @@ class Session:
         buffers = [bytes(b) for b in msg_frames[5:]]
         if "data_sha256" in content and header["msg_type"] == _STREAM:
             digest = content.pop("data_sha256")
-            if not buffers or not hmac.compare_digest(
-                hashlib.sha256(buffers[0]).digest(), digest if isinstance(digest, bytes) else b""
+            if not buffers or not compare_digest(
+                _sha256_of(buffers[0]), digest if isinstance(digest, bytes) else b""
             ):
                 raise SignatureError("a stream's data frame does not match its signed digest")
             content["data"] = buffers.pop(0)

@@ -172,8 +172,9 @@ class BlockingTransport:
     """A DEALER to a local server at ``address``, used by one thread at a time.
 
     ``on_event`` gets every ``kernel_event`` (it must not raise). :meth:`send_soon` may be
-    called from a signal handler (Ctrl-C) while :meth:`request` waits. ``zmtp``: the
-    pure-Python wire (no pyzmq), else a pyzmq socket.
+    called from a signal handler (Ctrl-C) while :meth:`request` waits. ``zmtp``: ``stigmer
+    run``'s way, the pure-Python wire (no pyzmq) and a lean session (its frames hashed without
+    loading OpenSSL, see ``Session``), else a pyzmq socket.
     """
 
     def __init__(
@@ -187,7 +188,8 @@ class BlockingTransport:
         self.address = address
         self.identity = identity
         self.on_event = on_event
-        self._session = Session(address.key)
+        self._lean = zmtp
+        self._session = Session(address.key, lean=zmtp)
         self._old_session: Session | None = None  # the previous server's, after a restart
         self._closed = False
         self._aborted = False  # set by abort(): the waiting request fails
@@ -341,6 +343,6 @@ class BlockingTransport:
             except RuntimeDirError:
                 return None
             if key != self.address.key:
-                self._old_session, self._session = self._session, Session(key)
+                self._old_session, self._session = self._session, Session(key, lean=self._lean)
             self.address = self.address.of_server(pid, key)
         return self.address

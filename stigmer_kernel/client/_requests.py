@@ -158,12 +158,15 @@ def result_fields(content: Mapping[str, Any], reply: Message, call: Call) -> dic
     """:class:`ExecResult`'s fields for the execute_request ``content`` from its reply
     (refusals raise); ``stigmer run`` reads them without building one."""
     c = reply.content
-    if c.get("status") == "error":  # (the table of error names is imported for one only)
+    exit_code = c.get("exit_code")
+    # A refusal never ran a command: its exit_code is null (docs/protocol.md). The table of
+    # error names (and the enum) is imported for such a reply only, not for a command's own
+    # failure (``CommandFailed``, with its exit code).
+    if c.get("status") == "error" and not isinstance(exit_code, int):
         from ._errors import raise_for, refused
 
         if refused(c):
             raise_for(c)
-    exit_code = c.get("exit_code")
     auto = c.get("auto") if isinstance(c.get("auto"), dict) else None
     return dict(
         kernel=str(content["kernel"]),

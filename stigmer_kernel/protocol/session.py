@@ -32,12 +32,13 @@ if TYPE_CHECKING:
     from _hashlib import HASH
     from collections.abc import Sequence
     from hashlib import sha256
+    from hmac import HMAC
     from typing import Any, Literal
 
     Packing = Literal["msgpack", "json"]
 else:
-    # The builtin SHA-256 (no stub for mypy: hashlib's has the same API). hashlib would load
-    # OpenSSL, a tenth of a plain ``stigmer run``'s start; it is faster on large data only.
+    # The builtin SHA-256 (no stub for mypy: hashlib's has the same API), for lean sessions
+    # (see LEAN_BUILTIN_MAX); hashlib would load OpenSSL.
     from _sha256 import sha256
 
 _REQUIRED_HEADER = ("msg_id", "msg_type", "session")
@@ -152,15 +153,15 @@ RAW_STREAM_MIN = 16 * 1024
 _STREAM = "stream"
 
 
-#: Data of this many bytes or more is hashed by OpenSSL (through :mod:`hashlib`, :mod:`hmac`):
-#: several times the builtin SHA-256's speed on megabytes, but a tenth of a plain ``stigmer
-#: run``'s start to load, so smaller data (every round trip's frames) is hashed by the builtin.
-_LARGE = 64 * 1024
+#: What a lean session (``Session(lean=True)``: ``stigmer run``, a process of one request)
+#: hashes on the builtin SHA-256, signatures and stream digests alike: data of fewer bytes.
+#: Loading OpenSSL (hashlib) costs a tenth of such a process's start, more than the builtin's
+#: slower hashing of its round trip's frames; larger data loads it (several times faster on
+#: megabytes of output). Other sessions, long-lived, hash everything with OpenSSL, as before.
+LEAN_BUILTIN_MAX = 256 * 1024
 
 
-def _sha256_of(data: bytes) -> bytes:
-    if len(data) < _LARGE:
-        return sha256(data).digest()
+def _openssl_sha256(data: bytes) -> bytes:
     import hashlib
 
     return hashlib.sha256(data).digest()
@@ -178,49 +179,49 @@ _OPAD = bytes(b ^ 0x5C for b in range(256))
 class Signer:
     """HMAC-SHA256 over the four dict frames; a key of ``b""`` disables signing.
 
-    RFC 2104's construction on the builtin SHA-256, whose inner and outer states after the
-    padded key are kept: a small message's signature costs two copies and two digests (less
-    than :mod:`hmac` takes, whose ``copy`` is Python too), and no OpenSSL to load. Frames of
-    :data:`_LARGE` bytes or more (a file chunk's content) go through :mod:`hmac` and OpenSSL;
-    both give the same signature (tests/protocol/test_session.py).
+    By :mod:`hmac` with OpenSSL's SHA-256; ``lean``: frames of fewer than
+    :data:`LEAN_BUILTIN_MAX` bytes in all by RFC 2104's construction on the builtin SHA-256,
+    whose inner and outer states after the padded key are kept (two copies and two digests a
+    signature), so that OpenSSL is not loaded for them. Both give the same signature
+    (tests/protocol/test_session.py).
     """
 
-    __slots__ = ("_inner", "_outer", "key")
+    __slots__ = ("_hmac", "_inner", "_outer", "key")
 
-    _inner: HASH | None  # the builtin SHA-256 after the key XOR ipad
-    _outer: HASH | None  # ... after the key XOR opad
+    _hmac: HMAC | None  # hmac's after the key, made at its first use
+    _inner: HASH | None  # lean: the builtin SHA-256 after the key XOR ipad
+    _outer: HASH | None  # ... and after the key XOR opad
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, *, lean: bool = False) -> None:
         self.key = key
-        self._inner = self._outer = None
-        if key:
+        self._hmac = self._inner = self._outer = None
+        if key and lean:
             padded = (sha256(key).digest() if len(key) > _BLOCK else key).ljust(_BLOCK, b"\0")
             self._inner = sha256(padded.translate(_IPAD))
             self._outer = sha256(padded.translate(_OPAD))
 
     def sign(self, parts: Sequence[bytes]) -> bytes:
-        if self._inner is None or self._outer is None:
+        if not self.key:
             return b""
-        if sum(len(part) for part in parts) >= _LARGE:
-            return self._sign_large(parts)
-        inner = self._inner.copy()
-        for part in parts:
-            inner.update(part)
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.hexdigest().encode()
+        if self._inner and self._outer and sum(map(len, parts)) < LEAN_BUILTIN_MAX:
+            inner = self._inner.copy()
+            for part in parts:
+                inner.update(part)
+            outer = self._outer.copy()
+            outer.update(inner.digest())
+            return outer.hexdigest().encode()
+        if self._hmac is None:
+            import hashlib
+            import hmac
 
-    def _sign_large(self, parts: Sequence[bytes]) -> bytes:
-        import hashlib
-        import hmac
-
-        mac = hmac.new(self.key, digestmod=hashlib.sha256)
+            self._hmac = hmac.new(self.key, digestmod=hashlib.sha256)
+        mac = self._hmac.copy()
         for part in parts:
             mac.update(part)
         return mac.hexdigest().encode()
 
     def verify(self, signature: bytes, parts: Sequence[bytes]) -> bool:
-        if self._inner is None:
+        if not self.key:
             return True
         if len(signature) != SIGNATURE_LENGTH:
             return False  # not even the shape of one: nothing is hashed for it
@@ -261,7 +262,8 @@ class Session:
 
     ``packing`` chooses msgpack (native protocol) or JSON (Jupyter channels).
     ``check_replay`` makes :meth:`deserialize` refuse a signature it has already accepted, among
-    the last ``replay_window`` ones.
+    the last ``replay_window`` ones. ``lean``: hash on the builtin SHA-256 what is smaller than
+    :data:`LEAN_BUILTIN_MAX`, for a process of one request (``stigmer run``).
     """
 
     def __init__(
@@ -273,8 +275,10 @@ class Session:
         username: str = "stigmer",
         check_replay: bool = True,
         replay_window: int = 65536,
+        lean: bool = False,
     ) -> None:
-        self.signer = Signer(key)
+        self.signer = Signer(key, lean=lean)
+        self._lean = lean
         self.packing: Packing = packing
         self.session_id = session_id or os.urandom(16).hex()
         self.username = username
@@ -320,6 +324,12 @@ class Session:
         )
 
     # -- wire format ------------------------------------------------------------------------
+    def _digest(self, data: bytes) -> bytes:
+        """The SHA-256 of a raw stream frame's data (see :data:`LEAN_BUILTIN_MAX`)."""
+        if self._lean and len(data) < LEAN_BUILTIN_MAX:
+            return sha256(data).digest()
+        return _openssl_sha256(data)
+
     def serialize(self, msg: Message, ids: Sequence[bytes] = ()) -> list[bytes]:
         """Frames for ``msg``, preceded by routing ``ids``."""
         dumps = self._dumps
@@ -332,7 +342,7 @@ class Session:
             and msg.header.get("msg_type") == _STREAM
         ):
             content = {k: v for k, v in content.items() if k != "data"}
-            content["data_sha256"] = _sha256_of(data)
+            content["data_sha256"] = self._digest(data)
             buffers = [data, *buffers]
         parts = [
             dumps(msg.header),
@@ -377,7 +387,7 @@ class Session:
         if "data_sha256" in content and header["msg_type"] == _STREAM:
             digest = content.pop("data_sha256")
             if not buffers or not compare_digest(
-                _sha256_of(buffers[0]), digest if isinstance(digest, bytes) else b""
+                self._digest(buffers[0]), digest if isinstance(digest, bytes) else b""
             ):
                 raise SignatureError("a stream's data frame does not match its signed digest")
             content["data"] = buffers.pop(0)

@@ -13,7 +13,7 @@ Both fields are checked by :func:`checked_env` on the client (before sending) an
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from _collections_abc import Mapping  # collections.abc's own (see protocol/session.py)
 
 from .errors import RequestError
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import os
 import select
 import time
-from collections import deque
 
 from ..errors import ClientTimeout, ProtocolError, RuntimeDirError, StigmerError
 from ..protocol.session import Message, Session
@@ -37,10 +36,13 @@ from ._call import LIVENESS_PERIOD, RESEND_GRACE, Call, Sent, check_server
 
 TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
 if TYPE_CHECKING:
+    from collections import deque
     from typing import Any, Protocol
 
     from ._call import EventCallback, OutputCallback, RawOutputCallback
     from .discovery import ServerAddress
+else:
+    from _collections import deque  # see protocol/session.py
 
 #: As the asyncio transport's: output queued here before the server holds the rest.
 _RCVHWM = 16

@@ -20,9 +20,14 @@ from __future__ import annotations
 
 import _socket  # socket's C core: socket.py would convert its constants to enums at import
 import struct
-from collections import deque
 
 from ..errors import StigmerError
+
+TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
+if TYPE_CHECKING:
+    from collections import deque
+else:
+    from _collections import deque  # see protocol/session.py
 
 _SIGNATURE = b"\xff" + b"\0" * 8 + b"\x7f"
 _GREETING = _SIGNATURE + b"\x03\x01" + b"NULL".ljust(20, b"\0") + b"\0" + b"\0" * 31

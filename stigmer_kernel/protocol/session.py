@@ -16,13 +16,10 @@ broker forwarding it re-signs the small frames only and never hashes or copies t
 
 from __future__ import annotations
 
-import collections
 import itertools
 import os
 import time
 from _operator import _compare_digest as compare_digest  # hmac's, without importing hmac
-
-import msgpack
 
 from ..errors import ProtocolError, SignatureError
 from .constants import DELIM, MAX_BUFFERS, MIN_FRAMES, PROTOCOL_VERSION
@@ -30,13 +27,18 @@ from .constants import DELIM, MAX_BUFFERS, MIN_FRAMES, PROTOCOL_VERSION
 TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
 if TYPE_CHECKING:
     from _hashlib import HASH
-    from collections.abc import Sequence
+    from collections import deque
+    from collections.abc import Callable, Sequence
     from hashlib import sha256
     from hmac import HMAC
     from typing import Any, Literal
 
     Packing = Literal["msgpack", "json"]
 else:
+    # collections' C core: the collections module (keyword, operator, reprlib, namedtuple's
+    # machinery) would cost a plain ``stigmer run`` ~2 ms, for deque alone.
+    from _collections import deque
+
     # The builtin SHA-256 (no stub for mypy: hashlib's has the same API), for lean sessions
     # (see LEAN_BUILTIN_MAX); hashlib would load OpenSSL.
     from _sha256 import sha256
@@ -107,12 +109,25 @@ class Message:
         return value if isinstance(value, str) else None
 
 
-def _msgpack_dumps(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+def _codec(packing: Packing, lean: bool) -> tuple[Callable[[Any], bytes], Callable[[bytes], Any]]:
+    """A session's (dumps, loads): JSON, msgpack, or for a lean session the same msgpack in
+    pure Python (protocol/lean_msgpack.py: importing msgpack would cost ``stigmer run`` a fifth
+    of its start)."""
+    if packing == "json":
+        return _json_dumps, _json_loads
+    if lean:
+        from . import lean_msgpack
 
+        return lean_msgpack.packb, lean_msgpack.unpackb
+    import msgpack
 
-def _msgpack_loads(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=True)
+    def dumps(obj: Any) -> bytes:
+        return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+    def loads(data: bytes) -> Any:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True)
+
+    return dumps, loads
 
 
 def _json_dumps(obj: Any) -> bytes:
@@ -236,7 +251,7 @@ class ReplayWindow:
     def __init__(self, size: int = 65536) -> None:
         self.size = size
         self._seen: set[bytes] = set()
-        self._order: collections.deque[bytes] = collections.deque()
+        self._order: deque[bytes] = deque()
 
     def check_and_add(self, signature: bytes) -> bool:
         """True if ``signature`` is new (and now remembered)."""
@@ -262,8 +277,9 @@ class Session:
 
     ``packing`` chooses msgpack (native protocol) or JSON (Jupyter channels).
     ``check_replay`` makes :meth:`deserialize` refuse a signature it has already accepted, among
-    the last ``replay_window`` ones. ``lean``: hash on the builtin SHA-256 what is smaller than
-    :data:`LEAN_BUILTIN_MAX`, for a process of one request (``stigmer run``).
+    the last ``replay_window`` ones. ``lean``, for a process of one request (``stigmer run``):
+    msgpack in pure Python, and the builtin SHA-256 for what is smaller than
+    :data:`LEAN_BUILTIN_MAX`.
     """
 
     def __init__(
@@ -282,8 +298,7 @@ class Session:
         self.packing: Packing = packing
         self.session_id = session_id or os.urandom(16).hex()
         self.username = username
-        self._dumps = _msgpack_dumps if packing == "msgpack" else _json_dumps
-        self._loads = _msgpack_loads if packing == "msgpack" else _json_loads
+        self._dumps, self._loads = _codec(packing, lean)
         self._counter = itertools.count(1)
         self._id_prefix = os.urandom(8).hex()
         self.replay = ReplayWindow(replay_window) if check_replay and key else None

@@ -13,12 +13,9 @@ Both fields are checked by :func:`checked_env` on the client (before sending) an
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Mapping
+from _collections_abc import Mapping  # collections.abc's own (see protocol/session.py)
 
 from .errors import RequestError
-from .names import EnvVar
-from .protocol import ErrorName
 
 #: Largest environment a request may carry (names plus values, UTF-8, one ``=`` and one NUL
 #: each), for ``env`` and ``kernel_env`` alike.
@@ -26,8 +23,6 @@ MAX_ENV_BYTES = 256 * 1024
 #: Largest single ``NAME=value`` (with its NUL): Linux refuses to exec past it (MAX_ARG_STRLEN).
 MAX_ENV_ENTRY_BYTES = 128 * 1024
 
-#: A variable bash can set for a command (``env``).
-NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 #: Variables bash keeps read-only: setting one for a command cannot work.
 READ_ONLY = frozenset({"BASHOPTS", "BASH_VERSINFO", "EUID", "PPID", "SHELLOPTS", "UID"})
 
@@ -43,7 +38,15 @@ NOT_INHERITED = frozenset(
 SERVER_ONLY = frozenset({"JPY_PARENT_PID", "JPY_SESSION_NAME"})
 
 
+def is_shell_name(name: str) -> bool:
+    """Whether bash can set a variable called ``name`` for a command (``env``): ASCII letters,
+    digits and ``_``, not starting with a digit (an ASCII identifier; no :mod:`re` to import)."""
+    return name.isascii() and name.isidentifier()
+
+
 def _bad(message: str) -> RequestError:
+    from .protocol.enums import ErrorName  # only for a refusal: a plain run imports no enum
+
     return RequestError(message, ErrorName.BAD_REQUEST)
 
 
@@ -58,7 +61,7 @@ def checked_env(value: object, field: str = "env", *, shell_names: bool = True) 
         if not isinstance(name, str) or not isinstance(text, str):
             raise _bad(f"{field}: names and values must be strings")
         if shell_names:
-            if not NAME_RE.match(name):
+            if not is_shell_name(name):
                 raise _bad(
                     f"{field}: {name[:80]!r} is not a variable name (letters, digits and _, "
                     "not starting with a digit)"
@@ -114,6 +117,8 @@ def inherited(base: Mapping[str, str], *, server: bool = False) -> dict[str, str
 def kernel_environment(sent: Mapping[str, str] | None, kernel_name: str) -> dict[str, str]:
     """The environment a host kernel's shell starts with: what its creator sent, else the
     server's, minus stigmer's internals, plus ``STIGMER_KERNEL``."""
+    from .names import EnvVar  # (the server's side: a plain run imports no enum)
+
     env = inherited(os.environ, server=True) if sent is None else inherited(sent)
     env[EnvVar.KERNEL.value] = kernel_name
     return env

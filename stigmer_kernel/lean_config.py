@@ -16,12 +16,21 @@ from __future__ import annotations
 
 import os
 
-from .names import EnvVar, ExecutionMode
-
 TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from pathlib import Path
+
+    from .names import ExecutionMode
+
+#: The variables this module reads, by name: their :class:`~.names.EnvVar` members' values
+#: (tests/test_lean_config.py checks), not the members, whose enum (with :mod:`enum`'s import)
+#: would cost a plain run more than the rest of its settings.
+_CONFIG = "STIGMER_CONFIG"
+_RUNTIME_DIR = "STIGMER_RUNTIME_DIR"
+_EXECUTION_MODE = "STIGMER_EXECUTION_MODE"
+#: What every variable of stigmer-kernel's starts with (``EnvVar``'s values all do).
+_PREFIX = "STIGMER_"
 
 
 def default_runtime_dir() -> Path:
@@ -38,21 +47,21 @@ def default_config_path(env: Mapping[str, str] | None = None) -> Path:
     from pathlib import Path
 
     env = os.environ if env is None else env
-    explicit = env.get(EnvVar.CONFIG.value)
+    explicit = env.get(_CONFIG)
     if explicit:
         return Path(explicit).expanduser()
     base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return Path(base) / "stigmer" / "config.toml"
 
 
-#: The variables of :class:`EnvVar` that set no ``Config`` field (tests/test_lean_config.py
-#: checks that every other one does).
+#: The variables of :class:`~.names.EnvVar` that set no ``Config`` field, by name
+#: (tests/test_lean_config.py checks that every other one does).
 NOT_SETTINGS = frozenset(
-    {EnvVar.CONFIG, EnvVar.POOL_SERVER_KEY, EnvVar.POOL_CURVE_SECRET, EnvVar.AGENT_KEY}
-    | {EnvVar.KERNEL}
+    {_CONFIG, "STIGMER_POOL_SERVER_KEY", "STIGMER_POOL_CURVE_SECRET", "STIGMER_AGENT_KEY"}
+    | {"STIGMER_KERNEL"}
 )
 #: The settings :func:`lean_settings` reads from the environment itself.
-_READ = frozenset({EnvVar.RUNTIME_DIR, EnvVar.EXECUTION_MODE})
+_READ = frozenset({_RUNTIME_DIR, _EXECUTION_MODE})
 
 
 class LeanSettings:
@@ -60,7 +69,7 @@ class LeanSettings:
     ``str(config.runtime_dir)``: no ``Path``), the execution mode and ``explicit`` as given, the
     others at ``Config``'s defaults."""
 
-    __slots__ = ("execution_mode", "explicit", "runtime_dir")
+    __slots__ = ("_mode", "explicit", "runtime_dir")
 
     output_limit = 32 * 1024 * 1024
     kernel_cwd: str | None = None
@@ -70,12 +79,16 @@ class LeanSettings:
     command_timeout: float | None = None
     auto_sticky = True
 
-    def __init__(
-        self, runtime_dir: str, execution_mode: ExecutionMode, explicit: frozenset[str]
-    ) -> None:
+    def __init__(self, runtime_dir: str, execution_mode: str, explicit: frozenset[str]) -> None:
         self.runtime_dir = runtime_dir
-        self.execution_mode = execution_mode
+        self._mode = execution_mode  # an ExecutionMode's value
         self.explicit = explicit
+
+    @property
+    def execution_mode(self) -> ExecutionMode:
+        from .names import ExecutionMode  # read when the mode was given (``explicit``) only
+
+        return ExecutionMode(self._mode)
 
 
 def lean_settings(
@@ -85,10 +98,10 @@ def lean_settings(
     :class:`LeanSettings`, or None when only ``load_config`` can tell (a config file, another
     setting in ``env``, a value it would refuse)."""
     env = os.environ if env is None else env
-    for var in EnvVar:
-        if env.get(var.value) and var not in _READ and var not in NOT_SETTINGS:
+    for name, value in env.items():  # any other setting (or a variable of a newer version)
+        if value and name.startswith(_PREFIX) and name not in _READ and name not in NOT_SETTINGS:
             return None
-    given = env.get(EnvVar.CONFIG.value)
+    given = env.get(_CONFIG)
     if given:
         config_file = _path(given, absolute=False)
     else:
@@ -105,16 +118,18 @@ def lean_settings(
     else:
         return None
     explicit: set[str] = set()
-    mode = ExecutionMode.LOCAL
-    given = env.get(EnvVar.EXECUTION_MODE.value)
+    mode = "local"  # Config's default
+    given = env.get(_EXECUTION_MODE)
     if given:
+        from .names import ExecutionMode
+
         try:
-            mode = ExecutionMode(given.strip().lower())
+            mode = ExecutionMode(given.strip().lower()).value
         except ValueError:
             return None
         explicit.add("execution_mode")
     path: str | None = None
-    for text in (env.get(EnvVar.RUNTIME_DIR.value) or None, runtime_dir):  # the override wins
+    for text in (env.get(_RUNTIME_DIR) or None, runtime_dir):  # the override wins
         if text is not None:
             path = _path(text)
             if path is None:

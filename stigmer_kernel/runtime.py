@@ -36,9 +36,8 @@ Clients find their server through this directory alone: ``STIGMER_RUNTIME_DIR`` 
 
 from __future__ import annotations
 
-import contextlib
+import _json  # json's C scanner: see _json_loads
 import fcntl
-import json
 import os
 import stat
 
@@ -203,6 +202,8 @@ class RuntimeDir:
 
     def write_key(self, key: bytes) -> None:
         """Store a new server key, readable by the owner only."""
+        import contextlib  # (what only a server does imports here: see read_info)
+
         tmp = self.key_path.with_suffix(".tmp")
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -223,15 +224,20 @@ class RuntimeDir:
             raise RuntimeDirError(f"no key file in {self._text}: is a server running?") from None
 
     def write_info(self, info: dict[str, Any]) -> None:
+        import json
+
         tmp = self.info_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(info, indent=2), encoding="utf-8")
         os.chmod(tmp, 0o600)
         os.replace(tmp, self.info_path)
 
     def read_info(self) -> dict[str, Any] | None:
+        """server.json's map, or None (no such file, or not a JSON map). Read by every client,
+        a plain ``stigmer run`` included: neither :mod:`json` nor :mod:`contextlib` is
+        imported for it (see :func:`_json_loads`)."""
         try:
             with open(self._file("server.json"), encoding="utf-8") as handle:
-                data = json.loads(handle.read())
+                data = _json_loads(handle.read())
         except (FileNotFoundError, ValueError):
             return None
         return data if isinstance(data, dict) else None
@@ -250,8 +256,10 @@ class RuntimeDir:
         for line in table:
             fields = line.split()
             if "FLOCK" in fields and device in fields:
-                with contextlib.suppress(ValueError, IndexError):
+                try:
                     return int(fields[fields.index(device) - 1])
+                except (ValueError, IndexError):
+                    continue
         return None
 
     def server_running(self) -> bool:
@@ -271,6 +279,39 @@ class RuntimeDir:
             return False
         finally:
             os.close(fd)
+
+
+_CONSTANTS = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}
+
+
+class _Decoding:
+    """What json's C scanner reads of a ``json.JSONDecoder``: the defaults of ``json.loads``."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = _CONSTANTS.__getitem__
+
+
+_scan = _json.make_scanner(_Decoding)  # type: ignore[arg-type]  # the attributes it reads
+#: JSON's whitespace (what json.decoder's pattern skips around a document).
+_WHITESPACE = " \t\n\r"
+
+
+def _json_loads(text: str) -> Any:
+    """``json.loads(text)`` (ValueError where it raises one), on json's own C scanner: without
+    the import of :mod:`json`, which imports :mod:`re` and compiles its patterns, a tenth of a
+    plain ``stigmer run``'s start. tests/test_runtime_json.py holds the two to the same."""
+    start = len(text) - len(text.lstrip(_WHITESPACE))
+    try:
+        value, end = _scan(text, start)
+    except StopIteration:
+        raise ValueError("not a JSON document") from None
+    if text[end:].strip(_WHITESPACE):
+        raise ValueError("more than one JSON document")
+    return value
 
 
 class ServerLock:

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from stigmer_kernel import lean_config
 from stigmer_kernel.config import FIELDS, load_config, write_config_file
 from stigmer_kernel.errors import ConfigError
 from stigmer_kernel.lean_config import NOT_SETTINGS, LeanSettings, lean_settings
-from stigmer_kernel.names import EnvVar
+from stigmer_kernel.names import EnvVar, ExecutionMode
 
 #: Every setting a LeanSettings holds (its slots and its class-level defaults).
 LEAN_FIELDS = sorted(name for name in dir(LeanSettings) if not name.startswith("_"))
@@ -131,5 +132,22 @@ def test_the_default_config_path_counts_too(tmp_path: Path) -> None:
 
 def test_every_variable_but_the_listed_ones_is_a_setting() -> None:
     settings = {f.metadata["env"] for f in FIELDS.values() if "env" in f.metadata}
-    assert settings == {var.value for var in EnvVar} - {var.value for var in NOT_SETTINGS}
+    names = {var.value for var in EnvVar}
+    assert settings == names - NOT_SETTINGS and names >= NOT_SETTINGS
     assert set(LEAN_FIELDS) <= set(FIELDS)
+
+
+def test_the_names_it_reads_are_envvar_values() -> None:
+    assert EnvVar.CONFIG.value == lean_config._CONFIG
+    assert EnvVar.RUNTIME_DIR.value == lean_config._RUNTIME_DIR
+    assert EnvVar.EXECUTION_MODE.value == lean_config._EXECUTION_MODE
+    assert all(var.value.startswith(lean_config._PREFIX) for var in EnvVar)
+    assert LeanSettings("/x", "local", frozenset()).execution_mode is ExecutionMode.LOCAL
+
+
+@pytest.mark.parametrize("name", ["STIGMER_FROM_A_NEWER_VERSION", "STIGMER_"])
+def test_an_unknown_stigmer_variable_is_left_to_load_config(
+    no_file: dict[str, str], name: str
+) -> None:
+    assert lean_settings(None, {**no_file, name: "1"}) is None
+    assert lean_settings(None, {**no_file, name: ""}) is not None  # empty: not set

@@ -28,7 +28,8 @@ import zmq
 from .._version import __version__
 from ..errors import ProtocolError
 from ..protocol import ErrorName, Message, MsgType, Session
-from ..protocol.constants import EXIT_INTERRUPTED, StreamName
+from ..protocol.constants import EXIT_INTERRUPTED
+from ..protocol.enums import StreamName
 from ..protocol.wire import send_frames, waiting
 from . import introspect, log, procs
 from .command import Command

@@ -21,7 +21,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from ..protocol import Message, MsgType
-from ..protocol.constants import EXIT_INTERRUPTED, STDIN_ACK_EVERY, STDIN_WINDOW, StreamName
+from ..protocol.constants import EXIT_INTERRUPTED, STDIN_ACK_EVERY, STDIN_WINDOW
+from ..protocol.enums import StreamName
 from . import introspect, procs
 from .run import Run, between_notice, execute_reply, hidden_reply, truncated_notice
 from .shell import BashSession, CommandEnd

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..protocol import ErrorName, ExecStatus, Message, MsgType
-from ..protocol.constants import REPLY_FOR
+from ..protocol.enums import REPLY_FOR
 from .command import Command
 from .processes import ProcessError, ProcessTable
 from .shell import BashSession, CommandEnd

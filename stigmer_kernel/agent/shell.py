@@ -36,7 +36,7 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..environment import NAME_RE
+from ..environment import is_shell_name
 from ..protocol.constants import OUTPUT_CHUNK
 from . import procs
 from .last_command import Carry
@@ -281,7 +281,7 @@ class BashSession(ShellProcess):
         if env:
             line = assignments(env) + line
             # An `exit` in the command must not keep them (the EXIT trap saves the state).
-            self.files.tmpenv_path.write_text(tmpenv_script([n for n in env if NAME_RE.match(n)]))
+            self.files.tmpenv_path.write_text(tmpenv_script([n for n in env if is_shell_name(n)]))
             self._tmpenv_written = True
         elif self._tmpenv_written:
             self.files.tmpenv_path.write_text("")

@@ -22,7 +22,7 @@ import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..environment import NAME_RE
+from ..environment import is_shell_name
 
 #: Descriptors the command's stdout and stderr are kept on in bash (closed for the command).
 OUT_FD = 61
@@ -250,7 +250,7 @@ def assignments(env: Mapping[str, str]) -> str:
     return f"{TMPENV_FLAG}=1 " + "".join(
         f"{name}={quote_code(value)} "
         for name, value in env.items()
-        if isinstance(name, str) and isinstance(value, str) and NAME_RE.match(name)
+        if isinstance(name, str) and isinstance(value, str) and is_shell_name(name)
     )
 
 

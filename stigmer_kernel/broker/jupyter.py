@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from .._version import __version__
 from ..errors import ProtocolError, RequestError
 from ..protocol import ErrorName, KernelEvent, KernelState, Message, MsgType
-from ..protocol.constants import PROTOCOL_VERSION, REPLY_FOR
+from ..protocol.constants import PROTOCOL_VERSION
+from ..protocol.enums import REPLY_FOR
 from .jupyter_channels import JupyterChannels
 from .model import Kernel, Pending, checked_code
 

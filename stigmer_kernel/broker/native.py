@@ -16,7 +16,8 @@ from .._version import __version__
 from ..environment import checked_env
 from ..errors import ProtocolError, RequestError
 from ..protocol import ErrorName, KernelEvent, Message, MsgType, Session
-from ..protocol.constants import REPLY_FOR, STDIN_CHUNK_MAX, STDIN_WINDOW
+from ..protocol.constants import STDIN_CHUNK_MAX, STDIN_WINDOW
+from ..protocol.enums import REPLY_FOR
 from ..protocol.session import split_ids
 from .creation import client_owner
 from .jupyter_channels import check_connection

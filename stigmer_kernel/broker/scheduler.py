@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import RequestError
 from ..protocol import ErrorName, ExecStatus, Message, MsgType
-from ..protocol.constants import NO_TURN, OUTPUT_WINDOW
+from ..protocol.constants import OUTPUT_WINDOW
+from ..protocol.enums import NO_TURN
 from .model import Kernel, Pending, Phase
 
 if TYPE_CHECKING:

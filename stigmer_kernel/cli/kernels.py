@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from ..errors import RequestError, ServerNotRunning, StigmerError
-from ..protocol.constants import ErrorName
+from ..protocol.enums import ErrorName
 from ..runtime import RuntimeDir
 from .common import UsageError, load, read_requirements, remote_server
 

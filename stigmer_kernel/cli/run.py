@@ -10,7 +10,6 @@ stream. A sandbox image's pull or build draws a progress bar until the command w
 from __future__ import annotations
 
 import os
-import signal
 import stat
 import sys
 
@@ -30,6 +29,7 @@ from .common import (
 
 TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
 if TYPE_CHECKING:
+    import signal as _signal
     import types
     from collections.abc import Callable
     from typing import Any, BinaryIO
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from ..config import Config
     from .common import Args
     from .progress import ProgressDisplay
+else:
+    import _signal  # signal's C core: signal.py makes enums of its constants at import
 
 
 def add_parser(sub: Any) -> None:
@@ -330,11 +332,10 @@ def _run_lean(args: Args, config: Config | LeanSettings, code: str) -> int:
     ``config`` lean, it builds no dataclass unless a server must be started (or ``--json``)."""
     import types
 
-    from ..client._blocking import BlockingTransport
+    from ..client._blocking import EXECUTE_REQUEST, INTERRUPT_REQUEST, BlockingTransport
     from ..client._call import client_identity
     from ..client._requests import exec_result, execute_content, result_fields
     from ..client.discovery import find_server, running_server
-    from ..protocol import MsgType
 
     output = _Output(args.kernel)
     # A kernel this creates starts with our environment.
@@ -347,7 +348,7 @@ def _run_lean(args: Args, config: Config | LeanSettings, code: str) -> int:
         nonlocal interrupted
         if not interrupted:
             interrupted = True
-            transport.send_soon(MsgType.INTERRUPT_REQUEST, {"kernel": args.kernel})
+            transport.send_soon(INTERRUPT_REQUEST, {"kernel": args.kernel})
 
     def on_sigint(signum: int, frame: Any) -> None:
         if interrupted:  # second Ctrl-C: stop waiting
@@ -355,10 +356,10 @@ def _run_lean(args: Args, config: Config | LeanSettings, code: str) -> int:
         interrupt()
 
     output.stop_command = interrupt
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    previous = _signal.signal(_signal.SIGINT, on_sigint)
     try:
         reply, call = transport.request(
-            MsgType.EXECUTE_REQUEST,
+            EXECUTE_REQUEST,
             content,
             on_output=None if args.json else output.write,
             keep=keep,
@@ -370,7 +371,7 @@ def _run_lean(args: Args, config: Config | LeanSettings, code: str) -> int:
         )
     finally:
         output.close_display()
-        signal.signal(signal.SIGINT, previous)
+        _signal.signal(_signal.SIGINT, previous)
         transport.close()
     return _finish(args, result, output)
 
@@ -426,7 +427,7 @@ async def _run_async(
                 task.add_done_callback(tasks.discard)
 
         output.stop_command = on_closed_pipe
-        loop.add_signal_handler(signal.SIGINT, on_sigint)
+        loop.add_signal_handler(_signal.SIGINT, on_sigint)
         options = _execute_options(args)
         del options["remote"]
         try:
@@ -435,7 +436,7 @@ async def _run_async(
             )
         finally:
             output.close_display()
-        loop.remove_signal_handler(signal.SIGINT)
+        loop.remove_signal_handler(_signal.SIGINT)
     return _finish(args, result, output)
 
 

@@ -26,28 +26,39 @@ starting libzmq's I/O thread costs more than the whole request).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import time
-from collections import deque
 
 from ..errors import ClientTimeout, ProtocolError, RuntimeDirError, StigmerError
-from ..protocol import Message, MsgType, Session
-from ._call import LIVENESS_PERIOD, RESEND_GRACE, Call, Sent, Verdict, check_server
+from ..protocol.session import Message, Session
+from ._call import LIVENESS_PERIOD, RESEND_GRACE, Call, Sent, check_server
 
 TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
 if TYPE_CHECKING:
+    from collections import deque
     from typing import Any, Protocol
 
     from ._call import EventCallback, OutputCallback, RawOutputCallback
     from .discovery import ServerAddress
+else:
+    from _collections import deque  # see protocol/session.py
 
 #: As the asyncio transport's: output queued here before the server holds the rest.
 _RCVHWM = 16
 #: Milliseconds between two attempts to connect again after the server closed (libzmq's
 #: default reconnect interval).
 _RECONNECT_MS = 100
+
+#: The message types this transport sends and reads, as their wire strings: the values of
+#: their ``MsgType`` members (tests/client/test_lean_path.py holds them to it), which a plain
+#: ``stigmer run`` does not import (protocol/constants.py says why).
+EXECUTE_REQUEST = "execute_request"
+INTERRUPT_REQUEST = "interrupt_request"
+_DETACH_REQUEST = "detach_request"
+_STREAM = "stream"
+_KERNEL_EVENT = "kernel_event"
+_STDIN_ACK = "stdin_ack"
 
 
 if TYPE_CHECKING:
@@ -111,6 +122,8 @@ class _ZmqLink:
 
     def close(self, last: list[bytes]) -> None:
         if last:
+            import contextlib  # (pyzmq imports it anyway; the ZMTP path does without)
+
             with contextlib.suppress(self._zmq.ZMQError):  # Again: no link to say it on
                 self._sock.send_multipart(last, flags=self._zmq.NOBLOCK)
         self._sock.close(linger=200)
@@ -161,8 +174,9 @@ class BlockingTransport:
     """A DEALER to a local server at ``address``, used by one thread at a time.
 
     ``on_event`` gets every ``kernel_event`` (it must not raise). :meth:`send_soon` may be
-    called from a signal handler (Ctrl-C) while :meth:`request` waits. ``zmtp``: the
-    pure-Python wire (no pyzmq), else a pyzmq socket.
+    called from a signal handler (Ctrl-C) while :meth:`request` waits. ``zmtp``: ``stigmer
+    run``'s way, the pure-Python wire (no pyzmq) and a lean session (its frames hashed without
+    loading OpenSSL, see ``Session``), else a pyzmq socket.
     """
 
     def __init__(
@@ -176,11 +190,12 @@ class BlockingTransport:
         self.address = address
         self.identity = identity
         self.on_event = on_event
-        self._session = Session(address.key)
+        self._lean = zmtp
+        self._session = Session(address.key, lean=zmtp)
         self._old_session: Session | None = None  # the previous server's, after a restart
         self._closed = False
         self._aborted = False  # set by abort(): the waiting request fails
-        self._soon: deque[tuple[MsgType, dict[str, Any]]] = deque()
+        self._soon: deque[tuple[str, dict[str, Any]]] = deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         try:
@@ -195,7 +210,7 @@ class BlockingTransport:
         if self._closed:
             return
         self._closed = True
-        bye = self._session.msg(MsgType.DETACH_REQUEST.value, {})
+        bye = self._session.msg(_DETACH_REQUEST, {})
         self._link.close(self._session.serialize(bye))
         os.close(self._wake_r)
         os.close(self._wake_w)
@@ -204,15 +219,28 @@ class BlockingTransport:
         """Make the request waiting now (if any) fail with "client closed", from any thread,
         so that :meth:`close` can follow once it returned."""
         self._aborted = True
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._wake_w, b"\0")
+        self._wake()
 
-    def send_soon(self, msg_type: MsgType, content: dict[str, Any]) -> None:
+    def send_soon(self, msg_type: str, content: dict[str, Any]) -> None:
         """Send a request whose reply nobody waits for, from the waiting loop (so it is safe
-        in a signal handler or a callback): an interrupt while a command runs."""
+        in a signal handler or a callback): an interrupt while a command runs. ``msg_type``
+        is the wire string (a ``MsgType`` member's value)."""
         self._soon.append((msg_type, content))
-        with contextlib.suppress(BlockingIOError, OSError):
+        self._wake()
+
+    def _wake(self) -> None:
+        """Make the waiting loop look at its flags and queue (contextlib's ``suppress`` is not
+        imported by the lean path: hence ``try`` in these two)."""
+        try:
             os.write(self._wake_w, b"\0")
+        except OSError:  # (BlockingIOError: a wake-up is pending already)
+            return
+
+    def _woken(self) -> None:
+        try:
+            os.read(self._wake_r, 512)
+        except BlockingIOError:
+            return
 
     def _send(self, msg: Message) -> None:
         self._link.send(self._session.serialize(msg))
@@ -230,7 +258,7 @@ class BlockingTransport:
 
     def request(
         self,
-        msg_type: MsgType,
+        msg_type: str,
         content: dict[str, Any],
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
@@ -238,10 +266,11 @@ class BlockingTransport:
         on_output: RawOutputCallback | None = None,
         keep: int | None = None,
     ) -> tuple[Message, Call]:
-        """As :meth:`Transport.request <._transport.Transport.request>`, in this thread."""
+        """As :meth:`Transport.request <._transport.Transport.request>`, in this thread;
+        ``msg_type`` is the wire string (a ``MsgType`` member's value)."""
         if self._closed or self._aborted:
             raise StigmerError("this client is closed")
-        msg = self._session.msg(msg_type.value, content)
+        msg = self._session.msg(msg_type, content)
         call = Call(on_stdout, on_stderr, on_output, keep)
         self._send(msg)
         sent = Sent(self.address)
@@ -255,15 +284,14 @@ class BlockingTransport:
                 raise StigmerError("client closed")
             while self._soon:
                 extra_type, extra = self._soon.popleft()
-                self._send(self._session.msg(extra_type.value, extra))
+                self._send(self._session.msg(extra_type, extra))
             now = time.monotonic()
             wake = check_at if resend_at is None else min(check_at, resend_at)
             if deadline is not None:
                 wake = min(wake, deadline)
             readable, woken = self._link.poll(max(0, int((wake - now) * 1000) + 1), self._wake_r)
             if woken:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(self._wake_r, 512)
+                self._woken()
             if readable:
                 reply = self._drain(msg.msg_id, call)
                 if reply is not None:
@@ -271,15 +299,15 @@ class BlockingTransport:
                     return reply, call
             now = time.monotonic()  # output streaming in does not put off the checks below
             if deadline is not None and now >= deadline:
-                raise ClientTimeout(f"no reply to {msg_type.value} within {timeout:g}s")
+                raise ClientTimeout(f"no reply to {msg_type} within {timeout:g}s")
             if resend_at is not None and now >= resend_at:
                 resend_at = None
                 self._send(msg)
                 sent.again(self.address)
             if now >= check_at:
                 check_at = now + LIVENESS_PERIOD
-                verdict = check_server(runtime, sent, self._follow, msg_type.value)
-                if verdict is Verdict.RESEND and resend_at is None:
+                resend = check_server(runtime, sent, self._follow, msg_type)
+                if resend and resend_at is None:
                     resend_at = now + RESEND_GRACE  # unless its answer comes first
 
     def _drain(self, msg_id: str, call: Call) -> Message | None:
@@ -290,15 +318,15 @@ class BlockingTransport:
                 return None  # nothing (more) queued
             msg = self._receive(frames)
             if msg is None or msg.parent_id != msg_id:
-                if msg is not None and msg.msg_type == MsgType.KERNEL_EVENT.value:
+                if msg is not None and msg.msg_type == _KERNEL_EVENT:
                     self._event(msg.content, None)
                 continue  # a late reply to an earlier request, or the reply to send_soon
             mtype = msg.msg_type
-            if mtype == MsgType.STREAM.value:
+            if mtype == _STREAM:
                 call.stream(str(msg.content.get("name")), msg.content.get("data", b""))
-            elif mtype == MsgType.KERNEL_EVENT.value:
+            elif mtype == _KERNEL_EVENT:
                 self._event(msg.content, call)
-            elif mtype != MsgType.STDIN_ACK.value:
+            elif mtype != _STDIN_ACK:
                 call.reply(msg.content)
                 return msg
 
@@ -317,6 +345,6 @@ class BlockingTransport:
             except RuntimeDirError:
                 return None
             if key != self.address.key:
-                self._old_session, self._session = self._session, Session(key)
+                self._old_session, self._session = self._session, Session(key, lean=self._lean)
             self.address = self.address.of_server(pid, key)
         return self.address

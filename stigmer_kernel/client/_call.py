@@ -10,7 +10,6 @@ request, and what a restarted server means for it, is decided here, once.
 from __future__ import annotations
 
 import codecs
-import enum
 import os
 import time
 
@@ -120,13 +119,6 @@ class Call:
                     run_callback(f"on_{name}", callback, text)
 
 
-class Verdict(enum.Enum):
-    """What a request waiting on a local server does after :func:`check_server`."""
-
-    WAIT = "wait"  # nothing changed that matters: wait on
-    RESEND = "resend"  # a clean restart dropped it unread: send it again (once per restart)
-
-
 class Sent:
     """Where and when a request was (last) sent, for :func:`check_server`."""
 
@@ -144,15 +136,16 @@ def check_server(
     sent: Sent,
     follow: Callable[[int], ServerAddress | None],
     what: str,
-) -> Verdict:
-    """The liveness check of a request waiting for its reply from the server of ``runtime``.
+) -> bool:
+    """The liveness check of a request waiting for its reply from the server of ``runtime``:
+    whether to send it again (else wait on).
 
     :class:`ServerNotRunning` if no server runs there any more. If another process now serves
     it, ``follow(pid)`` makes the transport take that server's key and address (None: its key
     is not readable yet, look again at the next check). Then: a new key means a clean restart,
     whose server dropped what was signed with the old one unread (the old one would have
     answered it, and an answer still queued is read first), so the request is sent again
-    (:attr:`Verdict.RESEND`, after :data:`RESEND_GRACE` for a late answer); a server that
+    (True, after :data:`RESEND_GRACE` for a late answer); a server that
     started before the request was sent has it; else it restarted with the request possibly
     run: :class:`ServerError`.
     """
@@ -161,16 +154,16 @@ def check_server(
     info = runtime.read_info() or {}
     pid = info.get("pid")
     if not isinstance(pid, int) or pid == sent.to.pid:
-        return Verdict.WAIT
+        return False  # nothing changed that matters
     current = follow(pid)
     if current is None:
-        return Verdict.WAIT
+        return False
     if current.key != sent.to.key:
-        return Verdict.RESEND
+        return True  # a clean restart dropped it unread: send it again (once per restart)
     started = info.get("started")
     if isinstance(started, (int, float)) and started < sent.at:
         sent.to = current  # it restarted before this was sent: the new one has it
-        return Verdict.WAIT
+        return False
     raise ServerError(
         f"the stigmer server restarted (pid {sent.to.pid} -> {pid}) while this {what} was in "
         "flight; it may or may not have run — check before retrying"

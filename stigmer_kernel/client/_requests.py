@@ -13,8 +13,6 @@ import os
 
 from ..environment import checked_env, client_environment
 from ..errors import RequestError
-from ..protocol import ErrorName
-from ._errors import raise_for, refused
 
 TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
 if TYPE_CHECKING:
@@ -108,6 +106,8 @@ def execute_content(
         content["timeout"] = timeout
     keep = config.output_limit if output_limit is None else output_limit
     if keep < 0:
+        from ..protocol.enums import ErrorName
+
         raise RequestError(f"output_limit must be >= 0 bytes, not {keep}", ErrorName.BAD_REQUEST)
     if ttl is not None:
         content["ttl"] = ttl
@@ -158,9 +158,15 @@ def result_fields(content: Mapping[str, Any], reply: Message, call: Call) -> dic
     """:class:`ExecResult`'s fields for the execute_request ``content`` from its reply
     (refusals raise); ``stigmer run`` reads them without building one."""
     c = reply.content
-    if refused(c):
-        raise_for(c)
     exit_code = c.get("exit_code")
+    # A refusal never ran a command: its exit_code is null (docs/protocol.md). The table of
+    # error names (and the enum) is imported for such a reply only, not for a command's own
+    # failure (``CommandFailed``, with its exit code).
+    if c.get("status") == "error" and not isinstance(exit_code, int):
+        from ._errors import raise_for, refused
+
+        if refused(c):
+            raise_for(c)
     auto = c.get("auto") if isinstance(c.get("auto"), dict) else None
     return dict(
         kernel=str(content["kernel"]),

@@ -167,7 +167,7 @@ class Client:
                 if inline is not None:
                     content["stdin"] = inline
                 reply, call = self._lean_transport().request(
-                    MsgType.EXECUTE_REQUEST,
+                    MsgType.EXECUTE_REQUEST.value,
                     content,
                     on_stdout,
                     on_stderr,

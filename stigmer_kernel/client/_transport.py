@@ -34,7 +34,6 @@ from ._call import (
     RESEND_GRACE,
     Call,
     Sent,
-    Verdict,
     check_server,
     client_identity,
     run_callback,
@@ -266,10 +265,9 @@ class Transport:
                 if self._link is not None:
                     self._link.check(sent=True)  # a server on another host: is the link there?
                     continue
-                verdict = check_server(
+                if check_server(
                     runtime, sent, lambda pid: self._follow(runtime, pid), msg_type.value
-                )
-                if verdict is Verdict.RESEND:
+                ):
                     done, _ = await asyncio.wait({call.future}, timeout=RESEND_GRACE)
                     if done:
                         continue  # answered after all: returned at the top of the loop

@@ -19,11 +19,15 @@ caller's liveness check.
 from __future__ import annotations
 
 import _socket  # socket's C core: socket.py would convert its constants to enums at import
-import contextlib
 import struct
-from collections import deque
 
 from ..errors import StigmerError
+
+TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
+if TYPE_CHECKING:
+    from collections import deque
+else:
+    from _collections import deque  # see protocol/session.py
 
 _SIGNATURE = b"\xff" + b"\0" * 8 + b"\x7f"
 _GREETING = _SIGNATURE + b"\x03\x01" + b"NULL".ljust(20, b"\0") + b"\0" + b"\0" * 31
@@ -131,9 +135,7 @@ class ZmtpDealer:
             self._sock = None
 
     def _handshake(self, sock: _socket.socket) -> None:
-        # A peer that closed at once: what it said first, if anything, says why.
-        with contextlib.suppress(OSError):
-            sock.sendall(_GREETING)
+        _greet(sock)
         greeting = self._read_exact(sock, 64)
         if greeting[0] != 0xFF or greeting[9] != 0x7F or greeting[10] < 3:
             raise self._error("it does not speak ZMTP 3 (is it a stigmer server?)")
@@ -295,6 +297,15 @@ class ZmtpDealer:
         self._buf.clear()
         self._body_size = 0
         self._parts = []
+
+
+def _greet(sock: _socket.socket) -> None:
+    """Send our greeting. A peer that closed at once is not an error yet: what it said first,
+    if anything, says why (``try``: contextlib, with functools, is not imported for this)."""
+    try:
+        sock.sendall(_GREETING)
+    except OSError:
+        return
 
 
 def _frame(body: bytes, flags: int) -> bytes:

@@ -16,24 +16,32 @@ broker forwarding it re-signs the small frames only and never hashes or copies t
 
 from __future__ import annotations
 
-import collections
-import hashlib
-import hmac
 import itertools
 import os
 import time
-
-import msgpack
+from _operator import _compare_digest as compare_digest  # hmac's, without importing hmac
 
 from ..errors import ProtocolError, SignatureError
 from .constants import DELIM, MAX_BUFFERS, MIN_FRAMES, PROTOCOL_VERSION
 
 TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from _hashlib import HASH
+    from collections import deque
+    from collections.abc import Callable, Sequence
+    from hashlib import sha256
+    from hmac import HMAC
     from typing import Any, Literal
 
     Packing = Literal["msgpack", "json"]
+else:
+    # collections' C core: the collections module (keyword, operator, reprlib, namedtuple's
+    # machinery) would cost a plain ``stigmer run`` ~2 ms, for deque alone.
+    from _collections import deque
+
+    # The builtin SHA-256 (no stub for mypy: hashlib's has the same API), for lean sessions
+    # (see LEAN_BUILTIN_MAX); hashlib would load OpenSSL.
+    from _sha256 import sha256
 
 _REQUIRED_HEADER = ("msg_id", "msg_type", "session")
 
@@ -101,12 +109,25 @@ class Message:
         return value if isinstance(value, str) else None
 
 
-def _msgpack_dumps(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+def _codec(packing: Packing, lean: bool) -> tuple[Callable[[Any], bytes], Callable[[bytes], Any]]:
+    """A session's (dumps, loads): JSON, msgpack, or for a lean session the same msgpack in
+    pure Python (protocol/lean_msgpack.py: importing msgpack would cost ``stigmer run`` a fifth
+    of its start)."""
+    if packing == "json":
+        return _json_dumps, _json_loads
+    if lean:
+        from . import lean_msgpack
 
+        return lean_msgpack.packb, lean_msgpack.unpackb
+    import msgpack
 
-def _msgpack_loads(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=True)
+    def dumps(obj: Any) -> bytes:
+        return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+    def loads(data: bytes) -> Any:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True)
+
+    return dumps, loads
 
 
 def _json_dumps(obj: Any) -> bytes:
@@ -147,33 +168,79 @@ RAW_STREAM_MIN = 16 * 1024
 _STREAM = "stream"
 
 
+#: What a lean session (``Session(lean=True)``: ``stigmer run``, a process of one request)
+#: hashes on the builtin SHA-256, signatures and stream digests alike: data of fewer bytes.
+#: Loading OpenSSL (hashlib) costs a tenth of such a process's start, more than the builtin's
+#: slower hashing of its round trip's frames; larger data loads it (several times faster on
+#: megabytes of output). Other sessions, long-lived, hash everything with OpenSSL, as before.
+LEAN_BUILTIN_MAX = 256 * 1024
+
+
+def _openssl_sha256(data: bytes) -> bytes:
+    import hashlib
+
+    return hashlib.sha256(data).digest()
+
+
 #: A signature's length: HMAC-SHA256, hex-encoded.
-SIGNATURE_LENGTH = 2 * hashlib.sha256().digest_size
+SIGNATURE_LENGTH = 2 * sha256().digest_size
+#: SHA-256's block size, the length HMAC pads its key to (RFC 2104).
+_BLOCK = 64
+#: What XOR with HMAC's ipad and opad bytes makes of each byte.
+_IPAD = bytes(b ^ 0x36 for b in range(256))
+_OPAD = bytes(b ^ 0x5C for b in range(256))
 
 
 class Signer:
-    """HMAC-SHA256 over the four dict frames; a key of ``b""`` disables signing."""
+    """HMAC-SHA256 over the four dict frames; a key of ``b""`` disables signing.
 
-    __slots__ = ("_base", "key")
+    By :mod:`hmac` with OpenSSL's SHA-256; ``lean``: frames of fewer than
+    :data:`LEAN_BUILTIN_MAX` bytes in all by RFC 2104's construction on the builtin SHA-256,
+    whose inner and outer states after the padded key are kept (two copies and two digests a
+    signature), so that OpenSSL is not loaded for them. Both give the same signature
+    (tests/protocol/test_session.py).
+    """
 
-    def __init__(self, key: bytes) -> None:
+    __slots__ = ("_hmac", "_inner", "_outer", "key")
+
+    _hmac: HMAC | None  # hmac's after the key, made at its first use
+    _inner: HASH | None  # lean: the builtin SHA-256 after the key XOR ipad
+    _outer: HASH | None  # ... and after the key XOR opad
+
+    def __init__(self, key: bytes, *, lean: bool = False) -> None:
         self.key = key
-        self._base = hmac.new(key, digestmod=hashlib.sha256) if key else None
+        self._hmac = self._inner = self._outer = None
+        if key and lean:
+            padded = (sha256(key).digest() if len(key) > _BLOCK else key).ljust(_BLOCK, b"\0")
+            self._inner = sha256(padded.translate(_IPAD))
+            self._outer = sha256(padded.translate(_OPAD))
 
     def sign(self, parts: Sequence[bytes]) -> bytes:
-        if self._base is None:
+        if not self.key:
             return b""
-        mac = self._base.copy()
+        if self._inner and self._outer and sum(map(len, parts)) < LEAN_BUILTIN_MAX:
+            inner = self._inner.copy()
+            for part in parts:
+                inner.update(part)
+            outer = self._outer.copy()
+            outer.update(inner.digest())
+            return outer.hexdigest().encode()
+        if self._hmac is None:
+            import hashlib
+            import hmac
+
+            self._hmac = hmac.new(self.key, digestmod=hashlib.sha256)
+        mac = self._hmac.copy()
         for part in parts:
             mac.update(part)
         return mac.hexdigest().encode()
 
     def verify(self, signature: bytes, parts: Sequence[bytes]) -> bool:
-        if self._base is None:
+        if not self.key:
             return True
         if len(signature) != SIGNATURE_LENGTH:
             return False  # not even the shape of one: nothing is hashed for it
-        return hmac.compare_digest(signature, self.sign(parts))
+        return compare_digest(signature, self.sign(parts))
 
 
 class ReplayWindow:
@@ -184,7 +251,7 @@ class ReplayWindow:
     def __init__(self, size: int = 65536) -> None:
         self.size = size
         self._seen: set[bytes] = set()
-        self._order: collections.deque[bytes] = collections.deque()
+        self._order: deque[bytes] = deque()
 
     def check_and_add(self, signature: bytes) -> bool:
         """True if ``signature`` is new (and now remembered)."""
@@ -210,7 +277,9 @@ class Session:
 
     ``packing`` chooses msgpack (native protocol) or JSON (Jupyter channels).
     ``check_replay`` makes :meth:`deserialize` refuse a signature it has already accepted, among
-    the last ``replay_window`` ones.
+    the last ``replay_window`` ones. ``lean``, for a process of one request (``stigmer run``):
+    msgpack in pure Python, and the builtin SHA-256 for what is smaller than
+    :data:`LEAN_BUILTIN_MAX`.
     """
 
     def __init__(
@@ -222,13 +291,14 @@ class Session:
         username: str = "stigmer",
         check_replay: bool = True,
         replay_window: int = 65536,
+        lean: bool = False,
     ) -> None:
-        self.signer = Signer(key)
+        self.signer = Signer(key, lean=lean)
+        self._lean = lean
         self.packing: Packing = packing
         self.session_id = session_id or os.urandom(16).hex()
         self.username = username
-        self._dumps = _msgpack_dumps if packing == "msgpack" else _json_dumps
-        self._loads = _msgpack_loads if packing == "msgpack" else _json_loads
+        self._dumps, self._loads = _codec(packing, lean)
         self._counter = itertools.count(1)
         self._id_prefix = os.urandom(8).hex()
         self.replay = ReplayWindow(replay_window) if check_replay and key else None
@@ -269,6 +339,12 @@ class Session:
         )
 
     # -- wire format ------------------------------------------------------------------------
+    def _digest(self, data: bytes) -> bytes:
+        """The SHA-256 of a raw stream frame's data (see :data:`LEAN_BUILTIN_MAX`)."""
+        if self._lean and len(data) < LEAN_BUILTIN_MAX:
+            return sha256(data).digest()
+        return _openssl_sha256(data)
+
     def serialize(self, msg: Message, ids: Sequence[bytes] = ()) -> list[bytes]:
         """Frames for ``msg``, preceded by routing ``ids``."""
         dumps = self._dumps
@@ -281,7 +357,7 @@ class Session:
             and msg.header.get("msg_type") == _STREAM
         ):
             content = {k: v for k, v in content.items() if k != "data"}
-            content["data_sha256"] = hashlib.sha256(data).digest()
+            content["data_sha256"] = self._digest(data)
             buffers = [data, *buffers]
         parts = [
             dumps(msg.header),
@@ -325,8 +401,8 @@ class Session:
         buffers = [bytes(b) for b in msg_frames[5:]]
         if "data_sha256" in content and header["msg_type"] == _STREAM:
             digest = content.pop("data_sha256")
-            if not buffers or not hmac.compare_digest(
-                hashlib.sha256(buffers[0]).digest(), digest if isinstance(digest, bytes) else b""
+            if not buffers or not compare_digest(
+                self._digest(buffers[0]), digest if isinstance(digest, bytes) else b""
             ):
                 raise SignatureError("a stream's data frame does not match its signed digest")
             content["data"] = buffers.pop(0)

@@ -26,6 +26,15 @@ HEAVY = ("asyncio", "docker", "jupyter_client", "yaml", "rich", "zmq")
 #: for a dealer that needs only ``_socket``; shlex, for a command given as one argument.
 LIGHT = ("argparse", "gettext", "locale", "shutil", "bz2", "lzma", "typing", "socket")
 LIGHT += ("selectors", "shlex")
+#: Nor, together a third of what it imported before: enum (with functools), whose classes the
+#: protocol's names and the settings' names would build (the run uses their wire strings);
+#: hashlib, which loads OpenSSL (a round trip's frames are signed on the builtin SHA-256);
+#: json, re and contextlib (server.json is read on json's C scanner); signal, whose import makes
+#: enums of its constants (``_signal`` sets the Ctrl-C handler).
+LIGHT += ("enum", "functools", "stigmer_kernel.protocol.enums", "stigmer_kernel.names")
+LIGHT += ("hashlib", "_hashlib", "hmac", "json", "re", "contextlib", "signal")
+#: Nor msgpack, with datetime and collections (a fifth of the start): protocol/lean_msgpack.py.
+LIGHT += ("msgpack", "datetime", "collections")
 #: Nor a ``Config``: dataclasses, with inspect and ast (and tokenize, dis), ~10 ms; the run reads
 #: its few settings with lean_config (tests/test_lean_config.py), and nothing on its path is a
 #: dataclass; nor the whole config module (its TOML parser, its table of every setting).
@@ -36,10 +45,16 @@ DATACLASS += ("stigmer_kernel.client.result", "tomllib")
 DATACLASS += ("pathlib", "urllib", "urllib.parse", "ipaddress", "fnmatch")
 
 
+#: What the ``stigmer`` console script runs (``python -m stigmer_kernel`` would import runpy,
+#: and with it contextlib and functools, before any of ours).
+_CONSOLE_SCRIPT = "import sys\nfrom stigmer_kernel.cli.main import main\nsys.exit(main())\n"
+
+
 def _imported(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
-    """Run the CLI under ``-X importtime``: its result and every module it imported."""
+    """Run the CLI as its console script does, under ``-X importtime``: its result and every
+    module it imported."""
     r = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "stigmer_kernel", *args],
+        [sys.executable, "-X", "importtime", "-c", _CONSOLE_SCRIPT, *args],
         env=env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -59,10 +74,14 @@ def test_a_plain_run_loads_no_asyncio_pyzmq_docker_or_jupyter(env: dict[str, str
     r, names = _imported(env, "run", "--", "echo lean")
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout == "lean\n"
-    assert "msgpack" in names and "stigmer_kernel.client._zmtp" in names  # the check sees them
+    assert "stigmer_kernel.protocol.lean_msgpack" in names  # the check sees what it imports
+    assert "stigmer_kernel.client._zmtp" in names
     assert sorted(n for n in names if n.split(".")[0] in HEAVY or n in HEAVY) == []
     assert sorted(n for n in names if n in LIGHT) == []
     assert sorted(n for n in names if n in DATACLASS) == []
+    failed, names = _imported(env, "run", "--", "echo no >&2; exit 3")  # the command's failure
+    assert (failed.returncode, failed.stdout) == (3, ""), failed.stderr[-2000:]
+    assert sorted(n for n in names if n in LIGHT or n in DATACLASS) == []
 
 
 def test_a_plain_run_with_a_setting_still_applies_it(env: dict[str, str]) -> None:

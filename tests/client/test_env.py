@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from stigmer_kernel import Client
-from stigmer_kernel.environment import MAX_ENV_BYTES
+from stigmer_kernel.environment import MAX_ENV_BYTES, is_shell_name
 from stigmer_kernel.errors import RequestError
 from stigmer_kernel.protocol import Session
 from tests.conftest import Server, short_tempdir
@@ -22,6 +22,19 @@ from tests.sandbox.conftest import docker_client, sandbox_factory  # noqa: F401
 
 #: Shows a kernel's environment, one NAME=VALUE per line, sorted.
 SHOW_ENV = "env | LC_ALL=C sort"
+
+
+#: Names bash takes and not, with non-ASCII letters and digits (é, fullwidth A, a combining
+#: accent, superscript two, roman numeral one) that a Python identifier may hold.
+_NAMES = ["A", "_", "a1", "_9_x", "PATH", "if", "", "1A", "A-B", "A B", "A\n", "A=", "A.B"]
+_NAMES += ["$A", "\u00e9", "a\u00e9", "\uff21", "A\u0301", "x" * 300, "\u00b2", "a\u00b2", "\u2170"]
+
+
+@pytest.mark.parametrize("name", _NAMES)
+def test_a_shell_name_is_what_bash_takes(name: str) -> None:
+    import re
+
+    assert is_shell_name(name) == bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name))
 
 
 def stigmer(env: dict[str, str], *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:

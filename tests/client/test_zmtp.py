@@ -27,7 +27,7 @@ from tests.conftest import Server, processes_matching, short_tempdir, wait_for
 def _execute(transport: BlockingTransport, code: str, **extra: object) -> tuple[str, int]:
     content = {"code": code, "kernel": "default", "mode": None, "cwd": None, "silent": False}
     content.update(extra)
-    reply, call = transport.request(MsgType.EXECUTE_REQUEST, content)
+    reply, call = transport.request(MsgType.EXECUTE_REQUEST.value, content)
     result = exec_result(content, reply, call)
     assert result.exit_code is not None, (result.ename, result.evalue)
     return result.stdout, result.exit_code
@@ -86,7 +86,7 @@ def test_a_broker_that_stops_mid_command_says_so(server: Server) -> None:
     stopper.start()
     content = {"code": "sleep 32", "kernel": "default", "mode": None, "cwd": None}
     try:
-        reply, call = transport.request(MsgType.EXECUTE_REQUEST, content)
+        reply, call = transport.request(MsgType.EXECUTE_REQUEST.value, content)
     finally:
         stopper.join()
         transport.close()

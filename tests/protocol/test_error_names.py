@@ -33,7 +33,7 @@ from stigmer_kernel.protocol import ErrorName
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = Path(stigmer_kernel.__file__).resolve().parent
-ENUM_MODULE = PACKAGE / "protocol" / "constants.py"
+ENUM_MODULE = PACKAGE / "protocol" / "enums.py"
 NAMES = {member.value for member in ErrorName}
 
 

@@ -8,7 +8,8 @@ import msgpack
 import pytest
 
 from stigmer_kernel.errors import ProtocolError, SignatureError
-from stigmer_kernel.protocol import DELIM, Session
+from stigmer_kernel.protocol import DELIM, Session, Signer
+from stigmer_kernel.protocol.session import LEAN_BUILTIN_MAX, RAW_STREAM_MIN
 
 
 def test_round_trip_with_buffers_and_ids() -> None:
@@ -37,6 +38,43 @@ def test_json_packing_is_jupyter_wire_format() -> None:
 
     expected = hmac.new(b"secret", b"".join(frames[2:6]), hashlib.sha256).hexdigest()
     assert frames[1] == expected.encode()
+
+
+@pytest.mark.parametrize("lean", [False, True])
+@pytest.mark.parametrize("seed", range(30))
+def test_the_signature_is_hmacs_for_any_key_and_message(seed: int, lean: bool) -> None:
+    """A lean signer's (the builtin SHA-256 below LEAN_BUILTIN_MAX, hmac above) and the
+    others' (hmac) are hmac's, for keys shorter and longer than a block."""
+    import hashlib
+    import hmac
+    import random
+
+    rng = random.Random(seed)
+    key_size = rng.choice([1, 31, 32, 63, 64, 65, 100, 200, rng.randrange(1, 300)])
+    key = rng.randbytes(key_size)
+    sizes = [rng.choice([0, 1, 55, 64, 1000, rng.randrange(70000)]) for _ in range(4)]
+    if seed % 5 == 0:
+        sizes[3] = LEAN_BUILTIN_MAX + seed  # past what a lean signer signs on the builtin
+    parts = [rng.randbytes(n) for n in sizes]
+    signer = Signer(key, lean=lean)
+    expected = hmac.new(key, b"".join(parts), hashlib.sha256).hexdigest().encode()
+    assert signer.sign(parts) == expected
+    assert signer.verify(expected, parts)
+    assert not signer.verify(expected[:-1] + (b"0" if expected[-1:] != b"0" else b"1"), parts)
+    assert signer.sign(parts) == expected  # the kept states are not consumed
+
+
+@pytest.mark.parametrize("size", [RAW_STREAM_MIN, LEAN_BUILTIN_MAX - 1, LEAN_BUILTIN_MAX + 7])
+def test_a_lean_session_and_another_read_each_others_raw_streams(size: int) -> None:
+    lean, other = Session(b"k", lean=True), Session(b"k")
+    data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    for sender, receiver in ((lean, other), (other, lean)):
+        frames = sender.serialize(sender.msg("stream", {"name": "stdout", "data": data}))
+        assert receiver.deserialize(frames)[1].content["data"] == data
+
+
+def test_no_key_signs_nothing_and_accepts_anything() -> None:
+    assert Signer(b"").sign([b"a"]) == b"" and Signer(b"").verify(b"whatever", [b"a"])
 
 
 def test_wrong_key_missing_signature_and_replay_are_refused() -> None:

@@ -17,7 +17,15 @@ import subprocess
 import sys
 import tempfile
 
-from benchlib import idle_container, p50_p99, save_samples, target, timed, venv_bin
+from benchlib import (
+    SAMPLES_ENV,
+    idle_container,
+    p50_p99,
+    save_samples,
+    target,
+    timed,
+    venv_bin,
+)
 
 from stigmer_kernel import Client, load_config
 from stigmer_kernel.client.discovery import start_background_server
@@ -33,7 +41,9 @@ def main() -> int:
     runtime = tempfile.mkdtemp(prefix="stg-bench-", dir="/tmp")
     config = load_config({"runtime_dir": runtime})
     start_background_server(config)
+    # The run's environment as a user's: not this script's own STIGMER_BENCH_SAMPLES.
     env = {**os.environ, "STIGMER_RUNTIME_DIR": runtime}
+    env.pop(SAMPLES_ENV, None)
     stigmer = [venv_bin("stigmer"), "run", "--", "true"]
     box = idle_container()
     docker = ["docker", "exec", box, "true"]

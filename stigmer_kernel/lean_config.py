@@ -60,6 +60,17 @@ NOT_SETTINGS = frozenset(
     {_CONFIG, "STIGMER_POOL_SERVER_KEY", "STIGMER_POOL_CURVE_SECRET", "STIGMER_AGENT_KEY"}
     | {"STIGMER_KERNEL"}
 )
+
+
+def _settings_by_name() -> frozenset[str]:
+    """The names of the variables that are settings (``EnvVar``'s, less :data:`NOT_SETTINGS`):
+    asked only when a ``STIGMER_*`` variable is set, as ``load_config`` ignores the others
+    (a script's own, say)."""
+    from .names import EnvVar
+
+    return frozenset(var.value for var in EnvVar) - NOT_SETTINGS
+
+
 #: The settings :func:`lean_settings` reads from the environment itself.
 _READ = frozenset({_RUNTIME_DIR, _EXECUTION_MODE})
 
@@ -98,8 +109,9 @@ def lean_settings(
     :class:`LeanSettings`, or None when only ``load_config`` can tell (a config file, another
     setting in ``env``, a value it would refuse)."""
     env = os.environ if env is None else env
-    for name, value in env.items():  # any other setting (or a variable of a newer version)
-        if value and name.startswith(_PREFIX) and name not in _READ and name not in NOT_SETTINGS:
+    for name, value in env.items():  # any other setting
+        other = name.startswith(_PREFIX) and name not in _READ and name not in NOT_SETTINGS
+        if value and other and name in _settings_by_name():
             return None
     given = env.get(_CONFIG)
     if given:

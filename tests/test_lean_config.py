@@ -145,9 +145,17 @@ def test_the_names_it_reads_are_envvar_values() -> None:
     assert LeanSettings("/x", "local", frozenset()).execution_mode is ExecutionMode.LOCAL
 
 
-@pytest.mark.parametrize("name", ["STIGMER_FROM_A_NEWER_VERSION", "STIGMER_"])
-def test_an_unknown_stigmer_variable_is_left_to_load_config(
+@pytest.mark.parametrize("name", ["STIGMER_BENCH_SAMPLES", "STIGMER_FROM_A_NEWER_VERSION"])
+def test_a_variable_that_is_no_setting_is_ignored_as_load_config_ignores_it(
     no_file: dict[str, str], name: str
 ) -> None:
-    assert lean_settings(None, {**no_file, name: "1"}) is None
-    assert lean_settings(None, {**no_file, name: ""}) is not None  # empty: not set
+    plain = lean_settings(None, no_file)
+    with_it = lean_settings(None, {**no_file, name: "1"})
+    assert plain is not None and with_it is not None
+    assert (with_it.runtime_dir, with_it.explicit) == (plain.runtime_dir, plain.explicit)
+    assert load_config(env={**no_file, name: "1"}) == load_config(env=no_file)
+
+
+def test_a_setting_in_the_environment_is_left_to_load_config(no_file: dict[str, str]) -> None:
+    assert lean_settings(None, {**no_file, "STIGMER_TIMEOUT": "5"}) is None
+    assert lean_settings(None, {**no_file, "STIGMER_TIMEOUT": ""}) is not None  # empty: not set

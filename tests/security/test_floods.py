@@ -207,10 +207,14 @@ def test_connection_floods_on_a_tcp_jupyter_port_never_stop_the_server(
         held = [int(p.stdout.readline()) for p in floods]  # type: ignore[union-attr]
         assert held == [1500, JUPYTER_CAP + 500]  # the kernel accepted them all...
         bound = baseline + JUPYTER_CAP + 32
-        deadline = time.monotonic() + 15
-        while open_fds(pid) > bound and time.monotonic() < deadline:
+        # Shed at once here (< 0.2 s, also beside two CPU hogs), but one CI run was still
+        # shedding after 15 s (189, then 160 descriptors): the bound is what is asserted, not
+        # the speed, so the wait is generous.
+        start = time.monotonic()
+        while open_fds(pid) > bound and time.monotonic() < start + 60:
             time.sleep(0.1)
-        assert open_fds(pid) <= bound, (open_fds(pid), bound)  # ...the broker holds few
+        took = time.monotonic() - start
+        assert open_fds(pid) <= bound, (open_fds(pid), bound, took)  # ...the broker holds few
         reply = legit.get_shell_msg(timeout=15)
         assert reply["parent_header"]["msg_id"] == in_flight
         assert reply["content"]["status"] == "ok"

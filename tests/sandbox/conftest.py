@@ -108,7 +108,13 @@ def docker_client() -> Iterator[Any]:
     with _sessions_locked() as others:
         if not others or not base.exists():
             base.write_text(
-                json.dumps({"ids": sorted(_test_built(client)), "tags": sorted(_test_tags(client))})
+                json.dumps(
+                    {
+                        "ids": sorted(_test_built(client)),
+                        "tags": sorted(_test_tags(client)),
+                        "all": sorted(i.id for i in client.images.list(all=True)),
+                    }
+                )
             )
         (_SESSIONS / SESSION).touch()
     yield client
@@ -128,7 +134,10 @@ def docker_client() -> Iterator[Any]:
             if isinstance(saved, list):  # (written by an older checkout's session)
                 saved = {"ids": saved}
             before = set(saved.get("ids", _test_built(client)))
-            _remove_images(client, _with_descendants(client, _test_built(client) - before))
+            made = _with_descendants(client, _test_built(client) - before)
+            if "all" in saved:
+                made |= _build_steps(client, set(saved["all"]))
+            _remove_images(client, made)
             for tag in _test_tags(client) - set(saved.get("tags", _test_tags(client))):
                 with contextlib.suppress(Exception):  # a tag of an image kept: untagged only
                     client.images.remove(tag, noprune=True)
@@ -148,6 +157,26 @@ def _with_descendants(client: Any, images: set[str]) -> set[str]:
         found |= more
         grown = bool(more)
     return found
+
+
+def _build_steps(client: Any, before: set[str]) -> set[str]:
+    """The untagged images on TEST_IMAGE that were not there at the first session's start: the
+    steps of the builds tests ran (a multi-stage build's first stage, the shared steps of the
+    tiers), which removing the tagged images leaves."""
+    root = client.images.get(TEST_IMAGE).id
+    images = client.images.list(all=True)
+    parents = {i.id: i.attrs.get("Parent") or "" for i in images}
+
+    def on_root(image: str) -> bool:
+        seen: set[str] = set()
+        while image and image not in seen:
+            if image == root:
+                return True
+            seen.add(image)
+            image = parents.get(image, "")
+        return False
+
+    return {i.id for i in images if not i.tags and i.id not in before and on_root(i.id)}
 
 
 def _remove_images(client: Any, images: set[str]) -> None:

@@ -59,6 +59,15 @@ def probe(c: Client, kernel: str, port: int, *hosts: str) -> dict[str, str]:
     return dict(line.split(" ", 1) for line in r.stdout.splitlines())
 
 
+def serve_http(c: Client, kernel: str, workspace: str) -> None:
+    """An HTTP server on port 8000 of every address in sandbox ``kernel``, once it answers."""
+    serve = "nohup python3 -m http.server 8000 --bind 0.0.0.0 >/dev/null 2>&1 &"
+    assert c.execute(serve, kernel=kernel, mode="sandbox", cwd=workspace).ok
+    deadline = time.monotonic() + 10
+    while probe(c, kernel, 8000, "127.0.0.1") != {"127.0.0.1": "connected"}:
+        assert time.monotonic() < deadline, "the sandbox's HTTP server did not come up"
+
+
 def iptables_rules_of(network: str) -> list[str]:
     listed = subprocess.run(["iptables", "-S"], capture_output=True, text=True, check=True)
     return [line for line in listed.stdout.splitlines() if network in line]
@@ -158,11 +167,7 @@ def test_sandboxes_of_one_server_cannot_reach_each_other(
 ) -> None:
     srv = isolated()
     c = srv.client()
-    serve = "nohup python3 -m http.server 8000 --bind 0.0.0.0 >/dev/null 2>&1 &"
-    assert c.execute(serve, kernel="web", mode="sandbox", cwd=workspace).ok
-    deadline = time.monotonic() + 10
-    while probe(c, "web", 8000, "127.0.0.1") != {"127.0.0.1": "connected"}:  # it serves
-        assert time.monotonic() < deadline, "the sandbox's HTTP server did not come up"
+    serve_http(c, "web", workspace)
     assert c.execute("true", kernel="attacker", mode="sandbox", cwd=workspace).ok
     name = network_name(server_id(srv.runtime))
     web = container_of(docker_client, srv, "web").attrs["NetworkSettings"]["Networks"][name]
@@ -212,17 +217,13 @@ def test_a_sandbox_in_a_network_holders_namespace_is_as_cut_off(
     """The attacks above from a sandbox that joined a namespace made ahead (netns.py)."""
     srv = isolated()
     c = srv.client()
-    serve = "nohup python3 -m http.server 8000 --bind 0.0.0.0 >/dev/null 2>&1 &"
-    assert c.execute(serve, kernel="web", mode="sandbox", cwd=workspace).ok
+    serve_http(c, "web", workspace)
     holder = ready_holder(docker_client, srv)
     assert c.execute("true", kernel="attacker", mode="sandbox", cwd=workspace).ok
     attacker = container_of(docker_client, srv, "attacker")
     assert attacker.attrs["HostConfig"]["NetworkMode"] == f"container:{holder.id}"
     name = network_name(server_id(srv.runtime))
     web = container_of(docker_client, srv, "web").attrs["NetworkSettings"]["Networks"][name]
-    deadline = time.monotonic() + 10
-    while probe(c, "web", 8000, "127.0.0.1") != {"127.0.0.1": "connected"}:  # it serves
-        assert time.monotonic() < deadline, "the sandbox's HTTP server did not come up"
     attempt = probe(c, "attacker", 8000, web["IPAddress"])
     assert attempt[web["IPAddress"]] in ("timeout", "refused"), attempt
     # The holder's own address is the attacker's; nothing listens there but what it runs.

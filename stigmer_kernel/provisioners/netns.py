@@ -14,7 +14,7 @@ would otherwise slow the start it follows by as much as it saves).
 One holder serves one sandbox for its whole life and is removed with it: sandboxes never share
 a namespace, so they are as isolated as with namespaces of their own (no traffic between them,
 none to the host: network.py's bridge options and firewall rules see the same interface). A
-holder runs ``sleep infinity`` from the sandbox image as the sandbox uid, with no capability,
+holder runs ``sleep`` from the sandbox image as the sandbox uid, with no capability,
 no-new-privileges, a read-only root, no mount and small memory and pid limits; it is labelled
 with its server like the sandboxes (so a dead server's holders are reaped with its containers)
 and with :data:`LABEL_ROLE`, and the sandbox that took one names it in :data:`LABEL_NETNS`.
@@ -44,6 +44,8 @@ LABEL_NETNS = "stigmer.netns"
 #: What of a sandbox's ``containers.create`` arguments a joining container may not set (Docker
 #: refuses them with ``container:`` networking): the holder is given them instead.
 _NAMESPACE_KEYS = ("network_mode", "hostname", "extra_hosts")
+#: How long a holder sleeps: 68 years.
+HOLDER_SLEEP = 2**31 - 1
 #: Seconds from a start to the making of the next holder.
 REFILL_DELAY = 0.5
 _HOLDER_MEMORY = "16m"
@@ -55,7 +57,8 @@ def holder_args(create: Mapping[str, Any], owner: Mapping[str, str]) -> dict[str
     ``owner``: the server's labels."""
     return {
         "image": create["image"],
-        "command": ["sleep", "infinity"],
+        # Seconds, not "infinity": every sleep (coreutils, busybox) reads a plain number.
+        "command": ["sleep", str(HOLDER_SLEEP)],
         "entrypoint": [],
         "user": create.get("user"),
         "labels": {**owner, LABEL_ROLE: ROLE_NETNS},
@@ -163,10 +166,13 @@ class Holders:
         self._remove(holder)
 
     def died(self, container_id: str) -> None:
-        """Docker said ``container_id`` died: if it was the ready holder, it is ready no more."""
+        """Docker said ``container_id`` died: if it was the ready holder (killed or stopped by
+        hand), it is ready no more, and removed."""
         with self._lock:
-            if self._ready is not None and self._ready[1] == container_id:
-                self._ready = None
+            if self._ready is None or self._ready[1] != container_id:
+                return
+            self._ready = None
+        self._submit(self._remove, container_id)
 
     def close(self) -> None:
         """Make no more; remove the ready one."""

@@ -124,3 +124,16 @@ def test_the_ready_holder_of_a_dead_server_is_removed_by_the_next_one(
     assert c.execute("echo back", kernel="lives-on", mode="sandbox").stdout == "back\n"
     dead.stop()
     assert containers_of(docker_client, dead) == [] and holders_of(docker_client, dead) == []
+
+
+def test_a_ready_holder_killed_by_hand_is_removed_then_made_again(
+    sandbox: Server, docker_client: Any
+) -> None:
+    c = sandbox.client()
+    assert c.execute("true", kernel="first", mode="sandbox").ok
+    spare = ready_holder(docker_client, sandbox)
+    spare.kill()  # `docker kill`: it stays, exited, unless the server removes it
+    wait_for(lambda: spare.id not in {h.id for h in holders_of(docker_client, sandbox)}, timeout=30)
+    r = c.execute("echo up", kernel="next", mode="sandbox")
+    assert (r.stdout, r.exit_code) == ("up\n", 0), r.stderr
+    ready_holder(docker_client, sandbox, besides={spare.id})

@@ -20,8 +20,11 @@ with its server like the sandboxes (so a dead server's holders are reaped with i
 and with :data:`LABEL_ROLE`, and the sandbox that took one names it in :data:`LABEL_NETNS`.
 
 A start that finds no holder ready (the server's first sandbox, the next of a burst) has its
-namespace made as before, and so does one whose holder is gone or cannot be joined; an image
-whose holder could not be started (no ``sleep`` in it) gets no holder again. Containers kept
+namespace made as before, and so does one whose holder is gone or cannot be joined. An image
+whose holder failed to start :data:`REFUSE_AFTER` times in a row (no ``sleep`` in it) gets no
+holder again; one failure alone proves nothing about the image (a holder removed by hand while
+it started fails too: "cannot start a stopped process"), so a failed holder is made again
+:data:`REFILL_DELAY` seconds later. Containers kept
 stopped for reuse (``sandbox_cleanup=false``) never join one: they are started again later,
 when a holder might be gone.
 """
@@ -48,6 +51,8 @@ _NAMESPACE_KEYS = ("network_mode", "hostname", "extra_hosts")
 HOLDER_SLEEP = 2**31 - 1
 #: Seconds from a start to the making of the next holder.
 REFILL_DELAY = 0.5
+#: Failed holder starts in a row after which an image gets no holder.
+REFUSE_AFTER = 3
 _HOLDER_MEMORY = "16m"
 _HOLDER_PIDS = 4
 
@@ -106,7 +111,7 @@ class Holders:
         self._lock = threading.Lock()
         self._ready: tuple[dict[str, Any], str] | None = None  # (its arguments, its id)
         self._making = False  # a holder is being made, or is about to be
-        self._refused: set[str] = set()  # images whose holder could not run
+        self._failures: dict[str, int] = {}  # image -> its holders' failed starts in a row
         self._closed = False
 
     def take(self, args: dict[str, Any]) -> str | None:
@@ -126,9 +131,12 @@ class Holders:
 
     def _refill(self, args: dict[str, Any]) -> None:
         with self._lock:
-            if self._making or self._closed or args["image"] in self._refused:
+            if self._making or self._closed or self.refused(args["image"]):
                 return
             self._making = True
+        self._fill_later(args)
+
+    def _fill_later(self, args: dict[str, Any]) -> None:
         timer = threading.Timer(REFILL_DELAY, self._start_fill, (args,))
         timer.daemon = True
         timer.start()
@@ -147,18 +155,33 @@ class Holders:
         holder = None
         try:
             holder = self._make(args)
-        except Exception as exc:  # e.g. no `sleep` in the image: its sandboxes do without
-            log.info(
-                "no network holder for %s (%s): its sandboxes make their own", args["image"], exc
-            )
+        except Exception as exc:  # e.g. no `sleep` in the image, or removed while it started
             with self._lock:
-                self._refused.add(args["image"])
+                failures = self._failures.get(args["image"], 0) + 1
+                self._failures[args["image"]] = failures
+            log.info(
+                "network holder for %s failed to start (%s)%s",
+                args["image"],
+                exc,
+                ": its sandboxes make their own" if failures >= REFUSE_AFTER else "",
+            )
         with self._lock:
-            self._making = False
-            if holder is not None and not self._closed and self._ready is None:
-                self._ready, holder = (args, holder), None
+            # A failure is tried again by itself: the start that asked for this holder is
+            # over, and the next may come much later.
+            retry = holder is None and not self._closed and not self.refused(args["image"])
+            self._making = retry
+            if holder is not None:
+                self._failures.pop(args["image"], None)
+                if not self._closed and self._ready is None:
+                    self._ready, holder = (args, holder), None
+        if retry:
+            self._fill_later(args)
         if holder is not None:  # closed meanwhile
             self._remove(holder)
+
+    def refused(self, image: str) -> bool:
+        """``image``'s sandboxes get no holder: its holders failed to start too often."""
+        return self._failures.get(image, 0) >= REFUSE_AFTER
 
     def failed(self, holder: str, detail: str) -> None:
         """A sandbox could not join ``holder`` (gone, or stopped): it is removed."""

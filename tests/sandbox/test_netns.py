@@ -3,9 +3,11 @@ namespace made ahead, keeps it to itself, and takes it away with it."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import signal
 from typing import Any
 
+from stigmer_kernel.provisioners import netns
 from tests.conftest import Server, wait_for
 from tests.sandbox.conftest import containers_of, holders_of
 
@@ -22,7 +24,11 @@ def ready_holder(docker_client: Any, srv: Server, besides: set[str] = frozenset(
         ]
         return bool(found)
 
-    wait_for(ready, timeout=30)
+    try:
+        wait_for(ready, timeout=30)
+    except AssertionError as exc:
+        holders = holders_of(docker_client, srv)
+        raise AssertionError(f"no holder ready: {holders}\n{srv.log()}") from exc
     return found[0]
 
 
@@ -137,3 +143,46 @@ def test_a_ready_holder_killed_by_hand_is_removed_then_made_again(
     r = c.execute("echo up", kernel="next", mode="sandbox")
     assert (r.stdout, r.exit_code) == ("up\n", 0), r.stderr
     ready_holder(docker_client, sandbox, besides={spare.id})
+
+
+def test_one_failed_holder_start_is_retried_but_an_image_that_keeps_failing_is_refused(
+    monkeypatch: Any,
+) -> None:
+    """The policy alone (no engine): a holder removed while it started fails once and is made
+    again; an image whose holders fail :data:`netns.REFUSE_AFTER` times in a row (no ``sleep``)
+    gets no more attempts."""
+    monkeypatch.setattr(netns, "REFILL_DELAY", 0.0)
+    outcomes = {"flaky": ["fail", "ok", "ok"], "no-sleep": ["fail"] * 10}
+    made: list[str] = []
+    removed: list[str] = []
+
+    def make(args: dict[str, Any]) -> str:
+        image = args["image"]
+        made.append(image)
+        if outcomes[image].pop(0) == "fail":
+            raise RuntimeError("cannot start a stopped process")
+        return f"holder-{len(made)}"
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        holders = netns.Holders(make, removed.append, pool.submit)
+
+        def settle() -> None:  # the refill timer has run and its fill is done
+            wait_for(lambda: not holders._making, timeout=10)
+
+        flaky = {"image": "flaky", "network_mode": "n"}
+        assert holders.take(flaky) is None
+        settle()  # the first fill failed, and was tried again by itself
+        assert not holders.refused("flaky")
+        assert holders.take(flaky) == "holder-2"
+        settle()  # and holder-3, for the next start
+
+        broken = {"image": "no-sleep", "network_mode": "m"}  # no use of holder-3
+        assert holders.take(broken) is None
+        settle()  # tried REFUSE_AFTER times, then given up
+        assert holders.refused("no-sleep")
+        tries = made.count("no-sleep")
+        assert holders.take(broken) is None
+        settle()
+        assert made.count("no-sleep") == tries == netns.REFUSE_AFTER
+        assert removed == ["holder-3"]
+        holders.close()

@@ -19,7 +19,8 @@ from jupyter_client.manager import KernelManager
 from tests.conftest import Server, wait_for
 
 #: A Jupyter program: starts a stigmer-local kernel with jupyter_client, talks to it once, says
-#: which stigmer kernel and launcher pid it got, then waits to be killed.
+#: which stigmer kernel and launcher pid it got and where its connection file is (a killed
+#: program leaves it: the test removes it), then waits to be killed.
 JUPYTER_PROGRAM = """
 import json, sys, time
 from jupyter_client.manager import KernelManager
@@ -31,7 +32,7 @@ kc = km.client()
 kc.start_channels()
 kc.wait_for_ready(timeout=30)
 with open(km.connection_file) as f:
-    print(kernel_name_for(json.load(f)), km.provisioner.process.pid, flush=True)
+    print(kernel_name_for(json.load(f)), km.provisioner.process.pid, km.connection_file, flush=True)
 time.sleep(120)
 """
 
@@ -88,8 +89,13 @@ def test_kernelspec_env_reaches_the_kernel(jupyter_env: Server) -> None:
         manager.cleanup_resources()
 
 
+#: Connection files of killed Jupyter programs.
+_LEFT_BEHIND: list[Path] = []
+
+
 def start_jupyter_program() -> tuple[subprocess.Popen[str], str, int]:
-    """The program running, with its stigmer kernel's name and its launcher's pid."""
+    """The program running, with its stigmer kernel's name and its launcher's pid; its
+    connection file is removed when the test ends (:data:`_LEFT_BEHIND`)."""
     proc = subprocess.Popen(
         [sys.executable, "-c", JUPYTER_PROGRAM],
         env=dict(os.environ),
@@ -100,7 +106,8 @@ def start_jupyter_program() -> tuple[subprocess.Popen[str], str, int]:
     )
     assert proc.stdout is not None
     line = proc.stdout.readline().split()
-    assert len(line) == 2, "the Jupyter program did not start its kernel"
+    assert len(line) == 3, "the Jupyter program did not start its kernel"
+    _LEFT_BEHIND.append(Path(line[2]))
     return proc, line[0], int(line[1])
 
 
@@ -127,6 +134,8 @@ def killed_at_the_end(proc: subprocess.Popen[str], launcher: int) -> Iterator[No
         proc.wait(timeout=10)
         assert proc.stdout is not None
         proc.stdout.close()
+        while _LEFT_BEHIND:
+            _LEFT_BEHIND.pop().unlink(missing_ok=True)
 
 
 def test_a_killed_jupyter_program_takes_its_kernel_along(jupyter_env: Server) -> None:

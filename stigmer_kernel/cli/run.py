@@ -10,7 +10,6 @@ stream. A sandbox image's pull or build draws a progress bar until the command w
 from __future__ import annotations
 
 import os
-import stat
 import sys
 
 from ..errors import RequestError, StigmerError
@@ -26,6 +25,7 @@ from .common import (
     silence,
     write_all,
 )
+from .run_stdin import stdin_now, stdin_source
 
 TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
 if TYPE_CHECKING:
@@ -259,32 +259,15 @@ def run(args: Args) -> int:
             _explain_auto(config, args.kernel, remote_server(args), code, bool(args.requirements))
         )
         return 0
-    stdin = _stdin_source(args.stdin)
+    stdin = stdin_source(args.stdin)
     args.requirements_text = read_requirements(args.requirements) if args.requirements else None
     remote = remote_server(args)
-    if stdin is None and remote is None:
-        return _run_lean(args, config, code)  # in this thread: no event loop to start
+    inline = stdin_now(stdin) if stdin is not None and remote is None else None
+    if remote is None and (stdin is None or inline is not None):
+        return _run_lean(args, config, code, inline)  # in this thread: no event loop to start
     import asyncio
 
     return asyncio.run(_run_async(args, _full(args, config), code, stdin, remote))
-
-
-def _stdin_source(wanted: bool | None) -> BinaryIO | None:
-    """This process's stdin if the command gets it, else None (it reads /dev/null).
-
-    ``--stdin`` (True) passes any stdin, ``--no-stdin`` (False) none; by default a regular file
-    or a pipe (``cmd < file``, ``producer | stigmer run ...``) or a socket is passed, and a
-    terminal or a device (/dev/null) is not. It is streamed while the command runs (see
-    ``AsyncClient.execute``): read only as fast as the command reads, and no further once the
-    command ends.
-    """
-    try:
-        mode = os.fstat(sys.stdin.fileno()).st_mode
-    except (AttributeError, ValueError, OSError):
-        return None  # no stdin at all (closed descriptor)
-    if wanted is None:
-        wanted = stat.S_ISREG(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
-    return sys.stdin.buffer if wanted else None
 
 
 class _Output:
@@ -327,9 +310,12 @@ class _Output:
             self._display.close()
 
 
-def _run_lean(args: Args, config: Config | LeanSettings, code: str) -> int:
-    """An ordinary run (no stdin to stream, a local server) on the blocking transport; with
-    ``config`` lean, it builds no dataclass unless a server must be started (or ``--json``)."""
+def _run_lean(
+    args: Args, config: Config | LeanSettings, code: str, stdin: bytes | None = None
+) -> int:
+    """An ordinary run (stdin none or ``stdin``'s bytes, a local server) on the blocking
+    transport; with ``config`` lean, it builds no dataclass unless a server must be started (or
+    ``--json``)."""
     import types
 
     from ..client._blocking import EXECUTE_REQUEST, INTERRUPT_REQUEST, BlockingTransport
@@ -340,6 +326,8 @@ def _run_lean(args: Args, config: Config | LeanSettings, code: str) -> int:
     output = _Output(args.kernel)
     # A kernel this creates starts with our environment.
     content, keep = execute_content(config, code, **_execute_options(args), inherit_env=True)
+    if stdin is not None:
+        content["stdin"] = stdin
     address = running_server(config.runtime_dir) or find_server(_full(args, config))
     transport = BlockingTransport(address, client_identity(), output.on_event, zmtp=True)
     interrupted = False

@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import itertools
+import os
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from stigmer_kernel.cli.main import COMMANDS, _chosen, _parser
 from stigmer_kernel.cli.run_args import parse_plain
+from stigmer_kernel.protocol.constants import STDIN_INLINE_MAX
 from tests.cli.conftest import stigmer
 
 #: Modules a plain ``stigmer run -- true`` must not load (each costs tens of milliseconds; pyzmq:
@@ -50,23 +55,28 @@ DATACLASS += ("pathlib", "urllib", "urllib.parse", "ipaddress", "fnmatch")
 _CONSOLE_SCRIPT = "import sys\nfrom stigmer_kernel.cli.main import main\nsys.exit(main())\n"
 
 
-def _imported(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+def _imported(
+    env: dict[str, str], *args: str, stdin: Any = subprocess.DEVNULL
+) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     """Run the CLI as its console script does, under ``-X importtime``: its result and every
     module it imported."""
     r = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", _CONSOLE_SCRIPT, *args],
         env=env,
-        stdin=subprocess.DEVNULL,
+        stdin=stdin,
         capture_output=True,
         text=True,
         timeout=60,
     )
-    names = {
+    return r, _names(r.stderr)
+
+
+def _names(importtime: str) -> set[str]:
+    return {
         line.rsplit("|", 1)[-1].strip()
-        for line in r.stderr.splitlines()
+        for line in importtime.splitlines()
         if line.startswith("import time:")
     }
-    return r, names
 
 
 def test_a_plain_run_loads_no_asyncio_pyzmq_docker_or_jupyter(env: dict[str, str]) -> None:
@@ -91,8 +101,63 @@ def test_a_plain_run_with_a_setting_still_applies_it(env: dict[str, str]) -> Non
     assert "stigmer_kernel.config" in names
 
 
-def test_a_run_with_stdin_to_stream_still_streams_it(env: dict[str, str]) -> None:
-    assert stigmer(env, "run", "--", "wc -c", input=b"12345").stdout.strip() == b"5"
+def test_a_stdin_all_there_travels_in_the_request_without_an_event_loop(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    stigmer(env, "run", "--", "true")
+    exact = tmp_path / "exact"
+    exact.write_bytes(bytes(range(256)) * (STDIN_INLINE_MAX // 256))  # the most that travels
+    with exact.open("rb") as f:
+        r, names = _imported(env, "run", "--", "sha256sum", stdin=f)
+    assert r.stdout.split()[0] == hashlib.sha256(exact.read_bytes()).hexdigest(), r.stderr[-2000:]
+    assert (
+        sorted(n for n in names if n in ("asyncio", "zmq")) == []
+    )  # (hashlib: 1 MiB is signed on OpenSSL)
+    # A pipe whose writer is gone (`echo hi | stigmer run ...`), empty or not.
+    for data in (b"hi\n", b""):
+        read, write = os.pipe()
+        os.write(write, data)
+        os.close(write)
+        with os.fdopen(read, "rb") as pipe:
+            r, names = _imported(env, "run", "--", 'echo "[$(cat)]"', stdin=pipe)
+        assert r.stdout == f"[{data.decode().strip()}]\n", r.stderr[-2000:]
+        assert "asyncio" not in names
+
+
+def test_a_stdin_still_written_or_too_large_is_streamed(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    stigmer(env, "run", "--", "true")
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(STDIN_INLINE_MAX + 1))
+    with big.open("rb") as f:
+        r, names = _imported(env, "run", "--", "sha256sum", stdin=f)
+    assert r.stdout.split()[0] == hashlib.sha256(big.read_bytes()).hexdigest()
+    assert "asyncio" in names  # streamed
+    # A writer still there: the command reads the first line before the second is written.
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-c",
+            _CONSOLE_SCRIPT,
+            "run",
+            "--",
+            'read first; echo "got $first"; read second; echo "then $second"',
+        ],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(b"one\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline() == b"got one\n"  # streamed: the pipe is still open
+    out, err = proc.communicate(b"two\n", timeout=60)
+    assert (out, proc.returncode) == (b"then two\n", 0)
+    assert "asyncio" in _names(err.decode())
 
 
 def test_help_lists_every_command_and_each_has_its_own(env: dict[str, str]) -> None:

@@ -68,6 +68,12 @@ def _test_tags(client: Any) -> set[str]:
 #: a session builds carry its pid, and the images tests made are removed by the last session
 #: to end, keeping what existed when the first of them began.
 SESSION = str(os.getpid())
+#: Live instances of :func:`docker_client` in this session: a test module that imports the
+#: fixture (tests/cli, tests/client) gets a session fixture of its own, set up when its tests
+#: begin. Only the first takes the images' base, and only the last to end removes what tests
+#: made: before, each took a base of its own, which kept the images built before it (the
+#: basic tier, the pool images: left after every full run).
+_INSTANCES = 0
 _SESSIONS = Path(tempfile.gettempdir()) / "stigmer-test-sessions"
 
 
@@ -104,10 +110,25 @@ def docker_client() -> Iterator[Any]:
         client.images.get(TEST_IMAGE)
     except Exception:
         _unavailable(f"no image {TEST_IMAGE}; run scripts/build-test-image.sh")
-    base = _SESSIONS / "base.json"
+    global _INSTANCES
+    if _INSTANCES == 0:
+        _begin_session(client)
+    _INSTANCES += 1
+    yield client
+    _INSTANCES -= 1
+    if _INSTANCES == 0:
+        _end_session(client)
+    client.close()
+
+
+_BASE = _SESSIONS / "base.json"
+
+
+def _begin_session(client: Any) -> None:
+    """Note this session, and the images there before it if no other session is live."""
     with _sessions_locked() as others:
-        if not others or not base.exists():
-            base.write_text(
+        if not others or not _BASE.exists():
+            _BASE.write_text(
                 json.dumps(
                     {
                         "ids": sorted(_test_built(client)),
@@ -117,7 +138,10 @@ def docker_client() -> Iterator[Any]:
                 )
             )
         (_SESSIONS / SESSION).touch()
-    yield client
+
+
+def _end_session(client: Any) -> None:
+    """The last session to end removes the images tests made (since the first began)."""
     # Containers of this session's servers that outlived them (a server killed and never
     # started again leaves its sandboxes and network holders running): they would keep
     # the session's images in use.
@@ -128,20 +152,20 @@ def docker_client() -> Iterator[Any]:
                 container.remove(force=True)
     with _sessions_locked() as others:
         (_SESSIONS / SESSION).unlink(missing_ok=True)
-        if not others:
-            saved = json.loads(base.read_text()) if base.exists() else {}
-            base.unlink(missing_ok=True)
-            if isinstance(saved, list):  # (written by an older checkout's session)
-                saved = {"ids": saved}
-            before = set(saved.get("ids", _test_built(client)))
-            made = _with_descendants(client, _test_built(client) - before)
-            if "all" in saved:
-                made |= _build_steps(client, set(saved["all"]))
-            _remove_images(client, made)
-            for tag in _test_tags(client) - set(saved.get("tags", _test_tags(client))):
-                with contextlib.suppress(Exception):  # a tag of an image kept: untagged only
-                    client.images.remove(tag, noprune=True)
-    client.close()
+        if others:
+            return
+        saved = json.loads(_BASE.read_text()) if _BASE.exists() else {}
+        _BASE.unlink(missing_ok=True)
+        if isinstance(saved, list):  # (written by an older checkout's session)
+            saved = {"ids": saved}
+        before = set(saved.get("ids", _test_built(client)))
+        made = _with_descendants(client, _test_built(client) - before)
+        if "all" in saved:
+            made |= _build_steps(client, set(saved["all"]))
+        _remove_images(client, made)
+        for tag in _test_tags(client) - set(saved.get("tags", _test_tags(client))):
+            with contextlib.suppress(Exception):  # a tag of an image kept: untagged only
+                client.images.remove(tag, noprune=True)
 
 
 def _with_descendants(client: Any, images: set[str]) -> set[str]:

@@ -130,7 +130,14 @@ class Creation:
         the ``sandbox_pool`` setting for a sandbox kernel; None: its mode's own provisioner."""
         pool = options.get("pool")
         if pool is None:
-            return self.config.sandbox_pool if mode == ExecutionMode.SANDBOX.value else None
+            pool = self.config.sandbox_pool if mode == ExecutionMode.SANDBOX.value else None
+            if pool is not None:
+                _refuse_image_options(
+                    pool,
+                    options,
+                    " (the sandbox_pool setting sends every new sandbox kernel there)",
+                )
+            return pool
         if not isinstance(pool, str) or not NAME_RE.fullmatch(pool):
             raise RequestError(
                 f"bad pool name {pool!r}: 1-64 letters, digits, '.', '_' or '-'",
@@ -141,6 +148,7 @@ class Creation:
                 f"--pool applies to sandbox kernels, not {mode} ones — add --mode sandbox",
                 ErrorName.BAD_REQUEST,
             )
+        _refuse_image_options(pool, options)
         return pool
 
     def _check_limits(self, client: bytes | None) -> None:
@@ -308,3 +316,16 @@ class Creation:
             kernel.channels.new_incarnation(kernel)
         self.lifecycle.registered(kernel, identity, msg, inc.sock)
         return kernel
+
+
+def _refuse_image_options(pool: str, options: dict[str, Any], why: str = "") -> None:
+    """A pool kernel runs on an agent the pool started, in the pool's image: the options that
+    choose a sandbox's image cannot apply to it, and are refused rather than ignored."""
+    for name, flag in (("sandbox_image", "--sandbox-image"), ("requirements", "--requirements")):
+        if options.get(name):
+            raise RequestError(
+                f"{flag} cannot apply to a kernel from agent pool {pool!r}{why}: its agents "
+                f"run the pool's own image — build that image with what you need (`stigmer "
+                f"sandbox build pool --from IMAGE`), or leave out {flag}",
+                ErrorName.BAD_REQUEST,
+            )

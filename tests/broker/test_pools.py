@@ -192,6 +192,35 @@ def test_no_idle_member_fails_within_the_bounded_wait(pool: Pool) -> None:
     assert results and results[0].stdout == "served\n"
 
 
+def test_options_that_choose_an_image_are_refused_for_a_pool_kernel(server_factory: Any) -> None:
+    """A pool's agents run the pool's image: --sandbox-image and --requirements cannot apply,
+    and say so instead of being ignored (the kernel would run in another image than asked)."""
+    srv = server_factory(STIGMER_AGENT_ENDPOINT="tcp://127.0.0.1:0", STIGMER_SANDBOX_POOL="dflt")
+    c = srv.client()
+    setting = " (the sandbox_pool setting sends every new sandbox kernel there)"
+    asked = [
+        ("--sandbox-image", {"sandbox_image": "python:3.12-slim", "pool": "a"}, "'a':"),
+        ("--requirements", {"requirements": "requests\n", "pool": "a"}, "'a':"),
+        ("--sandbox-image", {"sandbox_image": "python:3.12-slim"}, f"'dflt'{setting}:"),
+    ]
+    for flag, options, where in asked:
+        with pytest.raises(RequestError) as refused:
+            c.execute("true", kernel="k", mode="sandbox", **options)
+        assert refused.value.ename == "BadRequest"
+        assert f"{flag} cannot apply to a kernel from agent pool {where} its agents run" in str(
+            refused.value
+        )
+    assert [k["name"] for k in c.list_kernels()] == []  # nothing was made
+    argv = ["run", "--pool", "a", "--mode", "sandbox", "--sandbox-image", "x:1", "--", "true"]
+    cli = subprocess.run(
+        [sys.executable, "-m", "stigmer_kernel", *argv],
+        env=srv.env,
+        capture_output=True,
+        text=True,
+    )
+    assert cli.returncode != 0 and "--sandbox-image cannot apply" in cli.stderr, cli.stderr
+
+
 def test_members_are_refused_outside_their_pool_and_without_a_key(pool: Pool) -> None:
     # A key authorized for pool a cannot join pool b.
     wrong = pool.member("b", pool.key("a1", "a"))

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
         RequestError,
         ServerError,
         ServerNotRunning,
+        ServerRestarted,
         StigmerError,
     )
 
@@ -65,6 +66,7 @@ _LAZY = {
     "RequestError": ".errors",
     "ServerError": ".errors",
     "ServerNotRunning": ".errors",
+    "ServerRestarted": ".errors",
     "StigmerError": ".errors",
     "ChecksumMismatch": ".errors",
     "DirectoryNotEmpty": ".errors",
@@ -101,6 +103,7 @@ __all__ = [
     "RequestError",
     "ServerError",
     "ServerNotRunning",
+    "ServerRestarted",
     "StigmerError",
     "__version__",
     "load_config",

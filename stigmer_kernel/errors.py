@@ -58,6 +58,11 @@ class ServerNotRunning(ServerError):
     """No broker is serving the runtime directory."""
 
 
+class ServerRestarted(ServerError):
+    """The broker restarted while a request was in flight: it may or may not have run (a read,
+    such as a background process's output, can simply be asked again)."""
+
+
 class ServerAlreadyRunning(ServerError):
     """Another broker already holds the runtime directory."""
 

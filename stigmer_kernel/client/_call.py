@@ -13,7 +13,7 @@ import codecs
 import os
 import time
 
-from ..errors import ServerError, ServerNotRunning
+from ..errors import ServerNotRunning, ServerRestarted
 
 TYPE_CHECKING = False  # not typing's: see stigmer_kernel/__init__.py
 if TYPE_CHECKING:
@@ -147,7 +147,7 @@ def check_server(
     answered it, and an answer still queued is read first), so the request is sent again
     (True, after :data:`RESEND_GRACE` for a late answer); a server that
     started before the request was sent has it; else it restarted with the request possibly
-    run: :class:`ServerError`.
+    run: :class:`~stigmer_kernel.errors.ServerRestarted`.
     """
     if not runtime.server_running():
         raise ServerNotRunning(f"the stigmer server of {runtime.path} stopped before answering")
@@ -164,7 +164,7 @@ def check_server(
     if isinstance(started, (int, float)) and started < sent.at:
         sent.to = current  # it restarted before this was sent: the new one has it
         return False
-    raise ServerError(
+    raise ServerRestarted(
         f"the stigmer server restarted (pid {sent.to.pid} -> {pid}) while this {what} was in "
         "flight; it may or may not have run — check before retrying"
     )

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mappin
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from ..errors import RequestError
+from ..errors import RequestError, ServerRestarted
 from ..protocol import ErrorName, MsgType
 
 if TYPE_CHECKING:
@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 STDIN_CHUNK = 256 * 1024
 #: Seconds one long-poll waits at most (a longer wait is several of them).
 _POLL = 30.0
+#: Broker restarts in a row (with nothing read between) that follow() and wait() ride out: a
+#: read asked again reads the same bytes, since it names its offset.
+_RESTARTS = 5
 #: Seconds a request may take beyond its own wait.
 _SLACK = 30.0
 
@@ -206,9 +209,18 @@ class AsyncProcess:
     async def follow(self, since: int = 0, stream: str = "stdout") -> AsyncIterator[OutputChunk]:
         """Every chunk of ``stream`` from ``since`` on, as it is written, until the process
         has exited and nothing more came (long-polls: nothing is replayed or skipped, except
-        what the journal dropped before it was read, which the chunk's ``offset`` shows)."""
+        what the journal dropped before it was read, which the chunk's ``offset`` shows). A
+        broker restart (its kernels re-adopted) is ridden out: the read is asked again."""
+        restarts = 0
         while True:
-            chunk = await self.output(since, stream, wait=_POLL)
+            try:
+                chunk = await self.output(since, stream, wait=_POLL)
+            except ServerRestarted:
+                restarts += 1
+                if restarts > _RESTARTS:
+                    raise
+                continue
+            restarts = 0
             if chunk.data:
                 yield chunk
             elif not chunk.running:
@@ -247,9 +259,17 @@ class AsyncProcess:
         """Its exit code (128 + N if signal N ended it), once it has exited; raises
         :class:`TimeoutError` if it still runs after ``timeout`` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        restarts = 0
         while True:
             left = _POLL if deadline is None else max(0.0, min(_POLL, deadline - time.monotonic()))
-            reply = await self._op("wait", left, timeout=left)
+            try:
+                reply = await self._op("wait", left, timeout=left)
+            except ServerRestarted:  # (a wait only reads)
+                restarts += 1
+                if restarts > _RESTARTS:
+                    raise
+                continue
+            restarts = 0
             if reply.get("state") != "running":
                 code = reply.get("exit_code")
                 return int(code) if isinstance(code, int) else -1
@@ -287,8 +307,16 @@ class Process:
 
     def follow(self, since: int = 0, stream: str = "stdout") -> Iterator[OutputChunk]:
         """See :meth:`AsyncProcess.follow`."""
+        restarts = 0
         while True:
-            chunk = self.output(since, stream, wait=_POLL)
+            try:
+                chunk = self.output(since, stream, wait=_POLL)
+            except ServerRestarted:
+                restarts += 1
+                if restarts > _RESTARTS:
+                    raise
+                continue
+            restarts = 0
             if chunk.data:
                 yield chunk
             elif not chunk.running:

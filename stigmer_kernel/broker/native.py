@@ -268,7 +268,13 @@ class NativeFrontend:
 
     def _interrupt(self, client: bytes, msg: Message) -> None:
         kernel = self._named(client, msg)
-        was_busy = self.broker.scheduler.interrupt(kernel, msg)
+        request = msg.content.get("request")
+        if request is None:
+            was_busy = self.broker.scheduler.interrupt(kernel, msg)
+        elif isinstance(request, str):  # only that request of this client's, if still pending
+            was_busy = self.broker.scheduler.cancel(kernel, client, request, msg)
+        else:
+            raise RequestError("'request' must be a msg_id", ErrorName.BAD_REQUEST)
         self.reply_to(
             client,
             msg,

@@ -231,6 +231,27 @@ class Scheduler:
             )
         return bool(waiting)
 
+    def cancel(self, kernel: Kernel, client: bytes, msg_id: str, parent: Message) -> bool:
+        """Stop ``client``'s request ``msg_id`` only: interrupted if it runs, answered
+        ``interrupted`` if it still waits (what runs meanwhile is someone else's, and goes on).
+        False if it is not pending (answered already, or not this client's)."""
+        pending = kernel.pending.get(msg_id)
+        if pending is None or pending.client != client:
+            return False
+        if kernel.running is pending:
+            self.interrupt(kernel, parent)
+            return True
+        if pending.forwarded:  # at the agent out of turn (a file or process request)
+            return False
+        self.fail(
+            kernel,
+            pending,
+            ExecStatus.INTERRUPTED,
+            ErrorName.INTERRUPTED,
+            "interrupted before it started",
+        )
+        return True
+
     def input_reply(self, kernel: Kernel, value: str, parent: Message) -> None:
         """A line of stdin for the running command's ``input()``-style prompt."""
         if kernel.agent_identity is None or kernel.session is None or kernel.running is None:

@@ -172,7 +172,9 @@ class AsyncClient(FileMethods, ProcessesMixin):
         (its handle in ``ExecResult.process``; :meth:`start` gives a :class:`AsyncProcess`).
         Request problems (bad kernel name, unavailable mode, a bad ``env``) raise
         :class:`RequestError`; everything about the command itself, including its kernel
-        dying, is in the result.
+        dying, is in the result. Cancelling the call interrupts its command, and only it: one
+        still queued behind another client's on a shared kernel is withdrawn, and what runs
+        goes on.
         """
         content, keep = execute_content(
             self.config,
@@ -210,6 +212,7 @@ class AsyncClient(FileMethods, ProcessesMixin):
             on_output=on_output,
             keep=keep,
             feed=feed,
+            interrupt_on_cancel=str(content.get("kernel") or "default"),
         )
         return exec_result(content, reply, call)
 

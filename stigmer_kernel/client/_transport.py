@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -103,6 +103,7 @@ class Transport:
         self._closed = False
         # A remote server: the CurveZMQ link as the socket monitor reports it.
         self._link: Link | None = None
+        self._background: set[asyncio.Future[Any]] = set()  # sends nobody awaits
 
     # -- life cycle ---------------------------------------------------------------------------
     async def connect(self) -> None:
@@ -225,11 +226,14 @@ class Transport:
         on_output: RawOutputCallback | None = None,
         keep: int | None = None,
         feed: StdinFeed | None = None,
+        interrupt_on_cancel: str | None = None,
     ) -> tuple[Message, AsyncCall]:
         """Send ``content`` as a ``msg_type`` (connecting first) and wait for its reply, with
         the :class:`Call` that collected its output and events. :class:`ClientTimeout` after
         ``timeout`` seconds; :class:`ServerNotRunning` if the server (or the link to it) goes
-        first; :class:`ServerError` if it restarted with the request possibly run."""
+        first; :class:`ServerError` if it restarted with the request possibly run. With
+        ``interrupt_on_cancel`` (a kernel's name), a wait that is cancelled interrupts this
+        request on that kernel, and only it (an ``interrupt_request`` naming it)."""
         if self._closed:
             raise StigmerError("this client is closed")
         await self.connect()
@@ -273,10 +277,32 @@ class Transport:
                         continue  # answered after all: returned at the top of the loop
                     await self._sock.send_multipart(self._session.serialize(msg), copy=False)
                     sent.again(self.address)
+        except asyncio.CancelledError:
+            if interrupt_on_cancel is not None and not call.future.done():
+                self._interrupt_soon(interrupt_on_cancel, msg.msg_id)
+            raise
         finally:
             self._calls.pop(msg.msg_id, None)
             if feed is not None:
                 feed.stop()  # the command ended (or the wait did): no more of its stdin
+
+    def _interrupt_soon(self, kernel: str, msg_id: str) -> None:
+        """Send an interrupt of request ``msg_id`` on ``kernel``, without waiting (its reply is
+        dropped: no call waits for it)."""
+        if self._closed or self._sock is None or self._session is None:
+            return
+        content = {"kernel": kernel, "request": msg_id}
+        frames = self._session.serialize(
+            self._session.msg(MsgType.INTERRUPT_REQUEST.value, content)
+        )
+        sending: Awaitable[Any] = (
+            self._link.send(frames)
+            if self._link is not None
+            else self._sock.send_multipart(frames, copy=False)
+        )
+        task = asyncio.ensure_future(sending)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _stdin_sender(
         self, request: Message, kernel: str

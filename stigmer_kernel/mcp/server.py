@@ -10,12 +10,10 @@ call the host cancels interrupts its command.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
-import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import CallToolResult, ToolAnnotations
 from pydantic import Field
@@ -23,7 +21,6 @@ from pydantic import Field
 from .._version import __version__
 from ..client import AsyncClient
 from ..client.result import ExecResult
-from ..errors import StigmerError
 from . import files, processes
 from .bounded import DEFAULT_LIMIT, bound
 from .common import (
@@ -221,11 +218,7 @@ async def _run(
             output_limit=KEPT_BYTES,
             on_output=on_output if wants_progress else None,
         )
-    except anyio.get_cancelled_exc_class():  # the host gave up on the call: so does the command
-        with anyio.CancelScope(shield=True), contextlib.suppress(StigmerError):
-            await client.interrupt(kernel)
-        raise
-    finally:
+    finally:  # (a call the host cancels interrupts its command: execute does, and only it)
         if reporter is not None:
             reporter.cancel()
     return _result(kernels, res, limit)

@@ -85,6 +85,8 @@ _READ = 65536
 #: Bytes asked per read of an output pipe, and the capacities the pipes are grown to, the first
 #: the system allows (a pipe of 64 KiB would give no more per read).
 _OUTPUT_READ = OUTPUT_CHUNK
+#: Looked for before the pattern of :meth:`BashSession._without_tty_noise` (a fast find).
+_TTY_NOISE_WORD = b"] tcsetattr: "
 _PIPE_SIZES = (OUTPUT_CHUNK, 256 * 1024)
 #: How long the agent waits for the rest of an end report once its first marker came: bash
 #: prints the three markers of one report in a row, so reading them in one turn saves two
@@ -318,16 +320,34 @@ class BashSession(ShellProcess):
             return b"", False
         except OSError:
             return b"", True
-        return data, not data
+        if not data:
+            return b"", True
+        return self._without_tty_noise(fd, data), False
 
     def drain(self, fd: int) -> bytes:
         """Everything the output pipe ``fd`` holds now."""
         chunks: list[bytes] = []
         while True:
-            data, _ = self.read(fd)
+            try:
+                data = os.read(fd, _OUTPUT_READ)
+            except OSError:  # (BlockingIOError: empty now)
+                break
             if not data:
-                return b"".join(chunks)
+                break
             chunks.append(data)
+        return self._without_tty_noise(fd, b"".join(chunks))
+
+    def _without_tty_noise(self, fd: int, data: bytes) -> bytes:
+        """``data`` without the error our bash prints on the command's stderr after a job a
+        signal ended (``yes | head -1``: yes dies of SIGPIPE): "bash: [PID: LEVEL (255)]
+        tcsetattr: Inappropriate ioctl for device". An interactive bash puts back its terminal's
+        settings then, and its terminal (fd 255) is the control pipe. Only a line naming this
+        bash's pid goes (a program's own output is never touched); it is one write, whole in
+        one read."""
+        if fd != self.stderr_fd or _TTY_NOISE_WORD not in data:
+            return data
+        noise = re.compile(rb"[^\n]*: \[%d: \d+ \(\d+\)\] tcsetattr: [^\n]*\n" % self.pid)
+        return noise.sub(b"", data)
 
     def read_control(self) -> None:
         """Read the control pipe and act on the markers in it."""

@@ -182,3 +182,18 @@ def test_aliases_of_reserved_words_leave_the_session_working(client: Client) -> 
     outputs = _run(client, "aliased", lines)
     assert "".join(outputs) == expected
     assert outputs[2] == "1 [false]\n" and outputs[4] == "3 [1 [false]]\n" and outputs[6] == "ok\n"
+
+
+def test_a_pipeline_cut_short_by_sigpipe_prints_what_bash_prints(client: Client) -> None:
+    """`yes | head -1`: yes dies of SIGPIPE. An interactive bash then sets its terminal back
+    and, its terminal being a pipe, said "bash: [PID: 2 (255)] tcsetattr: Inappropriate ioctl
+    for device" on the command's stderr, every time."""
+    code = 'yes | head -1; seq 100000 | head -c 3; echo; echo "${PIPESTATUS[*]}"; yes | true'
+    expected = subprocess.run(["bash", "-c", code], capture_output=True, text=True, timeout=10)
+    for _ in range(3):
+        r = client.execute(code, kernel="sigpipe")
+        assert (r.stdout, r.stderr, r.exit_code) == (expected.stdout, "", 0)
+    # What a program prints is never touched, even a line like bash's.
+    line = "bash: [1: 2 (255)] tcsetattr: Inappropriate ioctl for device"
+    r = client.execute(f"yes | head -c1 >/dev/null; echo '{line}' >&2", kernel="sigpipe")
+    assert r.stderr == line + "\n"

@@ -341,12 +341,14 @@ class BashSession(ShellProcess):
         """``data`` without the error our bash prints on the command's stderr after a job a
         signal ended (``yes | head -1``: yes dies of SIGPIPE): "bash: [PID: LEVEL (255)]
         tcsetattr: Inappropriate ioctl for device". An interactive bash puts back its terminal's
-        settings then, and its terminal (fd 255) is the control pipe. Only a line naming this
-        bash's pid goes (a program's own output is never touched); it is one write, whole in
-        one read."""
+        settings then, and its terminal (fd 255) is the control pipe. Only the message naming
+        this bash's pid goes, from its name on (what a program wrote before it on the same line
+        stays); it is one write, whole in one read. (A session that set ``BASH_ARGV0`` keeps it:
+        bash names itself by ``$0``.)"""
         if fd != self.stderr_fd or _TTY_NOISE_WORD not in data:
             return data
-        noise = re.compile(rb"[^\n]*: \[%d: \d+ \(\d+\)\] tcsetattr: [^\n]*\n" % self.pid)
+        name = re.escape(os.path.basename(self.shell).encode())
+        noise = re.compile(name + rb": \[%d: \d+ \(\d+\)\] tcsetattr: [^\n]*\n" % self.pid)
         return noise.sub(b"", data)
 
     def read_control(self) -> None:

@@ -193,7 +193,11 @@ def test_a_pipeline_cut_short_by_sigpipe_prints_what_bash_prints(client: Client)
     for _ in range(3):
         r = client.execute(code, kernel="sigpipe")
         assert (r.stdout, r.stderr, r.exit_code) == (expected.stdout, "", 0)
-    # What a program prints is never touched, even a line like bash's.
+    # What a program prints is never touched, even a line like bash's, nor what it wrote on
+    # stderr just before the message.
     line = "bash: [1: 2 (255)] tcsetattr: Inappropriate ioctl for device"
     r = client.execute(f"yes | head -c1 >/dev/null; echo '{line}' >&2", kernel="sigpipe")
     assert r.stderr == line + "\n"
+    code = "printf 'partial ' >&2; yes | head -c1 >/dev/null; echo end >&2"
+    r = client.execute(code, kernel="sigpipe")
+    assert r.stderr == "partial end\n"

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mappin
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from ..errors import RequestError, ServerRestarted
+from ..errors import RequestError, ServerNotRunning, ServerRestarted
 from ..protocol import ErrorName, MsgType
 
 if TYPE_CHECKING:
@@ -28,6 +28,36 @@ _POLL = 30.0
 #: Broker restarts in a row (with nothing read between) that follow() and wait() ride out: a
 #: read asked again reads the same bytes, since it names its offset.
 _RESTARTS = 5
+#: Seconds follow() and wait() wait for a server that stopped to be back (a crash and a restart
+#: by hand or by a supervisor); then they raise ServerNotRunning.
+_DOWN = 15.0
+#: Seconds between two asks while no server runs.
+_DOWN_PAUSE = 0.2
+
+
+class _RideOut:
+    """How follow() and wait() ride out a broker restart: the read in flight is asked again
+    (:class:`ServerRestarted`, up to :data:`_RESTARTS` times in a row), and a server that is
+    down (:class:`ServerNotRunning`) is waited for up to :data:`_DOWN` seconds."""
+
+    def __init__(self) -> None:
+        self.restarts = 0
+        self.down_since: float | None = None
+
+    def pause(self, exc: Exception) -> float | None:
+        """Seconds to wait before asking again; None: give up (raise ``exc``)."""
+        if isinstance(exc, ServerRestarted):
+            self.restarts += 1
+            return 0.0 if self.restarts <= _RESTARTS else None
+        now = time.monotonic()
+        if self.down_since is None:
+            self.down_since = now
+        return _DOWN_PAUSE if now - self.down_since < _DOWN else None
+
+    def answered(self) -> None:
+        self.restarts, self.down_since = 0, None
+
+
 #: Seconds a request may take beyond its own wait.
 _SLACK = 30.0
 
@@ -210,17 +240,19 @@ class AsyncProcess:
         """Every chunk of ``stream`` from ``since`` on, as it is written, until the process
         has exited and nothing more came (long-polls: nothing is replayed or skipped, except
         what the journal dropped before it was read, which the chunk's ``offset`` shows). A
-        broker restart (its kernels re-adopted) is ridden out: the read is asked again."""
-        restarts = 0
+        broker restart (its kernels re-adopted) is ridden out: the read is asked again
+        (:class:`_RideOut`)."""
+        riding = _RideOut()
         while True:
             try:
                 chunk = await self.output(since, stream, wait=_POLL)
-            except ServerRestarted:
-                restarts += 1
-                if restarts > _RESTARTS:
+            except (ServerRestarted, ServerNotRunning) as exc:
+                pause = riding.pause(exc)
+                if pause is None:
                     raise
+                await asyncio.sleep(pause)
                 continue
-            restarts = 0
+            riding.answered()
             if chunk.data:
                 yield chunk
             elif not chunk.running:
@@ -259,17 +291,18 @@ class AsyncProcess:
         """Its exit code (128 + N if signal N ended it), once it has exited; raises
         :class:`TimeoutError` if it still runs after ``timeout`` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        restarts = 0
+        riding = _RideOut()
         while True:
             left = _POLL if deadline is None else max(0.0, min(_POLL, deadline - time.monotonic()))
             try:
                 reply = await self._op("wait", left, timeout=left)
-            except ServerRestarted:  # (a wait only reads)
-                restarts += 1
-                if restarts > _RESTARTS:
+            except (ServerRestarted, ServerNotRunning) as exc:  # (a wait only reads)
+                pause = riding.pause(exc)
+                if pause is None:
                     raise
+                await asyncio.sleep(pause)
                 continue
-            restarts = 0
+            riding.answered()
             if reply.get("state") != "running":
                 code = reply.get("exit_code")
                 return int(code) if isinstance(code, int) else -1
@@ -307,16 +340,17 @@ class Process:
 
     def follow(self, since: int = 0, stream: str = "stdout") -> Iterator[OutputChunk]:
         """See :meth:`AsyncProcess.follow`."""
-        restarts = 0
+        riding = _RideOut()
         while True:
             try:
                 chunk = self.output(since, stream, wait=_POLL)
-            except ServerRestarted:
-                restarts += 1
-                if restarts > _RESTARTS:
+            except (ServerRestarted, ServerNotRunning) as exc:
+                pause = riding.pause(exc)
+                if pause is None:
                     raise
+                time.sleep(pause)
                 continue
-            restarts = 0
+            riding.answered()
             if chunk.data:
                 yield chunk
             elif not chunk.running:

@@ -129,9 +129,11 @@ def test_follow_and_wait_ride_out_a_broker_restart(server: Server) -> None:
         except Exception as exc:
             got.append(repr(exc).encode())
 
+    waiter = server.client().process("fw", proc.id)
+
     def wait() -> None:
         try:
-            codes.append(server.client().process("fw", proc.id).wait(60))
+            codes.append(waiter.wait(60))
         except Exception as exc:
             codes.append(exc)
 

@@ -35,6 +35,10 @@ _DOWN = 15.0
 _DOWN_PAUSE = 0.2
 
 
+#: What :class:`_RideOut` rides out.
+_RIDDEN_OUT = (ServerRestarted, ServerNotRunning)
+
+
 class _RideOut:
     """How follow() and wait() ride out a broker restart: the read in flight is asked again
     (:class:`ServerRestarted`, up to :data:`_RESTARTS` times in a row), and a server that is
@@ -44,15 +48,19 @@ class _RideOut:
         self.restarts = 0
         self.down_since: float | None = None
 
-    def pause(self, exc: Exception) -> float | None:
-        """Seconds to wait before asking again; None: give up (raise ``exc``)."""
+    def pause(self, exc: Exception) -> float:
+        """Seconds to wait before asking again; raises ``exc`` when it is time to give up."""
         if isinstance(exc, ServerRestarted):
             self.restarts += 1
-            return 0.0 if self.restarts <= _RESTARTS else None
+            if self.restarts <= _RESTARTS:
+                return 0.0
+            raise exc
         now = time.monotonic()
         if self.down_since is None:
             self.down_since = now
-        return _DOWN_PAUSE if now - self.down_since < _DOWN else None
+        if now - self.down_since < _DOWN:
+            return _DOWN_PAUSE
+        raise exc
 
     def answered(self) -> None:
         self.restarts, self.down_since = 0, None
@@ -246,11 +254,8 @@ class AsyncProcess:
         while True:
             try:
                 chunk = await self.output(since, stream, wait=_POLL)
-            except (ServerRestarted, ServerNotRunning) as exc:
-                pause = riding.pause(exc)
-                if pause is None:
-                    raise
-                await asyncio.sleep(pause)
+            except _RIDDEN_OUT as exc:
+                await asyncio.sleep(riding.pause(exc))
                 continue
             riding.answered()
             if chunk.data:
@@ -296,11 +301,8 @@ class AsyncProcess:
             left = _POLL if deadline is None else max(0.0, min(_POLL, deadline - time.monotonic()))
             try:
                 reply = await self._op("wait", left, timeout=left)
-            except (ServerRestarted, ServerNotRunning) as exc:  # (a wait only reads)
-                pause = riding.pause(exc)
-                if pause is None:
-                    raise
-                await asyncio.sleep(pause)
+            except _RIDDEN_OUT as exc:  # (a wait only reads)
+                await asyncio.sleep(riding.pause(exc))
                 continue
             riding.answered()
             if reply.get("state") != "running":
@@ -344,11 +346,8 @@ class Process:
         while True:
             try:
                 chunk = self.output(since, stream, wait=_POLL)
-            except (ServerRestarted, ServerNotRunning) as exc:
-                pause = riding.pause(exc)
-                if pause is None:
-                    raise
-                time.sleep(pause)
+            except _RIDDEN_OUT as exc:
+                time.sleep(riding.pause(exc))
                 continue
             riding.answered()
             if chunk.data:

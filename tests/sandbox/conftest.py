@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from stigmer_kernel.provisioners.netns import LABEL_ROLE, ROLE_NETNS
-from tests.conftest import Server, session_tempdirs, short_tempdir
+from tests.conftest import Server, session_tempdirs, short_tempdir, wait_for
 
 #: Built by scripts/build-test-image.sh (debootstrap; no registry is reachable here).
 TEST_IMAGE = os.environ.get("STIGMER_TEST_SANDBOX_IMAGE", "stigmer-test-base:bookworm")
@@ -339,6 +339,20 @@ def _labelled(client: Any, server: Server) -> list[Any]:
         ignore_removed=True,  # one removed between listing and inspecting is simply gone
         filters={"label": f"stigmer.runtime_dir={server.runtime_dir}"},
     )
+
+
+def warm_pool_server(
+    sandbox_factory: Callable[..., Server], docker_client: Any, prefix: str
+) -> tuple[Server, str, Any]:
+    """A server with a warm pool of one for a new workspace: the server, the workspace and the
+    pooled container, once its agent has registered."""
+    workspace = sandbox_workspace(prefix)
+    srv = sandbox_factory(STIGMER_SANDBOX_WARM="1", STIGMER_SANDBOX_WORKSPACE=workspace)
+    wait_for(lambda: len(containers_of(docker_client, srv)) == 1, timeout=30)
+    (pooled,) = containers_of(docker_client, srv)
+    pool_name = pooled.labels["stigmer.kernel"]
+    wait_for(lambda: f"kernel {pool_name} ready (" in srv.log(), timeout=30)
+    return srv, workspace, pooled
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from stigmer_kernel import ModeUnavailable
-from tests.conftest import Server, short_tempdir, wait_for
-from tests.sandbox.conftest import containers_of, sandbox_workspace
+from tests.conftest import Server, short_tempdir
+from tests.sandbox.conftest import sandbox_workspace, warm_pool_server
 
 
 def stigmer(
@@ -146,12 +146,7 @@ def test_auto_kernels_background_processes_and_files_reach_the_side_they_ran_on(
 def test_an_auto_kernels_sandbox_side_takes_a_warm_container(
     sandbox_factory: Any, docker_client: Any
 ) -> None:
-    workspace = sandbox_workspace("stg-auto-warm-")
-    srv = sandbox_factory(STIGMER_SANDBOX_WARM="1", STIGMER_SANDBOX_WORKSPACE=workspace)
-    wait_for(lambda: len(containers_of(docker_client, srv)) == 1, timeout=30)
-    (pooled,) = containers_of(docker_client, srv)
-    pool_name = pooled.labels["stigmer.kernel"]
-    wait_for(lambda: f"kernel {pool_name} ready (" in srv.log(), timeout=30)  # its agent is up
+    srv, workspace, pooled = warm_pool_server(sandbox_factory, docker_client, "stg-auto-warm-")
     c = srv.client()
     r = c.execute("pip --version >/dev/null; hostname", kernel="esc", mode="auto", cwd=workspace)
     assert (r.stdout, r.mode) == ("sandbox\n", "sandbox"), (r.ename, r.evalue)

@@ -22,6 +22,7 @@ from tests.sandbox.conftest import (
     containers_of,
     holders_of,
     sandbox_workspace,
+    warm_pool_server,
 )
 
 
@@ -355,11 +356,7 @@ def test_warm_pool_refills_while_the_first_command_of_its_taker_runs(
 ) -> None:
     # The replacement waits for the taker's first answer, but not for long: a first command
     # that runs on does not leave the pool empty.
-    workspace = sandbox_workspace("stg-pool-")
-    srv = sandbox_factory(STIGMER_SANDBOX_WARM="1", STIGMER_SANDBOX_WORKSPACE=workspace)
-    wait_for(lambda: len(containers_of(docker_client, srv)) == 1, timeout=30)
-    pool_name = containers_of(docker_client, srv)[0].labels["stigmer.kernel"]
-    wait_for(lambda: f"kernel {pool_name} ready (" in srv.log(), timeout=30)
+    srv, workspace, _ = warm_pool_server(sandbox_factory, docker_client, "stg-pool-")
     results: list[Any] = []
     slow = threading.Thread(
         target=lambda: results.append(
